@@ -1,0 +1,5 @@
+"""``python -m engine ...`` is the same as the ``engine`` command."""
+
+from engine.cli import main
+
+raise SystemExit(main())
