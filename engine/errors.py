@@ -76,7 +76,9 @@ class AuthError(EngineError):
 
     exit_code = 2
 
-    def __init__(self, message: str, *, status: int | None = None, error: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, error: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.error = error
@@ -92,14 +94,20 @@ class TransportError(EngineError):
     """A request did not complete: connection refused or reset, or a timeout.
 
     Attributes:
-        maybe_processed: True when the server may have run the model before the failure
-            (the request was fully sent); scoring is idempotent, so it is retried either way,
-            but the distinction is kept for accounting.
+        kind: "connect" (never reached the server), "reset" (connection dropped after the
+            request went out, so the model may have run) or "timeout".
+        url: where the request was going (never with credentials).
     """
 
-    def __init__(self, message: str, *, maybe_processed: bool = True) -> None:
+    def __init__(self, message: str, *, kind: str = "reset", url: str = "") -> None:
         super().__init__(message)
-        self.maybe_processed = maybe_processed
+        self.kind = kind
+        self.url = url
+
+    @property
+    def maybe_processed(self) -> bool:
+        """True when the server may have run the model before the failure."""
+        return self.kind != "connect"
 
 
 class HTTPStatusError(EngineError):

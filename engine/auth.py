@@ -1,0 +1,281 @@
+"""OAuth tokens as frozen values, and one single-flight refresher per token kind.
+
+Databricks rejects a token in the last 30 s of its life, so a token is *unusable* 40 s before
+it expires (databricks-sdk's rule) and is refreshed in the background well before that, so
+that in steady state no request ever waits for a token. Fifty requests that find no usable
+token cause exactly one fetch; a request rejected with 401/403 drops the token only if it is
+still the current one, so a burst of rejections still causes one fetch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import orjson
+
+from engine.config import Credentials
+from engine.errors import AuthError, EngineError, TransportError
+from engine.retry import FailureKind, Outcome, RetryPolicy
+from engine.transport import Response, Transport
+
+__all__ = ["OAuthClient", "Token", "TokenRefresher"]
+
+log = logging.getLogger("engine.auth")
+
+#: Never send a token in its last 40 s: Databricks refuses it 30 s before expiry.
+USABLE_MARGIN_S = 40.0
+#: Refresh in the background this long before expiry at most (databricks-sdk: min(TTL/2, 20 min)).
+MAX_REFRESH_LEAD_S = 20 * 60.0
+#: ...and always at least this long before the token becomes unusable.
+MIN_REFRESH_HEADROOM_S = 10.0
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """An access token and when it expires, on the refresher's monotonic clock.
+
+    The token text is kept out of ``repr()`` so a token never reaches a log line by accident.
+    """
+
+    access_token: str = field(repr=False)
+    issued_at: float
+    expires_at: float
+
+    @property
+    def lifetime_s(self) -> float:
+        return self.expires_at - self.issued_at
+
+    @property
+    def usable_until(self) -> float:
+        """After this instant the token must not be sent."""
+        return self.expires_at - min(USABLE_MARGIN_S, self.lifetime_s / 2)
+
+    @property
+    def refresh_at(self) -> float:
+        """When the background refresher should replace this token."""
+        lead = min(self.lifetime_s / 2, MAX_REFRESH_LEAD_S)
+        return min(self.expires_at - lead, self.usable_until - MIN_REFRESH_HEADROOM_S)
+
+    def usable(self, now: float) -> bool:
+        return now < self.usable_until
+
+    @property
+    def header(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token}"}
+
+
+class TokenRefresher:
+    """Hands out a usable token; one fetch at a time, refreshed ahead of expiry.
+
+    Args:
+        fetch: coroutine function returning a fresh :class:`Token`.
+        clock: monotonic seconds (injected in tests).
+        sleep: awaitable sleep (injected in tests).
+        name: what the token is for, in log lines.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[Token]],
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        name: str = "token",
+    ) -> None:
+        self._fetch = fetch
+        self._clock = clock
+        self._sleep = sleep
+        self._name = name
+        self._token: Token | None = None
+        self._inflight: asyncio.Future[Token] | None = None
+        self.fetches = 0
+
+    @property
+    def current(self) -> Token | None:
+        return self._token
+
+    async def get(self) -> Token:
+        """A token usable now; fetches (once, for all waiters) when there is none."""
+        token = self._token
+        if token is not None and token.usable(self._clock()):
+            return token
+        return await self.refresh()
+
+    async def refresh(self) -> Token:
+        """Fetch a new token, joining a fetch already under way."""
+        if self._inflight is None:
+            self._inflight = asyncio.ensure_future(self._fetch_once())
+        return await asyncio.shield(self._inflight)
+
+    async def _fetch_once(self) -> Token:
+        try:
+            token = await self._fetch()
+            self._token = token
+            self.fetches += 1
+            log.debug("%s refreshed; valid for %.0f s", self._name, token.lifetime_s)
+            return token
+        finally:
+            self._inflight = None
+
+    def invalidate(self, token: Token) -> None:
+        """Drop ``token`` after the server rejected it, unless a newer one replaced it."""
+        if self._token is token:
+            self._token = None
+
+    async def run_background(self, *, retry_after_s: float = 5.0) -> None:
+        """Keep the token fresh until cancelled. Failures are logged and retried;
+        requests that find no usable token fetch one themselves (and see the error)."""
+        while True:
+            token = self._token
+            if token is None:
+                await self._sleep(retry_after_s)
+                continue
+            await self._sleep(max(0.0, token.refresh_at - self._clock()))
+            if self._token is not token:
+                continue
+            try:
+                await self.refresh()
+            except EngineError as exc:
+                log.warning("background %s refresh failed, will retry: %s", self._name, exc)
+                await self._sleep(retry_after_s)
+
+
+async def cancel_quietly(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+class OAuthClient:
+    """Fetches OAuth tokens from ``{host}/oidc/v1/token`` for a service principal.
+
+    Transient failures (timeouts, connection errors, 429, 5xx) are retried with backoff;
+    a refusal (bad secret, missing permission) raises :class:`AuthError` at once.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        credentials: Credentials,
+        *,
+        policy: RetryPolicy | None = None,
+        timeout_s: float = 30.0,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._transport = transport
+        self._credentials = credentials
+        self._policy = policy or RetryPolicy(max_attempts=6)
+        self._timeout_s = timeout_s
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self.token_url = f"{credentials.host}/oidc/v1/token"
+
+    async def workspace_token(self) -> Token:
+        """A control-plane token (``scope=all-apis``)."""
+        return await self._token({"grant_type": "client_credentials", "scope": "all-apis"}, None)
+
+    async def data_plane_token(self, authorization_details: str, endpoint: str) -> Token:
+        """An endpoint-scoped token for the route-optimized data plane (one-step flow)."""
+        form = {
+            "grant_type": "client_credentials",
+            "scope": "all-apis",
+            "authorization_details": authorization_details,
+        }
+        return await self._token(form, endpoint)
+
+    def _basic_auth(self) -> dict[str, str]:
+        pair = f"{self._credentials.client_id}:{self._credentials.client_secret}".encode()
+        return {
+            "Authorization": "Basic " + base64.b64encode(pair).decode(),
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Accept": "application/json",
+        }
+
+    async def _token(self, form: dict[str, str], endpoint: str | None) -> Token:
+        attempt = 0
+        while True:
+            attempt += 1
+            sent_at = self._clock()
+            try:
+                response = await self._transport.request(
+                    "POST",
+                    self.token_url,
+                    headers=self._basic_auth(),
+                    form=form,
+                    timeout_s=self._timeout_s,
+                )
+            except TransportError as exc:
+                outcome = Outcome(kind=FailureKind[exc.kind.upper()], message=str(exc))
+            else:
+                if response.ok:
+                    return _parse_token(response, sent_at)
+                outcome = _refusal_or_outcome(response, self._credentials, endpoint)
+            delay = self._policy.next_delay(attempt, outcome, self._rng)
+            if delay is None:
+                raise EngineError(
+                    f"the OAuth token endpoint {self.token_url} kept failing "
+                    f"({attempt} attempts; last: {outcome.message}); try again later"
+                )
+            log.info("token request failed (%s); retrying in %.1f s", outcome.message, delay)
+            await self._sleep(delay)
+
+
+def _parse_token(response: Response, sent_at: float) -> Token:
+    try:
+        doc = orjson.loads(response.body)
+        access_token = str(doc["access_token"])
+        expires_in = float(doc.get("expires_in", 3600))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise AuthError("the OAuth token endpoint answered 200 without a usable token") from exc
+    # Count the lifetime from when the request was sent: never later than the server did.
+    return Token(access_token=access_token, issued_at=sent_at, expires_at=sent_at + expires_in)
+
+
+def _refusal_or_outcome(response: Response, creds: Credentials, endpoint: str | None) -> Outcome:
+    """Raise AuthError for a refusal; return a retryable outcome otherwise."""
+    try:
+        doc = orjson.loads(response.body)
+    except orjson.JSONDecodeError:
+        doc = {}
+    doc = doc if isinstance(doc, dict) else {}
+    error = str(doc.get("error") or doc.get("error_code") or "")
+    description = str(doc.get("error_description") or doc.get("message") or "")[:300]
+    status = response.status
+    if status in (429,) or status >= 500:
+        return Outcome(kind=FailureKind.STATUS, status=status, message=f"HTTP {status} {error}")
+    target = f"endpoint '{endpoint}'" if endpoint else "the workspace"
+    if error == "invalid_client" or (status == 401 and error != "invalid_authorization_details"):
+        raise AuthError(
+            f"the workspace {creds.host} refused the OAuth client '{creds.client_id}' "
+            f"({error or status}: {description or 'client authentication failed'}); check "
+            "--client-id/--client-secret (DATABRICKS_CLIENT_ID/DATABRICKS_CLIENT_SECRET)",
+            status=status,
+            error=error or None,
+        )
+    if error in ("invalid_authorization_details", "access_denied") or status == 403:
+        raise AuthError(
+            f"service principal '{creds.client_id}' may not query {target} "
+            f"({error or status}: {description}); grant it CAN_QUERY on the endpoint "
+            "(Serving > endpoint > Permissions)",
+            status=status,
+            error=error or None,
+        )
+    raise AuthError(
+        f"the OAuth token endpoint refused the request for {target}: HTTP {status} "
+        f"{error}: {description}",
+        status=status,
+        error=error or None,
+    )

@@ -1,0 +1,162 @@
+"""Small frozen settings objects with named defaults.
+
+CLI flags and environment variables only *build* these objects; the Python API takes the same
+objects, so every entry point shares one set of defaults and one set of checks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from engine.errors import UsageError
+from engine.retry import RetryPolicy
+
+__all__ = ["Credentials", "ScoreConfig"]
+
+#: Databricks rejects request bodies over 16 MB; stay well clear of it (JSON overhead varies).
+DEFAULT_MAX_REQUEST_BYTES = 12 * 1024 * 1024
+#: Rows per request: large enough to amortise per-request overhead, small enough to isolate faults.
+DEFAULT_BATCH_ROWS = 1000
+#: Requests in flight at once when none is given.
+DEFAULT_CONCURRENCY = 16
+#: Per-request budget: the endpoint may run a request for 297 s before timing it out itself.
+DEFAULT_REQUEST_TIMEOUT_S = 330.0
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+DEFAULT_TOKEN_TIMEOUT_S = 30.0
+
+ProgressMode = Literal["auto", "bar", "log", "off"]
+
+
+def _mask(secret: str) -> str:
+    return "***" if secret else "''"
+
+
+def normalize_host(host: str) -> str:
+    """``my-ws.cloud.databricks.com/`` -> ``https://my-ws.cloud.databricks.com``."""
+    host = host.strip().rstrip("/")
+    if host and "://" not in host:
+        host = "https://" + host
+    return host
+
+
+@dataclass(frozen=True, kw_only=True)
+class Credentials:
+    """Where the workspace is and the OAuth service principal to use.
+
+    ``repr()`` never shows the secret, so a config object can be logged safely.
+    """
+
+    host: str
+    client_id: str
+    client_secret: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "host", normalize_host(self.host))
+        missing = [
+            flag
+            for flag, value in (
+                ("--host / DATABRICKS_HOST", self.host),
+                ("--client-id / DATABRICKS_CLIENT_ID", self.client_id),
+                ("--client-secret / DATABRICKS_CLIENT_SECRET", self.client_secret),
+            )
+            if not value
+        ]
+        if missing:
+            raise UsageError(
+                "missing Databricks credentials: set "
+                + ", ".join(missing)
+                + " (an OAuth service principal with CAN_QUERY on the endpoint; "
+                "route-optimized endpoints do not accept personal access tokens)"
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"Credentials(host={self.host!r}, client_id={self.client_id!r}, "
+            f"client_secret={_mask(self.client_secret)})"
+        )
+
+    @classmethod
+    def from_env(
+        cls,
+        *,
+        host: str | None = None,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Credentials:
+        """Explicit values first, then DATABRICKS_HOST / _CLIENT_ID / _CLIENT_SECRET."""
+        env = os.environ if env is None else env
+        return cls(
+            host=host or env.get("DATABRICKS_HOST", ""),
+            client_id=client_id or env.get("DATABRICKS_CLIENT_ID", ""),
+            client_secret=client_secret or env.get("DATABRICKS_CLIENT_SECRET", ""),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoreConfig:
+    """How to score: batching, concurrency, rate, retries, timeouts, output shape.
+
+    Attributes:
+        endpoint: the serving endpoint's name.
+        batch_rows: rows per request (``--batch-rows``).
+        max_request_bytes: no request body is larger (``--max-request-bytes``).
+        concurrency: requests in flight at once (``--concurrency``).
+        qps: requests per second cap across the whole run, or None for no cap (``--qps``).
+        keep: input columns copied to the output; None keeps them all (``--keep``).
+        params: the model's ``params`` sent with every request.
+        retry: per-request retry policy.
+        reorder_window: batches that may be ahead of the writer; bounds memory.
+        max_error_rows: stop with exit 1 once more rows than this were rejected; None = never.
+        wait_ready_s: how long to wait for a not-ready endpoint (at start and mid-run).
+        progress: "auto" (bar on a terminal, log lines otherwise), "bar", "log" or "off".
+    """
+
+    endpoint: str
+    batch_rows: int = DEFAULT_BATCH_ROWS
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    concurrency: int = DEFAULT_CONCURRENCY
+    qps: float | None = None
+    keep: tuple[str, ...] | None = None
+    params: Mapping[str, Any] | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+    token_timeout_s: float = DEFAULT_TOKEN_TIMEOUT_S
+    reorder_window: int | None = None
+    max_error_rows: int | None = None
+    wait_ready_s: float = 0.0
+    progress: ProgressMode = "auto"
+    progress_interval_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[bool, str]] = [
+            (bool(self.endpoint), "--endpoint is required: the serving endpoint's name"),
+            (self.batch_rows >= 1, f"--batch-rows must be at least 1, got {self.batch_rows}"),
+            (
+                self.max_request_bytes >= 1024,
+                f"--max-request-bytes must be at least 1024, got {self.max_request_bytes}",
+            ),
+            (self.concurrency >= 1, f"--concurrency must be at least 1, got {self.concurrency}"),
+            (self.qps is None or self.qps > 0, f"--qps must be positive, got {self.qps}"),
+            (
+                self.max_error_rows is None or self.max_error_rows >= 0,
+                f"--max-error-rows must be 0 or more, got {self.max_error_rows}",
+            ),
+            (self.wait_ready_s >= 0, f"--wait-ready must be 0 or more, got {self.wait_ready_s}"),
+            (
+                self.request_timeout_s > 0 and self.connect_timeout_s > 0,
+                "timeouts must be positive",
+            ),
+        ]
+        problems = [message for ok, message in checks if not ok]
+        if problems:
+            raise UsageError("; ".join(problems))
+
+    @property
+    def window(self) -> int:
+        """Batches allowed between the writer's position and the newest batch read."""
+        return self.reorder_window or max(8, 4 * self.concurrency)

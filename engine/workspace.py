@@ -1,0 +1,274 @@
+"""Control-plane calls: endpoint state, its OpenAPI schema, starting it, waiting for READY.
+
+Every call carries a workspace token from one :class:`~engine.auth.TokenRefresher`, is retried
+on transient failures, and turns Databricks' ``{"error_code", "message"}`` bodies into errors
+that say what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import orjson
+
+from engine.auth import Clock, OAuthClient, Sleep, TokenRefresher
+from engine.errors import EndpointError, EngineError, HTTPStatusError, TransportError
+from engine.retry import FailureKind, Outcome, RetryPolicy
+from engine.transport import Transport
+
+__all__ = ["EndpointInfo", "Workspace"]
+
+log = logging.getLogger("engine.workspace")
+
+#: Polling a not-ready endpoint: start fast, settle at this interval.
+POLL_MIN_S = 1.0
+POLL_MAX_S = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServedEntity:
+    name: str
+    entity_name: str | None
+    entity_version: str | None
+    deployment: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointInfo:
+    """What the engine needs to know about a serving endpoint."""
+
+    name: str
+    id: str
+    route_optimized: bool
+    endpoint_url: str | None
+    authorization_details: str | None
+    ready: str
+    config_update: str
+    config_version: str | None
+    served_entities: tuple[ServedEntity, ...]
+    traffic: tuple[tuple[str, int], ...]
+    permission_level: str | None
+    raw: Mapping[str, Any]
+
+    @property
+    def is_ready(self) -> bool:
+        return self.ready == "READY" and self.config_update not in ("IN_PROGRESS",)
+
+    @property
+    def state_text(self) -> str:
+        return f"ready={self.ready}, config_update={self.config_update}"
+
+    @property
+    def model_version_key(self) -> str:
+        """Identifies what serves predictions now (for checkpoint keys and summaries)."""
+        served = ",".join(
+            f"{e.entity_name or e.name}@{e.entity_version or '?'}" for e in self.served_entities
+        )
+        return f"{self.id}:{self.config_version or '?'}:{served}"
+
+    def data_plane_authorization_details(self) -> str:
+        """``authorization_details`` verbatim from the endpoint, or built from its id (seed 000)."""
+        if self.authorization_details:
+            return self.authorization_details
+        return json.dumps(
+            [
+                {
+                    "type": "workspace_permission",
+                    "object_type": "serving-endpoints",
+                    "object_path": f"/serving-endpoints/{self.id}",
+                    "actions": ["query_inference_endpoint"],
+                }
+            ],
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> EndpointInfo:
+        state = doc.get("state") or {}
+        config = doc.get("config") or {}
+        query_info = (doc.get("data_plane_info") or {}).get("query_info") or {}
+        entities = tuple(
+            ServedEntity(
+                name=str(e.get("name", "")),
+                entity_name=e.get("entity_name") or e.get("model_name"),
+                entity_version=_opt_str(e.get("entity_version") or e.get("model_version")),
+                deployment=(e.get("state") or {}).get("deployment"),
+            )
+            for e in (config.get("served_entities") or config.get("served_models") or [])
+        )
+        routes = (config.get("traffic_config") or {}).get("routes") or []
+        return cls(
+            name=str(doc.get("name", "")),
+            id=str(doc.get("id", "")),
+            route_optimized=bool(doc.get("route_optimized", False)),
+            endpoint_url=query_info.get("endpoint_url") or doc.get("endpoint_url"),
+            authorization_details=query_info.get("authorization_details"),
+            ready=str(state.get("ready", "UNKNOWN")),
+            # The docs' example says update_state; the API says config_update: accept both.
+            config_update=str(state.get("config_update") or state.get("update_state") or ""),
+            config_version=_opt_str(config.get("config_version")),
+            served_entities=entities,
+            traffic=tuple(
+                (
+                    str(r.get("served_entity_name") or r.get("served_model_name") or ""),
+                    int(r.get("traffic_percentage", 0)),
+                )
+                for r in routes
+            ),
+            permission_level=doc.get("permission_level"),
+            raw=doc,
+        )
+
+
+def _opt_str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+class Workspace:
+    """The workspace's REST API, as far as scoring needs it."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        oauth: OAuthClient,
+        host: str,
+        *,
+        policy: RetryPolicy | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._transport = transport
+        self.host = host
+        self.tokens = TokenRefresher(
+            oauth.workspace_token, clock=clock, sleep=sleep, name="workspace token"
+        )
+        self._policy = policy or RetryPolicy(max_attempts=6)
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+
+    async def _get(self, path: str, *, method: str = "GET") -> Any:
+        url = f"{self.host}{path}"
+        attempt = 0
+        while True:
+            attempt += 1
+            token = await self.tokens.get()
+            headers = {**token.header, "Accept": "application/json"}
+            if method == "POST":
+                headers["Content-Type"] = "application/json"
+            try:
+                response = await self._transport.request(
+                    method,
+                    url,
+                    headers=headers,
+                    data=b"{}" if method == "POST" else None,
+                    timeout_s=60.0,
+                )
+            except TransportError as exc:
+                outcome = Outcome(kind=FailureKind[exc.kind.upper()], message=str(exc))
+            else:
+                if response.ok:
+                    return orjson.loads(response.body or b"{}")
+                error = _api_error(response.status, response.body, url)
+                if (
+                    response.status in (401, 403)
+                    and attempt == 1
+                    and "token" in error.server_message.lower()
+                ):
+                    self.tokens.invalidate(token)
+                    continue
+                outcome = Outcome(
+                    kind=FailureKind.STATUS,
+                    status=response.status,
+                    error_code=error.error_code,
+                    message=str(error),
+                )
+                if not self._policy.is_retryable(outcome):
+                    raise error
+            delay = self._policy.next_delay(attempt, outcome, self._rng)
+            if delay is None:
+                raise EngineError(f"the workspace API kept failing: {outcome.message}")
+            await self._sleep(delay)
+
+    async def get_endpoint(self, name: str) -> EndpointInfo:
+        """GET the endpoint; a missing one is an :class:`EndpointError` naming the fix."""
+        try:
+            doc = await self._get(f"/api/2.0/serving-endpoints/{quote(name, safe='')}")
+        except HTTPStatusError as exc:
+            raise _endpoint_error(name, self.host, exc) from exc
+        return EndpointInfo.from_json(doc)
+
+    async def get_openapi(self, name: str) -> dict[str, Any] | None:
+        """The endpoint's OpenAPI document, or None when it has none (no signature logged)."""
+        try:
+            doc = await self._get(f"/api/2.0/serving-endpoints/{quote(name, safe='')}/openapi")
+        except HTTPStatusError as exc:
+            if exc.status in (400, 404):
+                log.warning("endpoint '%s' has no query schema (%s)", name, exc.server_message)
+                return None
+            raise
+        return doc if isinstance(doc, dict) else None
+
+    async def start_endpoint(self, name: str) -> None:
+        await self._get(
+            f"/api/2.0/serving-endpoints/{quote(name, safe='')}/config:start", method="POST"
+        )
+
+    async def wait_ready(self, name: str, *, timeout_s: float) -> EndpointInfo:
+        """Poll until the endpoint is READY, with backoff; EndpointError after ``timeout_s``."""
+        deadline = self._clock() + timeout_s
+        delay = POLL_MIN_S
+        while True:
+            info = await self.get_endpoint(name)
+            if info.is_ready:
+                return info
+            if self._clock() + delay > deadline:
+                raise EndpointError(
+                    f"endpoint '{name}' is not ready ({info.state_text}) after waiting "
+                    f"{timeout_s:.0f} s; start it in the Serving UI or pass --start-if-stopped, "
+                    "and raise --wait-ready SECONDS"
+                )
+            log.info(
+                "endpoint '%s' not ready (%s); checking again in %.0f s",
+                name,
+                info.state_text,
+                delay,
+            )
+            await self._sleep(delay)
+            delay = min(delay * 2, POLL_MAX_S)
+
+
+def _api_error(status: int, body: bytes, url: str) -> HTTPStatusError:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = None
+    if isinstance(doc, dict):
+        code = doc.get("error_code") or doc.get("error")
+        message = doc.get("message") or doc.get("error_description") or ""
+    else:
+        code, message = None, body[:200].decode("utf-8", "replace")
+    return HTTPStatusError(status, str(message), error_code=_opt_str(code), url=urlsplit(url).path)
+
+
+def _endpoint_error(name: str, host: str, exc: HTTPStatusError) -> EngineError:
+    if exc.status == 404:
+        return EndpointError(
+            f"serving endpoint '{name}' does not exist in workspace {host}; "
+            "check --endpoint (the name shown in the Serving UI)"
+        )
+    if exc.status == 403:
+        return EndpointError(
+            f"not allowed to read serving endpoint '{name}' ({exc.server_message}); "
+            "grant the service principal CAN_QUERY on it"
+        )
+    return exc
