@@ -1,0 +1,113 @@
+"""Feedback while a run goes: a rich progress bar on a terminal, log lines otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Protocol
+
+from engine.config import ProgressMode
+from engine.stats import RunStats
+
+__all__ = ["Progress", "make_progress"]
+
+log = logging.getLogger("engine.progress")
+
+
+class Progress(Protocol):
+    def start(self, total_rows: int | None) -> None: ...
+    def update(self, stats: RunStats) -> None: ...
+    def stop(self) -> None: ...
+
+
+class NullProgress:
+    def start(self, total_rows: int | None) -> None:
+        pass
+
+    def update(self, stats: RunStats) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+class LogProgress:
+    """One plain line per interval: what Airflow's task log shows well."""
+
+    def __init__(self) -> None:
+        self._total: int | None = None
+
+    def start(self, total_rows: int | None) -> None:
+        self._total = total_rows
+
+    def update(self, stats: RunStats) -> None:
+        done = stats.rows_scored + stats.rows_rejected + stats.rows_skipped
+        of = f"/{self._total:,}" if self._total else ""
+        log.info(
+            "progress: %s%s rows (%s rejected), %.0f rows/s, %d requests, %d throttled, %d retries",
+            f"{done:,}",
+            of,
+            f"{stats.rows_rejected:,}",
+            stats.rows_per_s(),
+            stats.requests,
+            stats.throttled_429,
+            sum(stats.retries.values()),
+        )
+
+    def stop(self) -> None:
+        pass
+
+
+class BarProgress:
+    """A rich progress bar on stderr."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._bar = Progress(
+            TextColumn("[bold]scoring"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[detail]}"),
+            transient=False,
+        )
+        self._task = self._bar.add_task("scoring", total=None, detail="")
+
+    def start(self, total_rows: int | None) -> None:
+        self._bar.update(self._task, total=total_rows)
+        self._bar.start()
+
+    def update(self, stats: RunStats) -> None:
+        done = stats.rows_scored + stats.rows_rejected + stats.rows_skipped
+        detail = f"{stats.rows_per_s():,.0f} rows/s · {stats.throttled_429} throttled"
+        if stats.rows_rejected:
+            detail += f" · {stats.rows_rejected} rejected"
+        self._bar.update(self._task, completed=done, detail=detail)
+
+    def stop(self) -> None:
+        self._bar.stop()
+
+
+def make_progress(mode: ProgressMode) -> Progress:
+    if mode == "off":
+        return NullProgress()
+    if mode == "bar" or (mode == "auto" and sys.stderr.isatty()):
+        return BarProgress()
+    return LogProgress()
+
+
+async def report_every(progress: Progress, stats: RunStats, interval_s: float) -> None:
+    """Update ``progress`` until cancelled."""
+    while True:
+        await asyncio.sleep(interval_s)
+        progress.update(stats)

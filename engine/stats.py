@@ -1,0 +1,116 @@
+"""Run accounting: counters updated by the pipeline, frozen into a :class:`Summary` at the end."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["RunStats", "Summary"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Summary:
+    """What a run did, stable enough to parse (``--summary PATH`` writes it as JSON)."""
+
+    endpoint: str
+    output: str | None
+    rows_total: int
+    rows_scored: int
+    rows_rejected: int
+    rows_skipped: int
+    requests: int
+    requests_ok: int
+    retries: dict[str, int]
+    throttled_429: int
+    bisections: int
+    token_refreshes: int
+    elapsed_s: float
+    rows_per_s: float
+    latency_ms: dict[str, float]
+    exit_code: int
+    error: str | None = None
+    model: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def lines(self) -> list[str]:
+        """The summary for a person, one fact a line."""
+        retries = ", ".join(f"{k} {v}" for k, v in sorted(self.retries.items())) or "none"
+        lat = self.latency_ms
+        out = [
+            f"endpoint       {self.endpoint}" + (f" ({self.model})" if self.model else ""),
+            f"rows           {self.rows_scored:,} scored, {self.rows_rejected:,} rejected"
+            + (f", {self.rows_skipped:,} from checkpoint" if self.rows_skipped else "")
+            + f" of {self.rows_total:,}",
+            f"requests       {self.requests:,} ({self.requests_ok:,} ok, "
+            f"{self.throttled_429:,} throttled 429, {self.bisections:,} bisections)",
+            f"retries        {retries}",
+            f"token refresh  {self.token_refreshes}",
+            f"throughput     {self.rows_per_s:,.0f} rows/s over {self.elapsed_s:.1f} s",
+            f"latency        p50 {lat.get('p50', 0):.0f} ms, p95 {lat.get('p95', 0):.0f} ms, "
+            f"p99 {lat.get('p99', 0):.0f} ms",
+        ]
+        if self.output:
+            out.append(f"output         {self.output}")
+        if self.error:
+            out.append(f"error          {self.error}")
+        return out
+
+
+@dataclass
+class RunStats:
+    """Mutable counters; only the event loop thread touches them."""
+
+    started_at: float = field(default_factory=time.monotonic)
+    rows_total: int = 0
+    rows_scored: int = 0
+    rows_rejected: int = 0
+    rows_skipped: int = 0
+    requests: int = 0
+    requests_ok: int = 0
+    throttled_429: int = 0
+    bisections: int = 0
+    retries: Counter[str] = field(default_factory=Counter)
+    latencies_s: list[float] = field(default_factory=list)
+
+    def record_request(self, status: int | None, latency_s: float) -> None:
+        self.requests += 1
+        if status is not None and 200 <= status < 300:
+            self.requests_ok += 1
+        if status == 429:
+            self.throttled_429 += 1
+        self.latencies_s.append(latency_s)
+
+    def rows_per_s(self, now: float | None = None) -> float:
+        elapsed = (now or time.monotonic()) - self.started_at
+        done = self.rows_scored + self.rows_rejected
+        return done / elapsed if elapsed > 0 else 0.0
+
+    def percentiles_ms(self) -> dict[str, float]:
+        if not self.latencies_s:
+            return {"p50": 0.0, "p95": 0.0, "p99": 0.0}
+        p50, p95, p99 = np.percentile(np.asarray(self.latencies_s), [50, 95, 99]) * 1000.0
+        return {"p50": float(p50), "p95": float(p95), "p99": float(p99)}
+
+    def summary(self, **fields: Any) -> Summary:
+        elapsed = time.monotonic() - self.started_at
+        return Summary(
+            rows_total=self.rows_total,
+            rows_scored=self.rows_scored,
+            rows_rejected=self.rows_rejected,
+            rows_skipped=self.rows_skipped,
+            requests=self.requests,
+            requests_ok=self.requests_ok,
+            retries=dict(self.retries),
+            throttled_429=self.throttled_429,
+            bisections=self.bisections,
+            elapsed_s=round(elapsed, 3),
+            rows_per_s=round(self.rows_per_s(), 1),
+            latency_ms={k: round(v, 2) for k, v in self.percentiles_ms().items()},
+            **fields,
+        )
