@@ -51,6 +51,7 @@ __all__ = [
     "CastPlan",
     "ColumnSpec",
     "ModelSchema",
+    "arrow_type",
     "format_schema",
     "parse_openapi",
     "plan_cast",
