@@ -20,9 +20,11 @@ policies = st.builds(
     max_retry_after_s=seconds,
 )
 
+transport_failures = st.builds(
+    Outcome, kind=st.sampled_from([FailureKind.CONNECT, FailureKind.RESET, FailureKind.TIMEOUT])
+)
 outcomes = st.one_of(
-    st.builds(Outcome, kind=st.sampled_from([FailureKind.CONNECT, FailureKind.RESET])),
-    st.builds(Outcome, kind=st.just(FailureKind.TIMEOUT)),
+    transport_failures,
     st.builds(
         Outcome,
         kind=st.just(FailureKind.STATUS),
@@ -35,10 +37,19 @@ outcomes = st.one_of(
 )
 
 
-@given(policies, outcomes, st.integers(min_value=1, max_value=200), st.integers())
+@st.composite
+def policy_and_attempt(draw: st.DrawFn) -> tuple[RetryPolicy, int]:
+    """A policy and an attempt number that is mostly below its ``max_attempts``."""
+    policy = draw(policies)
+    attempt = draw(st.integers(min_value=1, max_value=policy.max_attempts + 2))
+    return policy, attempt
+
+
+@given(policy_and_attempt(), outcomes, st.integers())
 def test_delay_is_within_bounds_or_none(
-    policy: RetryPolicy, outcome: Outcome, attempt: int, seed: int
+    case: tuple[RetryPolicy, int], outcome: Outcome, seed: int
 ) -> None:
+    policy, attempt = case
     delay = policy.next_delay(attempt, outcome, random.Random(seed))
     if delay is None:
         return
@@ -54,10 +65,11 @@ def test_none_from_max_attempts_on(
     assert policy.next_delay(attempt, outcome, random.Random(seed)) is None
 
 
-@given(policies, outcomes, st.integers(min_value=1, max_value=49))
+@given(policy_and_attempt(), outcomes)
 def test_retryable_outcomes_get_a_delay_before_max_attempts(
-    policy: RetryPolicy, outcome: Outcome, attempt: int
+    case: tuple[RetryPolicy, int], outcome: Outcome
 ) -> None:
+    policy, attempt = case
     delay = policy.next_delay(attempt, outcome, random.Random(0))
     expected = attempt < policy.max_attempts and policy.is_retryable(outcome)
     assert (delay is not None) == expected
@@ -73,11 +85,35 @@ def test_same_seed_gives_the_same_sequence(
     assert run(random.Random(seed)) == run(random.Random(seed))
 
 
-@given(policies, outcomes, st.integers(min_value=1, max_value=49), st.integers())
+@given(policy_and_attempt(), outcomes, st.integers())
 def test_server_retry_after_is_honoured_up_to_its_cap(
-    policy: RetryPolicy, outcome: Outcome, attempt: int, seed: int
+    case: tuple[RetryPolicy, int], outcome: Outcome, seed: int
 ) -> None:
+    policy, attempt = case
     delay = policy.next_delay(attempt, outcome, random.Random(seed))
     if delay is None or outcome.retry_after_s is None:
         return
     assert delay >= min(max(outcome.retry_after_s, 0.0), policy.max_retry_after_s)
+
+
+throttled = st.builds(
+    Outcome,
+    kind=st.just(FailureKind.STATUS),
+    status=st.sampled_from([429, 503]),
+    retry_after_s=st.floats(min_value=0.0, max_value=1e9, allow_nan=False),
+)
+
+
+@given(policy_and_attempt(), throttled, st.integers())
+def test_throttled_delay_stays_between_the_server_floor_and_the_caps(
+    case: tuple[RetryPolicy, int], outcome: Outcome, seed: int
+) -> None:
+    policy, attempt = case
+    delay = policy.next_delay(attempt, outcome, random.Random(seed))
+    if attempt >= policy.max_attempts:
+        assert delay is None
+        return
+    assert delay is not None
+    assert outcome.retry_after_s is not None
+    floor = min(outcome.retry_after_s, policy.max_retry_after_s)
+    assert floor <= delay <= max(policy.max_delay_s, policy.max_retry_after_s)
