@@ -182,10 +182,11 @@ def _split_columns(split: object, records: object) -> tuple[ColumnSpec, ...]:
     required = _described_required(_get(split, "properties", "columns", "description"), names)
     if required is None:
         required = _records_required(records, names)
-    return tuple(
-        ColumnSpec(name, arrow_type(types[i] if i < len(types) else None), name in required)
-        for i, name in enumerate(names)
-    )
+    columns: dict[str, ColumnSpec] = {}
+    for i, name in enumerate(names):
+        kind = arrow_type(types[i] if i < len(types) else None)
+        columns.setdefault(name, ColumnSpec(name, kind, name in required))  # first one wins
+    return tuple(columns.values())
 
 
 def _described_required(description: object, names: Sequence[str]) -> frozenset[str] | None:
@@ -276,12 +277,11 @@ def arrow_type(spec: object) -> pa.DataType | None:
         return None if item is None else pa.list_(item)
     if kind == "object":
         return _struct_type(_mapping(_get(spec, "properties")))
-    fmt = _get(spec, "format")
     if kind is None:
         return None
-    return _SCALAR_TYPES.get((kind, fmt if isinstance(fmt, str) else None)) or _SCALAR_TYPES.get(
-        (kind, None)
-    )
+    fmt = _get(spec, "format")
+    fmt = fmt if isinstance(fmt, str) else None
+    return _SCALAR_TYPES.get((kind, fmt), _SCALAR_TYPES.get((kind, None)))
 
 
 def _struct_type(properties: Mapping[str, Any]) -> pa.DataType | None:
@@ -341,7 +341,8 @@ class CastPlan:
             SchemaError: the batch lacks a planned column, or a checked cast met a value that
                 does not fit (e.g. an int64 too large for an int32 column).
         """
-        if list(batch.schema.names) == list(self.columns) and not any(self.targets):
+        untouched = all(target is None for target in self.targets)
+        if untouched and list(batch.schema.names) == list(self.columns):
             return batch
         arrays = [
             _cast_column(batch, name, target)
@@ -520,10 +521,6 @@ def _fit_struct(found: pa.DataType, target: pa.DataType) -> _Fit:
     return max(fits)
 
 
-def _never(found: pa.DataType, target: pa.DataType) -> _Fit:
-    return _Fit.NO
-
-
 _TARGET_RULES = (
     (pa.types.is_integer, _fit_integer),
     (pa.types.is_floating, _fit_float),
@@ -533,8 +530,7 @@ _TARGET_RULES = (
     (pa.types.is_date, _fit_date),
     (pa.types.is_list, _fit_list),
     (pa.types.is_struct, _fit_struct),
-    (pa.types.is_boolean, _never),  # only bool fits bool, and that is SAME
-)
+)  # any other target (bool, ...) fits only its own type, which _fit() answers as SAME
 
 
 def _cast_column(batch: pa.RecordBatch, name: str, target: pa.DataType | None) -> pa.Array:

@@ -820,3 +820,11 @@ def test_schema_error_is_a_usage_error_with_exit_code_2() -> None:
         plan_cast(pa.schema([]), SEED_MODEL)
     assert isinstance(info.value, UsageError)
     assert info.value.exit_code == 2
+
+
+def test_a_column_listed_twice_in_the_enum_keeps_its_first_type() -> None:
+    types = [{"type": "integer"}, {"type": "string"}, {"type": "boolean"}]
+    doc = doc_with_request_schema(split_schema(["a", "b", "a"], types))
+    model = parse_openapi(doc)
+    assert model is not None
+    assert model.columns == (ColumnSpec("a", pa.int64(), True), ColumnSpec("b", pa.string(), True))
