@@ -1,0 +1,189 @@
+"""Crash-safe progress: finished batches' results, keyed by content, persisted atomically.
+
+A checkpoint directory holds part files (Arrow IPC: ``prediction``, ``error``) and one
+append-only ``manifest.jsonl``. A part is written to a temporary name, fsync'd and renamed
+before the manifest lines naming it are appended and fsync'd, so the manifest only ever points
+at complete parts; a torn last line (a kill mid-append) is ignored on load.
+
+Keys are a hash of what decides a batch's predictions: the request body (the model columns'
+values, cast, plus ``params``), the endpoint and the served model version. Not the position:
+a rerun on changed input redoes only the batches whose content changed, and a new model
+version redoes everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from engine.errors import UsageError
+
+__all__ = ["Checkpoint", "batch_key"]
+
+log = logging.getLogger("engine.checkpoint")
+
+MANIFEST = "manifest.jsonl"
+#: Results are persisted at least this often, and whenever this many batches are waiting.
+FLUSH_INTERVAL_S = 1.0
+FLUSH_BATCHES = 64
+
+
+def batch_key(body: bytes, *, endpoint: str, model_version: str) -> str:
+    """The content key of one request batch."""
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(endpoint.encode())
+    digest.update(b"\x00")
+    digest.update(model_version.encode())
+    digest.update(b"\x00")
+    digest.update(body)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    part: str
+    start: int
+    rows: int
+
+
+@dataclass
+class Checkpoint:
+    """Loads finished batches from ``directory`` and persists new ones in groups.
+
+    Args:
+        directory: the checkpoint folder (created if missing).
+    """
+
+    directory: Path
+    _entries: dict[str, _Entry] = field(default_factory=dict, init=False, repr=False)
+    _pending: list[tuple[str, pa.Array, pa.Array]] = field(default_factory=list, init=False)
+    _last_flush: float = field(default=0.0, init=False)
+    _parts: dict[str, pa.Table] = field(default_factory=dict, init=False, repr=False)
+    reused_batches: int = field(default=0, init=False)
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str], *, fresh: bool = False) -> Checkpoint:
+        path = Path(directory)
+        if fresh and path.exists():
+            shutil.rmtree(path)
+        try:
+            (path / "parts").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot create checkpoint directory {path}: {exc.strerror}; "
+                "choose another with --checkpoint DIR"
+            ) from exc
+        checkpoint = cls(path)
+        checkpoint._load()
+        return checkpoint
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _load(self) -> None:
+        manifest = self.directory / MANIFEST
+        if not manifest.exists():
+            return
+        for line in manifest.read_bytes().splitlines():
+            try:
+                doc = orjson.loads(line)
+                entry = _Entry(str(doc["part"]), int(doc["start"]), int(doc["rows"]))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue  # a torn last line from a kill mid-append
+            if (self.directory / "parts" / entry.part).exists():
+                self._entries[str(doc["key"])] = entry
+        log.info("checkpoint %s: %d finished batches to reuse", self.directory, len(self._entries))
+
+    def get(self, key: str) -> tuple[pa.Array, pa.Array] | None:
+        """The stored (prediction, error) arrays for ``key``, or None."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        part = self._parts.get(entry.part)
+        if part is None:
+            with pa.memory_map(str(self.directory / "parts" / entry.part)) as source:
+                part = ipc.open_file(source).read_all()
+            if len(self._parts) > 4:
+                self._parts.pop(next(iter(self._parts)))
+            self._parts[entry.part] = part
+        piece = part.slice(entry.start, entry.rows)
+        self.reused_batches += 1
+        return (
+            piece.column("prediction").combine_chunks(),
+            piece.column("error").combine_chunks(),
+        )
+
+    def add(self, key: str, predictions: pa.Array, errors: pa.Array) -> bool:
+        """Queue one finished batch; returns True when a flush is due."""
+        self._pending.append((key, predictions, errors))
+        return self.flush_due()
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
+    def flush_due(self) -> bool:
+        if not self._pending:
+            return False
+        waited = time.monotonic() - self._last_flush
+        return len(self._pending) >= FLUSH_BATCHES or waited >= FLUSH_INTERVAL_S
+
+    def take_pending(self) -> list[tuple[str, pa.Array, pa.Array]]:
+        pending, self._pending = self._pending, []
+        self._last_flush = time.monotonic()
+        return pending
+
+    def write(self, pending: list[tuple[str, pa.Array, pa.Array]]) -> None:
+        """Persist ``pending`` as one part + manifest lines (blocking: run it in a thread)."""
+        if not pending:
+            return
+        predictions = _unify([p for _, p, _ in pending])
+        errors = pa.concat_arrays([e.cast(pa.string()) for _, _, e in pending])
+        table = pa.table({"prediction": predictions, "error": errors})
+        name = f"part-{time.time_ns()}-{os.getpid()}.arrow"
+        final = self.directory / "parts" / name
+        tmp = final.with_suffix(".tmp")
+        with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        _fsync_path(tmp)
+        os.replace(tmp, final)
+        _fsync_path(final.parent)
+        lines = []
+        start = 0
+        for key, preds, _ in pending:
+            lines.append(
+                orjson.dumps({"key": key, "part": name, "start": start, "rows": len(preds)})
+            )
+            self._entries[key] = _Entry(name, start, len(preds))
+            start += len(preds)
+        with open(self.directory / MANIFEST, "ab") as manifest:
+            manifest.write(b"\n".join(lines) + b"\n")
+            manifest.flush()
+            os.fsync(manifest.fileno())
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _unify(arrays: list[pa.Array]) -> pa.Array:
+    typed = [a.type for a in arrays if not pa.types.is_null(a.type)]
+    if not typed:
+        return pa.concat_arrays(arrays)
+    return pa.concat_arrays([a if a.type == typed[0] else a.cast(typed[0]) for a in arrays])
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,61 @@
+"""Checkpoint persistence: atomic parts, a manifest that survives a torn last line."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from engine.checkpoint import MANIFEST, Checkpoint, batch_key
+
+
+def test_key_depends_on_content_endpoint_and_model_version() -> None:
+    base = batch_key(b"body", endpoint="e", model_version="v1")
+    assert base == batch_key(b"body", endpoint="e", model_version="v1")
+    assert base != batch_key(b"body2", endpoint="e", model_version="v1")
+    assert base != batch_key(b"body", endpoint="f", model_version="v1")
+    assert base != batch_key(b"body", endpoint="e", model_version="v2")
+
+
+def test_written_batches_are_found_after_reopening(tmp_path) -> None:
+    store = Checkpoint.open(tmp_path / "ck")
+    store.add("k1", pa.array([1.0, 2.0]), pa.nulls(2, pa.string()))
+    store.add("k2", pa.nulls(1, pa.null()), pa.array(["bad row"]))
+    store.write(store.take_pending())
+
+    again = Checkpoint.open(tmp_path / "ck")
+    assert len(again) == 2
+    preds, errors = again.get("k1")
+    assert preds.to_pylist() == [1.0, 2.0] and errors.to_pylist() == [None, None]
+    preds, errors = again.get("k2")
+    assert preds.to_pylist() == [None] and errors.to_pylist() == ["bad row"]
+    assert again.get("missing") is None
+
+
+def test_torn_manifest_line_is_ignored(tmp_path) -> None:
+    store = Checkpoint.open(tmp_path / "ck")
+    store.add("k1", pa.array([1]), pa.nulls(1, pa.string()))
+    store.write(store.take_pending())
+    with open(tmp_path / "ck" / MANIFEST, "ab") as manifest:
+        manifest.write(b'{"key": "k2", "part": "part-x.ar')  # killed mid-append
+    again = Checkpoint.open(tmp_path / "ck")
+    assert len(again) == 1 and again.get("k1") is not None
+
+
+def test_manifest_line_for_a_missing_part_is_ignored(tmp_path) -> None:
+    (tmp_path / "ck" / "parts").mkdir(parents=True)
+    (tmp_path / "ck" / MANIFEST).write_bytes(b'{"key":"k","part":"gone.arrow","start":0,"rows":1}\n')
+    assert len(Checkpoint.open(tmp_path / "ck")) == 0
+
+
+def test_fresh_discards_what_was_there(tmp_path) -> None:
+    store = Checkpoint.open(tmp_path / "ck")
+    store.add("k1", pa.array([1]), pa.nulls(1, pa.string()))
+    store.write(store.take_pending())
+    assert len(Checkpoint.open(tmp_path / "ck", fresh=True)) == 0
+
+
+def test_flush_is_due_after_enough_batches(tmp_path) -> None:
+    store = Checkpoint.open(tmp_path / "ck")
+    store.take_pending()  # start the interval now
+    due = [store.add(f"k{i}", pa.array([i]), pa.nulls(1, pa.string())) for i in range(64)]
+    assert due[-1] is True
+    assert not any(due[:10])
