@@ -244,7 +244,8 @@ class OrderedWriter:
         self._check_complete(expected_batches)
         if self._held is not None:
             self._release_held(pa.null())
-        out = self._out or self._open_output(self._output_schema(pa.null()))
+        schema = self._output_schema(self._prediction_type or pa.null())
+        out = self._out or self._open_output(schema)
         out.close(flush=True)
         _fsync_path(self._tmp)
         _publish(self._tmp, self.spec.path, overwrite=self.spec.overwrite)
@@ -338,6 +339,8 @@ class OrderedWriter:
             origin = f"the type batch {self._decided_by} set"
         where = f"batch {batch_id}'s predictions ({column.type}) do not convert to {origin}"
         hint = "" if self._declared_type else "; declare the prediction type up front"
+        if _is_text(column.type) and not _is_text(target):  # parsing text is not a widening
+            raise EngineError(f"{where}: text is not parsed into {target}{hint}")
         index = table.schema.get_field_index("prediction")
         return table.set_column(index, "prediction", _cast(column, target, where, hint))
 
@@ -504,6 +507,10 @@ def _dropped_fields(source: pa.DataType, target: pa.DataType, prefix: str = "") 
     if any(test(source) for test in listlike) and any(test(target) for test in listlike):
         return _dropped_fields(source.value_type, target.value_type, prefix)
     return []
+
+
+def _is_text(data_type: pa.DataType) -> bool:
+    return bool(pa.types.is_string(data_type) or pa.types.is_large_string(data_type))
 
 
 def _temp_beside(path: str, suffix: str = ".tmp") -> str:
