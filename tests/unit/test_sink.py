@@ -1,0 +1,434 @@
+"""engine.sink: results land in batch order, typed, and only ever as a complete file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from engine.errors import EngineError, InputError, OutputExistsError, UsageError
+from engine.sink import ROW_GROUP_ROWS, OrderedWriter, OutputSpec, check_output, read_output
+
+
+def _result(batch_id: int, predictions: list[Any], typ: pa.DataType | None = None) -> pa.Table:
+    rows = len(predictions)
+    errors = [None if p is not None else "rejected" for p in predictions]
+    return pa.table(
+        {
+            "id": [batch_id * 100 + i for i in range(rows)],
+            "prediction": pa.array(predictions, typ),
+            "error": pa.array(errors, pa.string()),
+        }
+    )
+
+
+def _rejected(batch_id: int, rows: int = 2) -> pa.Table:
+    return _result(batch_id, [None] * rows, pa.null())
+
+
+def _files(directory: Path) -> list[str]:
+    return sorted(os.listdir(directory))
+
+
+# --- check_output --------------------------------------------------------------------------
+
+
+def test_check_output_refuses_an_existing_file_naming_overwrite(tmp_path: Path) -> None:
+    path = tmp_path / "out.arrow"
+    path.write_bytes(b"old")
+    with pytest.raises(OutputExistsError, match=r"out\.arrow already exists.*--overwrite"):
+        check_output(OutputSpec(str(path)))
+    check_output(OutputSpec(str(path), overwrite=True))
+
+
+def test_check_output_refuses_a_directory_even_with_overwrite(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="is a directory"):
+        check_output(OutputSpec(str(tmp_path), overwrite=True))
+
+
+def test_check_output_accepts_a_parent_that_can_be_created_without_creating_it(
+    tmp_path: Path,
+) -> None:
+    check_output(OutputSpec(str(tmp_path / "new" / "deeper" / "out.arrow")))
+    assert _files(tmp_path) == []
+
+
+def test_check_output_refuses_a_parent_below_a_file(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match="is a file"):
+        check_output(OutputSpec(str(tmp_path / "file" / "out.arrow")))
+
+
+def test_writer_refuses_an_existing_output_before_writing_anything(tmp_path: Path) -> None:
+    path = tmp_path / "out.arrow"
+    path.write_bytes(b"old")
+    with pytest.raises(OutputExistsError):
+        OrderedWriter(OutputSpec(str(path)))
+    assert _files(tmp_path) == ["out.arrow"]
+    assert path.read_bytes() == b"old"
+
+
+# --- ordering -----------------------------------------------------------------------------
+
+
+def test_out_of_order_results_are_written_in_batch_order(tmp_path: Path) -> None:
+    writer = OrderedWriter(OutputSpec(str(tmp_path / "out.arrow")))
+    assert writer.add(2, _result(2, [2.0, 2.5])) == 0
+    assert writer.add(1, _result(1, [1.0])) == 0
+    assert (writer.pending, writer.next_batch_id, writer.rows_written) == (2, 0, 0)
+    assert writer.add(0, _result(0, [0.0])) == 3
+    assert (writer.pending, writer.next_batch_id, writer.rows_written) == (0, 3, 4)
+    writer.finish()
+    table = read_output(tmp_path / "out.arrow")
+    assert table.column("id").to_pylist() == [0, 100, 200, 201]
+    assert table.column("prediction").to_pylist() == [0.0, 1.0, 2.0, 2.5]
+
+
+def test_record_batches_are_accepted_like_tables(tmp_path: Path) -> None:
+    writer = OrderedWriter(OutputSpec(str(tmp_path / "out.arrow")))
+    writer.add(0, _result(0, [1.0]).to_batches()[0])
+    writer.finish()
+    assert read_output(tmp_path / "out.arrow").num_rows == 1
+
+
+def test_a_repeated_batch_id_is_refused(tmp_path: Path) -> None:
+    writer = OrderedWriter(OutputSpec(str(tmp_path / "out.arrow")))
+    writer.add(0, _result(0, [1.0]))
+    writer.add(2, _result(2, [1.0]))
+    for batch_id in (0, 2):
+        with pytest.raises(ValueError, match=f"batch {batch_id} was already added"):
+            writer.add(batch_id, _result(batch_id, [1.0]))
+    writer.abort()
+
+
+def test_finish_names_the_missing_batch_ids(tmp_path: Path) -> None:
+    writer = OrderedWriter(OutputSpec(str(tmp_path / "out.arrow")))
+    for batch_id in (0, 2, 6):
+        writer.add(batch_id, _result(batch_id, [1.0]))
+    with pytest.raises(EngineError, match=r"batches 1, 3-5 never arrived \(2 later results"):
+        writer.finish()
+    writer.abort()
+    assert _files(tmp_path) == []
+
+
+def test_finish_with_expected_batches_names_the_ones_never_sent(tmp_path: Path) -> None:
+    writer = OrderedWriter(OutputSpec(str(tmp_path / "out.arrow")))
+    writer.add(0, _result(0, [1.0]))
+    with pytest.raises(EngineError, match="batches 1-2 never arrived"):
+        writer.finish(expected_batches=3)
+    writer.abort()
+
+
+def test_finish_with_expected_batches_refuses_extra_ids(tmp_path: Path) -> None:
+    writer = OrderedWriter(OutputSpec(str(tmp_path / "out.arrow")))
+    writer.add(0, _result(0, [1.0]))
+    writer.add(5, _result(5, [1.0]))
+    with pytest.raises(EngineError, match="unexpected batches 5"):
+        writer.finish(expected_batches=1)
+    writer.abort()
+
+
+# --- atomic finish ------------------------------------------------------------------------
+
+
+def test_nothing_appears_at_the_path_before_finish(tmp_path: Path) -> None:
+    path = tmp_path / "out.arrow"
+    writer = OrderedWriter(OutputSpec(str(path)))
+    writer.add(0, _result(0, [1.0] * 1000))
+    assert not path.exists()
+    temps = _files(tmp_path)
+    assert len(temps) == 1
+    assert temps[0].startswith(".out.arrow.")
+    assert temps[0].endswith(".tmp")
+    assert writer.finish() == str(path)
+    assert _files(tmp_path) == ["out.arrow"]
+
+
+def test_abort_leaves_no_output_and_no_temp_files(tmp_path: Path) -> None:
+    writer = OrderedWriter(OutputSpec(str(tmp_path / "out.parquet")))
+    writer.add(0, _rejected(0))  # held in a spill file too
+    writer.add(1, _result(1, [1.0]))
+    writer.add(3, _result(3, [1.0]))
+    writer.abort()
+    writer.abort()  # idempotent
+    assert _files(tmp_path) == []
+
+
+def test_context_manager_aborts_on_an_exception(tmp_path: Path) -> None:
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        OrderedWriter(OutputSpec(str(tmp_path / "out.arrow"))) as writer,
+    ):
+        writer.add(0, _result(0, [1.0]))
+        raise RuntimeError("boom")
+    assert _files(tmp_path) == []
+
+
+def test_context_manager_finishes_on_a_clean_exit(tmp_path: Path) -> None:
+    with OrderedWriter(OutputSpec(str(tmp_path / "out.arrow"))) as writer:
+        writer.add(0, _result(0, [1.0]))
+    assert _files(tmp_path) == ["out.arrow"]
+
+
+def test_abort_after_finish_keeps_the_output(tmp_path: Path) -> None:
+    writer = OrderedWriter(OutputSpec(str(tmp_path / "out.arrow")))
+    writer.add(0, _result(0, [1.0]))
+    writer.finish()
+    writer.abort()
+    assert read_output(tmp_path / "out.arrow").num_rows == 1
+
+
+def test_add_after_finish_is_an_error(tmp_path: Path) -> None:
+    writer = OrderedWriter(OutputSpec(str(tmp_path / "out.arrow")))
+    writer.finish()
+    with pytest.raises(RuntimeError, match="already finished"):
+        writer.add(0, _result(0, [1.0]))
+
+
+def test_overwrite_replaces_an_existing_output_only_at_finish(tmp_path: Path) -> None:
+    path = tmp_path / "out.arrow"
+    path.write_bytes(b"old")
+    writer = OrderedWriter(OutputSpec(str(path), overwrite=True))
+    writer.add(0, _result(0, [1.0]))
+    assert path.read_bytes() == b"old"
+    writer.finish()
+    assert read_output(path).num_rows == 1
+
+
+def test_a_file_that_appears_during_the_run_is_not_clobbered(tmp_path: Path) -> None:
+    path = tmp_path / "out.arrow"
+    writer = OrderedWriter(OutputSpec(str(path)))
+    writer.add(0, _result(0, [1.0]))
+    path.write_bytes(b"someone else's")
+    with pytest.raises(OutputExistsError, match="appeared while the run was writing"):
+        writer.finish()
+    writer.abort()
+    assert path.read_bytes() == b"someone else's"
+    assert _files(tmp_path) == ["out.arrow"]
+
+
+def test_missing_parent_directories_are_created(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "out.arrow"
+    writer = OrderedWriter(OutputSpec(str(path)))
+    writer.finish()
+    assert path.is_file()
+
+
+# --- formats ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["out.parquet", "out.PQ"])
+def test_parquet_extension_writes_zstd_parquet(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    writer = OrderedWriter(OutputSpec(str(path)))
+    writer.add(0, _result(0, [1.0, 2.0]))
+    writer.finish()
+    assert path.read_bytes()[:4] == b"PAR1"
+    column = pq.ParquetFile(path).metadata.row_group(0).column(0)
+    assert column.compression == "ZSTD"
+    assert read_output(path).column("prediction").to_pylist() == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("name", ["out.arrow", "out.feather", "out"])
+def test_other_extensions_write_an_arrow_ipc_file(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    writer = OrderedWriter(OutputSpec(str(path)))
+    writer.add(0, _result(0, [1.0]))
+    writer.finish()
+    assert path.read_bytes()[:6] == b"ARROW1"
+    assert pa.ipc.open_file(str(path)).read_all().num_rows == 1
+
+
+def test_small_parquet_results_are_gathered_into_large_row_groups(tmp_path: Path) -> None:
+    path = tmp_path / "out.parquet"
+    writer = OrderedWriter(OutputSpec(str(path)))
+    per_batch = 1_000
+    batches = (ROW_GROUP_ROWS // per_batch) * 2 + 5
+    for batch_id in range(batches):
+        writer.add(batch_id, _result(batch_id, [1.0] * per_batch))
+    writer.finish()
+    metadata = pq.ParquetFile(path).metadata
+    assert metadata.num_rows == batches * per_batch
+    assert metadata.num_row_groups <= 3
+    assert metadata.row_group(0).num_rows >= ROW_GROUP_ROWS
+
+
+def test_output_schema_is_kept_columns_then_prediction_then_error(tmp_path: Path) -> None:
+    writer = OrderedWriter(OutputSpec(str(tmp_path / "out.arrow")))
+    table = _result(0, [1.0]).select(["error", "prediction", "id"])
+    writer.add(0, table)
+    writer.finish()
+    assert read_output(tmp_path / "out.arrow").schema == pa.schema(
+        [("id", pa.int64()), ("prediction", pa.float64()), ("error", pa.string())]
+    )
+
+
+def test_empty_run_writes_a_valid_file_with_the_output_schema(tmp_path: Path) -> None:
+    kept = pa.schema([("id", pa.int64())])
+    writer = OrderedWriter(
+        OutputSpec(str(tmp_path / "out.parquet")), prediction_type=pa.float64(), kept_schema=kept
+    )
+    writer.finish()
+    table = read_output(tmp_path / "out.parquet")
+    assert table.num_rows == 0
+    assert table.schema.names == ["id", "prediction", "error"]
+    assert table.schema.field("prediction").type == pa.float64()
+
+
+def test_read_output_of_a_missing_file_is_an_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no output file"):
+        read_output(tmp_path / "nope.arrow")
+
+
+# --- schema checks and prediction typing ------------------------------------------------
+
+
+def test_declared_prediction_type_is_applied_to_every_result(tmp_path: Path) -> None:
+    writer = OrderedWriter(OutputSpec(str(tmp_path / "out.arrow")), prediction_type=pa.float32())
+    writer.add(0, _result(0, [1, 2]))
+    writer.add(1, _rejected(1))
+    writer.finish()
+    column = read_output(tmp_path / "out.arrow").column("prediction")
+    assert column.type == pa.float32()
+    assert column.to_pylist() == [1.0, 2.0, None, None]
+
+
+def test_prediction_that_cannot_take_the_declared_type_is_a_clear_error(tmp_path: Path) -> None:
+    writer = OrderedWriter(OutputSpec(str(tmp_path / "out.arrow")), prediction_type=pa.int64())
+    with pytest.raises(EngineError, match=r"batch 0's predictions \(string\) do not convert"):
+        writer.add(0, _result(0, ["cat"]))
+    writer.abort()
+
+
+def test_without_a_declared_type_the_first_typed_result_decides(tmp_path: Path) -> None:
+    writer = OrderedWriter(OutputSpec(str(tmp_path / "out.arrow")))
+    writer.add(0, _rejected(0))
+    writer.add(1, _rejected(1))
+    assert writer.prediction_type is None
+    assert writer.add(2, _result(2, [1.5])) == 1
+    assert writer.prediction_type == pa.float64()
+    writer.add(3, _result(3, [2, 3]))  # int64, widened to double
+    writer.add(4, _rejected(4))
+    writer.finish()
+    table = read_output(tmp_path / "out.arrow")
+    assert table.schema.field("prediction").type == pa.float64()
+    assert table.column("id").to_pylist() == [0, 1, 100, 101, 200, 300, 301, 400, 401]
+    assert table.column("prediction").to_pylist() == [None] * 4 + [1.5, 2.0, 3.0, None, None]
+    assert table.column("error").to_pylist()[:4] == ["rejected"] * 4
+
+
+def test_held_results_count_as_written_so_the_callers_window_moves(tmp_path: Path) -> None:
+    writer = OrderedWriter(OutputSpec(str(tmp_path / "out.arrow")))
+    assert writer.add(0, _rejected(0, rows=3)) == 1
+    assert writer.rows_written == 3
+    writer.abort()
+
+
+def test_held_results_wait_on_disk_not_in_memory(tmp_path: Path) -> None:
+    writer = OrderedWriter(OutputSpec(str(tmp_path / "out.arrow")))
+    writer.add(0, _rejected(0, rows=10_000))
+    assert any(name.endswith(".held.tmp") for name in _files(tmp_path))
+    writer.add(1, _result(1, [1.0]))
+    assert not any(name.endswith(".held.tmp") for name in _files(tmp_path))
+    writer.finish()
+    assert read_output(tmp_path / "out.arrow").num_rows == 10_001
+
+
+def test_the_type_is_decided_in_batch_order_not_arrival_order(tmp_path: Path) -> None:
+    writer = OrderedWriter(OutputSpec(str(tmp_path / "out.arrow")))
+    writer.add(1, _result(1, [2]))
+    writer.add(0, _result(0, [1.5]))
+    assert writer.prediction_type == pa.float64()
+    writer.finish()
+    assert read_output(tmp_path / "out.arrow").column("prediction").to_pylist() == [1.5, 2.0]
+
+
+def test_text_predictions_are_not_parsed_into_numbers(tmp_path: Path) -> None:
+    writer = OrderedWriter(OutputSpec(str(tmp_path / "out.arrow")))
+    writer.add(0, _result(0, [1.5]))
+    with pytest.raises(EngineError, match=r"batch 1's predictions \(string\).*not parsed"):
+        writer.add(1, _result(1, ["2.5"]))
+    writer.abort()
+
+
+def test_all_results_rejected_writes_a_null_typed_prediction(tmp_path: Path) -> None:
+    writer = OrderedWriter(OutputSpec(str(tmp_path / "out.parquet")))
+    writer.add(0, _rejected(0))
+    writer.add(1, _rejected(1))
+    writer.finish()
+    table = read_output(tmp_path / "out.parquet")
+    assert table.schema.field("prediction").type == pa.null()
+    assert table.num_rows == 4
+    assert _files(tmp_path) == ["out.parquet"]
+
+
+def test_later_type_that_loses_data_is_refused_with_a_fix(tmp_path: Path) -> None:
+    writer = OrderedWriter(OutputSpec(str(tmp_path / "out.arrow")))
+    writer.add(0, _result(0, [1, 2]))
+    with pytest.raises(EngineError, match=r"batch 0 set.*declare the prediction type up front"):
+        writer.add(1, _result(1, [1.5]))
+    writer.abort()
+
+
+def test_struct_missing_a_field_is_filled_with_nulls(tmp_path: Path) -> None:
+    full = pa.struct([("label", pa.string()), ("score", pa.float64())])
+    writer = OrderedWriter(OutputSpec(str(tmp_path / "out.arrow")))
+    writer.add(0, _result(0, [{"label": "a", "score": 0.5}], full))
+    writer.add(1, _result(1, [{"label": "b"}]))
+    writer.finish()
+    assert read_output(tmp_path / "out.arrow").column("prediction").to_pylist() == [
+        {"label": "a", "score": 0.5},
+        {"label": "b", "score": None},
+    ]
+
+
+def test_struct_with_an_extra_field_is_refused_rather_than_dropped(tmp_path: Path) -> None:
+    writer = OrderedWriter(OutputSpec(str(tmp_path / "out.arrow")))
+    writer.add(0, _result(0, [{"label": "a"}]))
+    with pytest.raises(EngineError, match=r"has no field.*score"):
+        writer.add(1, _result(1, [{"label": "b", "score": 0.5}]))
+    writer.abort()
+
+
+def test_result_without_an_error_column_is_refused(tmp_path: Path) -> None:
+    writer = OrderedWriter(OutputSpec(str(tmp_path / "out.arrow")))
+    with pytest.raises(EngineError, match="batch 0's result has no error column"):
+        writer.add(0, _result(0, [1.0]).drop_columns(["error"]))
+    writer.abort()
+
+
+def test_result_with_other_kept_columns_is_refused(tmp_path: Path) -> None:
+    writer = OrderedWriter(
+        OutputSpec(str(tmp_path / "out.arrow")), kept_schema=pa.schema([("key", pa.string())])
+    )
+    with pytest.raises(EngineError, match=r"batch 0's kept columns are \['id'\]"):
+        writer.add(0, _result(0, [1.0]))
+    writer.abort()
+
+
+def test_kept_columns_are_cast_to_the_kept_schema(tmp_path: Path) -> None:
+    kept = pa.schema([("id", pa.int32())])
+    writer = OrderedWriter(OutputSpec(str(tmp_path / "out.arrow")), kept_schema=kept)
+    writer.add(0, _result(0, [1.0]))
+    writer.finish()
+    assert read_output(tmp_path / "out.arrow").schema.field("id").type == pa.int32()
+
+
+def test_kept_schema_may_not_use_a_result_column_name(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="cannot be named"):
+        OrderedWriter(
+            OutputSpec(str(tmp_path / "out.arrow")),
+            kept_schema=pa.schema([("prediction", pa.int64())]),
+        )
+
+
+def test_null_typed_error_column_is_written_as_string(tmp_path: Path) -> None:
+    writer = OrderedWriter(OutputSpec(str(tmp_path / "out.arrow")))
+    table = _result(0, [1.0]).set_column(2, "error", pa.nulls(1, pa.null()))
+    writer.add(0, table)
+    writer.finish()
+    assert read_output(tmp_path / "out.arrow").schema.field("error").type == pa.string()
