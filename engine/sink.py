@@ -175,8 +175,8 @@ class OrderedWriter:
         self._out: _Output | None = None
         self._held: _Spill | None = None
         self._state = "open"
-        os.makedirs(os.path.dirname(os.path.abspath(spec.path)), exist_ok=True)
-        self._tmp = _temp_beside(spec.path)
+        # Created with the first write, so a writer that is never used leaves nothing behind.
+        self._tmp: str | None = None
 
     @property
     def next_batch_id(self) -> int:
@@ -247,6 +247,7 @@ class OrderedWriter:
         schema = self._output_schema(self._prediction_type or pa.null())
         out = self._out or self._open_output(schema)
         out.close(flush=True)
+        assert self._tmp is not None
         _fsync_path(self._tmp)
         _publish(self._tmp, self.spec.path, overwrite=self.spec.overwrite)
         self._state = "finished"
@@ -267,8 +268,9 @@ class OrderedWriter:
                 self._out.close(flush=False)
         if self._held is not None:
             self._held.discard()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._tmp)
+        if self._tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._tmp)
 
     def __enter__(self) -> OrderedWriter:
         return self
@@ -368,6 +370,7 @@ class OrderedWriter:
 
     def _open_output(self, schema: pa.Schema) -> _Output:
         output_type = _ParquetOutput if self.spec.is_parquet else _IpcOutput
+        self._tmp = _temp_beside(self.spec.path)
         self._out = output_type(self._tmp, schema)
         return self._out
 
@@ -515,6 +518,7 @@ def _is_text(data_type: pa.DataType) -> bool:
 
 def _temp_beside(path: str, suffix: str = ".tmp") -> str:
     directory, name = os.path.split(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=suffix, dir=directory)
     os.close(fd)
     return tmp

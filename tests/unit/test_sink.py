@@ -148,6 +148,11 @@ def test_nothing_appears_at_the_path_before_finish(tmp_path: Path) -> None:
     assert _files(tmp_path) == ["out.arrow"]
 
 
+def test_a_writer_that_is_never_used_creates_nothing(tmp_path: Path) -> None:
+    OrderedWriter(OutputSpec(str(tmp_path / "sub" / "out.arrow")))
+    assert _files(tmp_path) == []
+
+
 def test_abort_leaves_no_output_and_no_temp_files(tmp_path: Path) -> None:
     writer = OrderedWriter(OutputSpec(str(tmp_path / "out.parquet")))
     writer.add(0, _rejected(0))  # held in a spill file too
