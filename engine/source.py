@@ -63,7 +63,8 @@ Inputs: TypeAlias = (
     " | pa.RecordBatchReader | pl.DataFrame | pl.LazyFrame | pd.DataFrame"
 )
 BatchFactory: TypeAlias = Callable[[list[str], int], Iterator[pa.RecordBatch]]
-"""Yields batches holding (at least) the named columns, at most ``batch_rows`` rows each."""
+"""Yields batches holding (at least) the named columns; ``Source.reader`` selects, casts and
+splits them to the projected schema and ``batch_rows``."""
 
 
 @dataclass(frozen=True, slots=True)
