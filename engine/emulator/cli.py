@@ -98,6 +98,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     models.add_argument("--config", metavar="FILE", help="JSON file of extra settings (see docs)")
     parser.add_argument("--json", action="store_true", help="print one JSON line, then serve")
+    parser.add_argument(
+        "--no-row-accounting",
+        action="store_true",
+        help="skip per-row counters (for long benchmark runs; memory grows with distinct rows)",
+    )
 
 
 def _no_usage(file: object = None) -> None:
@@ -209,6 +214,7 @@ def _build(args: argparse.Namespace, file: dict[str, Any]) -> EmulatorConfig:
         port=args.port,
         data_plane_port=args.data_plane_port,
         workspace_id=str(file.get("workspace_id", DEFAULT_WORKSPACE_ID)),
+        track_rows=not args.no_row_accounting,
     )
 
 

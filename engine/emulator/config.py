@@ -210,6 +210,8 @@ class EmulatorConfig:
         port: the control plane's port (0: a free one).
         data_plane_port: the data plane's port (0: a free one).
         max_payload_bytes: the data plane's request size limit (413 above it).
+        track_rows: keep per-row ``rows_scored``/``rows_delivered`` counters (memory grows
+            with distinct rows; turn off for very long runs).
     """
 
     endpoints: tuple[EndpointConfig, ...] = field(default_factory=_default_endpoints)
@@ -221,6 +223,7 @@ class EmulatorConfig:
     port: int = 0
     data_plane_port: int = 0
     max_payload_bytes: int = MAX_PAYLOAD_BYTES
+    track_rows: bool = True
 
     def __post_init__(self) -> None:
         names = [e.name for e in self.endpoints]

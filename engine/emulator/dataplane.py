@@ -145,7 +145,12 @@ async def _run(
         raise ApiError(
             503, "TEMPORARILY_UNAVAILABLE", "The service is temporarily unavailable. Please retry."
         )
-    scoring = parse_request(await request.read(), runtime.model.signature, runtime.config.row_key)
+    scoring = parse_request(
+        await request.read(),
+        runtime.model.signature,
+        runtime.config.row_key,
+        keys=state.config.track_rows,
+    )
     if plan.latency_s > 0:
         await state.sleep(plan.latency_s)
     body = _predict(runtime, scoring)

@@ -63,8 +63,10 @@ def parse_body(body: bytes) -> Any:
         ) from None
 
 
-def parse_request(body: bytes, signature: Signature, row_key: str | None = None) -> ScoringInput:
-    """Parse and enforce one invocation body.
+def parse_request(
+    body: bytes, signature: Signature, row_key: str | None = None, *, keys: bool = True
+) -> ScoringInput:
+    """Parse and enforce one invocation body (``keys=False`` skips the per-row keys).
 
     Raises:
         ApiError: 400 ``BAD_REQUEST`` (unparseable, wrong format keys, failed conversion) or
@@ -76,7 +78,8 @@ def parse_request(body: bytes, signature: Signature, row_key: str | None = None)
     _check_missing(columns, signature)
     table = to_table(columns, rows, signature)
     params = _params(document.get("params"), signature)
-    return ScoringInput(table, params, row_keys(columns, rows, signature, row_key))
+    keyed = row_keys(columns, rows, signature, row_key) if keys else []
+    return ScoringInput(table, params, keyed)
 
 
 def _format_of(document: Any) -> tuple[str, Any]:

@@ -319,3 +319,11 @@ async def test_nan_in_request_is_accepted_and_nan_prediction_is_null(emu_client:
     status, result, _ = await emu_client.invoke("demo-regressor", body)
     assert status == 200 and result == {"predictions": [None]}
     assert orjson.dumps(result) == b'{"predictions":[null]}'
+
+
+async def test_row_accounting_can_be_turned_off(emulator_factory, emu_client_factory) -> None:  # type: ignore[no-untyped-def]
+    emu = await emulator_factory(EmulatorConfig(track_rows=False))
+    client: EmuClient = emu_client_factory(emu)
+    assert (await client.invoke("demo-text", {"inputs": {"text": ["a", "b"]}}))[0] == 200
+    accounting = emu.accounting("demo-text")
+    assert accounting["rows_delivered"] == {} and accounting["requests_by_status"] == {200: 1}
