@@ -6,9 +6,11 @@ objects, so every entry point shares one set of defaults and one set of checks.
 
 from __future__ import annotations
 
+import configparser
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from engine.errors import UsageError
@@ -26,6 +28,8 @@ DEFAULT_CONCURRENCY = 16
 DEFAULT_REQUEST_TIMEOUT_S = 330.0
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_TOKEN_TIMEOUT_S = 30.0
+#: On SIGTERM/SIGINT, how long requests already in flight may take to finish.
+DEFAULT_GRACE_S = 20.0
 
 ProgressMode = Literal["auto", "bar", "log", "off"]
 
@@ -85,15 +89,57 @@ class Credentials:
         host: str | None = None,
         client_id: str | None = None,
         client_secret: str | None = None,
+        profile: str | None = None,
         env: Mapping[str, str] | None = None,
     ) -> Credentials:
-        """Explicit values first, then DATABRICKS_HOST / _CLIENT_ID / _CLIENT_SECRET."""
+        """Resolve credentials the way every Databricks tool does.
+
+        Explicit values first, then DATABRICKS_HOST / DATABRICKS_CLIENT_ID /
+        DATABRICKS_CLIENT_SECRET, then the ``~/.databrickscfg`` profile (``profile``, else
+        DATABRICKS_CONFIG_PROFILE, else ``DEFAULT``; the file is DATABRICKS_CONFIG_FILE if set).
+        """
         env = os.environ if env is None else env
-        return cls(
-            host=host or env.get("DATABRICKS_HOST", ""),
-            client_id=client_id or env.get("DATABRICKS_CLIENT_ID", ""),
-            client_secret=client_secret or env.get("DATABRICKS_CLIENT_SECRET", ""),
-        )
+        values = {
+            "host": host or env.get("DATABRICKS_HOST", ""),
+            "client_id": client_id or env.get("DATABRICKS_CLIENT_ID", ""),
+            "client_secret": client_secret or env.get("DATABRICKS_CLIENT_SECRET", ""),
+        }
+        section = _profile_section(profile or env.get("DATABRICKS_CONFIG_PROFILE"), env)
+        for key in values:
+            values[key] = values[key] or section.get(key, "")
+        has_pat = bool(env.get("DATABRICKS_TOKEN") or section.get("token"))
+        if has_pat and not (values["client_id"] and values["client_secret"]):
+            raise UsageError(
+                "only a personal access token is configured, but route-optimized serving "
+                "endpoints accept OAuth tokens only: set DATABRICKS_CLIENT_ID and "
+                "DATABRICKS_CLIENT_SECRET (or client_id/client_secret in ~/.databrickscfg) for "
+                "a service principal with CAN_QUERY on the endpoint"
+            )
+        return cls(**values)
+
+
+def _profile_section(profile: str | None, env: Mapping[str, str]) -> dict[str, str]:
+    """The named section of the Databricks config file ({} when there is none to read)."""
+    path = Path(env.get("DATABRICKS_CONFIG_FILE") or Path.home() / ".databrickscfg").expanduser()
+    if not path.is_file():
+        if profile:
+            raise UsageError(
+                f"profile '{profile}' was asked for but {path} does not exist; "
+                "create it (databricks auth login) or set DATABRICKS_CONFIG_FILE"
+            )
+        return {}
+    parser = configparser.ConfigParser(default_section="__none__", interpolation=None)
+    try:
+        parser.read(path)
+    except configparser.Error as exc:
+        raise UsageError(f"cannot read {path}: {exc}; fix the file or pass --host etc.") from exc
+    name = profile or "DEFAULT"
+    if not parser.has_section(name):
+        if profile:
+            found = ", ".join(parser.sections()) or "none"
+            raise UsageError(f"no profile '{profile}' in {path} (profiles there: {found})")
+        return {}
+    return dict(parser.items(name))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,6 +159,7 @@ class ScoreConfig:
         max_error_rows: stop with exit 1 once more rows than this were rejected; None = never.
         wait_ready_s: how long to wait for a not-ready endpoint (at start and mid-run).
         progress: "auto" (bar on a terminal, log lines otherwise), "bar", "log" or "off".
+        grace_s: on a stop signal, how long in-flight requests may take to finish.
     """
 
     endpoint: str
@@ -131,6 +178,7 @@ class ScoreConfig:
     wait_ready_s: float = 0.0
     progress: ProgressMode = "auto"
     progress_interval_s: float = 10.0
+    grace_s: float = DEFAULT_GRACE_S
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [

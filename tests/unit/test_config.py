@@ -1,0 +1,91 @@
+"""Credentials resolution (flags > env > ~/.databrickscfg) and settings checks: no sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.config import Credentials, ScoreConfig
+from engine.errors import UsageError
+
+CFG = """
+[DEFAULT]
+host = default-ws.cloud.databricks.com
+client_id = default-id
+client_secret = default-secret
+
+[prod]
+host = https://prod-ws.cloud.databricks.com/
+client_id = prod-id
+client_secret = prod-secret
+
+[pat-only]
+host = https://pat-ws.cloud.databricks.com
+token = dapi-123
+"""
+
+
+@pytest.fixture
+def cfg_env(tmp_path) -> dict[str, str]:
+    path = tmp_path / "databrickscfg"
+    path.write_text(CFG)
+    return {"DATABRICKS_CONFIG_FILE": str(path)}
+
+
+def test_default_profile_is_used_when_nothing_else_is_set(cfg_env) -> None:
+    creds = Credentials.from_env(env=cfg_env)
+    assert creds.host == "https://default-ws.cloud.databricks.com"
+    assert creds.client_id == "default-id"
+
+
+def test_named_profile_from_env_and_host_is_normalised(cfg_env) -> None:
+    creds = Credentials.from_env(env={**cfg_env, "DATABRICKS_CONFIG_PROFILE": "prod"})
+    assert creds.host == "https://prod-ws.cloud.databricks.com"
+    assert (creds.client_id, creds.client_secret) == ("prod-id", "prod-secret")
+
+
+def test_env_vars_override_the_profile_and_flags_override_env(cfg_env) -> None:
+    env = {**cfg_env, "DATABRICKS_CLIENT_ID": "env-id", "DATABRICKS_HOST": "env-ws"}
+    creds = Credentials.from_env(env=env, profile="prod", host="flag-ws")
+    assert creds.host == "https://flag-ws"
+    assert creds.client_id == "env-id"
+    assert creds.client_secret == "prod-secret"
+
+
+def test_unknown_profile_lists_the_profiles_there(cfg_env) -> None:
+    with pytest.raises(UsageError, match="prod"):
+        Credentials.from_env(env=cfg_env, profile="staging")
+
+
+def test_personal_access_token_alone_is_refused_with_what_to_set(cfg_env) -> None:
+    with pytest.raises(UsageError, match="OAuth") as info:
+        Credentials.from_env(env=cfg_env, profile="pat-only")
+    assert "DATABRICKS_CLIENT_ID" in str(info.value)
+    assert "dapi-123" not in str(info.value)
+    with pytest.raises(UsageError, match="OAuth"):
+        Credentials.from_env(env={"DATABRICKS_HOST": "h", "DATABRICKS_TOKEN": "dapi-1",
+                                  "DATABRICKS_CONFIG_FILE": "/nonexistent"})
+
+
+def test_missing_config_file_with_a_named_profile_says_so() -> None:
+    with pytest.raises(UsageError, match="does not exist"):
+        Credentials.from_env(env={"DATABRICKS_CONFIG_FILE": "/nonexistent/cfg"}, profile="x")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "flag"),
+    [
+        ("batch_rows", 0, "--batch-rows"),
+        ("concurrency", 0, "--concurrency"),
+        ("qps", -1.0, "--qps"),
+        ("max_request_bytes", 10, "--max-request-bytes"),
+        ("max_error_rows", -1, "--max-error-rows"),
+    ],
+)
+def test_bad_settings_name_their_flag(field: str, value: object, flag: str) -> None:
+    with pytest.raises(UsageError, match=flag):
+        ScoreConfig(endpoint="e", **{field: value})
+
+
+def test_missing_endpoint_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="--endpoint"):
+        ScoreConfig(endpoint="")
