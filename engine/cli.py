@@ -3,8 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from engine.config import (
+    DEFAULT_BATCH_ROWS,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_REQUEST_BYTES,
+    Credentials,
+    ScoreConfig,
+)
+from engine.errors import EngineError, UsageError
+from engine.retry import RetryPolicy
+from engine.stats import Summary
+
+log = logging.getLogger("engine")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -13,7 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Async batch inference for Databricks model serving.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_score(commands)
+    _add_validate(commands)
+    _add_describe(commands)
+    _add_demo(commands)
+    _add_emulate(commands)
+    return parser
 
+
+def _add_emulate(commands: Any) -> None:
     from engine.emulator import cli as emulator_cli
 
     emulate = commands.add_parser(
@@ -24,14 +51,274 @@ def build_parser() -> argparse.ArgumentParser:
     )
     emulator_cli.add_arguments(emulate)
     emulate.set_defaults(run=emulator_cli.run)
-    return parser
+
+
+def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "workspace (default: DATABRICKS_* environment variables, then ~/.databrickscfg)"
+    )
+    group.add_argument("--profile", help="~/.databrickscfg profile (DATABRICKS_CONFIG_PROFILE)")
+    group.add_argument("--host", help="workspace URL (DATABRICKS_HOST)")
+    group.add_argument("--client-id", help="service principal's client id (DATABRICKS_CLIENT_ID)")
+    group.add_argument(
+        "--client-secret",
+        help="service principal's OAuth secret (DATABRICKS_CLIENT_SECRET; prefer the env var)",
+    )
+
+
+def _add_tuning_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("requests")
+    group.add_argument(
+        "--batch-rows",
+        type=int,
+        default=DEFAULT_BATCH_ROWS,
+        metavar="N",
+        help=f"rows per request (default {DEFAULT_BATCH_ROWS})",
+    )
+    group.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        metavar="BYTES",
+        help="split requests above this size (default 12 MiB; Databricks' limit is 16 MB)",
+    )
+    group.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        metavar="N",
+        help=f"requests in flight (default {DEFAULT_CONCURRENCY})",
+    )
+    group.add_argument(
+        "--qps", type=float, metavar="RATE", help="cap on requests per second (default: no cap)"
+    )
+    group.add_argument(
+        "--max-attempts",
+        type=int,
+        default=10,
+        metavar="N",
+        help="attempts per request before the batch fails (default 10)",
+    )
+    group.add_argument("--params", metavar="JSON", help="model params sent with every request")
+
+
+def _add_score(commands: Any) -> None:
+    score = commands.add_parser(
+        "score",
+        help="score Parquet/CSV files with a serving endpoint",
+        description="Read INPUT (files, directories, globs), send it to a route-optimized "
+        "serving endpoint in dataframe_split batches and write every prediction next to its "
+        "input row. Exit codes: 0 all rows scored, 3 some rows rejected, 1 failed, "
+        "2 usage/config/auth/schema error (nothing was sent).",
+    )
+    score.add_argument("inputs", nargs="+", metavar="INPUT", help="Parquet/CSV files, dirs, globs")
+    score.add_argument("--endpoint", required=True, metavar="NAME", help="serving endpoint name")
+    score.add_argument(
+        "--output",
+        "-o",
+        required=True,
+        metavar="OUT",
+        help="output file: Arrow IPC, or Parquet when it ends in .parquet",
+    )
+    score.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    score.add_argument(
+        "--keep", metavar="COL,...", help="input columns copied to the output (default: all)"
+    )
+    score.add_argument(
+        "--max-error-rows",
+        type=int,
+        metavar="N",
+        help="stop (exit 1) once more than N rows are rejected",
+    )
+    score.add_argument(
+        "--wait-ready",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to SECONDS for a not-ready endpoint",
+    )
+    score.add_argument(
+        "--start-if-stopped", action="store_true", help="start a stopped endpoint and wait for it"
+    )
+    _add_connection_flags(score)
+    _add_tuning_flags(score)
+    _add_output_flags(score)
+    score.set_defaults(run=_run_score)
+
+
+def _add_output_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("feedback")
+    group.add_argument("--summary", metavar="PATH", help="write the run summary as JSON to PATH")
+    group.add_argument(
+        "--progress",
+        choices=["auto", "bar", "log", "off"],
+        default="auto",
+        help="progress bar on a terminal, log lines otherwise (default auto)",
+    )
+    group.add_argument("--quiet", "-q", action="store_true", help="warnings and errors only")
+
+
+def _add_validate(commands: Any) -> None:
+    validate = commands.add_parser(
+        "validate",
+        help="check INPUT against the endpoint's schema, sending no rows",
+        description="The schema check `engine score` runs first, alone: exit 0 when INPUT fits "
+        "the endpoint's signature, 2 with every problem listed when it does not.",
+    )
+    validate.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="Parquet/CSV files, dirs, globs"
+    )
+    validate.add_argument("--endpoint", required=True, metavar="NAME", help="serving endpoint name")
+    _add_connection_flags(validate)
+    validate.set_defaults(run=_run_validate)
+
+
+def _add_describe(commands: Any) -> None:
+    describe = commands.add_parser(
+        "describe",
+        help="show an endpoint's state, URLs, served models and schema",
+    )
+    describe.add_argument("endpoint", metavar="NAME", help="serving endpoint name")
+    _add_connection_flags(describe)
+    describe.set_defaults(run=_run_describe)
+
+
+def _credentials(args: argparse.Namespace) -> Credentials:
+    return Credentials.from_env(
+        host=args.host,
+        client_id=args.client_id,
+        client_secret=args.client_secret,
+        profile=args.profile,
+    )
+
+
+def _run_validate(args: argparse.Namespace) -> int:
+    from engine.describe import avalidate
+
+    plan = asyncio.run(avalidate(args.inputs, args.endpoint, _credentials(args)))
+    print(f"OK: the input fits endpoint '{args.endpoint}'")
+    for line in plan.describe():
+        print(f"  {line}")
+    return 0
+
+
+def _run_describe(args: argparse.Namespace) -> int:
+    from engine.describe import adescribe
+
+    description = asyncio.run(adescribe(args.endpoint, _credentials(args)))
+    print("\n".join(description.lines()))
+    return 0
+
+
+def _add_demo(commands: Any) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="score a sample dataset on the embedded emulator (no workspace needed)",
+        description="Start the local emulator, write a sample dataset, score it, and show "
+        "the summary and where the output is.",
+    )
+    demo.add_argument("--rows", type=int, default=200_000, help="rows in the sample (200000)")
+    demo.add_argument("--dir", default="engine-demo", help="where to write files (engine-demo)")
+    _add_output_flags(demo)
+    demo.set_defaults(run=_run_demo)
+
+
+def _score_config(args: argparse.Namespace) -> ScoreConfig:
+    params = None
+    if args.params:
+        try:
+            params = orjson.loads(args.params)
+        except orjson.JSONDecodeError as exc:
+            raise UsageError(
+                f"--params is not valid JSON ({exc}); e.g. --params '{{\"k\": 1}}'"
+            ) from None
+        if not isinstance(params, dict):
+            raise UsageError("--params must be a JSON object, e.g. --params '{\"k\": 1}'")
+    keep = tuple(c.strip() for c in args.keep.split(",") if c.strip()) if args.keep else None
+    if args.max_attempts < 1:
+        raise UsageError(f"--max-attempts must be at least 1, got {args.max_attempts}")
+    return ScoreConfig(
+        endpoint=args.endpoint,
+        batch_rows=args.batch_rows,
+        max_request_bytes=args.max_request_bytes,
+        concurrency=args.concurrency,
+        qps=args.qps,
+        keep=keep,
+        params=params,
+        retry=RetryPolicy(max_attempts=args.max_attempts),
+        max_error_rows=args.max_error_rows,
+        wait_ready_s=args.wait_ready,
+        progress=args.progress,
+    )
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    from engine.api import ascore
+
+    config = _score_config(args)
+    credentials = _credentials(args)
+    summary = asyncio.run(
+        ascore(
+            args.inputs,
+            output=args.output,
+            config=config,
+            credentials=credentials,
+            overwrite=args.overwrite,
+            start_if_stopped=args.start_if_stopped,
+            checkpoint=args.checkpoint,
+            resume=not args.no_resume,
+            handle_signals=True,
+        )
+    )
+    return _report(summary, args.summary)
+
+
+def _report(summary: Summary, summary_path: str | None) -> int:
+    for line in summary.lines():
+        print(line, file=sys.stderr)
+    if summary.exit_code == 3:
+        print(
+            f"{summary.rows_rejected} row(s) were rejected by the endpoint: their `error` column "
+            "holds the server's message (exit code 3)",
+            file=sys.stderr,
+        )
+    if summary_path:
+        Path(summary_path).write_bytes(orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2))
+    return summary.exit_code
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from engine.demo import run_demo
+
+    summary = asyncio.run(
+        run_demo(rows=args.rows, directory=Path(args.dir), progress=args.progress)
+    )
+    return _report(summary, args.summary)
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # aiohttp's access log and internals are noise for a person reading a task log.
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    code: int = args.run(args)
-    return code
+    _setup_logging(getattr(args, "quiet", False))
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,110 @@
+"""Pure: a stream of record batches -> numbered request batches under a row and a byte cap.
+
+Input record batches come in whatever sizes the reader yields; requests get exactly
+``rows_per_batch`` rows (the last may have fewer), and any request whose encoded body is over
+``max_request_bytes`` is split further. A single row that alone is over the cap becomes an
+``oversize`` batch with no body: the pipeline rejects that row instead of failing the run.
+Lazy and zero-copy where pyarrow allows: memory is one input batch plus one request batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from engine.errors import UsageError
+
+__all__ = ["RequestBatch", "plan_batches"]
+
+#: Aim this far under the byte cap when splitting, so one estimate usually suffices.
+_SPLIT_HEADROOM = 0.9
+
+
+@dataclass(frozen=True, slots=True)
+class RequestBatch:
+    """One request's rows and body.
+
+    Attributes:
+        batch_id: 0, 1, 2, ... in input order.
+        row_offset: index of this batch's first row in the whole input.
+        rows: the input rows (every column read, including kept ones that are not sent).
+        body: the encoded request; ``b""`` when ``oversize``.
+        oversize: a single row whose encoding alone exceeds the byte cap.
+    """
+
+    batch_id: int
+    row_offset: int
+    rows: pa.RecordBatch
+    body: bytes
+    oversize: bool = False
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.rows.num_rows)
+
+
+def plan_batches(
+    batches: Iterable[pa.RecordBatch],
+    *,
+    rows_per_batch: int,
+    max_request_bytes: int,
+    encode: Callable[[pa.RecordBatch], bytes],
+) -> Iterator[RequestBatch]:
+    """Yield request batches in input order with consecutive ids and exact row offsets."""
+    if rows_per_batch < 1:
+        raise UsageError(f"--batch-rows must be at least 1, got {rows_per_batch}")
+    if max_request_bytes < 1024:
+        raise UsageError(f"--max-request-bytes must be at least 1024, got {max_request_bytes}")
+    batch_id = 0
+    offset = 0
+    for chunk in _rechunk(batches, rows_per_batch):
+        for piece in _fit(chunk, encode, max_request_bytes):
+            yield RequestBatch(batch_id, offset, piece[0], piece[1], piece[2])
+            batch_id += 1
+            offset += piece[0].num_rows
+
+
+def _rechunk(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """Re-slice a stream of record batches into batches of exactly ``rows`` (last: fewer)."""
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        pending.append(batch)
+        pending_rows += batch.num_rows
+        if pending_rows < rows:
+            continue
+        merged = _merge(pending)
+        start = 0
+        while merged.num_rows - start >= rows:
+            yield merged.slice(start, rows)
+            start += rows
+        rest = merged.slice(start)
+        pending, pending_rows = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
+    if pending_rows:
+        yield _merge(pending)
+
+
+def _merge(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
+    return batches[0] if len(batches) == 1 else pa.concat_batches(batches)
+
+
+def _fit(
+    rows: pa.RecordBatch, encode: Callable[[pa.RecordBatch], bytes], cap: int
+) -> Iterator[tuple[pa.RecordBatch, bytes, bool]]:
+    """``rows`` as one or more (rows, body, oversize) pieces whose bodies fit under ``cap``."""
+    body = encode(rows)
+    if len(body) <= cap:
+        yield rows, body, False
+        return
+    if rows.num_rows == 1:
+        yield rows, b"", True
+        return
+    pieces = min(rows.num_rows, max(2, math.ceil(len(body) / (cap * _SPLIT_HEADROOM))))
+    size = math.ceil(rows.num_rows / pieces)
+    for start in range(0, rows.num_rows, size):
+        yield from _fit(rows.slice(start, size), encode, cap)

@@ -1,0 +1,161 @@
+"""Pure: Arrow batch <-> request/response bytes.
+
+Requests are ``{"dataframe_split": {"columns": [...], "data": [[...], ...]}}``, built by
+orjson from column lists that pyarrow materialises in C++ (``to_pylist``), zipped into rows in
+C: no per-cell Python bytecode. Exactness rules:
+
+* int64 stays integral at any magnitude; floats are written in their shortest round-trip
+  form, float32 in *its* shortest form (``0.1``, not ``0.10000000149011612``);
+* null -> ``null``; NaN / Infinity / -Infinity as the bare tokens MLflow's scoring server
+  (Python ``json``) accepts;
+* timestamps and dates -> ISO 8601 strings (with the offset when the column has a zone);
+* decimals -> JSON strings with their exact digits; binary -> base64 strings;
+* lists -> arrays, structs -> objects, booleans and strings as themselves.
+
+Responses are parsed with orjson and, only when that fails, Python ``json`` (a real MLflow
+server may emit bare ``NaN``), then built straight into an Arrow array.
+"""
+
+from __future__ import annotations
+
+import base64
+import decimal
+import json
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = ["ResponseFormatError", "decode_predictions", "encode_dataframe_split"]
+
+# Non-finite floats are written as a marker string, then the marker is swapped for the bare
+# token. The marker is random per process, so no user string can collide with it.
+_MARK = "\x00" + secrets.token_hex(8)
+_NON_FINITE = {
+    float("inf"): (_MARK + "Infinity", b"Infinity"),
+    float("-inf"): (_MARK + "-Infinity", b"-Infinity"),
+}
+_NAN_MARK = _MARK + "NaN"
+
+
+class ResponseFormatError(ValueError):
+    """The endpoint's answer is not a usable predictions document."""
+
+
+def _default(value: object) -> object:
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def _has_non_finite(column: pa.Array) -> bool:
+    if not pa.types.is_floating(column.type) or column.null_count == len(column):
+        return False
+    finite = pc.is_finite(column)
+    return not pc.all(pc.or_kleene(finite, pc.is_null(column))).as_py()
+
+
+def _column_values(column: pa.Array) -> tuple[list[Any], bool]:
+    """Python values of one column, and whether markers were used for non-finite floats."""
+    kind = column.type
+    if pa.types.is_dictionary(kind):
+        column = column.dictionary_decode()
+        kind = column.type
+    if pa.types.is_float16(kind) or pa.types.is_float32(kind):
+        # Arrow formats float32 in its own shortest form; float() of that text is exact
+        # enough that the server parses it back to the very same float32.
+        text = pc.cast(column, pa.string()).to_pylist()
+        values: list[Any] = [None if t is None else float(t) for t in text]
+    else:
+        values = column.to_pylist()
+    if not _has_non_finite(column):
+        return values, False
+    return [_mark(v) for v in values], True
+
+
+def _mark(value: Any) -> Any:
+    if value is None or (value == value and value not in _NON_FINITE):
+        return value
+    if value != value:
+        return _NAN_MARK
+    return _NON_FINITE[value][0]
+
+
+def _unmark(payload: bytes) -> bytes:
+    prefix = orjson.dumps(_MARK)[:-1]  # '"\u0000<hex>' as orjson escapes it
+    payload = payload.replace(prefix + b'NaN"', b"NaN")
+    payload = payload.replace(prefix + b'-Infinity"', b"-Infinity")
+    return payload.replace(prefix + b'Infinity"', b"Infinity")
+
+
+def encode_dataframe_split(
+    batch: pa.RecordBatch | pa.Table, *, params: Mapping[str, Any] | None = None
+) -> bytes:
+    """``batch`` as a ``dataframe_split`` request body (plus ``params`` when given)."""
+    marked = False
+    columns = []
+    for column in batch.columns:
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        values, used = _column_values(column)
+        columns.append(values)
+        marked = marked or used
+    rows = list(zip(*columns, strict=True)) if columns else []
+    document: dict[str, Any] = {
+        "dataframe_split": {"columns": list(batch.schema.names), "data": rows}
+    }
+    if params:
+        document["params"] = dict(params)
+    payload = orjson.dumps(document, default=_default)
+    return _unmark(payload) if marked else payload
+
+
+def _parse(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(body)  # accepts the bare NaN / Infinity a real MLflow server sends
+    except (ValueError, UnicodeDecodeError) as exc:
+        start = body[:120].decode("utf-8", "replace")
+        raise ResponseFormatError(f"the response is not JSON: {start!r}") from exc
+
+
+def decode_predictions(
+    body: bytes, *, expected_rows: int, prediction_type: pa.DataType | None = None
+) -> pa.Array:
+    """The predictions in ``body`` as an Arrow array of ``expected_rows`` values.
+
+    Accepts ``{"predictions": [...]}``, ``{"outputs": [...]}`` and a bare list. Scalars become
+    double/int64/string/bool, lists become list arrays, objects become structs; with
+    ``prediction_type`` the array has exactly that type.
+
+    Raises:
+        ResponseFormatError: not JSON, no predictions, a different number of them than
+            ``expected_rows``, or values that do not fit ``prediction_type``.
+    """
+    document = _parse(body)
+    if isinstance(document, dict):
+        predictions = document.get("predictions", document.get("outputs"))
+    else:
+        predictions = document
+    if not isinstance(predictions, list):
+        keys = (
+            ", ".join(sorted(document)) if isinstance(document, dict) else type(document).__name__
+        )
+        raise ResponseFormatError(f"the response has no 'predictions' list (found: {keys})")
+    if len(predictions) != expected_rows:
+        raise ResponseFormatError(
+            f"the response has {len(predictions)} predictions for {expected_rows} rows"
+        )
+    try:
+        return pa.array(predictions, type=prediction_type, from_pandas=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+        want = f" as {prediction_type}" if prediction_type is not None else ""
+        raise ResponseFormatError(f"the predictions cannot be read{want}: {exc}") from exc
