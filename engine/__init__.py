@@ -1,0 +1,50 @@
+"""Async, high-throughput batch inference for Databricks model serving.
+
+Quick use::
+
+    import engine
+
+    summary = engine.score("data/*.parquet", endpoint="my-endpoint", output="preds.arrow")
+    table = engine.score_table(frame, endpoint="my-endpoint")
+
+Credentials come from DATABRICKS_HOST / DATABRICKS_CLIENT_ID / DATABRICKS_CLIENT_SECRET unless
+given. See ``engine score --help`` for the command line.
+"""
+
+from engine.api import ascore, ascore_table, score, score_table
+from engine.config import Credentials, ScoreConfig
+from engine.errors import (
+    AuthError,
+    BatchFailed,
+    EndpointError,
+    EngineError,
+    InputError,
+    OutputExistsError,
+    RunAborted,
+    SchemaError,
+    UsageError,
+)
+from engine.retry import RetryPolicy
+from engine.stats import Summary
+
+__all__ = [
+    "AuthError",
+    "BatchFailed",
+    "Credentials",
+    "EndpointError",
+    "EngineError",
+    "InputError",
+    "OutputExistsError",
+    "RetryPolicy",
+    "RunAborted",
+    "SchemaError",
+    "ScoreConfig",
+    "Summary",
+    "UsageError",
+    "ascore",
+    "ascore_table",
+    "score",
+    "score_table",
+]
+
+__version__ = "0.1.0"

@@ -14,7 +14,7 @@ import orjson
 
 from engine.config import (
     DEFAULT_BATCH_ROWS,
-    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_REQUEST_BYTES,
     Credentials,
     ScoreConfig,
@@ -85,12 +85,16 @@ def _add_tuning_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--concurrency",
         type=int,
-        default=DEFAULT_CONCURRENCY,
         metavar="N",
-        help=f"requests in flight (default {DEFAULT_CONCURRENCY})",
+        help="requests in flight (default: found adaptively from the endpoint's answers, "
+        f"up to {DEFAULT_MAX_CONCURRENCY})",
     )
     group.add_argument(
-        "--qps", type=float, metavar="RATE", help="cap on requests per second (default: no cap)"
+        "--qps",
+        type=float,
+        metavar="RATE",
+        help="hard cap on requests per second, never exceeded (default: none; the rate that "
+        "the endpoint accepts is found adaptively)",
     )
     group.add_argument(
         "--max-attempts",
@@ -139,6 +143,17 @@ def _add_score(commands: Any) -> None:
     )
     score.add_argument(
         "--start-if-stopped", action="store_true", help="start a stopped endpoint and wait for it"
+    )
+    score.add_argument(
+        "--checkpoint",
+        metavar="DIR",
+        help="keep finished batches here so a rerun resumes (default: .OUT.checkpoint beside "
+        "the output, removed after a successful run)",
+    )
+    score.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="ignore and discard an existing checkpoint; start clean",
     )
     _add_connection_flags(score)
     _add_tuning_flags(score)

@@ -22,8 +22,9 @@ __all__ = ["Credentials", "ScoreConfig"]
 DEFAULT_MAX_REQUEST_BYTES = 12 * 1024 * 1024
 #: Rows per request: large enough to amortise per-request overhead, small enough to isolate faults.
 DEFAULT_BATCH_ROWS = 1000
-#: Requests in flight at once when none is given.
-DEFAULT_CONCURRENCY = 16
+#: Most requests in flight when --concurrency is not given (the adaptive limit finds the
+#: endpoint's capacity below it).
+DEFAULT_MAX_CONCURRENCY = 64
 #: Per-request budget: the endpoint may run a request for 297 s before timing it out itself.
 DEFAULT_REQUEST_TIMEOUT_S = 330.0
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
@@ -150,8 +151,10 @@ class ScoreConfig:
         endpoint: the serving endpoint's name.
         batch_rows: rows per request (``--batch-rows``).
         max_request_bytes: no request body is larger (``--max-request-bytes``).
-        concurrency: requests in flight at once (``--concurrency``).
-        qps: requests per second cap across the whole run, or None for no cap (``--qps``).
+        concurrency: requests in flight at once (``--concurrency``); None finds the
+            endpoint's capacity adaptively, up to ``max_concurrency``.
+        qps: requests per second cap across the whole run, or None for no cap (``--qps``);
+            the adaptive rate never exceeds it.
         keep: input columns copied to the output; None keeps them all (``--keep``).
         params: the model's ``params`` sent with every request.
         retry: per-request retry policy.
@@ -165,7 +168,8 @@ class ScoreConfig:
     endpoint: str
     batch_rows: int = DEFAULT_BATCH_ROWS
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-    concurrency: int = DEFAULT_CONCURRENCY
+    concurrency: int | None = None
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     qps: float | None = None
     keep: tuple[str, ...] | None = None
     params: Mapping[str, Any] | None = None
@@ -188,7 +192,11 @@ class ScoreConfig:
                 self.max_request_bytes >= 1024,
                 f"--max-request-bytes must be at least 1024, got {self.max_request_bytes}",
             ),
-            (self.concurrency >= 1, f"--concurrency must be at least 1, got {self.concurrency}"),
+            (
+                self.concurrency is None or self.concurrency >= 1,
+                f"--concurrency must be at least 1, got {self.concurrency}",
+            ),
+            (self.max_concurrency >= 1, "max_concurrency must be at least 1"),
             (self.qps is None or self.qps > 0, f"--qps must be positive, got {self.qps}"),
             (
                 self.max_error_rows is None or self.max_error_rows >= 0,
@@ -205,6 +213,11 @@ class ScoreConfig:
             raise UsageError("; ".join(problems))
 
     @property
+    def workers(self) -> int:
+        """Tasks sending requests: the most that can ever be in flight."""
+        return self.concurrency or self.max_concurrency
+
+    @property
     def window(self) -> int:
         """Batches allowed between the writer's position and the newest batch read."""
-        return self.reorder_window or max(8, 4 * self.concurrency)
+        return self.reorder_window or max(8, 4 * self.workers)

@@ -68,11 +68,15 @@ class EndpointInfo:
 
     @property
     def model_version_key(self) -> str:
-        """Identifies what serves predictions now (for checkpoint keys and summaries)."""
-        served = ",".join(
+        """What serves predictions (served entities and versions), for checkpoint keys.
+
+        Not the config version: scaling or restarting an endpoint bumps that without
+        changing a single prediction, and a resume must not redo work for it.
+        """
+        served = sorted(
             f"{e.entity_name or e.name}@{e.entity_version or '?'}" for e in self.served_entities
         )
-        return f"{self.id}:{self.config_version or '?'}:{served}"
+        return ",".join(served) or self.id
 
     def data_plane_authorization_details(self) -> str:
         """``authorization_details`` verbatim from the endpoint, or built from its id (seed 000)."""

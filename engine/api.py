@@ -1,0 +1,203 @@
+"""The Python API: ``score``, ``ascore`` and ``score_table``, over the same pipeline as the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pyarrow as pa
+
+from engine.checkpoint import Checkpoint
+from engine.config import Credentials, ScoreConfig
+from engine.pipeline import MemorySink, StopSignal, prepare, run
+from engine.sink import OrderedWriter, OutputSpec, check_output
+from engine.source import open_source
+from engine.stats import Summary
+from engine.transport import Transport
+
+__all__ = ["ascore", "score", "score_table"]
+
+log = logging.getLogger("engine")
+T = TypeVar("T")
+Inputs = str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | Any
+
+
+def _config(
+    config: ScoreConfig | None, endpoint: str | None, options: dict[str, Any]
+) -> ScoreConfig:
+    if config is not None:
+        if options:
+            from dataclasses import replace
+
+            return replace(config, **options)
+        return config
+    return ScoreConfig(endpoint=endpoint or "", **options)
+
+
+def _transport(config: ScoreConfig) -> Transport:
+    return Transport(
+        max_connections=config.workers + 4,
+        connect_timeout_s=config.connect_timeout_s,
+        request_timeout_s=config.request_timeout_s,
+    )
+
+
+async def ascore(
+    inputs: Inputs,
+    *,
+    output: str | os.PathLike[str],
+    endpoint: str | None = None,
+    config: ScoreConfig | None = None,
+    credentials: Credentials | None = None,
+    host: str | None = None,
+    client_id: str | None = None,
+    client_secret: str | None = None,
+    profile: str | None = None,
+    overwrite: bool = False,
+    start_if_stopped: bool = False,
+    checkpoint: str | os.PathLike[str] | None = None,
+    resume: bool = True,
+    handle_signals: bool = False,
+    **options: Any,
+) -> Summary:
+    """Score Parquet/CSV files (paths, directories, globs) or in-memory data into ``output``.
+
+    Args:
+        inputs: paths, directories, globs, or a pyarrow/polars/pandas table.
+        output: an Arrow IPC file, or Parquet when it ends in ``.parquet``.
+        endpoint: the serving endpoint's name (or set ``config``).
+        config: a :class:`ScoreConfig`; ``**options`` override its fields.
+        credentials: host and service principal; else ``host``/``client_id``/
+            ``client_secret``, else DATABRICKS_HOST / _CLIENT_ID / _CLIENT_SECRET, else the
+            ``~/.databrickscfg`` ``profile`` (DATABRICKS_CONFIG_PROFILE, ``DEFAULT``).
+        overwrite: replace an existing output.
+        start_if_stopped: start a stopped endpoint and wait for it.
+        checkpoint: where finished batches are kept so a rerun resumes; default
+            ``.<output name>.checkpoint`` beside the output, removed after a successful run.
+        resume: False starts clean, discarding an existing checkpoint.
+        handle_signals: stop gracefully on SIGTERM/SIGINT (the CLI sets it); a second
+            signal exits at once. Only from the main thread.
+
+    Returns:
+        The run's :class:`Summary`; ``summary.exit_code`` is 3 when some rows were rejected.
+
+    Raises:
+        EngineError: with a message that names the problem and the fix.
+    """
+    cfg = _config(config, endpoint, options)
+    creds = credentials or Credentials.from_env(
+        host=host, client_id=client_id, client_secret=client_secret, profile=profile
+    )
+    source = open_source(inputs)
+    spec = OutputSpec(path=os.fspath(output), overwrite=overwrite)
+    check_output(spec)
+    default_dir = checkpoint is None
+    checkpoint_dir = Path(checkpoint) if checkpoint else _default_checkpoint(spec.path)
+    async with _transport(cfg) as transport:
+        scorer = await prepare(source, creds, cfg, transport, start_if_stopped=start_if_stopped)
+        store = Checkpoint.open(checkpoint_dir, fresh=not resume)
+        if len(store):
+            log.info("resuming: %d finished batches in %s", len(store), checkpoint_dir)
+        writer = OrderedWriter(
+            spec,
+            prediction_type=scorer.model.prediction_type if scorer.model else None,
+        )
+        stop = StopSignal()
+        with _signals_to(stop, enabled=handle_signals):
+            summary = await run(source, writer, scorer, transport, checkpoint=store, stop=stop)
+    if default_dir:
+        store.remove()
+    return summary
+
+
+def _default_checkpoint(output: str) -> Path:
+    path = Path(output)
+    return path.parent / f".{path.name}.checkpoint"
+
+
+@contextlib.contextmanager
+def _signals_to(stop: StopSignal, *, enabled: bool) -> Iterator[None]:
+    """SIGTERM/SIGINT ask ``stop`` for a graceful stop; a second one exits at once."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.requested:
+            # The checkpoint is consistent at every instant: parts are renamed into place
+            # before the manifest names them, and a torn manifest line is ignored.
+            print(f"second {sig.name}: exiting now; rerun the command to resume", file=sys.stderr)
+            os._exit(128 + sig.value)
+        print(
+            f"{sig.name}: finishing requests in flight, then stopping (send again to exit at once)",
+            file=sys.stderr,
+        )
+        stop.request(sig.name)
+
+    handled = (signal.SIGTERM, signal.SIGINT)
+    for sig in handled:
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        yield
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+
+
+async def ascore_table(
+    data: Any,
+    *,
+    endpoint: str | None = None,
+    config: ScoreConfig | None = None,
+    credentials: Credentials | None = None,
+    host: str | None = None,
+    client_id: str | None = None,
+    client_secret: str | None = None,
+    profile: str | None = None,
+    **options: Any,
+) -> pa.Table:
+    """Async form of :func:`score_table`."""
+    cfg = _config(config, endpoint, {"progress": "off", **options})
+    creds = credentials or Credentials.from_env(
+        host=host, client_id=client_id, client_secret=client_secret, profile=profile
+    )
+    source = open_source(data)
+    sink = MemorySink()
+    async with _transport(cfg) as transport:
+        scorer = await prepare(source, creds, cfg, transport)
+        await run(source, sink, scorer, transport)
+    return sink.table()
+
+
+def score(inputs: Inputs, **kwargs: Any) -> Summary:
+    """Blocking form of :func:`ascore` (runs its own event loop)."""
+    return _run_sync(lambda: ascore(inputs, **kwargs))
+
+
+def score_table(data: Any, **kwargs: Any) -> pa.Table:
+    """Score an in-memory pyarrow Table, polars or pandas DataFrame.
+
+    Returns the kept input columns + ``prediction`` + ``error`` as a pyarrow Table, one row per
+    input row, in input order. Takes the same keyword arguments as :func:`ascore` but ``output``.
+    """
+    return _run_sync(lambda: ascore_table(data, **kwargs))
+
+
+def _run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    # Called from inside an event loop (a notebook, an async framework): run on a worker thread.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()

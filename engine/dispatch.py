@@ -1,0 +1,413 @@
+"""One batch: shared pause -> rate limiter -> token -> transport -> retry loop -> predictions.
+
+A 400 is ambiguous on Databricks: the endpoint may be stopped or updating (wait, then resend)
+or the batch's own rows may be bad. Bad rows are isolated by bisection: the batch is split in
+halves and each half resent, recursively, until each offending row stands alone; good rows
+keep their predictions and each bad row gets a null prediction and the server's message. That
+costs about 2·log2(rows) extra requests per bad row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+import pyarrow as pa
+from aiolimiter import AsyncLimiter
+
+from engine.adaptive import RateController
+from engine.auth import Clock, Sleep, TokenRefresher
+from engine.batching import RequestBatch
+from engine.codec import ResponseFormatError, decode_predictions
+from engine.errors import BatchFailed, EngineError, SchemaError, TransportError
+from engine.retry import (
+    BadRequestKind,
+    FailureKind,
+    Outcome,
+    RetryPolicy,
+    classify_bad_request,
+    parse_retry_after,
+    pause_until,
+)
+from engine.stats import RunStats
+from engine.transport import Response, Transport
+
+__all__ = ["BatchResult", "Dispatcher", "Pacer", "PauseGate", "ReadyGate"]
+
+log = logging.getLogger("engine.dispatch")
+
+#: Consecutive 401/403 answers one request may meet, each forcing a token refresh, before it
+#: gives up: a rejection that survives a fresh token is not a stale token.
+MAX_AUTH_REJECTIONS = 3
+#: Not-ready answers one request may wait out; past that, the 400 counts as the batch's.
+MAX_NOT_READY_WAITS = 10
+POLL_BACKOFF_MAX_S = 15.0
+#: Statuses that mean "over capacity, try later": retried without using up attempts. A 429
+#: also cuts the whole run's pace (see engine.adaptive).
+THROTTLE_STATUSES = frozenset({429, 503})
+#: Throttled answers one request may meet before it gives up. Throttling is the endpoint
+#: telling us its pace, not the batch failing, so it does not use up ``max_attempts``.
+MAX_THROTTLED = 100
+#: A server-given Retry-After at least this long pauses every request, not just the one.
+SHARED_PAUSE_MIN_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """Predictions for one request batch, aligned with its rows."""
+
+    batch_id: int
+    predictions: pa.Array
+    errors: pa.Array  # string; null where the row was scored
+    rejected_rows: int
+
+
+class PauseGate:
+    """One shared slowdown: after a 429/503 every task waits until the same instant."""
+
+    def __init__(self, *, clock: Clock, sleep: Sleep) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self.until = 0.0
+
+    def pause(self, delay_s: float) -> None:
+        self.until = pause_until(self._clock(), self.until, delay_s)
+
+    async def wait(self) -> None:
+        while (remaining := self.until - self._clock()) > 0:
+            await self._sleep(remaining)
+
+
+class ReadyGate:
+    """Pauses all sending while the endpoint is not ready; one poller for all tasks."""
+
+    def __init__(self, wait_ready: Callable[[], Awaitable[object]]) -> None:
+        self._wait_ready = wait_ready
+        self._open = asyncio.Event()
+        self._open.set()
+        self._poll: asyncio.Future[object] | None = None
+        self.pauses = 0
+
+    async def wait(self) -> None:
+        await self._open.wait()
+
+    async def hold_until_ready(self) -> None:
+        if self._poll is None:
+            self.pauses += 1
+            self._open.clear()
+            self._poll = asyncio.ensure_future(self._wait_ready())
+            self._poll.add_done_callback(self._reopen)
+        await asyncio.shield(self._poll)
+
+    def _reopen(self, _: object) -> None:
+        self._poll = None
+        self._open.set()
+
+
+class Pacer:
+    """Applies a :class:`RateController`: an in-flight cap and evenly spaced request starts."""
+
+    def __init__(self, controller: RateController, *, clock: Clock, sleep: Sleep) -> None:
+        self.controller = controller
+        self._clock = clock
+        self._sleep = sleep
+        self._next_at = 0.0
+        self.in_flight = 0
+        self._freed = asyncio.Event()
+
+    async def acquire(self) -> None:
+        while self.in_flight >= int(self.controller.in_flight_limit):
+            self._freed.clear()
+            await self._freed.wait()
+        self.in_flight += 1
+        if self.controller.paced:
+            now = self._clock()
+            slot = max(now, self._next_at)
+            self._next_at = slot + 1.0 / self.controller.rate
+            if slot > now:
+                await self._sleep(slot - now)
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._freed.set()
+
+    def record(self, status: int | None) -> None:
+        if status is not None and 200 <= status < 300:
+            self.controller.on_success(self._clock())
+        elif status == 429:
+            self.controller.on_throttle(self._clock())
+
+
+class _BadRows(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class _ServerError:
+    status: int
+    error_code: str | None
+    message: str
+    retry_after_s: float | None
+
+
+class Dispatcher:
+    """Sends request batches to the data plane and returns aligned predictions.
+
+    Args:
+        transport: the shared pooled client.
+        tokens: the data-plane token refresher (shared by every task).
+        endpoint_url: the route-optimized invocation URL.
+        encode: rows -> request body (used again when a batch is bisected).
+        policy: per-request retry policy.
+        limiter: the user's hard requests-per-second cap (``--qps``), or None.
+        controller: finds and holds the endpoint's capacity (see :mod:`engine.adaptive`).
+        ready: pauses all tasks while the endpoint is not ready.
+        endpoint_ready: asks the control plane whether the endpoint is READY now
+            (used when a 400's body does not say whose fault it is).
+        prediction_type: the Arrow type predictions must have, when the schema says.
+    """
+
+    def __init__(
+        self,
+        *,
+        transport: Transport,
+        tokens: TokenRefresher,
+        endpoint_url: str,
+        encode: Callable[[pa.RecordBatch], bytes],
+        policy: RetryPolicy,
+        stats: RunStats,
+        limiter: AsyncLimiter | None = None,
+        controller: RateController | None = None,
+        ready: ReadyGate | None = None,
+        endpoint_ready: Callable[[], Awaitable[bool]] | None = None,
+        prediction_type: pa.DataType | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._transport = transport
+        self._tokens = tokens
+        self.endpoint_url = endpoint_url
+        self._encode = encode
+        self._policy = policy
+        self._stats = stats
+        self._limiter = limiter
+        self._ready = ready
+        self._endpoint_ready = endpoint_ready
+        self.prediction_type = prediction_type
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self.gate = PauseGate(clock=clock, sleep=sleep)
+        self.pacer = Pacer(controller or RateController(), clock=clock, sleep=sleep)
+
+    async def score(self, batch: RequestBatch) -> BatchResult:
+        """Score every row of ``batch``; rejected rows carry the server's message."""
+        if batch.oversize:
+            message = "row is larger than --max-request-bytes on its own; it was not sent"
+            return self._rejected(batch.batch_id, batch.num_rows, message)
+        preds, errors = await self._score_rows(batch.batch_id, batch.rows, batch.body)
+        return BatchResult(
+            batch_id=batch.batch_id,
+            predictions=preds,
+            errors=errors,
+            rejected_rows=len(errors) - errors.null_count,
+        )
+
+    def _rejected(self, batch_id: int, rows: int, message: str) -> BatchResult:
+        errors = pa.array([message] * rows, pa.string())
+        return BatchResult(
+            batch_id, pa.nulls(rows, self.prediction_type or pa.null()), errors, rows
+        )
+
+    async def _score_rows(
+        self, batch_id: int, rows: pa.RecordBatch, body: bytes
+    ) -> tuple[pa.Array, pa.Array]:
+        try:
+            response = await self._post(batch_id, rows.num_rows, body)
+        except _BadRows as bad:
+            if rows.num_rows == 1:
+                return pa.nulls(1, self.prediction_type or pa.null()), pa.array([bad.message])
+            self._stats.bisections += 1
+            half = rows.num_rows // 2
+            left, right = rows.slice(0, half), rows.slice(half)
+            lp, le = await self._score_rows(batch_id, left, self._encode(left))
+            rp, re = await self._score_rows(batch_id, right, self._encode(right))
+            return _concat([lp, rp]), pa.concat_arrays([le, re])
+        try:
+            preds = decode_predictions(
+                response.body, expected_rows=rows.num_rows, prediction_type=self.prediction_type
+            )
+        except ResponseFormatError as exc:
+            raise BatchFailed(
+                f"batch {batch_id}: the endpoint's answer could not be used: {exc}",
+                batch_id=batch_id,
+                rows=rows.num_rows,
+                attempts=1,
+                status=response.status,
+            ) from exc
+        return preds, pa.nulls(rows.num_rows, pa.string())
+
+    async def _post(self, batch_id: int, rows: int, body: bytes) -> Response:
+        """POST until success; raises _BadRows, BatchFailed or a fatal EngineError."""
+        attempt = 0
+        throttled = 0
+        auth_rejections = 0
+        not_ready_waits = 0
+        while True:
+            attempt += 1
+            outcome = await self._attempt_once(body)
+            if isinstance(outcome, Response):
+                return outcome
+            if isinstance(outcome, _ServerError) and outcome.status in (401, 403):
+                auth_rejections += 1
+                if auth_rejections <= MAX_AUTH_REJECTIONS:
+                    self._stats.retries["token_rejected"] += 1
+                    attempt -= 1  # a stale token is ours to fix, not a failed attempt
+                    continue
+            if (
+                isinstance(outcome, _ServerError)
+                and outcome.status == 400
+                and not_ready_waits < MAX_NOT_READY_WAITS
+                and await self._handle_400(outcome)
+            ):
+                # Waited for the endpoint: not the batch's failure. Back off a little in case
+                # the control plane says READY before the data plane agrees.
+                not_ready_waits += 1
+                attempt -= 1
+                await self._sleep(min(0.5 * 2**not_ready_waits, POLL_BACKOFF_MAX_S))
+                continue
+            retry = _as_outcome(outcome)
+            if retry.status in THROTTLE_STATUSES and throttled < MAX_THROTTLED:
+                throttled += 1
+                attempt -= 1
+                step = min(throttled, self._policy.max_attempts - 1)
+                delay = self._policy.next_delay(max(step, 1), retry, self._rng)
+            else:
+                delay = self._policy.next_delay(attempt, retry, self._rng)
+            if delay is None:
+                raise _give_up(batch_id, rows, attempt + throttled, outcome)
+            self._stats.retries[_cause(outcome)] += 1
+            if (retry.retry_after_s or 0.0) >= SHARED_PAUSE_MIN_S:
+                self.gate.pause(delay)
+            await self._sleep(delay)
+
+    async def _attempt_once(self, body: bytes) -> Response | _ServerError | TransportError:
+        if self._ready is not None:
+            await self._ready.wait()
+        await self.gate.wait()
+        if self._limiter is not None:
+            await self._limiter.acquire()
+        await self.pacer.acquire()
+        started = self._clock()
+        try:
+            token = await self._tokens.get()
+            headers = {
+                **token.header,
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+            }
+            started = self._clock()
+            response = await self._transport.request(
+                "POST", self.endpoint_url, headers=headers, data=body
+            )
+        except TransportError as exc:
+            self._stats.record_request(None, self._clock() - started)
+            return exc
+        finally:
+            self.pacer.release()
+        self.pacer.record(response.status)
+        self._stats.record_request(response.status, self._clock() - started)
+        if response.ok:
+            return response
+        error = _server_error(response)
+        if error.status in (401, 403):
+            self._tokens.invalidate(token)
+        return error
+
+    async def _handle_400(self, error: _ServerError) -> bool:
+        """True when the endpoint was not ready and is again; raises for schema faults."""
+        kind = classify_bad_request(error.status, error.error_code, error.message)
+        if kind is BadRequestKind.UNKNOWN and self._endpoint_ready is not None:
+            kind = (
+                BadRequestKind.BAD_ROWS
+                if await self._endpoint_ready()
+                else BadRequestKind.NOT_READY
+            )
+        if kind is BadRequestKind.NOT_READY and self._ready is not None:
+            log.warning("endpoint not ready (%s); pausing all requests until it is", error.message)
+            await self._ready.hold_until_ready()
+            return True
+        if kind is BadRequestKind.BAD_SCHEMA:
+            raise SchemaError(
+                f"the endpoint rejected the input's columns: {error.message}; "
+                "run `engine validate` and fix the input before scoring"
+            )
+        raise _BadRows(error.status, error.message)
+
+
+def _server_error(response: Response) -> _ServerError:
+    try:
+        doc = orjson.loads(response.body)
+    except orjson.JSONDecodeError:
+        doc = None
+    if isinstance(doc, dict):
+        code = doc.get("error_code") or doc.get("error")
+        message = str(doc.get("message") or doc.get("error_description") or "")
+    else:
+        code, message = None, response.body[:300].decode("utf-8", "replace")
+    retry_after = parse_retry_after(response.headers.get("Retry-After"), now=datetime.now(UTC))
+    return _ServerError(response.status, None if code is None else str(code), message, retry_after)
+
+
+def _as_outcome(failure: _ServerError | TransportError) -> Outcome:
+    if isinstance(failure, TransportError):
+        return Outcome(kind=FailureKind[failure.kind.upper()], message=str(failure))
+    return Outcome(
+        kind=FailureKind.STATUS,
+        status=failure.status,
+        retry_after_s=failure.retry_after_s,
+        error_code=failure.error_code,
+        message=failure.message,
+    )
+
+
+def _cause(failure: _ServerError | TransportError) -> str:
+    if isinstance(failure, TransportError):
+        return failure.kind
+    return str(failure.status)
+
+
+def _give_up(
+    batch_id: int, rows: int, attempts: int, last: _ServerError | TransportError
+) -> EngineError:
+    if isinstance(last, TransportError):
+        status, message = None, str(last)
+    else:
+        status, message = last.status, f"HTTP {last.status} {last.error_code or ''}: {last.message}"
+    return BatchFailed(
+        f"batch {batch_id} ({rows} rows) failed after {attempts} attempt(s); last: {message}",
+        batch_id=batch_id,
+        rows=rows,
+        attempts=attempts,
+        status=status,
+        server_message=message,
+    )
+
+
+def _concat(chunks: list[pa.Array]) -> pa.Array:
+    """Join prediction pieces; all-null pieces (rejected rows) take the others' type."""
+    typed = [c.type for c in chunks if not pa.types.is_null(c.type)]
+    if not typed:
+        return pa.concat_arrays(chunks)
+    target = typed[0]
+    return pa.concat_arrays([c if c.type == target else c.cast(target) for c in chunks])

@@ -1,0 +1,223 @@
+"""The per-batch retry loop against a scripted fake transport: no sockets, no real sleeps."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable
+
+import pyarrow as pa
+import pytest
+
+from engine.auth import Token, TokenRefresher
+from engine.batching import RequestBatch
+from engine.codec import encode_dataframe_split
+from engine.dispatch import Dispatcher, ReadyGate
+from engine.errors import BatchFailed, SchemaError, TransportError
+from engine.retry import RetryPolicy
+from engine.stats import RunStats
+from engine.transport import Response
+
+POISON = -999.0
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+Handler = Callable[[dict[str, str], dict], Response]
+
+
+class FakeTransport:
+    """Answers each POST with ``handler(headers, parsed body)``; records what was sent."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.sent: list[dict] = []
+        self.tokens_seen: list[str] = []
+
+    async def request(self, method: str, url: str, *, headers=None, data=None, **_: object) -> Response:
+        body = json.loads(data)
+        self.sent.append(body)
+        self.tokens_seen.append(headers["Authorization"])
+        return self.handler(headers, body)
+
+
+def ok(predictions: list) -> Response:
+    return Response(200, json.dumps({"predictions": predictions}).encode(), {})
+
+
+def error(status: int, code: str, message: str, headers: dict | None = None) -> Response:
+    return Response(status, json.dumps({"error_code": code, "message": message}).encode(), headers or {})
+
+
+def doubling_model(headers: dict[str, str], body: dict) -> Response:
+    rows = body["dataframe_split"]["data"]
+    if any(row[0] == POISON for row in rows):
+        return error(400, "BAD_REQUEST", "Invalid input. Failed to convert poison value")
+    return ok([row[0] * 2 for row in rows])
+
+
+def make_dispatcher(transport: FakeTransport, clock: FakeClock, **kwargs) -> tuple[Dispatcher, RunStats]:
+    counter = iter(range(1, 1000))
+
+    async def fetch() -> Token:
+        return Token(access_token=f"tok{next(counter)}", issued_at=clock.now, expires_at=clock.now + 3600)
+
+    stats = RunStats()
+    dispatcher = Dispatcher(
+        transport=transport,  # type: ignore[arg-type]
+        tokens=TokenRefresher(fetch, clock=clock, sleep=clock.sleep),
+        endpoint_url="http://127.0.0.1:1/ws/serving-endpoints/e/invocations",
+        encode=lambda rows: encode_dataframe_split(rows),
+        policy=kwargs.pop("policy", RetryPolicy(max_attempts=4)),
+        stats=stats,
+        clock=clock,
+        sleep=clock.sleep,
+        rng=random.Random(0),
+        **kwargs,
+    )
+    return dispatcher, stats
+
+
+def batch_of(values: list[float]) -> RequestBatch:
+    rows = pa.record_batch({"x": pa.array(values, pa.float64())})
+    return RequestBatch(batch_id=0, row_offset=0, rows=rows, body=encode_dataframe_split(rows))
+
+
+async def test_bisection_isolates_one_bad_row_and_keeps_the_others() -> None:
+    values = [float(i) for i in range(64)]
+    values[37] = POISON
+    clock = FakeClock()
+    transport = FakeTransport(doubling_model)
+    dispatcher, stats = make_dispatcher(transport, clock)
+    result = await dispatcher.score(batch_of(values))
+    predictions = result.predictions.to_pylist()
+    errors = result.errors.to_pylist()
+    assert result.rejected_rows == 1
+    assert predictions[37] is None and "poison" in errors[37]
+    assert all(p == v * 2 for i, (p, v) in enumerate(zip(predictions, values)) if i != 37)
+    assert [e for i, e in enumerate(errors) if i != 37] == [None] * 63
+    extra_requests = len(transport.sent) - 1
+    assert extra_requests <= 2 * math.ceil(math.log2(64))
+    assert stats.bisections >= 1
+
+
+async def test_429_without_retry_after_waits_at_least_a_second_for_every_request() -> None:
+    answers = [error(429, "REQUEST_LIMIT_EXCEEDED", "slow down")]
+    clock = FakeClock()
+
+    def handler(headers: dict[str, str], body: dict) -> Response:
+        return answers.pop(0) if answers else doubling_model(headers, body)
+
+    transport = FakeTransport(handler)
+    dispatcher, stats = make_dispatcher(transport, clock)
+    result = await dispatcher.score(batch_of([1.0, 2.0]))
+    assert result.predictions.to_pylist() == [2.0, 4.0]
+    assert sum(clock.slept) >= 1.0
+    assert dispatcher.gate.until >= 1.0  # the pause is shared by every task of the run
+    assert stats.retries["429"] == 1 and stats.throttled_429 == 1
+
+
+async def test_retry_after_header_is_honoured() -> None:
+    answers = [error(503, "TEMPORARILY_UNAVAILABLE", "busy", {"Retry-After": "7"})]
+    clock = FakeClock()
+
+    def handler(headers: dict[str, str], body: dict) -> Response:
+        return answers.pop(0) if answers else doubling_model(headers, body)
+
+    dispatcher, _ = make_dispatcher(FakeTransport(handler), clock)
+    await dispatcher.score(batch_of([1.0]))
+    assert sum(clock.slept) >= 7.0
+
+
+async def test_rejected_token_forces_one_refresh_and_the_request_is_retried() -> None:
+    clock = FakeClock()
+
+    def handler(headers: dict[str, str], body: dict) -> Response:
+        if headers["Authorization"] == "Bearer tok1":
+            return error(403, "PERMISSION_DENIED", "Token is expiring within 30 seconds")
+        return doubling_model(headers, body)
+
+    transport = FakeTransport(handler)
+    dispatcher, stats = make_dispatcher(transport, clock)
+    result = await dispatcher.score(batch_of([3.0]))
+    assert result.predictions.to_pylist() == [6.0]
+    assert transport.tokens_seen == ["Bearer tok1", "Bearer tok2"]
+    assert stats.retries["token_rejected"] == 1
+
+
+async def test_gives_up_after_max_attempts_naming_the_last_status() -> None:
+    clock = FakeClock()
+    transport = FakeTransport(lambda h, b: error(500, "INTERNAL_ERROR", "model server crashed"))
+    dispatcher, _ = make_dispatcher(transport, clock, policy=RetryPolicy(max_attempts=3))
+    with pytest.raises(BatchFailed) as info:
+        await dispatcher.score(batch_of([1.0, 2.0]))
+    assert len(transport.sent) == 3
+    assert info.value.status == 500 and "model server crashed" in str(info.value)
+
+
+async def test_connection_errors_are_retried() -> None:
+    clock = FakeClock()
+    failures = [TransportError("reset", kind="reset"), TransportError("refused", kind="connect")]
+
+    class Flaky(FakeTransport):
+        async def request(self, method: str, url: str, **kwargs: object) -> Response:
+            if failures:
+                raise failures.pop(0)
+            return await super().request(method, url, **kwargs)
+
+    dispatcher, stats = make_dispatcher(Flaky(doubling_model), clock)
+    result = await dispatcher.score(batch_of([5.0]))
+    assert result.predictions.to_pylist() == [10.0]
+    assert stats.retries["reset"] == 1 and stats.retries["connect"] == 1
+
+
+async def test_not_ready_400_pauses_until_ready_then_resends() -> None:
+    clock = FakeClock()
+    state = {"ready": False, "polls": 0}
+
+    def handler(headers: dict[str, str], body: dict) -> Response:
+        if not state["ready"]:
+            return error(400, "BAD_REQUEST", "Endpoint demo is not ready: it is stopped")
+        return doubling_model(headers, body)
+
+    async def wait_ready() -> None:
+        state["polls"] += 1
+        state["ready"] = True
+
+    dispatcher, _ = make_dispatcher(FakeTransport(handler), clock, ready=ReadyGate(wait_ready))
+    result = await dispatcher.score(batch_of([4.0]))
+    assert result.predictions.to_pylist() == [8.0]
+    assert state["polls"] == 1
+
+
+async def test_missing_column_400_stops_the_run_without_bisecting() -> None:
+    clock = FakeClock()
+    transport = FakeTransport(
+        lambda h, b: error(400, "INVALID_PARAMETER_VALUE", "Model is missing inputs ['b'].")
+    )
+    dispatcher, stats = make_dispatcher(transport, clock)
+    with pytest.raises(SchemaError, match="missing inputs"):
+        await dispatcher.score(batch_of([1.0, 2.0, 3.0, 4.0]))
+    assert len(transport.sent) == 1 and stats.bisections == 0
+
+
+async def test_oversize_row_is_rejected_without_a_request() -> None:
+    clock = FakeClock()
+    transport = FakeTransport(doubling_model)
+    dispatcher, _ = make_dispatcher(transport, clock)
+    rows = pa.record_batch({"x": pa.array([1.0])})
+    result = await dispatcher.score(RequestBatch(batch_id=3, row_offset=9, rows=rows, body=b"", oversize=True))
+    assert result.rejected_rows == 1 and "max-request-bytes" in result.errors[0].as_py()
+    assert transport.sent == []
