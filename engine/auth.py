@@ -151,7 +151,7 @@ class TokenRefresher:
                 await self._sleep(retry_after_s)
 
 
-async def cancel_quietly(task: "asyncio.Task[object]") -> None:
+async def cancel_quietly(task: asyncio.Task[object]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task

@@ -288,8 +288,8 @@ def _run_score(args: argparse.Namespace) -> int:
     return _report(summary, args.summary)
 
 
-def _report(summary: Summary, summary_path: str | None) -> int:
-    for line in summary.lines():
+def _report(summary: Summary, summary_path: str | None, *, show: bool = True) -> int:
+    for line in summary.lines() if show else ():
         print(line, file=sys.stderr)
     if summary.exit_code == 3:
         print(
@@ -308,7 +308,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     summary = asyncio.run(
         run_demo(rows=args.rows, directory=Path(args.dir), progress=args.progress)
     )
-    return _report(summary, args.summary)
+    return _report(summary, args.summary, show=False)
 
 
 def _setup_logging(quiet: bool) -> None:

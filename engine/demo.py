@@ -54,6 +54,8 @@ async def run_demo(*, rows: int, directory: Path, progress: ProgressMode = "auto
         expected = pa.array(model.predict(table))
     matches = pc.all(pc.equal(result.column("prediction"), expected)).as_py()
     _say("")
+    for line in summary.lines():
+        _say(line)
     _say(
         f"checked:  {result.num_rows:,} output rows for {rows:,} input rows; every prediction "
         + ("equals the model's" if matches and result.num_rows == rows else "DIFFERS")
