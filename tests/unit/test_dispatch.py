@@ -113,7 +113,7 @@ async def test_bisection_isolates_one_bad_row_and_keeps_the_others() -> None:
     assert stats.bisections >= 1
 
 
-async def test_429_without_retry_after_waits_at_least_a_second_for_every_request() -> None:
+async def test_429_without_retry_after_waits_a_second_and_paces_the_whole_run() -> None:
     answers = [error(429, "REQUEST_LIMIT_EXCEEDED", "slow down")]
     clock = FakeClock()
 
@@ -125,8 +125,34 @@ async def test_429_without_retry_after_waits_at_least_a_second_for_every_request
     result = await dispatcher.score(batch_of([1.0, 2.0]))
     assert result.predictions.to_pylist() == [2.0, 4.0]
     assert sum(clock.slept) >= 1.0
-    assert dispatcher.gate.until >= 1.0  # the pause is shared by every task of the run
+    # the slowdown is shared: every later request of the run is paced, not just this one
+    assert dispatcher.pacer.controller.paced
+    assert dispatcher.pacer.controller.cuts == 1
     assert stats.retries["429"] == 1 and stats.throttled_429 == 1
+
+
+async def test_long_retry_after_pauses_every_request() -> None:
+    answers = [error(429, "REQUEST_LIMIT_EXCEEDED", "slow down", {"Retry-After": "30"})]
+    clock = FakeClock()
+
+    def handler(headers: dict[str, str], body: dict) -> Response:
+        return answers.pop(0) if answers else doubling_model(headers, body)
+
+    dispatcher, _ = make_dispatcher(FakeTransport(handler), clock)
+    await dispatcher.score(batch_of([1.0]))
+    assert dispatcher.gate.until >= 30.0
+
+
+async def test_throttling_does_not_use_up_attempts() -> None:
+    answers = [error(429, "REQUEST_LIMIT_EXCEEDED", "slow down")] * 6
+    clock = FakeClock()
+
+    def handler(headers: dict[str, str], body: dict) -> Response:
+        return answers.pop(0) if answers else doubling_model(headers, body)
+
+    dispatcher, _ = make_dispatcher(FakeTransport(handler), clock, policy=RetryPolicy(max_attempts=3))
+    result = await dispatcher.score(batch_of([2.0]))
+    assert result.predictions.to_pylist() == [4.0]
 
 
 async def test_retry_after_header_is_honoured() -> None:
