@@ -17,6 +17,7 @@ import contextlib
 import logging
 import math
 import random
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -25,7 +26,7 @@ import pyarrow as pa
 from aiolimiter import AsyncLimiter
 
 from engine.adaptive import RateController
-from engine.auth import OAuthClient, TokenRefresher, cancel_quietly
+from engine.auth import Clock, OAuthClient, Sleep, TokenRefresher, cancel_quietly
 from engine.batching import RequestBatch, plan_batches
 from engine.checkpoint import Checkpoint, batch_key
 from engine.codec import encode_dataframe_split
@@ -102,6 +103,8 @@ class Scorer:
     tokens: TokenRefresher
     workspace: Workspace
     stats: RunStats = field(default_factory=RunStats)
+    clock: Clock = time.monotonic
+    sleep: Sleep = asyncio.sleep
 
     def key(self, batch: RequestBatch) -> str:
         """The checkpoint key: request content + endpoint + served model version."""
@@ -126,10 +129,18 @@ async def prepare(
     transport: Transport,
     *,
     start_if_stopped: bool = False,
+    clock: Clock = time.monotonic,
+    sleep: Sleep = asyncio.sleep,
 ) -> Scorer:
-    """Discover the endpoint, check the schema, fetch the first token: no row is sent yet."""
-    oauth = OAuthClient(transport, credentials, timeout_s=config.token_timeout_s)
-    workspace = Workspace(transport, oauth, credentials.host)
+    """Discover the endpoint, check the schema, fetch the first token: no row is sent yet.
+
+    ``clock`` and ``sleep`` drive every timing decision (token expiry, backoff, pacing); tests
+    inject a faster clock to live through token lifetimes in seconds.
+    """
+    oauth = OAuthClient(
+        transport, credentials, timeout_s=config.token_timeout_s, clock=clock, sleep=sleep
+    )
+    workspace = Workspace(transport, oauth, credentials.host, clock=clock, sleep=sleep)
     endpoint = await _ready_endpoint(workspace, config, start_if_stopped)
     doc = await workspace.get_openapi(config.endpoint)
     model = parse_openapi(doc) if doc else None
@@ -145,10 +156,24 @@ async def prepare(
     read_columns = tuple(name for name in source.schema.names if name in wanted)
     authorization = endpoint.data_plane_authorization_details()
     tokens = TokenRefresher(
-        lambda: oauth.data_plane_token(authorization, config.endpoint), name="data-plane token"
+        lambda: oauth.data_plane_token(authorization, config.endpoint),
+        clock=clock,
+        sleep=sleep,
+        name="data-plane token",
     )
     await tokens.get()  # refuse bad credentials or a missing CAN_QUERY before any row is read
-    return Scorer(config, endpoint, model, cast, kept, read_columns, tokens, workspace)
+    return Scorer(
+        config,
+        endpoint,
+        model,
+        cast,
+        kept,
+        read_columns,
+        tokens,
+        workspace,
+        clock=clock,
+        sleep=sleep,
+    )
 
 
 async def _ready_endpoint(
@@ -271,6 +296,8 @@ def _dispatcher(scorer: Scorer, transport: Transport) -> Dispatcher:
         ready=ready,
         endpoint_ready=endpoint_ready,
         prediction_type=scorer.model.prediction_type if scorer.model else None,
+        clock=scorer.clock,
+        sleep=scorer.sleep,
         rng=random.Random(),
     )
 
