@@ -404,7 +404,9 @@ class _FileReader:
 
 def _parquet_footer(path: str) -> tuple[pa.Schema, int]:
     try:
-        with pq.ParquetFile(path) as file:
+        # pre_buffer=False: with it, pyarrow caches every row group it pre-buffered for the life
+    # of the reader, so memory grew with the file (252 MiB for a 3M-row file vs 25 MiB).
+    with pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20) as file:
             return file.schema_arrow, file.metadata.num_rows
     except (pa.ArrowException, OSError) as exc:
         raise InputError(f"cannot read {path} as Parquet: {_short(exc)}") from exc
@@ -413,7 +415,9 @@ def _parquet_footer(path: str) -> tuple[pa.Schema, int]:
 def _parquet_batches(
     path: str, schema: pa.Schema, columns: list[str], batch_rows: int
 ) -> Iterator[pa.RecordBatch]:
-    with pq.ParquetFile(path) as file:
+    # pre_buffer=False: with it, pyarrow caches every row group it pre-buffered for the life
+    # of the reader, so memory grew with the file (252 MiB for a 3M-row file vs 25 MiB).
+    with pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20) as file:
         if not columns:  # zero columns still need row counts: read the narrowest thing
             columns = schema.names[:1]
         yield from file.iter_batches(batch_size=batch_rows, columns=columns)
