@@ -20,6 +20,7 @@ from engine.config import (
     ScoreConfig,
 )
 from engine.errors import EngineError, UsageError
+from engine.logs import emit, setup_logging
 from engine.retry import RetryPolicy
 from engine.stats import Summary
 
@@ -171,6 +172,13 @@ def _add_output_flags(parser: argparse.ArgumentParser) -> None:
         help="progress bar on a terminal, log lines otherwise (default auto)",
     )
     group.add_argument("--quiet", "-q", action="store_true", help="warnings and errors only")
+    group.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="json: one JSON object per line (progress, warnings, summary, error) for log "
+        "pipelines",
+    )
 
 
 def _add_validate(commands: Any) -> None:
@@ -285,11 +293,15 @@ def _run_score(args: argparse.Namespace) -> int:
             handle_signals=True,
         )
     )
-    return _report(summary, args.summary)
+    return _report(summary, args.summary, json_logs=args.log_format == "json")
 
 
-def _report(summary: Summary, summary_path: str | None, *, show: bool = True) -> int:
-    for line in summary.lines() if show else ():
+def _report(
+    summary: Summary, summary_path: str | None, *, show: bool = True, json_logs: bool = False
+) -> int:
+    if json_logs:
+        emit("summary", "run finished", **summary.to_dict())
+    for line in summary.lines() if show and not json_logs else ():
         print(line, file=sys.stderr)
     if summary.exit_code == 3:
         print(
@@ -311,25 +323,19 @@ def _run_demo(args: argparse.Namespace) -> int:
     return _report(summary, args.summary, show=False)
 
 
-def _setup_logging(quiet: bool) -> None:
-    logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # aiohttp's access log and internals are noise for a person reading a task log.
-    logging.getLogger("aiohttp").setLevel(logging.WARNING)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(getattr(args, "quiet", False))
+    json_logs = getattr(args, "log_format", "text") == "json"
+    setup_logging(quiet=getattr(args, "quiet", False), log_format="json" if json_logs else "text")
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)
     except EngineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if json_logs:
+            emit("error", str(exc), level=logging.ERROR, exit_code=exc.exit_code)
+        else:
+            print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -44,16 +44,21 @@ class LogProgress:
     def update(self, stats: RunStats) -> None:
         done = stats.rows_scored + stats.rows_rejected + stats.rows_skipped
         of = f"/{self._total:,}" if self._total else ""
-        log.info(
-            "progress: %s%s rows (%s rejected), %.0f rows/s, %d requests, %d throttled, %d retries",
-            f"{done:,}",
-            of,
-            f"{stats.rows_rejected:,}",
-            stats.rows_per_s(),
-            stats.requests,
-            stats.throttled_429,
-            sum(stats.retries.values()),
+        fields = {
+            "rows_done": done,
+            "rows_total": self._total,
+            "rows_rejected": stats.rows_rejected,
+            "rows_per_s": round(stats.rows_per_s(), 1),
+            "requests": stats.requests,
+            "throttled_429": stats.throttled_429,
+            "retries": dict(stats.retries),
+        }
+        message = (
+            f"progress: {done:,}{of} rows ({stats.rows_rejected:,} rejected), "
+            f"{fields['rows_per_s']:,.0f} rows/s, {stats.requests} requests, "
+            f"{stats.throttled_429} throttled, {sum(stats.retries.values())} retries"
         )
+        log.info(message, extra={"event": "progress", "fields": fields})
 
     def stop(self) -> None:
         pass
