@@ -1,4 +1,4 @@
-"""Peak RSS of `engine score` at two input sizes: memory must not grow with the input.
+"""Peak RSS (and CPU per row) of `engine score` at two input sizes: memory must stay flat.
 
     python benchmarks/memory.py                 # 200k and 2M rows
     python benchmarks/memory.py --rows 50000 500000
@@ -51,14 +51,22 @@ def write_input(path: Path, rows: int) -> None:
             writer.write_table(model.sample(min(100_000, rows - start), seed=start))
 
 
-def peak_rss_of(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int]:
-    """(peak RSS MiB, wall seconds, exit code) of one child process."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a live process has used (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_child(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float, int]:
+    """(peak RSS MiB, wall seconds, CPU seconds, exit code) of one child process."""
     started = time.monotonic()
     pid = os.fork()
     if pid == 0:  # the child: exec the command; its rusage is read by the parent
         os.execvpe(cmd[0], cmd, env)
     _, status, usage = os.wait4(pid, 0)
-    return usage.ru_maxrss / 1024, time.monotonic() - started, os.waitstatus_to_exitcode(status)
+    cpu = usage.ru_utime + usage.ru_stime
+    wall = time.monotonic() - started
+    return usage.ru_maxrss / 1024, wall, cpu, os.waitstatus_to_exitcode(status)
 
 
 def main() -> None:
@@ -74,18 +82,24 @@ def main() -> None:
                 write_input(src, rows)
                 cmd = [sys.executable, "-m", "engine", "score", str(src), "--endpoint",
                        "demo-regressor", "--output", str(out), "--progress", "off", "--quiet"]
-                rss, wall, code = peak_rss_of(cmd, env)
+                server_before = cpu_seconds(emulator.pid)
+                rss, wall, cpu, code = run_child(cmd, env)
+                server_cpu = cpu_seconds(emulator.pid) - server_before
                 results.append({"rows": rows, "peak_rss_mib": round(rss, 1),
                                 "seconds": round(wall, 2), "exit_code": code,
-                                "input_mib": round(src.stat().st_size / 2**20, 1)})
+                                "input_mib": round(src.stat().st_size / 2**20, 1),
+                                "client_cpu_us_per_row": round(cpu / rows * 1e6, 2),
+                                "server_cpu_us_per_row": round(server_cpu / rows * 1e6, 2)})
     finally:
         emulator.terminate()
         emulator.wait(timeout=10)
-    print("| rows | input (Parquet) | peak RSS of `engine score` | time | exit |")
-    print("| ---: | ---: | ---: | ---: | ---: |")
+    print("| rows | input (Parquet) | peak RSS of `engine score` | time | client CPU/row "
+          "| emulator CPU/row | exit |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
         print(f"| {r['rows']:,} | {r['input_mib']} MiB | {r['peak_rss_mib']} MiB | "
-              f"{r['seconds']} s | {r['exit_code']} |")
+              f"{r['seconds']} s | {r['client_cpu_us_per_row']} µs | "
+              f"{r['server_cpu_us_per_row']} µs | {r['exit_code']} |")
     out_dir = ROOT / "results"
     out_dir.mkdir(exist_ok=True)
     (out_dir / "memory.json").write_text(json.dumps(

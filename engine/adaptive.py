@@ -9,8 +9,8 @@ phases, like TCP:
   fast endpoint is reached within a few round trips and the client is the only bound;
 * **after the first throttle** (429) the run is *paced*: the rate drops to ``backoff`` ×
   the rate the endpoint actually accepted over the last ``window_s`` (its measured capacity),
-  at most once per ``cut_interval_s`` so one burst of 429s is one cut, and never by more than
-  ``max_cut`` at once, then grows by
+  at most once per ``cut_interval_s`` so one burst of 429s is one cut (and, while less than a
+  window has been seen, never by more than ``max_cut`` at once), then grows by
   ``growth_per_s`` per second to probe for more, never beyond ``headroom`` × what is accepted.
 
 The result is a sawtooth between ``backoff``·C and C: about 0.97 of capacity, with only the
@@ -28,8 +28,12 @@ from dataclasses import dataclass, field
 
 __all__ = ["RateController"]
 
-#: Shortest span a capacity is measured over (a run's first few milliseconds say little).
-MIN_SPAN_S = 0.05
+#: Acceptances a capacity measurement wants before it is trusted, and how far back it looks.
+MIN_SAMPLES = 24
+HISTORY_S = 10.0
+#: Shortest span a capacity is measured over: a run's first instants say little (a token
+#: bucket lets its whole burst through at once).
+MIN_SPAN_S = 0.25
 
 
 @dataclass(kw_only=True)
@@ -58,7 +62,9 @@ class RateController:
     cuts: int = field(default=0, init=False)
     max_cut: float = 0.5
     _accepted: deque[float] = field(default_factory=deque, init=False, repr=False)
-    _first_accept_at: float | None = field(default=None, init=False, repr=False)
+    _recent: deque[float] = field(
+        default_factory=lambda: deque(maxlen=MIN_SAMPLES), init=False, repr=False
+    )
     _updated_at: float | None = field(default=None, init=False, repr=False)
     _cut_at: float = field(default=-math.inf, init=False, repr=False)
 
@@ -72,24 +78,31 @@ class RateController:
 
     def accepted_rate(self, now: float) -> float:
         """Successes per second over the last window."""
+        return self._window_count(now) / self.window_s
+
+    def measured_capacity(self, now: float) -> tuple[float, bool] | None:
+        """Accepted requests per second, and whether the measurement is trustworthy.
+
+        Over the last ``window_s``, or over the last ``MIN_SAMPLES`` acceptances when the
+        window holds fewer (a slow endpoint needs a longer look); None before any.
+        """
+        in_window = self._window_count(now)
+        if in_window >= MIN_SAMPLES:
+            return in_window / self.window_s, True
+        recent = [t for t in self._recent if t > now - HISTORY_S]
+        if not recent:
+            return None
+        return len(recent) / max(now - recent[0], MIN_SPAN_S), len(recent) >= MIN_SAMPLES
+
+    def _window_count(self, now: float) -> int:
         while self._accepted and self._accepted[0] <= now - self.window_s:
             self._accepted.popleft()
-        return len(self._accepted) / self.window_s
-
-    def measured_capacity(self, now: float) -> float | None:
-        """Accepted requests per second over the last window (or since the first one, when
-        the run is younger than the window); None before anything was accepted."""
-        count = self.accepted_rate(now) * self.window_s
-        if self._first_accept_at is None or count == 0:
-            return None
-        span = min(self.window_s, max(now - self._first_accept_at, MIN_SPAN_S))
-        return count / span
+        return len(self._accepted)
 
     def on_success(self, now: float) -> None:
         """A request was accepted: remember it; grow the in-flight limit or the rate."""
         self._accepted.append(now)
-        if self._first_accept_at is None:
-            self._first_accept_at = now
+        self._recent.append(now)
         elapsed = 0.0 if self._updated_at is None else max(0.0, now - self._updated_at)
         self._updated_at = now
         if self.slow_start:
@@ -109,11 +122,13 @@ class RateController:
         if now - self._cut_at < self.cut_interval_s:
             return
         measured = self.measured_capacity(now)
-        if measured is None:
-            measured = self.rate * self.max_cut if self.paced else 2.0 * self.min_rate
-        cut = min(self.rate, measured) * self.backoff
-        if self.paced:  # one noisy measurement never cuts by more than max_cut
-            cut = max(cut, self.rate * self.max_cut)
+        if measured is None:  # nothing accepted lately: halve (or start slow)
+            cut = self.rate * self.max_cut if self.paced else 2.0 * self.min_rate
+        else:
+            capacity, trusted = measured
+            cut = min(self.rate, capacity) * self.backoff
+            if self.paced and not trusted:  # a thin measurement never cuts by more than max_cut
+                cut = max(cut, self.rate * self.max_cut)
         self.rate = min(self.max_rate, max(self.min_rate, cut))
         self._cut_at = now
         self.cuts += 1

@@ -10,6 +10,7 @@ costs about 2·log2(rows) extra requests per bad row.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import time
@@ -22,7 +23,7 @@ import pyarrow as pa
 from aiolimiter import AsyncLimiter
 
 from engine.adaptive import RateController
-from engine.auth import Clock, Sleep, TokenRefresher
+from engine.auth import Clock, Sleep, TokenRefresher, cancel_quietly
 from engine.batching import RequestBatch
 from engine.codec import ResponseFormatError, decode_predictions
 from engine.errors import BatchFailed, EngineError, SchemaError, TransportError
@@ -111,7 +112,12 @@ class ReadyGate:
 
 
 class Pacer:
-    """Applies a :class:`RateController`: an in-flight cap and evenly spaced request starts."""
+    """Applies a :class:`RateController`: an in-flight cap and evenly spaced request starts.
+
+    Paced requests wait in one FIFO; a single ticker lets one go every ``1 / rate`` seconds,
+    reading the rate *when it fires*, so a cut applies to the very next request instead of
+    after a backlog of slots reserved at the old rate.
+    """
 
     def __init__(self, controller: RateController, *, clock: Clock, sleep: Sleep) -> None:
         self.controller = controller
@@ -120,18 +126,37 @@ class Pacer:
         self._next_at = 0.0
         self.in_flight = 0
         self._freed = asyncio.Event()
+        self._queue: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._ticker: asyncio.Task[None] | None = None
 
     async def acquire(self) -> None:
         while self.in_flight >= int(self.controller.in_flight_limit):
             self._freed.clear()
             await self._freed.wait()
         self.in_flight += 1
-        if self.controller.paced:
+        if not self.controller.paced:
+            return
+        turn = asyncio.get_running_loop().create_future()
+        self._queue.append(turn)
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.create_task(self._tick())
+        try:
+            await turn
+        except asyncio.CancelledError:
+            self.in_flight -= 1
+            raise
+
+    async def _tick(self) -> None:
+        while self._queue:
+            wait = self._next_at - self._clock()
+            if wait > 0:
+                await self._sleep(wait)
+            turn = self._queue.popleft()
+            if turn.done():  # its task was cancelled while waiting
+                continue
+            turn.set_result(None)
             now = self._clock()
-            slot = max(now, self._next_at)
-            self._next_at = slot + 1.0 / self.controller.rate
-            if slot > now:
-                await self._sleep(slot - now)
+            self._next_at = max(now, self._next_at) + 1.0 / self.controller.rate
 
     def release(self) -> None:
         self.in_flight -= 1
@@ -142,6 +167,10 @@ class Pacer:
             self.controller.on_success(self._clock())
         elif status == 429:
             self.controller.on_throttle(self._clock())
+
+    async def aclose(self) -> None:
+        if self._ticker is not None:
+            await cancel_quietly(self._ticker)
 
 
 class _BadRows(Exception):

@@ -252,7 +252,8 @@ async def run(
     stats.rows_total = source.num_rows or 0
     progress = progress or make_progress(config.progress)
     progress.start(source.num_rows)
-    stages = _Stages(source, sink, scorer, _dispatcher(scorer, transport), progress, checkpoint)
+    dispatcher = _dispatcher(scorer, transport)
+    stages = _Stages(source, sink, scorer, dispatcher, progress, checkpoint)
     try:
         await stages.run_all(stop or StopSignal())
         path = sink.finish()
@@ -260,6 +261,7 @@ async def run(
         sink.abort()
         raise
     finally:
+        await dispatcher.pacer.aclose()
         progress.update(stats)
         progress.stop()
     return stats.summary(

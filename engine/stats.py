@@ -46,7 +46,7 @@ class Summary:
             f"endpoint       {self.endpoint}" + (f" ({self.model})" if self.model else ""),
             f"rows           {self.rows_scored:,} scored, {self.rows_rejected:,} rejected"
             + (f", {self.rows_skipped:,} from checkpoint" if self.rows_skipped else "")
-            + f" of {self.rows_total:,}",
+            + (f" of {self.rows_total:,}" if self.rows_total else ""),
             f"requests       {self.requests:,} ({self.requests_ok:,} ok, "
             f"{self.throttled_429:,} throttled 429, {self.bisections:,} bisections)",
             f"retries        {retries}",

@@ -36,14 +36,20 @@ def test_a_burst_of_throttles_is_one_cut() -> None:
     assert controller.cuts == 1 and controller.throttles == 20
 
 
-def test_one_cut_never_more_than_halves_the_rate() -> None:
-    controller = RateController()
-    for i in range(100):
-        controller.on_success(i * 0.01)
-    controller.on_throttle(1.0)
-    before = controller.rate
-    controller.on_throttle(5.0)  # nothing accepted for 4 s: a poor measurement
-    assert controller.rate >= before * 0.5
+def test_a_thin_measurement_never_more_than_halves_the_rate() -> None:
+    controller = RateController(max_rate=100.0)  # paced from the start
+    for i in range(3):  # three acceptances say little about capacity
+        controller.on_success(i * 0.5)
+    controller.on_throttle(2.0)
+    assert controller.rate >= 50.0
+
+
+def test_a_trusted_measurement_cuts_to_just_under_it() -> None:
+    controller = RateController(max_rate=100.0, backoff=0.9)
+    for i in range(40):  # 40 acceptances over 4 s: 10/s
+        controller.on_success(i * 0.1)
+    controller.on_throttle(4.0)
+    assert controller.rate == pytest.approx(9.0, rel=0.1)
 
 
 def test_user_qps_is_a_ceiling_from_the_start() -> None:
@@ -57,54 +63,71 @@ def test_user_qps_is_a_ceiling_from_the_start() -> None:
 def simulate(
     *, capacity_qps: float, latency_s: float, seconds: float, workers: int = 64
 ) -> tuple[list[float], int, int]:
-    """A token-bucket endpoint (burst = 1 s worth) driven by the controller's rules.
+    """A token-bucket endpoint (burst = 1 s worth) driven by the controller's rules, with the
+    pacer's semantics: an in-flight cap, then one FIFO released every 1/rate seconds at the
+    rate current when each request is let go. 429s are retried after 1 s.
 
     Returns the accept times, the number of requests and the number answered 429.
     """
     controller = RateController(max_in_flight=workers)
     tokens, bucket_at = capacity_qps, 0.0
-    next_slot = 0.0
+    next_at, tick_pending = 0.0, False
     in_flight = 0
     accepts: list[float] = []
     requests = throttled = 0
     events: list[tuple[float, int, str]] = [(0.0, w, "ready") for w in range(workers)]
     heapq.heapify(events)
-    waiting: list[int] = []
+    blocked: list[int] = []
+    paced: list[int] = []
+
+    def send(now: float, worker: int) -> None:
+        nonlocal tokens, bucket_at, requests, throttled
+        tokens = min(capacity_qps, tokens + (now - bucket_at) * capacity_qps)
+        bucket_at = now
+        requests += 1
+        if tokens >= 1.0:
+            tokens -= 1.0
+            heapq.heappush(events, (now + latency_s, worker, "done-ok"))
+        else:
+            throttled += 1
+            heapq.heappush(events, (now + 0.002, worker, "done-429"))
+
     while events:
         now, worker, kind = heapq.heappop(events)
         if now > seconds:
             break
-        if kind == "done-ok":
-            in_flight -= 1
-            accepts.append(now)
-            controller.on_success(now)
-            heapq.heappush(events, (now, worker, "ready"))
-        elif kind == "done-429":
-            in_flight -= 1
-            controller.on_throttle(now)
-            heapq.heappush(events, (now + 1.0, worker, "ready"))  # default Retry-After
+        if kind == "tick":
+            tick_pending = False
+            send(now, paced.pop(0))
+            next_at = max(now, next_at) + 1.0 / controller.rate
+            if paced:
+                heapq.heappush(events, (next_at, -1, "tick"))
+                tick_pending = True
+            continue
         if kind.startswith("done"):
-            for w in waiting:
+            in_flight -= 1
+            if kind == "done-ok":
+                accepts.append(now)
+                controller.on_success(now)
+                heapq.heappush(events, (now, worker, "ready"))
+            else:
+                controller.on_throttle(now)
+                heapq.heappush(events, (now + 1.0, worker, "ready"))  # default Retry-After
+            for w in blocked:
                 heapq.heappush(events, (now, w, "ready"))
-            waiting.clear()
+            blocked.clear()
             continue
         if in_flight >= int(controller.in_flight_limit):
-            waiting.append(worker)
+            blocked.append(worker)
             continue
-        start = now
-        if controller.paced:
-            start = max(now, next_slot)
-            next_slot = start + 1.0 / controller.rate
-        tokens = min(capacity_qps, tokens + (start - bucket_at) * capacity_qps)
-        bucket_at = start
         in_flight += 1
-        requests += 1
-        if tokens >= 1.0:
-            tokens -= 1.0
-            heapq.heappush(events, (start + latency_s, worker, "done-ok"))
-        else:
-            throttled += 1
-            heapq.heappush(events, (start + 0.002, worker, "done-429"))
+        if not controller.paced:
+            send(now, worker)
+            continue
+        paced.append(worker)
+        if not tick_pending:
+            heapq.heappush(events, (max(now, next_at), -1, "tick"))
+            tick_pending = True
     return accepts, requests, throttled
 
 
