@@ -183,3 +183,46 @@ async def test_no_resume_starts_clean(emulator: Emulator, tmp_path) -> None:
     assert summary.rows_skipped == 1_000 and emulator.accounting(ENDPOINT)["requests_total"] == 0
     summary = await engine.ascore(src, output=tmp_path / "c.arrow", resume=False, **kwargs)
     assert summary.rows_scored == 1_000 and summary.rows_skipped == 0
+
+
+async def test_stopped_endpoint_is_an_error_naming_the_fix(emulator_factory, tmp_path) -> None:
+    config = EmulatorConfig(endpoints=(EndpointConfig(name=ENDPOINT, start_stopped=True),))
+    emulator = await emulator_factory(config)
+    pq.write_table(regressor_table(emulator, 10, seed=17), tmp_path / "in.parquet")
+    with pytest.raises(engine.EndpointError, match="--start-if-stopped") as info:
+        await engine.ascore(tmp_path / "in.parquet", output=tmp_path / "o.arrow", endpoint=ENDPOINT,
+                            credentials=credentials_for(emulator))
+    assert info.value.exit_code == 2
+    assert emulator.endpoint_state(ENDPOINT)["ready"] == "NOT_READY"
+
+
+async def test_start_if_stopped_starts_the_endpoint_and_scores(emulator_factory, tmp_path) -> None:
+    config = EmulatorConfig(
+        endpoints=(EndpointConfig(name=ENDPOINT, start_stopped=True, start_duration_s=0.3),)
+    )
+    emulator = await emulator_factory(config)
+    table = regressor_table(emulator, 1_000, seed=18)
+    pq.write_table(table, tmp_path / "in.parquet")
+    summary = await engine.ascore(
+        tmp_path / "in.parquet", output=tmp_path / "o.arrow", endpoint=ENDPOINT,
+        credentials=credentials_for(emulator), start_if_stopped=True, wait_ready_s=30,
+        progress="off",
+    )
+    assert summary.exit_code == 0
+    assert emulator.endpoint_state(ENDPOINT)["ready"] == "READY"
+    result = read_output(str(tmp_path / "o.arrow"))
+    assert result.column("prediction").to_pylist() == expected_predictions(emulator, ENDPOINT, table)
+
+
+async def test_wait_ready_waits_for_an_update_in_progress(emulator_factory, tmp_path) -> None:
+    config = EmulatorConfig(
+        endpoints=(EndpointConfig(name=ENDPOINT, start_stopped=True, start_duration_s=0.5),)
+    )
+    emulator = await emulator_factory(config)
+    emulator.start_endpoint(ENDPOINT)  # someone else started it: IN_PROGRESS for 0.5 s
+    pq.write_table(regressor_table(emulator, 100, seed=19), tmp_path / "in.parquet")
+    summary = await engine.ascore(
+        tmp_path / "in.parquet", output=tmp_path / "o.arrow", endpoint=ENDPOINT,
+        credentials=credentials_for(emulator), wait_ready_s=30, progress="off",
+    )
+    assert summary.exit_code == 0 and summary.rows_scored == 100
