@@ -323,7 +323,9 @@ class _Stages:
         self.progress = progress
         self.checkpoint = checkpoint
         config = scorer.config
-        self.queue: asyncio.Queue[RequestBatch | None] = asyncio.Queue(maxsize=config.workers)
+        self.queue: asyncio.Queue[tuple[RequestBatch, str] | None] = asyncio.Queue(
+            maxsize=config.workers
+        )
         self.window = asyncio.Semaphore(config.window)
         self.flush_lock = asyncio.Lock()
         self.stopping = False
@@ -386,44 +388,55 @@ class _Stages:
             encode=self.scorer.encode,
         )
 
+    def _next_keyed(self, batches: Iterator[RequestBatch]) -> tuple[RequestBatch, str] | None:
+        """The next batch and its checkpoint key, both computed on the reader thread."""
+        batch = next(batches, None)
+        if batch is None:
+            return None
+        key = self.scorer.key(batch) if self.checkpoint is not None and not batch.oversize else ""
+        return batch, key
+
     async def produce(self) -> None:
         batches = await asyncio.to_thread(self._batches)
         while True:
             await self.window.acquire()
-            batch = await asyncio.to_thread(next, batches, None)
-            if batch is None:
+            item = await asyncio.to_thread(self._next_keyed, batches)
+            if item is None:
                 self.window.release()
                 break
-            await self.queue.put(batch)
+            await self.queue.put(item)
         for _ in range(self.scorer.config.workers):
             await self.queue.put(None)
 
     async def work(self) -> None:
-        while not self.stopping and (batch := await self.queue.get()) is not None:
-            result, reused = self.from_checkpoint(batch)
+        while not self.stopping and (item := await self.queue.get()) is not None:
+            batch, key = item
+            result, reused = self.from_checkpoint(batch, key)
             if result is None:
                 result = await self.dispatcher.score(batch)
-            await self.deliver(batch, result, reused=reused)
+            await self.deliver(batch, key, result, reused=reused)
 
-    def from_checkpoint(self, batch: RequestBatch) -> tuple[BatchResult | None, bool]:
-        if self.checkpoint is None or batch.oversize:
+    def from_checkpoint(self, batch: RequestBatch, key: str) -> tuple[BatchResult | None, bool]:
+        if self.checkpoint is None or not key:
             return None, False
-        stored = self.checkpoint.get(self.scorer.key(batch))
+        stored = self.checkpoint.get(key)
         if stored is None:
             return None, False
         predictions, errors = stored
         rejected = len(errors) - errors.null_count
         return BatchResult(batch.batch_id, predictions, errors, rejected), True
 
-    async def deliver(self, batch: RequestBatch, result: BatchResult, *, reused: bool) -> None:
+    async def deliver(
+        self, batch: RequestBatch, key: str, result: BatchResult, *, reused: bool
+    ) -> None:
         stats = self.scorer.stats
         if reused:
             stats.rows_skipped += batch.num_rows
         else:
             stats.rows_rejected += result.rejected_rows
             stats.rows_scored += batch.num_rows - result.rejected_rows
-            if self.checkpoint is not None and not batch.oversize:
-                self.checkpoint.add(self.scorer.key(batch), result.predictions, result.errors)
+            if self.checkpoint is not None and key:
+                self.checkpoint.add(key, result.predictions, result.errors)
                 await self.flush_checkpoint()
         written = self.sink.add(batch.batch_id, self.scorer.output_table(batch, result))
         for _ in range(written):
