@@ -334,7 +334,11 @@ class _Stages:
         config = self.scorer.config
         background = [
             asyncio.create_task(
-                report_every(self.progress, self.scorer.stats, config.progress_interval_s)
+                report_every(
+                    self.progress,
+                    self.scorer.stats,
+                    getattr(self.progress, "interval_s", config.progress_interval_s),
+                )
             ),
             asyncio.create_task(self.scorer.tokens.run_background()),
         ]

@@ -67,6 +67,9 @@ class LogProgress:
 class BarProgress:
     """A rich progress bar on stderr."""
 
+    #: A bar is read continuously: refresh it often (log lines keep the configured interval).
+    interval_s = 0.25
+
     def __init__(self) -> None:
         from rich.progress import (
             BarColumn,
