@@ -1,0 +1,121 @@
+"""The codec's exactness rules, read back the way MLflow's server reads them (Python json)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import math
+
+import pyarrow as pa
+import pytest
+
+from engine.codec import ResponseFormatError, decode_predictions, encode_dataframe_split
+
+
+def roundtrip(batch: pa.RecordBatch) -> dict:
+    return json.loads(encode_dataframe_split(batch))["dataframe_split"]
+
+
+def column(values: list, kind: pa.DataType) -> list:
+    return [row[0] for row in roundtrip(pa.record_batch({"c": pa.array(values, kind)}))["data"]]
+
+
+def test_int64_stays_integral_at_any_magnitude() -> None:
+    values = [0, -1, 2**53 + 1, 2**63 - 1, -(2**63), None]
+    got = column(values, pa.int64())
+    assert got == values
+    assert all(isinstance(v, int) for v in got if v is not None)
+
+
+def test_floats_round_trip_bit_exact_including_non_finite() -> None:
+    values = [0.1, -0.0, 1e-308, 1.7976931348623157e308, math.nan, math.inf, -math.inf, None]
+    got = column(values, pa.float64())
+    assert got[:4] == values[:4]
+    assert math.isnan(got[4])
+    assert math.copysign(1.0, got[1]) == -1.0
+    assert got[5:] == [math.inf, -math.inf, None]
+
+
+def test_non_finite_floats_are_bare_tokens_not_strings() -> None:
+    body = encode_dataframe_split(pa.record_batch({"c": pa.array([math.nan, math.inf])}))
+    assert b"[NaN]" in body and b"[Infinity]" in body and b'"' + b"NaN" not in body
+
+
+def test_float32_uses_its_own_shortest_form() -> None:
+    body = encode_dataframe_split(pa.record_batch({"c": pa.array([0.1], pa.float32())}))
+    assert b"[0.1]" in body
+
+
+def test_strings_escape_and_keep_unicode() -> None:
+    values = ['quote " backslash \\', "line\nbreak\t", "é 漢字 🙂", "\x00ctrl", None]
+    assert column(values, pa.string()) == values
+
+
+def test_marker_text_in_user_strings_is_left_alone() -> None:
+    values = ["NaN", "Infinity", "\x00NaN"]
+    batch = pa.record_batch({"s": pa.array(values), "f": pa.array([math.nan, 1.0, 2.0])})
+    doc = roundtrip(batch)
+    assert [row[0] for row in doc["data"]] == values
+
+
+def test_timestamps_dates_decimals_binary_bools() -> None:
+    when = dt.datetime(2026, 11, 22, 10, 30, 1, 123456)
+    batch = pa.record_batch({
+        "naive": pa.array([when], pa.timestamp("us")),
+        "utc": pa.array([when.replace(tzinfo=dt.UTC)], pa.timestamp("us", tz="UTC")),
+        "day": pa.array([dt.date(2026, 1, 2)], pa.date32()),
+        "money": pa.array([decimal.Decimal("12345678901234567.89")], pa.decimal128(20, 2)),
+        "blob": pa.array([b"\x00\xff"], pa.binary()),
+        "flag": pa.array([True], pa.bool_()),
+    })
+    row = roundtrip(batch)["data"][0]
+    assert row[0] == "2026-11-22T10:30:01.123456"
+    assert row[1] == "2026-11-22T10:30:01.123456+00:00"
+    assert row[2] == "2026-01-02"
+    assert row[3] == "12345678901234567.89"
+    assert row[4] == "AP8="
+    assert row[5] is True
+
+
+def test_nested_lists_and_structs() -> None:
+    kind = pa.list_(pa.struct([("a", pa.int64()), ("b", pa.list_(pa.float64()))]))
+    values = [[{"a": 1, "b": [0.5, None]}], None, []]
+    assert column(values, kind) == values
+
+
+def test_params_and_column_names_are_sent() -> None:
+    body = encode_dataframe_split(pa.record_batch({"x": [1]}), params={"temperature": 0.5})
+    doc = json.loads(body)
+    assert doc["dataframe_split"]["columns"] == ["x"] and doc["params"] == {"temperature": 0.5}
+
+
+def test_decoding_accepts_bare_nan_and_the_three_shapes() -> None:
+    assert decode_predictions(b'{"predictions": [1.5, NaN]}', expected_rows=2).to_pylist()[0] == 1.5
+    assert decode_predictions(b'{"outputs": [1, 2]}', expected_rows=2).to_pylist() == [1, 2]
+    assert decode_predictions(b"[3]", expected_rows=1).to_pylist() == [3]
+
+
+def test_decoding_builds_structs_and_lists() -> None:
+    got = decode_predictions(b'{"predictions": [{"label": "a", "p": [0.1, 0.9]}]}', expected_rows=1)
+    assert pa.types.is_struct(got.type) and got.to_pylist() == [{"label": "a", "p": [0.1, 0.9]}]
+
+
+def test_declared_type_is_honoured_and_ints_widen_to_double() -> None:
+    got = decode_predictions(b'{"predictions": [1, 2, null]}', expected_rows=3,
+                             prediction_type=pa.float64())
+    assert got.type == pa.float64() and got.to_pylist() == [1.0, 2.0, None]
+
+
+@pytest.mark.parametrize(
+    ("body", "rows", "kind", "message"),
+    [
+        (b"<html>502</html>", 1, None, "not JSON"),
+        (b'{"result": [1]}', 1, None, "no 'predictions'"),
+        (b'{"predictions": [1, 2]}', 3, None, "2 predictions for 3 rows"),
+        (b'{"predictions": [1.5]}', 1, pa.int64(), "int64"),
+    ],
+)
+def test_unusable_answers_say_what_is_wrong(body: bytes, rows: int, kind, message: str) -> None:
+    with pytest.raises(ResponseFormatError, match=message):
+        decode_predictions(body, expected_rows=rows, prediction_type=kind)
