@@ -134,6 +134,7 @@ async def test_kill_9_half_way_then_rerun_completes_rescoring_little(emulator: E
     assert result.column("prediction").to_pylist() == expected_predictions(emulator, ENDPOINT, table)
     scored = emulator.accounting(ENDPOINT)["rows_scored"]
     rescored = sum(count - 1 for count in scored.values())
+    print(f"killed with {scored_before} of {rows} rows delivered; {rescored} rescored on rerun")
     assert len(scored) == rows
     assert rescored <= 0.10 * rows, f"{rescored} rows scored twice after killing at {scored_before}"
     assert not (tmp_path / ".out.parquet.checkpoint").exists()  # removed after success
@@ -226,3 +227,22 @@ async def test_wait_ready_waits_for_an_update_in_progress(emulator_factory, tmp_
         credentials=credentials_for(emulator), wait_ready_s=30, progress="off",
     )
     assert summary.exit_code == 0 and summary.rows_scored == 100
+
+
+async def test_changed_input_redoes_only_the_batches_that_changed(emulator: Emulator, tmp_path) -> None:
+    table = regressor_table(emulator, 2_000, seed=20)
+    src = tmp_path / "in.parquet"
+    pq.write_table(table, src)
+    kwargs = dict(endpoint=ENDPOINT, credentials=credentials_for(emulator), progress="off",
+                  checkpoint=tmp_path / "ck", batch_rows=100)
+    await engine.ascore(src, output=tmp_path / "a.arrow", **kwargs)
+    values = table.column("x0").to_pylist()
+    values[150] += 1.0  # one row of batch 1 changes
+    changed = table.set_column(0, "x0", pa.array(values, pa.float64()))
+    pq.write_table(changed, src)
+    emulator.reset_accounting()
+    summary = await engine.ascore(src, output=tmp_path / "b.arrow", **kwargs)
+    assert emulator.accounting(ENDPOINT)["requests_total"] == 1
+    assert summary.rows_scored == 100 and summary.rows_skipped == 1_900
+    result = read_output(str(tmp_path / "b.arrow"))
+    assert result.column("prediction").to_pylist() == expected_predictions(emulator, ENDPOINT, changed)
