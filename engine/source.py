@@ -24,28 +24,68 @@ Rules a reader of the code should know:
   ``InputError`` naming the file.
 * Memory: Parquet is streamed row group by row group (``ParquetFile.iter_batches``), CSV block
   by block (``pyarrow.csv.open_csv``); no file is ever read whole.
+
+Object stores and other filesystems: an input that is a URI (``s3://bucket/prefix/``,
+``gs://bucket/data/*.parquet``, ``abfss://container@account.dfs.core.windows.net/dir``, ...)
+is opened with ``pyarrow.fs.FileSystem.from_uri``, or with fsspec (``az://``, ``memory://``,
+anything with an fsspec implementation installed) when pyarrow does not know the scheme.
+Credentials are found the usual way for each store: S3 reads ``AWS_ACCESS_KEY_ID`` /
+``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN`` / ``AWS_PROFILE`` / ``AWS_DEFAULT_REGION``,
+instance and container roles, and ``AWS_ENDPOINT_URL`` for S3-compatible servers (MinIO,
+Ceph, ...); GCS uses Application Default Credentials; Azure uses ``DefaultAzureCredential``
+(``AZURE_*`` variables, managed identity). pyarrow's query options also work
+(``s3://bucket/key?region=eu-west-1``); credentials in a URI are never printed. Prefixes work
+like directories and globs like local globs (``*``, ``**``, ``[...]``; in a URI ``?`` starts
+the query options instead): keys are listed, sorted, and names starting with ``.`` or ``_``
+skipped. ``file://`` URIs are local paths.
+
+Sharding (``shard=(i, n)``, the CLI's ``--shard I/N``): the input is cut into units in read
+order (each Parquet row group; each CSV file whole, since a CSV file cannot be split without
+reading it) and the units are dealt into ``n`` contiguous runs of about equal weight (rows
+for Parquet, from the footers; bytes for CSV): a unit belongs to the shard its weight's
+midpoint falls in. So ``n`` tasks cover every row exactly once; shard ``i``'s rows come
+before shard ``i + 1``'s, so the shard outputs concatenated in shard order are the unsharded
+output; each shard reads long runs of consecutive row groups (few opens, few object-store
+requests). Every shard still reads every file's footer or first block, so all of them agree
+on the unified schema. The files must not change while the shards run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import glob
 import itertools
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.csv as pcsv
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from engine.errors import InputError
+from engine.errors import InputError, UsageError
 
 if TYPE_CHECKING:
     import pandas as pd
     import polars as pl
 
-__all__ = ["CSV_BLOCK_BYTES", "FORMATS", "Inputs", "Source", "open_source"]
+__all__ = [
+    "CSV_BLOCK_BYTES",
+    "FORMATS",
+    "Inputs",
+    "Location",
+    "Source",
+    "check_shard",
+    "is_uri",
+    "locate",
+    "open_source",
+    "parse_shard",
+]
 
 FORMATS = ("parquet", "csv")
 SUFFIXES: dict[str, str] = {
@@ -73,9 +113,10 @@ class Source:
 
     Attributes:
         schema: the full input schema (every column available to ``reader``).
-        paths: the resolved files in read order; empty for in-memory data.
-        num_rows: the row count when cheaply known (Parquet footers, in-memory data), else
-            ``None`` (CSV, record batch readers).
+        paths: the resolved files in read order (local absolute paths, or URIs without
+            credentials); for a shard, only the files it reads; empty for in-memory data.
+        num_rows: the row count when cheaply known (Parquet footers, in-memory data; a
+            shard's own rows), else ``None`` (CSV, record batch readers).
     """
 
     schema: pa.Schema
@@ -113,15 +154,20 @@ class Source:
         return pa.RecordBatchReader.from_batches(target, batches)
 
 
-def open_source(inputs: Inputs, *, format: str | None = None) -> Source:
+def open_source(
+    inputs: Inputs, *, format: str | None = None, shard: tuple[int, int] | None = None
+) -> Source:
     """Open any supported input as a :class:`Source`.
 
     Args:
-        inputs: a path, directory or glob (``data/*.parquet``, ``data/**``), a sequence of
-            those, a ``pyarrow.Table``/``RecordBatch``/``RecordBatchReader`` (a reader can be
-            read only once), a polars ``DataFrame``/``LazyFrame`` or a pandas ``DataFrame``.
+        inputs: a path, directory or glob (``data/*.parquet``, ``data/**``), a URI of one
+            (``s3://bucket/prefix/``, ``gs://bucket/day=*/*.parquet``), a sequence of those,
+            a ``pyarrow.Table``/``RecordBatch``/``RecordBatchReader`` (a reader can be read
+            only once), a polars ``DataFrame``/``LazyFrame`` or a pandas ``DataFrame``.
         format: ``"parquet"`` or ``"csv"`` to override detection by file extension
             (paths only).
+        shard: ``(i, n)`` to read only shard ``i`` of ``n`` (``0 <= i < n``; file inputs
+            only); see the module docstring for how units are dealt.
 
     Returns:
         The opened source; file footers / CSV headers have been read, no data yet.
@@ -129,24 +175,63 @@ def open_source(inputs: Inputs, *, format: str | None = None) -> Source:
     Raises:
         InputError: nothing to read, a path is missing or unreadable, formats are mixed or
             unsupported, or the files' schemas disagree.
+        UsageError: ``shard`` is out of range, or given with in-memory data.
     """
     if format is not None and format not in FORMATS:
         raise InputError(f"unsupported format {format!r}; choose one of: {', '.join(FORMATS)}")
+    if shard is not None:
+        shard = check_shard(shard)
     if isinstance(inputs, str | os.PathLike):
-        return _file_source([inputs], format)
+        return _file_source([inputs], format, shard)
     in_memory = _in_memory_source(inputs)
     if in_memory is not None:
         if format is not None:
             raise InputError("format= applies to file inputs only; in-memory data has a schema")
+        if shard is not None:
+            raise UsageError("--shard applies to file inputs only; in-memory data is not split")
         return in_memory
     if isinstance(inputs, Sequence) and not isinstance(inputs, bytes | bytearray):
         items = list(inputs)
         if all(isinstance(item, str | os.PathLike) for item in items):
-            return _file_source(items, format)
+            return _file_source(items, format, shard)
     raise InputError(
         f"cannot read a {type(inputs).__name__}; pass paths, directories or globs, a pyarrow "
         "Table or RecordBatchReader, a polars DataFrame/LazyFrame or a pandas DataFrame"
     )
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """Parse the CLI's ``--shard I/N`` into ``(i, n)``, checked as :func:`check_shard`.
+
+    Raises:
+        UsageError: not of the form ``I/N`` with ``0 <= I < N``.
+    """
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if match is None:
+        raise UsageError(
+            f"--shard {text!r}: expected I/N, this task's shard I of N shards with 0 <= I < N "
+            "(e.g. --shard 0/4 ... --shard 3/4)"
+        )
+    return check_shard((int(match[1]), int(match[2])))
+
+
+def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    """Return ``shard`` as ``(i, n)`` if ``0 <= i < n``.
+
+    Raises:
+        UsageError: naming ``--shard``, when ``i`` or ``n`` is out of range or not an int.
+    """
+    try:
+        index, count = shard
+    except (TypeError, ValueError):
+        raise UsageError(f"--shard {shard!r}: expected I/N, a pair (i, n)") from None
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (index, count)):
+        raise UsageError(f"--shard {index!r}/{count!r}: I and N must be whole numbers")
+    if count < 1 or not 0 <= index < count:
+        raise UsageError(
+            f"--shard {index}/{count}: expected I/N with 0 <= I < N, e.g. --shard 0/{max(count, 2)}"
+        )
+    return index, count
 
 
 # --- in-memory inputs -------------------------------------------------------------------
@@ -211,20 +296,138 @@ def _pandas_to_arrow(frame: Any) -> pa.Table:
         raise InputError(f"cannot convert the pandas DataFrame to Arrow: {_short(exc)}") from exc
 
 
+# --- files: locations -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Location:
+    """A file or directory, local or on another filesystem.
+
+    Attributes:
+        name: what people see and what orders files: a local absolute path, or the URI
+            without credentials or query options.
+        path: the path to open, within ``filesystem`` when there is one.
+        filesystem: the pyarrow filesystem holding ``path``; ``None`` for a local path,
+            which is opened by name as it always was.
+    """
+
+    name: str
+    path: str
+    filesystem: pafs.FileSystem | None = None
+
+    @property
+    def is_local(self) -> bool:
+        """True for a plain local path."""
+        return self.filesystem is None
+
+    def below(self, path: str) -> Location:
+        """The entry at ``path`` (a path of the same filesystem, under this one)."""
+        relative = path[len(self.path) :].lstrip("/") if path.startswith(self.path) else path
+        return Location(f"{self.name.rstrip('/')}/{relative}", path, self.filesystem)
+
+    def info(self) -> pafs.FileInfo:
+        """The entry's type and size, asked of its filesystem."""
+        if self.filesystem is None:
+            return pafs.LocalFileSystem().get_file_info(self.path)
+        return _asked(self, self.filesystem.get_file_info, self.path)
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+://")
+_CONTAINER_IN_USERINFO = ("abfs", "abfss")
+
+
+def is_uri(text: str) -> bool:
+    """True when ``text`` is a URI (``scheme://...``) rather than a local path."""
+    return _SCHEME.match(text) is not None
+
+
+def locate(text: str) -> Location:
+    """Resolve a local path or a URI (``s3://``, ``gs://``, ``abfss://``, fsspec schemes).
+
+    Opens the filesystem object (credentials are looked up the store's usual way) but reads
+    nothing. ``file://`` URIs become plain local paths.
+
+    Raises:
+        InputError: the URI cannot be parsed, or no filesystem handles its scheme.
+    """
+    if not is_uri(text):
+        path = os.path.abspath(text)
+        return Location(path, path)
+    name = _display(text)
+    if text.lower().startswith("file://"):
+        path = urlsplit(text).path
+        return Location(path, path)
+    try:
+        filesystem, path = pafs.FileSystem.from_uri(text)
+    except pa.ArrowInvalid as exc:
+        if "Unrecognized filesystem type" not in str(exc):
+            raise InputError(f"cannot open {name}: {_scrubbed(exc, text, name)}") from None
+        filesystem, path = _fsspec_filesystem(text, name)
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(f"cannot open {name}: {_scrubbed(exc, text, name)}") from None
+    return Location(name.rstrip("/"), path.rstrip("/") or path, filesystem)
+
+
+def _fsspec_filesystem(text: str, name: str) -> tuple[pafs.FileSystem, str]:
+    scheme = text.partition("://")[0]
+    try:
+        import fsspec
+    except ImportError:
+        raise InputError(
+            f"cannot open {name}: pyarrow has no filesystem for {scheme}:// and fsspec is not "
+            f"installed (pip install fsspec and the package for {scheme}://, e.g. adlfs for az://)"
+        ) from None
+    try:
+        filesystem, path = fsspec.core.url_to_fs(text)
+    except (ImportError, ValueError) as exc:
+        raise InputError(f"cannot open {name}: {_scrubbed(exc, text, name)}") from None
+    return pafs.PyFileSystem(pafs.FSSpecHandler(filesystem)), str(path)
+
+
+def _display(uri: str) -> str:
+    """``uri`` without query options or credentials: safe to print, stable to sort."""
+    parts = urlsplit(uri)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        netloc = f"{user}@{host}" if user and parts.scheme in _CONTAINER_IN_USERINFO else host
+    return f"{parts.scheme}://{netloc}{parts.path}"
+
+
+def _scrubbed(exc: BaseException, text: str, name: str) -> str:
+    return _short(exc).replace(text, name)
+
+
+def _asked(where: Location, call: Callable[..., Any], *args: Any) -> Any:
+    """``call(*args)`` on ``where``'s filesystem, its failures an InputError naming it."""
+    try:
+        return call(*args)
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(f"cannot read {where.name}: {_short(exc)}") from exc
+
+
 # --- files: finding them --------------------------------------------------------------------
 
 
-def _file_source(items: Sequence[str | os.PathLike[str]], format: str | None) -> Source:
+def _find_files(items: Sequence[str | os.PathLike[str]], format: str | None) -> list[Location]:
     if not items:
         raise InputError("no input given; pass at least one file, directory or glob")
-    paths = sorted({path for item in items for path in _expand(os.fspath(item), format)})
-    fmt = format or _single_format(paths)
-    schema, num_rows = _parquet_schema(paths) if fmt == "parquet" else _csv_schema(paths)
-    files = _FileReader(tuple(paths), fmt, schema)
-    return Source(schema=schema, paths=tuple(paths), num_rows=num_rows, _batches=files)
+    found: dict[str, Location] = {}
+    for item in items:
+        for file in _expand(os.fspath(item), format):
+            found.setdefault(file.name, file)
+    return [found[name] for name in sorted(found)]
 
 
-def _expand(item: str, format: str | None) -> list[str]:
+def _expand(item: str, format: str | None) -> list[Location]:
+    if is_uri(item) and not item.lower().startswith("file://"):
+        return _expand_uri(item, format)
+    local = locate(item).path if is_uri(item) else item
+    return [Location(path, path) for path in _expand_local(local, format)]
+
+
+def _expand_local(item: str, format: str | None) -> list[str]:
     if os.path.isdir(item):
         found = _scan_directory(item, format)
         if not found:
@@ -266,6 +469,76 @@ def _scan_directory(directory: str, format: str | None) -> list[str]:
     return found
 
 
+def _expand_uri(item: str, format: str | None) -> list[Location]:
+    """A URI: an object, a prefix ("directory") or a glob, found like their local kin."""
+    address, mark, query = item.partition("?")
+    parts = address.split("/")  # ["s3:", "", "bucket", "key", ...]
+    magic_at = next((i for i, part in enumerate(parts) if i > 2 and _has_uri_magic(part)), None)
+    if magic_at is None:
+        location = locate(item)
+        kind = location.info().type
+        if kind == pafs.FileType.File:
+            return [location]
+        if kind != pafs.FileType.Directory:
+            raise InputError(f"input not found: {location.name}")
+        found = [file for file, relative in _listing(location) if _wanted(relative, format)]
+        if not found:
+            raise InputError(
+                f"{location.name} holds no {_suffix_list(format)} files "
+                "(names starting with '.' or '_' are skipped)"
+            )
+        return found
+    root = locate("/".join(parts[:magic_at]) + mark + query)
+    found = _glob_uri(root, parts[magic_at:], format)
+    if not found:
+        raise InputError(f"no files match {_display(address)!r}")
+    return found
+
+
+def _glob_uri(root: Location, pattern: list[str], format: str | None) -> list[Location]:
+    """Files under ``root`` matching ``pattern``, or under a "directory" matching it."""
+    if root.info().type != pafs.FileType.Directory:
+        return []
+    found: list[Location] = []
+    for file, relative in _listing(root):
+        if _is_hidden("/".join(relative)):
+            continue
+        if _glob_match(relative, pattern) or (
+            _wanted(relative, format)
+            and any(_glob_match(relative[:end], pattern) for end in range(1, len(relative)))
+        ):
+            found.append(file)
+    return found
+
+
+def _listing(root: Location) -> list[tuple[Location, list[str]]]:
+    """Every file below ``root`` (recursively), with its path relative to ``root`` in parts."""
+    assert root.filesystem is not None
+    selector = pafs.FileSelector(root.path, recursive=True)
+    infos = _asked(root, root.filesystem.get_file_info, selector)
+    files = [root.below(info.path) for info in infos if info.type == pafs.FileType.File]
+    return [(file, file.name[len(root.name) :].strip("/").split("/")) for file in files]
+
+
+def _glob_match(parts: Sequence[str], pattern: Sequence[str]) -> bool:
+    """``glob``'s rules on path parts: ``**`` spans any number of parts, others one each."""
+    if not pattern:
+        return not parts
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        return any(_glob_match(parts[start:], rest) for start in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], head) and _glob_match(parts[1:], rest)
+
+
+def _wanted(relative: Sequence[str], format: str | None) -> bool:
+    kind = _format_of(relative[-1])
+    return not _is_hidden("/".join(relative)) and kind is not None and format in (None, kind)
+
+
+def _has_uri_magic(text: str) -> bool:
+    return any(char in text for char in "*[")  # in a URI, "?" starts the query options
+
+
 def _glob_root(pattern: str) -> str:
     """The directory above the first wildcard; components below it are checked for hiding."""
     parts: list[str] = []
@@ -283,7 +556,7 @@ def _has_magic(text: str) -> bool:
 def _is_hidden(relative: str) -> bool:
     return any(
         part.startswith((".", "_"))
-        for part in relative.split(os.sep)
+        for part in relative.replace(os.sep, "/").split("/")
         if part not in ("", ".", "..")
     )
 
@@ -373,70 +646,176 @@ def _unify_all(schemas: Iterable[tuple[str, pa.Schema]]) -> pa.Schema:
     return schema
 
 
+# --- files: units and shards ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Unit:
+    """A piece of the input read as one: some row groups of a Parquet file, or a whole file.
+
+    Attributes:
+        file: where it is.
+        row_groups: the Parquet row groups, in order; ``None`` for the whole file.
+        rows: its row count when known (Parquet).
+        weight: what dealing shards balances: rows for Parquet, bytes for CSV.
+    """
+
+    file: Location
+    row_groups: tuple[int, ...] | None = None
+    rows: int | None = None
+    weight: int = 0
+
+
+def _file_source(
+    items: Sequence[str | os.PathLike[str]], format: str | None, shard: tuple[int, int] | None
+) -> Source:
+    files = _find_files(items, format)
+    fmt = format or _single_format([file.name for file in files])
+    split = shard is not None
+    schema, units = _parquet_units(files, split) if fmt == "parquet" else _csv_units(files, split)
+    if shard is not None:
+        units = _merged(_dealt(units, shard))
+    num_rows = sum(unit.rows or 0 for unit in units) if fmt == "parquet" else None
+    paths = tuple(dict.fromkeys(unit.file.name for unit in units))
+    reader = _FileReader(tuple(units), fmt, schema)
+    return Source(schema=schema, paths=paths, num_rows=num_rows, _batches=reader)
+
+
+def _parquet_units(files: Sequence[Location], split: bool) -> tuple[pa.Schema, list[_Unit]]:
+    footers = [_parquet_footer(file) for file in files]
+    pairs = list(zip(files, footers, strict=True))
+    schema = _unify_all((file.name, file_schema) for file, (file_schema, _) in pairs)
+    if not split:
+        return schema, [_Unit(file, rows=sum(groups)) for file, (_, groups) in pairs]
+    units = [
+        _Unit(file, (group,), rows, rows)
+        for file, (_, groups) in pairs
+        for group, rows in enumerate(groups)
+    ]
+    return schema, units
+
+
+def _csv_units(files: Sequence[Location], split: bool) -> tuple[pa.Schema, list[_Unit]]:
+    schema = _unify_all((file.name, _csv_inferred(file)) for file in files)
+    schema = pa.schema([_csv_readable(column) for column in schema])
+    sizes = [max(file.info().size or 0, 0) if split else 0 for file in files]
+    return schema, [_Unit(file, weight=size) for file, size in zip(files, sizes, strict=True)]
+
+
+def _dealt(units: Sequence[_Unit], shard: tuple[int, int]) -> list[_Unit]:
+    """Shard ``index``'s units: ``count`` contiguous runs of about equal weight.
+
+    A unit belongs to the shard its weight's midpoint falls in, so every unit has exactly one
+    shard, shards are in input order, and each differs from the ideal by under one unit.
+    """
+    index, count = shard
+    weights = [unit.weight for unit in units]
+    if sum(weights) == 0:  # nothing to balance (empty files): deal by position
+        weights = [1] * len(units)
+    total, before, mine = sum(weights), 0, []
+    for unit, weight in zip(units, weights, strict=True):
+        owner = min(count - 1, (2 * before + weight) * count // (2 * total))
+        before += weight
+        if owner == index:
+            mine.append(unit)
+    return mine
+
+
+def _merged(units: Sequence[_Unit]) -> list[_Unit]:
+    """Join consecutive row-group units of one file, so each file is opened once."""
+    merged: list[_Unit] = []
+    for unit in units:
+        last = merged[-1] if merged else None
+        if last and last.file is unit.file and last.row_groups and unit.row_groups:
+            merged[-1] = _Unit(
+                unit.file,
+                last.row_groups + unit.row_groups,
+                (last.rows or 0) + (unit.rows or 0),
+                last.weight + unit.weight,
+            )
+        else:
+            merged.append(unit)
+    return merged
+
+
 # --- files: reading -------------------------------------------------------------------------
-
-
-def _parquet_schema(paths: Sequence[str]) -> tuple[pa.Schema, int]:
-    footers = [_parquet_footer(path) for path in paths]
-    schema = _unify_all((path, schema) for path, (schema, _) in zip(paths, footers, strict=True))
-    return schema, sum(rows for _, rows in footers)
-
-
-def _csv_schema(paths: Sequence[str]) -> tuple[pa.Schema, None]:
-    schema = _unify_all((path, _csv_inferred(path)) for path in paths)
-    return pa.schema([_csv_readable(column) for column in schema]), None
 
 
 @dataclass(frozen=True, slots=True)
 class _FileReader:
-    """Reads a run's files, in order, as record batches of the unified ``schema``."""
+    """Reads a run's units, in order, as record batches of the unified ``schema``."""
 
-    paths: tuple[str, ...]
+    units: tuple[_Unit, ...]
     format: str
     schema: pa.Schema
 
     def __call__(self, columns: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
         read = _parquet_batches if self.format == "parquet" else _csv_batches
         return itertools.chain.from_iterable(
-            _translated(path, read(path, self.schema, columns, batch_rows)) for path in self.paths
+            _translated(unit.file.name, read(unit, self.schema, columns, batch_rows))
+            for unit in self.units
         )
 
 
-def _parquet_footer(path: str) -> tuple[pa.Schema, int]:
+@contextlib.contextmanager
+def _parquet_file(file: Location, **options: Any) -> Iterator[pq.ParquetFile]:
+    """A ParquetFile by path (local), or over an input file its filesystem opened."""
+    with contextlib.ExitStack() as stack:
+        source: Any = file.path
+        if file.filesystem is not None:
+            source = stack.enter_context(file.filesystem.open_input_file(file.path))
+        yield stack.enter_context(pq.ParquetFile(source, **options))
+
+
+def _parquet_footer(file: Location) -> tuple[pa.Schema, tuple[int, ...]]:
+    """The file's schema and the row count of each of its row groups."""
     try:
-        with pq.ParquetFile(path) as file:
-            return file.schema_arrow, file.metadata.num_rows
+        with _parquet_file(file) as parquet:
+            meta = parquet.metadata
+            return parquet.schema_arrow, tuple(
+                meta.row_group(i).num_rows for i in range(meta.num_row_groups)
+            )
     except (pa.ArrowException, OSError) as exc:
-        raise InputError(f"cannot read {path} as Parquet: {_short(exc)}") from exc
+        raise InputError(f"cannot read {file.name} as Parquet: {_short(exc)}") from exc
 
 
 def _parquet_batches(
-    path: str, schema: pa.Schema, columns: list[str], batch_rows: int
+    unit: _Unit, schema: pa.Schema, columns: list[str], batch_rows: int
 ) -> Iterator[pa.RecordBatch]:
     # pre_buffer=False: with it, pyarrow caches every row group it pre-buffered for the life
     # of the reader, so memory grew with the file (252 MiB for a 3M-row file vs 25 MiB).
-    with pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20) as file:
+    with _parquet_file(unit.file, pre_buffer=False, buffer_size=1 << 20) as file:
         if not columns:  # zero columns still need row counts: read the narrowest thing
             columns = schema.names[:1]
-        yield from file.iter_batches(batch_size=batch_rows, columns=columns)
+        row_groups = None if unit.row_groups is None else list(unit.row_groups)
+        yield from file.iter_batches(batch_size=batch_rows, columns=columns, row_groups=row_groups)
 
 
+@contextlib.contextmanager
 def _csv_open(
-    path: str, column_types: dict[str, pa.DataType] | None, columns: list[str] | None
-) -> Any:
-    return pcsv.open_csv(
-        path,
-        read_options=pcsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
-        convert_options=pcsv.ConvertOptions(column_types=column_types, include_columns=columns),
-    )
+    file: Location, column_types: dict[str, pa.DataType] | None, columns: list[str] | None
+) -> Iterator[Any]:
+    with contextlib.ExitStack() as stack:
+        source: Any = file.path
+        if file.filesystem is not None:  # "detect": .csv.gz is decompressed, as locally
+            source = stack.enter_context(file.filesystem.open_input_stream(file.path))
+        yield stack.enter_context(
+            pcsv.open_csv(
+                source,
+                read_options=pcsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+                convert_options=pcsv.ConvertOptions(
+                    column_types=column_types, include_columns=columns
+                ),
+            )
+        )
 
 
-def _csv_inferred(path: str) -> pa.Schema:
+def _csv_inferred(file: Location) -> pa.Schema:
     try:
-        with _csv_open(path, None, None) as reader:
+        with _csv_open(file, None, None) as reader:
             return reader.schema
     except (pa.ArrowException, OSError) as exc:
-        raise InputError(f"cannot read {path} as CSV: {_short(exc)}") from exc
+        raise InputError(f"cannot read {file.name} as CSV: {_short(exc)}") from exc
 
 
 def _csv_readable(column: pa.Field) -> pa.Field:
@@ -445,10 +824,10 @@ def _csv_readable(column: pa.Field) -> pa.Field:
 
 
 def _csv_batches(
-    path: str, schema: pa.Schema, columns: list[str], batch_rows: int
+    unit: _Unit, schema: pa.Schema, columns: list[str], batch_rows: int
 ) -> Iterator[pa.RecordBatch]:
     types = {f.name: f.type for f in schema}
-    with _csv_open(path, types, columns or schema.names[:1]) as reader:
+    with _csv_open(unit.file, types, columns or schema.names[:1]) as reader:
         yield from reader
 
 
