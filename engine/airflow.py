@@ -1,0 +1,312 @@
+"""Airflow: score a dataset in a task, with credentials from a Databricks connection.
+
+::
+
+    from engine.airflow import ServingBatchOperator
+
+    ServingBatchOperator(
+        task_id="score",
+        input="/data/exports/{{ ds }}/*.parquet",
+        output="/data/scored/{{ ds }}.parquet",
+        endpoint="churn-model",
+    )
+
+Needs Airflow 2.9+ or 3.x (``pip install 'databricks-batch-engine[airflow]'``); ``import engine``
+never imports this module, so the engine works without Airflow installed.
+
+How a task maps onto a run:
+
+* progress goes to the task log as a line every few seconds (the ``engine`` logger);
+* the return value, pushed to XCom, is the run's summary (``Summary.to_dict()``);
+* exit codes 1 and 2 fail the task with the engine's message (Airflow retries it as configured);
+  exit 3 (some rows rejected, see the output's ``error`` column) succeeds unless
+  ``fail_on_rejected_rows=True``, which fails it without retries: the same rows would be
+  rejected again;
+* a killed or timed-out task stops the engine gracefully (``on_kill``): no new request is sent,
+  those in flight get ``grace_s`` to finish, and finished batches are in the checkpoint. The
+  checkpoint sits beside the output (``.<output name>.checkpoint``), and the output path comes
+  from templates that are the same on every try, so the next try resumes where this one
+  stopped. It must be on storage the next try can see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import logging
+import os
+import threading
+import urllib.parse
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.api import _default_checkpoint, _transport
+from engine.checkpoint import Checkpoint
+from engine.config import Credentials, ScoreConfig
+from engine.errors import EngineError
+from engine.pipeline import StopSignal, prepare, run
+from engine.sink import OrderedWriter, OutputSpec, check_output
+from engine.source import open_source
+from engine.stats import Summary
+
+if TYPE_CHECKING:
+    from airflow.sdk import BaseHook, BaseOperator, Context
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+else:
+    try:  # Airflow 3
+        from airflow.sdk import BaseHook, BaseOperator
+        from airflow.sdk.exceptions import AirflowException, AirflowFailException
+    except ImportError:  # Airflow 2.9 - 2.11
+        from airflow.exceptions import AirflowException, AirflowFailException
+        from airflow.hooks.base import BaseHook
+        from airflow.models.baseoperator import BaseOperator
+
+__all__ = ["ServingBatchOperator", "credentials_from_connection"]
+
+log = logging.getLogger("engine.airflow")
+
+#: Seconds between progress lines in the task log (the CLI's default, 10 s, suits a terminal).
+DEFAULT_PROGRESS_INTERVAL_S = 5.0
+#: How much longer than the engine's grace period ``on_kill`` waits for the stop to finish.
+STOP_MARGIN_S = 10.0
+
+
+def credentials_from_connection(connection: Any) -> Credentials:
+    """Read an Airflow Databricks connection the way the Databricks provider does.
+
+    Host: the extra's ``host`` if set, else the connection's host (``https://`` unless it names
+    a scheme; the connection's port is kept). Client id: ``login``, else the extra's
+    ``client_id``. Client secret: ``password``, else the extra's ``client_secret``. This is the
+    provider's service-principal OAuth setup (``"service_principal_oauth": true``).
+
+    Raises:
+        AirflowException: when the host, client id or client secret is missing.
+    """
+    extra: Mapping[str, Any] = connection.extra_dejson or {}
+    host = str(extra.get("host") or connection.host or "")
+    if host and connection.port and not _has_port(host):
+        host = f"{host}:{connection.port}"
+    values = {
+        "host": host,
+        "client_id": str(connection.login or extra.get("client_id") or ""),
+        "client_secret": str(connection.password or extra.get("client_secret") or ""),
+    }
+    missing = [name for name, value in values.items() if not value]
+    if missing:
+        raise AirflowException(
+            f"Databricks connection '{connection.conn_id}' has no {', '.join(missing)}: set the "
+            "workspace URL as Host, a service principal's client id as Login and its OAuth "
+            "secret as Password (the principal needs CAN_QUERY on the endpoint)"
+        )
+    return Credentials(**values)
+
+
+def _has_port(host: str) -> bool:
+    with contextlib.suppress(ValueError):
+        return urllib.parse.urlsplit(host if "://" in host else "//" + host).port is not None
+    return False
+
+
+class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
+    """Score Parquet/CSV files with a Databricks serving endpoint into one output file.
+
+    Args:
+        input: paths, directories or globs of Parquet/CSV files (templated).
+        output: the output file: Arrow IPC, or Parquet when it ends in ``.parquet``
+            (templated; held as ``output_path``, as ``output`` is Airflow's XCom reference).
+            Mapped tasks need one each: put ``{{ ti.map_index }}`` in it.
+        endpoint: the serving endpoint's name (templated).
+        databricks_conn_id: the Airflow connection with the workspace and service principal;
+            see :func:`credentials_from_connection`.
+        checkpoint: where finished batches are kept for the next try (templated); default
+            ``.<output name>.checkpoint`` beside the output, removed after a successful run.
+        overwrite: replace an existing output (a rerun of a task that succeeded).
+        resume: False starts clean, discarding an existing checkpoint.
+        fail_on_rejected_rows: fail the task (without retries) when the endpoint rejected
+            some rows, instead of succeeding with their errors in the output.
+        score_options: :class:`~engine.ScoreConfig` fields, e.g. ``{"batch_rows": 500,
+            "qps": 20}``; ``progress_interval_s`` defaults to 5 s here.
+        **kwargs: :class:`BaseOperator` arguments (``task_id``, ``retries``, ...).
+    """
+
+    template_fields: Sequence[str] = ("input", "output_path", "endpoint", "checkpoint")
+    ui_color = "#fde8e4"
+
+    def __init__(
+        self,
+        *,
+        input: str | Sequence[str],
+        output: str,
+        endpoint: str,
+        databricks_conn_id: str = "databricks_default",
+        checkpoint: str | None = None,
+        overwrite: bool = False,
+        resume: bool = True,
+        fail_on_rejected_rows: bool = False,
+        score_options: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.input = input
+        self.output_path = output
+        self.endpoint = endpoint
+        self.databricks_conn_id = databricks_conn_id
+        self.checkpoint = checkpoint
+        self.overwrite = overwrite
+        self.resume = resume
+        self.fail_on_rejected_rows = fail_on_rejected_rows
+        self.score_options = dict(score_options or {})
+        self._score_config()  # a wrong option fails when the DAG is parsed, not at run time
+        self._engine_run: _EngineRun | None = None
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        """Score the input; return the run's summary (pushed to XCom)."""
+        connection = BaseHook.get_connection(self.databricks_conn_id)
+        job = functools.partial(
+            _score,
+            inputs=self.input,
+            output=os.fspath(self.output_path),
+            credentials=credentials_from_connection(connection),
+            config=self._score_config(),
+            overwrite=self.overwrite,
+            checkpoint=self.checkpoint,
+            resume=self.resume,
+        )
+        self.log.info("scoring %s into %s with endpoint '%s'", self.input, self.output_path,
+                      self.endpoint)
+        summary = self._run(job)
+        for line in summary.lines():
+            self.log.info(line)
+        if summary.exit_code == 3 and self.fail_on_rejected_rows:
+            raise AirflowFailException(
+                f"the endpoint rejected {summary.rows_rejected:,} of {summary.rows_total:,} rows "
+                f"(fail_on_rejected_rows=True); their messages are in the error column of "
+                f"{summary.output}"
+            )
+        return summary.to_dict()
+
+    def on_kill(self) -> None:
+        """Stop the run gracefully and wait for it, so the next try resumes from the checkpoint.
+
+        Airflow calls this on SIGTERM (the task was killed) and on ``execution_timeout``.
+        """
+        engine_run = self._engine_run
+        if engine_run is None or engine_run.done:
+            return
+        self.log.warning("task killed: stopping the engine; finished batches stay checkpointed")
+        self._stop(engine_run)
+
+    def _run(self, job: Callable[[StopSignal], Coroutine[Any, Any, Summary]]) -> Summary:
+        engine_run = self._engine_run = _EngineRun(job)
+        engine_run.start()
+        try:
+            return engine_run.result()
+        except EngineError as exc:
+            raise AirflowException(str(exc)) from exc
+        except BaseException:
+            # Airflow raised into this thread (a task timeout, or SIGTERM on Airflow 2):
+            # let the engine flush its checkpoint before the task ends.
+            self._stop(engine_run)
+            raise
+
+    def _stop(self, engine_run: _EngineRun) -> None:
+        wait_s = self._score_config().grace_s + STOP_MARGIN_S
+        if not engine_run.stop("SIGTERM", timeout_s=wait_s):
+            self.log.warning("the engine did not stop within %.0f s; the next try resumes from "
+                             "its last checkpoint flush", wait_s)
+
+    def _score_config(self) -> ScoreConfig:
+        options: dict[str, Any] = {
+            "progress": "log",
+            "progress_interval_s": DEFAULT_PROGRESS_INTERVAL_S,
+            **self.score_options,
+        }
+        return ScoreConfig(endpoint=self.endpoint, **options)
+
+
+class _EngineRun:
+    """One engine run on its own thread and event loop, stoppable from any thread.
+
+    Airflow's signal handlers run on the main thread (and on Airflow 2 raise right after
+    ``on_kill``); with the engine on a thread of its own they never land inside its event loop,
+    and ``on_kill`` can wait there for the graceful stop to finish.
+    """
+
+    def __init__(self, job: Callable[[StopSignal], Coroutine[Any, Any, Summary]]) -> None:
+        self._job = job
+        self._stop = StopSignal()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_reason: str | None = None
+        self._result: concurrent.futures.Future[Summary] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._main, name="engine-score", daemon=True)
+
+    @property
+    def done(self) -> bool:
+        return self._result.done()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def result(self) -> Summary:
+        """Wait for the run's summary; signals are still handled meanwhile."""
+        return self._result.result()
+
+    def stop(self, reason: str, *, timeout_s: float) -> bool:
+        """Ask for a graceful stop, then wait up to ``timeout_s``; True once the run ended."""
+        with self._lock:
+            self._stop_reason = reason
+            loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has already closed
+                loop.call_soon_threadsafe(self._stop.request, reason)
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def _main(self) -> None:
+        try:
+            summary = asyncio.run(self._run())
+        except BaseException as exc:  # handed to the waiting thread
+            self._result.set_exception(exc)
+        else:
+            self._result.set_result(summary)
+
+    async def _run(self) -> Summary:
+        with self._lock:
+            self._loop = asyncio.get_running_loop()
+            if self._stop_reason is not None:  # stopped before the loop existed
+                self._stop.request(self._stop_reason)
+        return await self._job(self._stop)
+
+
+async def _score(
+    stop: StopSignal,
+    *,
+    inputs: str | Sequence[str],
+    output: str,
+    credentials: Credentials,
+    config: ScoreConfig,
+    overwrite: bool,
+    checkpoint: str | None,
+    resume: bool,
+) -> Summary:
+    """:func:`engine.ascore`, with a stop signal the operator can reach from another thread."""
+    source = open_source(inputs)
+    spec = OutputSpec(path=output, overwrite=overwrite)
+    check_output(spec)
+    checkpoint_dir = Path(checkpoint) if checkpoint else _default_checkpoint(spec.path)
+    async with _transport(config) as transport:
+        scorer = await prepare(source, credentials, config, transport)
+        store = Checkpoint.open(checkpoint_dir, fresh=not resume)
+        if len(store):
+            log.info("resuming: %d finished batches in %s", len(store), checkpoint_dir)
+        writer = OrderedWriter(
+            spec, prediction_type=scorer.model.prediction_type if scorer.model else None
+        )
+        summary = await run(source, writer, scorer, transport, checkpoint=store, stop=stop)
+    if checkpoint is None:
+        store.remove()
+    return summary
