@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 from engine.api import _default_checkpoint, _transport
 from engine.checkpoint import Checkpoint
 from engine.config import Credentials, ScoreConfig
-from engine.errors import EngineError
+from engine.errors import EngineError, Interrupted
 from engine.pipeline import StopSignal, prepare, run
 from engine.sink import OrderedWriter, OutputSpec, check_output
 from engine.source import open_source
@@ -175,8 +175,9 @@ class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
             checkpoint=self.checkpoint,
             resume=self.resume,
         )
-        self.log.info("scoring %s into %s with endpoint '%s'", self.input, self.output_path,
-                      self.endpoint)
+        self.log.info(
+            "scoring %s into %s with endpoint '%s'", self.input, self.output_path, self.endpoint
+        )
         summary = self._run(job)
         for line in summary.lines():
             self.log.info(line)
@@ -204,6 +205,11 @@ class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
         engine_run.start()
         try:
             return engine_run.result()
+        except Interrupted as exc:
+            raise AirflowException(
+                f"stopped by {exc.signal_name}; finished batches are checkpointed: "
+                "the next try resumes from them"
+            ) from exc
         except EngineError as exc:
             raise AirflowException(str(exc)) from exc
         except BaseException:
@@ -215,8 +221,11 @@ class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
     def _stop(self, engine_run: _EngineRun) -> None:
         wait_s = self._score_config().grace_s + STOP_MARGIN_S
         if not engine_run.stop("SIGTERM", timeout_s=wait_s):
-            self.log.warning("the engine did not stop within %.0f s; the next try resumes from "
-                             "its last checkpoint flush", wait_s)
+            self.log.warning(
+                "the engine did not stop within %.0f s; the next try resumes from "
+                "its last checkpoint flush",
+                wait_s,
+            )
 
     def _score_config(self) -> ScoreConfig:
         options: dict[str, Any] = {

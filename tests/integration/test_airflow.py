@@ -1,0 +1,338 @@
+"""ServingBatchOperator inside a real Airflow: ``dag.test()`` against the emulator on loopback.
+
+Each DAG runs in a child process with its own AIRFLOW_HOME and sqlite database, because
+importing Airflow configures logging and settings for the whole process; the emulator runs
+here, in a thread. Summaries come back through XCom: a downstream task pulls them and writes
+them to a JSON file.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from engine.emulator import POISON_VALUE, EmulatorConfig, EmulatorThread, EndpointConfig, Faults
+from engine.emulator.models import builtin_model
+from engine.sink import read_output
+
+if importlib.util.find_spec("airflow") is None:  # importing it here would configure Airflow
+    pytest.skip("needs apache-airflow: pip install -e '.[airflow]'", allow_module_level=True)
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = builtin_model("demo-regressor")
+DS = "2026-11-21"
+#: Slow enough (2 requests of 100 rows in flight, 150 ms each) to kill mid-run.
+SLOW_FAULTS = Faults(latency_ms=150.0)
+#: Airflow 2's dag.test() drops task logs (its task handler has no file to write to).
+TASK_LOGS_SHOWN = int(importlib.metadata.version("apache-airflow").split(".")[0]) >= 3
+
+DAGS = '''
+"""DAGs for tests/integration/test_airflow.py; every path comes from ENGINE_TEST_DATA."""
+import json
+import os
+from pathlib import Path
+
+import pendulum
+
+try:
+    from airflow.sdk import DAG, task
+except ImportError:  # Airflow 2
+    from airflow import DAG
+    from airflow.decorators import task
+
+from engine.airflow import ServingBatchOperator
+
+DATA = Path(os.environ["ENGINE_TEST_DATA"])
+START = pendulum.datetime(2026, 11, 1, tz="UTC")
+OPTIONS = {"batch_rows": 500}
+
+
+@task
+def record_both(plain, shards):
+    (DATA / "summaries.json").write_text(json.dumps({"plain": plain, "shards": list(shards)}))
+
+
+@task
+def record_one(summary):
+    (DATA / "resumed.json").write_text(json.dumps(summary))
+
+
+with DAG("plain_and_mapped", schedule=None, start_date=START, catchup=False) as plain_and_mapped:
+    plain = ServingBatchOperator(
+        task_id="plain",
+        input=str(DATA / "day={{ ds }}" / "*.parquet"),
+        output=str(DATA / "scored" / "{{ ds }}.arrow"),
+        endpoint="demo-regressor",
+        score_options=OPTIONS,
+    )
+    shards = ServingBatchOperator.partial(
+        task_id="shards",
+        endpoint="demo-regressor",
+        output=str(DATA / "scored" / "{{ ds }}" / "shard-{{ ti.map_index }}.parquet"),
+        score_options=OPTIONS,
+    ).expand(input=[str(DATA / "shard-0.parquet"), str(DATA / "shard-1.parquet")])
+    record_both(plain.output, shards.output)
+
+with DAG("killed", schedule=None, start_date=START, catchup=False) as killed:
+    slow = ServingBatchOperator(
+        task_id="slow",
+        input=str(DATA / "slow.parquet"),
+        output=str(DATA / "scored" / "slow.arrow"),
+        endpoint="slow-regressor",
+        score_options={"batch_rows": 100, "concurrency": 2},
+    )
+    record_one(slow.output)
+
+with DAG("failures", schedule=None, start_date=START, catchup=False) as failures:
+    ServingBatchOperator(
+        task_id="rejected_ok",
+        input=str(DATA / "poisoned.parquet"),
+        output=str(DATA / "scored" / "rejected_ok.arrow"),
+        endpoint="demo-regressor",
+        score_options=OPTIONS,
+    )
+    ServingBatchOperator(
+        task_id="rejected_strict",
+        input=str(DATA / "poisoned.parquet"),
+        output=str(DATA / "scored" / "rejected_strict.arrow"),
+        endpoint="demo-regressor",
+        fail_on_rejected_rows=True,
+        score_options=OPTIONS,
+    )
+    ServingBatchOperator(
+        task_id="wrong_secret",
+        input=str(DATA / "shard-0.parquet"),
+        output=str(DATA / "scored" / "wrong_secret.arrow"),
+        endpoint="demo-regressor",
+        databricks_conn_id="databricks_wrong",
+    )
+'''
+
+RUN_DAG = '''
+"""Run one DAG of a file with dag.test() and print its task states as JSON."""
+import importlib.util
+import inspect
+import json
+import sys
+
+import pendulum
+from airflow.utils import db
+
+db.initdb()
+spec = importlib.util.spec_from_file_location("engine_test_dags", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+dag = getattr(module, sys.argv[2])
+date = pendulum.parse(sys.argv[3])
+parameters = inspect.signature(dag.test).parameters
+try:
+    run = dag.test(**{"logical_date" if "logical_date" in parameters else "execution_date": date})
+except BaseException as exc:  # Airflow 2's dag.test() lets AirflowTaskTerminated out
+    print("DAG-TEST-RAISED", repr(exc), flush=True)
+    from airflow.models import DagRun
+
+    run = DagRun.find(dag_id=dag.dag_id)[0]
+states = {f"{ti.task_id}[{ti.map_index}]": str(ti.state) for ti in run.get_task_instances()}
+print("TASK-STATES " + json.dumps(states), flush=True)
+'''
+
+
+class Airflow:
+    """An AIRFLOW_HOME with the test DAGs, connections to the emulator, and a DAG runner."""
+
+    def __init__(self, home: Path, emulator: EmulatorThread) -> None:
+        self.home = home
+        self.data = home / "data"
+        self.data.mkdir()
+        (home / "dags").mkdir()
+        self.dags_file = home / "dags" / "engine_test_dags.py"
+        self.dags_file.write_text(DAGS)
+        self.runner = home / "run_dag.py"
+        self.runner.write_text(RUN_DAG)
+        self.client_id = emulator.client_id
+        connection = {
+            "conn_type": "databricks",
+            "host": emulator.host,
+            "login": emulator.client_id,
+            "password": emulator.client_secret,
+            "extra": {"service_principal_oauth": True},
+        }
+        self.env = {
+            **os.environ,
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+            "AIRFLOW_CONN_DATABRICKS_DEFAULT": json.dumps(connection),
+            "AIRFLOW_CONN_DATABRICKS_WRONG": json.dumps({**connection, "password": "wrong"}),
+            "ENGINE_TEST_DATA": str(self.data),
+            "PYTHONPATH": str(ROOT),
+        }
+
+    def start(self, dag_id: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, str(self.runner), str(self.dags_file), dag_id, DS],
+            env=self.env,
+            cwd=self.home,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
+    def finish(self, process: subprocess.Popen[str]) -> tuple[dict[str, str], str]:
+        """The task states ("task[map_index]" -> state) and everything the run printed."""
+        log, _ = process.communicate(timeout=90)
+        states = [line for line in log.splitlines() if line.startswith("TASK-STATES ")]
+        assert process.returncode == 0 and states, log[-4000:]
+        return json.loads(states[-1].removeprefix("TASK-STATES ")), log
+
+    def test(self, dag_id: str) -> tuple[dict[str, str], str]:
+        return self.finish(self.start(dag_id))
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[EmulatorThread]:
+    slow = EndpointConfig(name="slow-regressor", model="demo-regressor", faults=SLOW_FAULTS)
+    config = EmulatorConfig(endpoints=(EndpointConfig(name="demo-regressor"), slow))
+    with EmulatorThread(config) as emu:
+        yield emu
+
+
+@pytest.fixture
+def airflow(tmp_path: Path, emulator: EmulatorThread) -> Airflow:
+    return Airflow(tmp_path, emulator)
+
+
+def sample(path: Path, rows: int, *, seed: int) -> pa.Table:
+    table = MODEL.sample(rows, seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return table
+
+
+def predictions_of(path: Path) -> list[Any]:
+    return list(read_output(path).column("prediction").to_pylist())
+
+
+def expected(table: pa.Table) -> list[Any]:
+    return list(pa.array(MODEL.predict(table)).to_pylist())
+
+
+def test_plain_and_mapped_tasks_score_every_row_and_push_their_summaries(
+    airflow: Airflow,
+) -> None:
+    day = [sample(airflow.data / f"day={DS}" / f"part-{i}.parquet", 1_500, seed=i) for i in (1, 2)]
+    shards = [sample(airflow.data / f"shard-{i}.parquet", 1_000, seed=10 + i) for i in (0, 1)]
+
+    states, log = airflow.test("plain_and_mapped")
+
+    assert set(states.values()) == {"success"}, states
+    assert set(states) == {"plain[-1]", "shards[0]", "shards[1]", "record_both[-1]"}
+    scored = airflow.data / "scored"
+    assert predictions_of(scored / f"{DS}.arrow") == expected(pa.concat_tables(day))
+    for index, shard in enumerate(shards):
+        assert predictions_of(scored / DS / f"shard-{index}.parquet") == expected(shard)
+    summaries = json.loads((airflow.data / "summaries.json").read_text())
+    plain = summaries["plain"]
+    assert plain["exit_code"] == 0 and plain["rows_scored"] == plain["rows_total"] == 3_000
+    assert plain["output"] == str(scored / f"{DS}.arrow")
+    assert [s["output"] for s in summaries["shards"]] == [
+        str(scored / DS / f"shard-{i}.parquet") for i in (0, 1)
+    ]
+    assert [s["rows_scored"] for s in summaries["shards"]] == [1_000, 1_000]
+    if TASK_LOGS_SHOWN:  # the engine's progress lines reach the task log
+        assert "progress: 3,000/3,000 rows" in log
+    assert not list(scored.rglob("*.checkpoint")), "default checkpoints are removed on success"
+
+
+def test_killed_task_stops_gracefully_and_the_next_try_resumes_from_its_checkpoint(
+    airflow: Airflow,
+) -> None:
+    table = sample(airflow.data / "slow.parquet", 4_000, seed=3)
+    output = airflow.data / "scored" / "slow.arrow"
+    manifest = output.parent / ".slow.arrow.checkpoint" / "manifest.jsonl"
+
+    first = airflow.start("killed")
+    deadline = time.monotonic() + 60
+    while not (manifest.exists() and manifest.stat().st_size):
+        assert first.poll() is None and time.monotonic() < deadline, "no batch was checkpointed"
+        time.sleep(0.05)
+    first.send_signal(signal.SIGTERM)  # what Airflow sends a task it kills
+    states, log = airflow.finish(first)
+
+    assert states["slow[-1]"] == "failed", states
+    if TASK_LOGS_SHOWN:
+        assert "task killed: stopping the engine" in log
+        assert "stopped by SIGTERM" in log and "the next try resumes" in log
+    assert not output.exists()
+    checkpointed = len(manifest.read_text().splitlines())
+    assert 0 < checkpointed < 40
+
+    states, log = airflow.test("killed")
+
+    assert states == {"slow[-1]": "success", "record_one[-1]": "success"}, states
+    summary = json.loads((airflow.data / "resumed.json").read_text())
+    assert summary["rows_skipped"] >= 100 * checkpointed
+    assert summary["rows_skipped"] + summary["rows_scored"] == 4_000
+    assert predictions_of(output) == expected(table)
+
+
+def test_rejected_rows_pass_by_default_fail_when_strict_and_engine_errors_fail_the_task(
+    airflow: Airflow,
+) -> None:
+    table = MODEL.sample(1_000, seed=4)
+    name = table.column_names[0]
+    values = table.column(name).to_pylist()
+    values[7] = POISON_VALUE
+    poisoned = table.set_column(0, name, pa.array(values, table.schema.field(name).type))
+    pq.write_table(poisoned, airflow.data / "poisoned.parquet")
+    sample(airflow.data / "shard-0.parquet", 100, seed=5)
+
+    states, log = airflow.test("failures")
+
+    assert states == {
+        "rejected_ok[-1]": "success",
+        "rejected_strict[-1]": "failed",
+        "wrong_secret[-1]": "failed",
+    }
+    errors = read_output(airflow.data / "scored" / "rejected_ok.arrow").column("error")
+    assert [i for i, e in enumerate(errors.to_pylist()) if e is not None] == [7]
+    if TASK_LOGS_SHOWN:
+        assert "the endpoint rejected 1 of 1,000 rows (fail_on_rejected_rows=True)" in log
+        assert f"refused the OAuth client '{airflow.client_id}'" in log, log[-3000:]
+
+
+def test_example_dag_parses_in_airflow(airflow: Airflow) -> None:
+    check = """
+import sys
+try:
+    from airflow.dag_processing.dagbag import DagBag
+except ImportError:  # Airflow 2
+    from airflow.models.dagbag import DagBag
+bag = DagBag(sys.argv[1])
+assert not bag.import_errors, bag.import_errors
+print(sorted(bag.dag_ids))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", check, str(ROOT / "examples" / "airflow_dag.py")],
+        env=airflow.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "['score_daily', 'score_daily_sharded']" in done.stdout
