@@ -207,8 +207,8 @@ class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
             return engine_run.result()
         except Interrupted as exc:
             raise AirflowException(
-                f"stopped by {exc.signal_name}; finished batches are checkpointed: "
-                "the next try resumes from them"
+                f"stopped by {exc.signal_name}; finished batches are checkpointed: the next "
+                "try (or clearing the task) resumes from them"
             ) from exc
         except EngineError as exc:
             raise AirflowException(str(exc)) from exc
