@@ -25,12 +25,29 @@ scored row). Decisions a reader should know:
   outputs are combined later, where a made-up string type would not.
 * Without ``overwrite`` the final move never replaces a file: if one appears at the path
   during the run, ``finish`` raises :class:`~engine.errors.OutputExistsError`.
+
+Outputs on object stores (``s3://bucket/out.parquet``, ``gs://``, ``abfss://``, fsspec
+URIs; filesystems and credentials as in :mod:`engine.source`) are written the same way:
+rows stream to a hidden temporary object beside the output (``.<name>.<random>.tmp``, a
+multipart upload on S3), which ``finish`` closes and then moves to the output key (on S3 a
+server-side CopyObject, then a delete of the temporary object; on ADLS Gen2 a rename).
+Readers therefore see no object, or the whole file: S3 makes an object visible only when the
+request creating it (here the copy) has completed. Writing straight to the output key as one
+multipart upload would be atomic too, but pyarrow exposes no way to abort an upload from
+Python, and closing (even by garbage collection after an error) completes it, so a failed
+run would publish a truncated file; with the temporary key, ``abort`` deletes the temporary
+object and a killed process leaves only an incomplete upload (invisible; expire it with a
+bucket lifecycle rule). The costs: S3 copies at most 5 GiB in one request, so a larger
+output fails at ``finish`` (split the run with ``--shard``), and object stores have no
+atomic create-if-absent here, so the "never replace" check is made just before the copy,
+not with it. Results held for their type spill to the local temporary directory.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,10 +55,12 @@ from types import TracebackType
 from typing import Any, Protocol
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from engine.errors import EngineError, InputError, OutputExistsError, UsageError
+from engine.source import Location, is_uri, locate
 
 __all__ = [
     "PARQUET_COMPRESSION",
@@ -60,6 +79,9 @@ ROW_GROUP_ROWS = 65_536
 ROW_GROUP_BYTES = 64 * 1024 * 1024
 RESULT_COLUMNS = ("prediction", "error")
 MAX_LISTED_IDS = 20
+S3_MAX_COPY_BYTES = 5 * 1024**3
+"""The largest object S3 copies in one request (CopyObject), and so the largest output."""
+_STORES_WITH_BUCKETS = ("s3", "gcs", "abfs")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +89,8 @@ class OutputSpec:
     """Where results go.
 
     Attributes:
-        path: a local file path; Parquet when it ends with ``.parquet``/``.pq``, else an
-            Arrow IPC file.
+        path: a local file path or a URI (``s3://bucket/key.parquet``); Parquet when it ends
+            with ``.parquet``/``.pq``, else an Arrow IPC file.
         overwrite: replace an existing file at ``path`` (never a directory).
     """
 
@@ -92,6 +114,9 @@ def check_output(spec: OutputSpec) -> None:
         UsageError: the path is a directory, or its parent cannot be created or written.
     """
     path = spec.path
+    if _remote(path):
+        _check_remote_output(locate(path), overwrite=spec.overwrite)
+        return
     if os.path.isdir(path):
         example = os.path.join(path, "predictions.parquet")
         raise UsageError(f"output {path} is a directory; give a file path such as {example}")
@@ -100,6 +125,38 @@ def check_output(spec: OutputSpec) -> None:
             f"output {path} already exists; pass --overwrite (overwrite=True) to replace it"
         )
     _check_parent(os.path.dirname(os.path.abspath(path)))
+
+
+def _remote(path: str) -> bool:
+    return is_uri(path) and not path.lower().startswith("file://")
+
+
+def _check_remote_output(location: Location, *, overwrite: bool) -> None:
+    filesystem, name = location.filesystem, location.name
+    assert filesystem is not None
+    bucket, _, key = location.path.strip("/").partition("/")
+    if filesystem.type_name in _STORES_WITH_BUCKETS:
+        if not key:
+            raise UsageError(f"output {name} names no object; give one such as {name}/out.parquet")
+        if _info(filesystem, bucket, name).type != pafs.FileType.Directory:
+            raise UsageError(f"cannot write {name}: bucket or container {bucket!r} not found")
+    kind = _info(filesystem, location.path, name).type
+    if kind == pafs.FileType.Directory:
+        raise UsageError(
+            f"output {name} is a directory (a prefix with objects under it); "
+            f"give an object such as {name.rstrip('/')}/predictions.parquet"
+        )
+    if kind != pafs.FileType.NotFound and not overwrite:
+        raise OutputExistsError(
+            f"output {name} already exists; pass --overwrite (overwrite=True) to replace it"
+        )
+
+
+def _info(filesystem: pafs.FileSystem, path: str, name: str) -> pafs.FileInfo:
+    try:
+        return filesystem.get_file_info(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise UsageError(f"cannot check output {name}: {exc}") from exc
 
 
 def _check_parent(directory: str) -> None:
@@ -125,6 +182,8 @@ def read_output(path: str | os.PathLike[str]) -> pa.Table:
         InputError: the file is missing or not a readable output.
     """
     text = os.fspath(path)
+    if _remote(text):
+        return _read_remote_output(locate(text))
     if not os.path.isfile(text):
         raise InputError(f"no output file at {text}")
     try:
@@ -134,6 +193,20 @@ def read_output(path: str | os.PathLike[str]) -> pa.Table:
             return ipc.open_file(source).read_all()
     except (pa.ArrowException, OSError) as exc:
         raise InputError(f"cannot read output {text}: {exc}") from exc
+
+
+def _read_remote_output(location: Location) -> pa.Table:
+    filesystem = location.filesystem
+    assert filesystem is not None
+    if location.info().type != pafs.FileType.File:
+        raise InputError(f"no output file at {location.name}")
+    try:
+        with filesystem.open_input_file(location.path) as source:
+            if OutputSpec(location.name).is_parquet:
+                return pq.read_table(source)
+            return ipc.open_file(source).read_all()
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(f"cannot read output {location.name}: {exc}") from exc
 
 
 class OrderedWriter:
@@ -162,6 +235,8 @@ class OrderedWriter:
         kept_schema: pa.Schema | None = None,
     ) -> None:
         check_output(spec)
+        # None for a local path, which keeps the local rename-and-fsync path.
+        self._remote = locate(spec.path) if _remote(spec.path) else None
         if kept_schema is not None and set(kept_schema.names) & set(RESULT_COLUMNS):
             raise UsageError(f"kept columns cannot be named {' or '.join(RESULT_COLUMNS)}")
         self.spec = spec
@@ -246,6 +321,12 @@ class OrderedWriter:
             self._release_held(pa.null())
         schema = self._output_schema(self._prediction_type or pa.null())
         out = self._out or self._open_output(schema)
+        if self._remote is not None:
+            _close_remote(out, self._remote)
+            assert self._tmp is not None
+            _publish_remote(self._tmp, self._remote, overwrite=self.spec.overwrite)
+            self._state = "finished"
+            return self.spec.path
         out.close(flush=True)
         assert self._tmp is not None
         _fsync_path(self._tmp)
@@ -268,7 +349,10 @@ class OrderedWriter:
                 self._out.close(flush=False)
         if self._held is not None:
             self._held.discard()
-        if self._tmp is not None:
+        if self._tmp is not None and self._remote is not None:
+            with contextlib.suppress(Exception):  # best effort: it is hidden, and not the output
+                _remote_filesystem(self._remote).delete_file(self._tmp)
+        elif self._tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._tmp)
 
@@ -354,7 +438,8 @@ class OrderedWriter:
 
     def _hold(self, table: pa.Table) -> None:
         if self._held is None:
-            self._held = _Spill(_temp_beside(self.spec.path, ".held.tmp"), table.schema)
+            beside = self.spec.path if self._remote is None else None
+            self._held = _Spill(_temp_beside(beside, ".held.tmp"), table.schema)
         self._held.add(table)
 
     def _release_held(self, prediction_type: pa.DataType) -> None:
@@ -370,8 +455,13 @@ class OrderedWriter:
 
     def _open_output(self, schema: pa.Schema) -> _Output:
         output_type = _ParquetOutput if self.spec.is_parquet else _IpcOutput
-        self._tmp = _temp_beside(self.spec.path)
-        self._out = output_type(self._tmp, schema)
+        if self._remote is None:
+            self._tmp = _temp_beside(self.spec.path)
+            sink = pa.OSFile(self._tmp, "wb")
+        else:
+            self._tmp = _remote_temp(self._remote)
+            sink = _remote_stream(self._remote, self._tmp)
+        self._out = output_type(sink, schema)
         return self._out
 
     def _check_complete(self, expected_batches: int | None) -> None:
@@ -400,8 +490,8 @@ class _Output(Protocol):
 class _IpcOutput:
     """An uncompressed Arrow IPC file; each result is written as it comes."""
 
-    def __init__(self, path: str, schema: pa.Schema) -> None:
-        self._sink = pa.OSFile(path, "wb")
+    def __init__(self, sink: pa.NativeFile, schema: pa.Schema) -> None:
+        self._sink = sink
         self._writer = ipc.new_file(self._sink, schema)
 
     def write(self, table: pa.Table) -> None:
@@ -417,8 +507,9 @@ class _IpcOutput:
 class _ParquetOutput:
     """A zstd Parquet file; small results are gathered into large row groups (bounded)."""
 
-    def __init__(self, path: str, schema: pa.Schema) -> None:
-        self._writer = pq.ParquetWriter(path, schema, compression=PARQUET_COMPRESSION)
+    def __init__(self, sink: pa.NativeFile, schema: pa.Schema) -> None:
+        self._sink = sink
+        self._writer = pq.ParquetWriter(sink, schema, compression=PARQUET_COMPRESSION)
         self._buffer: list[pa.Table] = []
         self._rows = 0
         self._bytes = 0
@@ -440,7 +531,10 @@ class _ParquetOutput:
             if flush:
                 self._flush()
         finally:
-            self._writer.close()
+            try:
+                self._writer.close()
+            finally:
+                self._sink.close()
 
 
 class _Spill:
@@ -516,12 +610,77 @@ def _is_text(data_type: pa.DataType) -> bool:
     return bool(pa.types.is_string(data_type) or pa.types.is_large_string(data_type))
 
 
-def _temp_beside(path: str, suffix: str = ".tmp") -> str:
-    directory, name = os.path.split(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=suffix, dir=directory)
+def _temp_beside(path: str | None, suffix: str = ".tmp") -> str:
+    """A new hidden local file beside ``path`` (``None``: in the system's temp directory)."""
+    if path is None:
+        fd, tmp = tempfile.mkstemp(prefix=".engine.", suffix=suffix)
+    else:
+        directory, name = os.path.split(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=suffix, dir=directory)
     os.close(fd)
     return tmp
+
+
+def _remote_filesystem(location: Location) -> pafs.FileSystem:
+    assert location.filesystem is not None
+    return location.filesystem
+
+
+def _remote_temp(location: Location) -> str:
+    """A hidden key beside the output (same bucket, so the final copy stays server-side)."""
+    parent, _, name = location.path.rpartition("/")
+    return f"{parent}/.{name}.{secrets.token_hex(8)}.tmp"
+
+
+def _remote_stream(location: Location, tmp: str) -> pa.NativeFile:
+    try:
+        return _remote_filesystem(location).open_output_stream(tmp, compression=None)
+    except (pa.ArrowException, OSError) as exc:
+        raise EngineError(f"cannot write beside {location.name}: {exc}") from exc
+
+
+def _close_remote(out: _Output, location: Location) -> None:
+    """Finish the upload of the temporary object (it is not the output yet)."""
+    try:
+        out.close(flush=True)
+    except (pa.ArrowException, OSError) as exc:
+        raise EngineError(f"cannot finish writing {location.name}: {exc}") from exc
+
+
+def _publish_remote(tmp: str, location: Location, *, overwrite: bool) -> None:
+    """Move the finished temporary object to the output key (see the module docstring)."""
+    filesystem = _remote_filesystem(location)
+    if not overwrite and location.info().type != pafs.FileType.NotFound:
+        raise OutputExistsError(
+            f"{location.name} appeared while the run was writing and was left untouched; "
+            "pass --overwrite (overwrite=True) to replace it"
+        )
+    try:
+        try:
+            filesystem.move(tmp, location.path)
+        except pa.ArrowNotImplementedError:  # stores without a move (Azure flat namespace)
+            filesystem.copy_file(tmp, location.path)
+            filesystem.delete_file(tmp)
+    except (pa.ArrowException, OSError) as exc:
+        hint = _copy_limit_hint(filesystem, tmp)
+        message = f"cannot move the finished output into {location.name}: {exc}{hint}"
+        raise EngineError(message) from exc
+
+
+def _copy_limit_hint(filesystem: pafs.FileSystem, tmp: str) -> str:
+    if filesystem.type_name != "s3":
+        return ""
+    try:
+        size = filesystem.get_file_info(tmp).size or 0
+    except (pa.ArrowException, OSError):
+        return ""
+    if size <= S3_MAX_COPY_BYTES:
+        return ""
+    return (
+        f"; the output is {size / 1024**3:.1f} GiB and S3 copies at most 5 GiB in one "
+        "request: split the run with --shard I/N so each output is smaller"
+    )
 
 
 def _publish(tmp: str, path: str, *, overwrite: bool) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -437,3 +438,36 @@ def test_null_typed_error_column_is_written_as_string(tmp_path: Path) -> None:
     writer.add(0, table)
     writer.finish()
     assert read_output(tmp_path / "out.arrow").schema.field("error").type == pa.string()
+
+
+# --- other filesystems (fsspec's in-process memory filesystem; no sockets) -----------------
+
+
+@pytest.fixture
+def memory_fs() -> Iterator[Any]:
+    fsspec = pytest.importorskip("fsspec")
+    memory = fsspec.filesystem("memory")  # one store per process: start and end it empty
+    memory.store.clear()
+    yield memory
+    memory.store.clear()
+
+
+@pytest.mark.parametrize("name", ["out.arrow", "out.parquet"])
+def test_output_on_an_fsspec_filesystem_appears_only_at_finish(memory_fs: Any, name: str) -> None:
+    uri = f"memory://results/{name}"
+    writer = OrderedWriter(OutputSpec(uri))
+    writer.add(1, _result(1, [1.0]))
+    writer.add(0, _result(0, [0.5, 2.0]))
+    assert not memory_fs.exists(f"/results/{name}")
+    assert writer.finish() == uri
+    assert memory_fs.ls("/results", detail=False) == [f"/results/{name}"]
+    assert read_output(uri).column("prediction").to_pylist() == [0.5, 2.0, 1.0]
+    with pytest.raises(OutputExistsError, match=rf"{uri} already exists"):
+        check_output(OutputSpec(uri))
+
+
+def test_abort_on_an_fsspec_filesystem_leaves_nothing(memory_fs: Any) -> None:
+    writer = OrderedWriter(OutputSpec("memory://results/out.parquet"))
+    writer.add(0, _result(0, [0.5]))
+    writer.abort()
+    assert memory_fs.find("/") == []
