@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import polars as pl
@@ -379,3 +381,50 @@ def test_format_argument_with_in_memory_data_is_refused() -> None:
 def test_paths_may_be_pathlike_or_strings(tmp_path: Path) -> None:
     path = _parquet(tmp_path / "a.parquet")
     assert open_source(os.fspath(path)).paths == open_source(path).paths
+
+
+# --- other filesystems (fsspec's in-process memory filesystem; no sockets) -----------------
+
+
+@pytest.fixture
+def memory_fs() -> Iterator[Any]:
+    fsspec = pytest.importorskip("fsspec")
+    memory = fsspec.filesystem("memory")  # one store per process: start and end it empty
+    memory.store.clear()
+    yield memory
+    memory.store.clear()
+
+
+def _put_parquet(memory: Any, path: str, table: pa.Table) -> None:
+    with memory.open(path, "wb") as out:
+        pq.write_table(table, out)
+
+
+def test_schemes_pyarrow_lacks_are_read_through_fsspec(memory_fs: Any) -> None:
+    _put_parquet(memory_fs, "/data/b.parquet", _table(10, 2))
+    _put_parquet(memory_fs, "/data/a/x.parquet", _table(0, 2))
+    _put_parquet(memory_fs, "/data/_tmp/y.parquet", _table(-5, 2))
+    source = open_source("memory://data/")
+    assert source.paths == ("memory://data/a/x.parquet", "memory://data/b.parquet")
+    assert _ids(source) == [0, 1, 10, 11]
+    assert _ids(open_source("memory://data/**/*.parquet")) == [0, 1, 10, 11]
+    assert _ids(open_source("memory://data/b.parquet", shard=(0, 1))) == [10, 11]
+
+
+def test_file_uris_are_local_paths(tmp_path: Path) -> None:
+    path = _parquet(tmp_path / "a.parquet")
+    source = open_source(path.as_uri())
+    assert source.paths == (str(path),)
+    assert _ids(source) == [0, 1, 2]
+
+
+def test_uris_are_shown_without_credentials_or_query_options() -> None:
+    from engine.source import _display
+
+    assert _display("s3://KEYID:SECRET@bucket/k/x.parquet?region=eu-west-1") == (
+        "s3://bucket/k/x.parquet"
+    )
+    assert _display("abfss://container:SECRET@acct.dfs.core.windows.net/d") == (
+        "abfss://container@acct.dfs.core.windows.net/d"
+    )
+    assert _display("gs://bucket/data/*.parquet") == "gs://bucket/data/*.parquet"
