@@ -12,6 +12,7 @@ import itertools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -19,12 +20,16 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
 
+import engine
+from engine.emulator import Emulator
 from engine.errors import EngineError, InputError, OutputExistsError, UsageError
 from engine.sink import OrderedWriter, OutputSpec, check_output, read_output
 from engine.source import Source, open_source
+from tests.helpers import credentials_for, expected_predictions, regressor_table
 
 moto_server = pytest.importorskip("moto.server")
 
+ENDPOINT = "demo-regressor"
 _bucket_numbers = itertools.count()
 
 
@@ -305,3 +310,34 @@ def test_a_failed_upload_publishes_nothing(s3: S3) -> None:
     writer.abort()
     s3.filesystem.create_dir(bucket)
     assert s3.keys(bucket) == []
+
+
+# --- end to end ---------------------------------------------------------------------------
+
+
+async def test_score_reads_an_s3_prefix_and_writes_an_s3_output(
+    s3: S3, emulator: Emulator, tmp_path: Path
+) -> None:
+    bucket = s3.new_bucket()
+    table = regressor_table(emulator, 3_000, seed=3)
+    for number, start in enumerate(range(0, 3_000, 1_000)):
+        part = table.slice(start, 1_000)
+        s3.put_parquet(f"{bucket}/in/part-{number}.parquet", part, row_group_size=400)
+    output = f"s3://{bucket}/out/predictions.parquet"
+    summary = await engine.ascore(
+        f"s3://{bucket}/in/",
+        output=output,
+        endpoint=ENDPOINT,
+        credentials=credentials_for(emulator),
+        checkpoint=tmp_path / "checkpoint",
+        batch_rows=500,
+        progress="off",
+    )
+    assert summary.exit_code == 0 and summary.rows_scored == 3_000
+    result = read_output(output)
+    assert result.select(table.column_names).equals(table)
+    assert result.column("prediction").to_pylist() == expected_predictions(
+        emulator, ENDPOINT, table
+    )
+    written = [key for key in s3.keys(bucket) if "/out/" in key]
+    assert written == [f"{bucket}/out/predictions.parquet"]  # no temporary object left
