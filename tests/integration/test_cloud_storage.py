@@ -59,7 +59,9 @@ class S3:
 
 @pytest.fixture(scope="module")
 def s3_server() -> Iterator[S3]:
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    werkzeug = logging.getLogger("werkzeug")
+    level = werkzeug.level
+    werkzeug.setLevel(logging.ERROR)  # one line per request otherwise
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
@@ -82,6 +84,7 @@ def s3_server() -> Iterator[S3]:
             yield S3(endpoint_url, admin)
     finally:
         server.stop()
+        werkzeug.setLevel(level)
 
 
 @pytest.fixture
