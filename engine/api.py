@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import hashlib
 import logging
 import os
 import signal
@@ -20,7 +21,7 @@ from engine.checkpoint import Checkpoint
 from engine.config import Credentials, ScoreConfig
 from engine.pipeline import MemorySink, StopSignal, prepare, run
 from engine.sink import OrderedWriter, OutputSpec, check_output
-from engine.source import open_source
+from engine.source import is_uri, open_source
 from engine.stats import Summary
 from engine.transport import Transport
 
@@ -120,7 +121,13 @@ async def ascore(
 
 
 def _default_checkpoint(output: str) -> Path:
-    path = Path(output)
+    """Beside a local output; for an object-store output, a local folder named after it
+    (the checkpoint needs fsync and rename, which object stores do not offer)."""
+    if is_uri(output) and not output.startswith("file://"):
+        digest = hashlib.sha256(output.encode()).hexdigest()[:16]
+        name = output.rstrip("/").rsplit("/", 1)[-1]
+        return Path.cwd() / f".{name}.{digest}.checkpoint"
+    path = Path(output.removeprefix("file://"))
     return path.parent / f".{path.name}.checkpoint"
 
 

@@ -89,3 +89,13 @@ def test_bad_settings_name_their_flag(field: str, value: object, flag: str) -> N
 def test_missing_endpoint_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="--endpoint"):
         ScoreConfig(endpoint="")
+
+
+def test_default_checkpoint_of_an_object_store_output_is_a_local_folder(tmp_path, monkeypatch) -> None:
+    from engine.api import _default_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    folder = _default_checkpoint("s3://bucket/run/out.parquet")
+    assert folder.parent == tmp_path and folder.name.startswith(".out.parquet.")
+    assert folder != _default_checkpoint("s3://other/run/out.parquet")
+    assert _default_checkpoint(str(tmp_path / "o.arrow")) == tmp_path / ".o.arrow.checkpoint"
