@@ -40,16 +40,12 @@ import os
 import threading
 import urllib.parse
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.api import _default_checkpoint, _transport
-from engine.checkpoint import Checkpoint
+from engine.api import ascore
 from engine.config import Credentials, ScoreConfig
 from engine.errors import EngineError, Interrupted
-from engine.pipeline import StopSignal, prepare, run
-from engine.sink import OrderedWriter, OutputSpec, check_output
-from engine.source import open_source
+from engine.pipeline import StopSignal
 from engine.stats import Summary
 
 if TYPE_CHECKING:
@@ -303,19 +299,13 @@ async def _score(
     resume: bool,
 ) -> Summary:
     """:func:`engine.ascore`, with a stop signal the operator can reach from another thread."""
-    source = open_source(inputs)
-    spec = OutputSpec(path=output, overwrite=overwrite)
-    check_output(spec)
-    checkpoint_dir = Path(checkpoint) if checkpoint else _default_checkpoint(spec.path)
-    async with _transport(config) as transport:
-        scorer = await prepare(source, credentials, config, transport)
-        store = Checkpoint.open(checkpoint_dir, fresh=not resume)
-        if len(store):
-            log.info("resuming: %d finished batches in %s", len(store), checkpoint_dir)
-        writer = OrderedWriter(
-            spec, prediction_type=scorer.model.prediction_type if scorer.model else None
-        )
-        summary = await run(source, writer, scorer, transport, checkpoint=store, stop=stop)
-    if checkpoint is None:
-        store.remove()
-    return summary
+    return await ascore(
+        inputs,
+        output=output,
+        config=config,
+        credentials=credentials,
+        overwrite=overwrite,
+        checkpoint=checkpoint,
+        resume=resume,
+        stop=stop,
+    )

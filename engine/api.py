@@ -68,6 +68,7 @@ async def ascore(
     checkpoint: str | os.PathLike[str] | None = None,
     resume: bool = True,
     handle_signals: bool = False,
+    stop: StopSignal | None = None,
     **options: Any,
 ) -> Summary:
     """Score Parquet/CSV files (paths, directories, globs) or in-memory data into ``output``.
@@ -87,6 +88,8 @@ async def ascore(
         resume: False starts clean, discarding an existing checkpoint.
         handle_signals: stop gracefully on SIGTERM/SIGINT (the CLI sets it); a second
             signal exits at once. Only from the main thread.
+        stop: a :class:`~engine.pipeline.StopSignal` the caller keeps, to stop the run
+            gracefully itself (e.g. an Airflow task's ``on_kill``).
 
     Returns:
         The run's :class:`Summary`; ``summary.exit_code`` is 3 when some rows were rejected.
@@ -112,7 +115,7 @@ async def ascore(
             spec,
             prediction_type=scorer.model.prediction_type if scorer.model else None,
         )
-        stop = StopSignal()
+        stop = stop or StopSignal()
         with _signals_to(stop, enabled=handle_signals):
             summary = await run(source, writer, scorer, transport, checkpoint=store, stop=stop)
     if default_dir:
