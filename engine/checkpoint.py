@@ -25,6 +25,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from engine.codec import concat_predictions
 from engine.errors import UsageError
 
 __all__ = ["Checkpoint", "batch_key"]
@@ -146,7 +147,7 @@ class Checkpoint:
         """Persist ``pending`` as one part + manifest lines (blocking: run it in a thread)."""
         if not pending:
             return
-        predictions = _unify([p for _, p, _ in pending])
+        predictions = concat_predictions([p for _, p, _ in pending])
         errors = pa.concat_arrays([e.cast(pa.string()) for _, _, e in pending])
         table = pa.table({"prediction": predictions, "error": errors})
         name = f"part-{time.time_ns()}-{os.getpid()}.arrow"
@@ -172,13 +173,6 @@ class Checkpoint:
 
     def remove(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def _unify(arrays: list[pa.Array]) -> pa.Array:
-    typed = [a.type for a in arrays if not pa.types.is_null(a.type)]
-    if not typed:
-        return pa.concat_arrays(arrays)
-    return pa.concat_arrays([a if a.type == typed[0] else a.cast(typed[0]) for a in arrays])
 
 
 def _fsync_path(path: Path) -> None:

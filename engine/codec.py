@@ -29,7 +29,12 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["ResponseFormatError", "decode_predictions", "encode_dataframe_split"]
+__all__ = [
+    "ResponseFormatError",
+    "concat_predictions",
+    "decode_predictions",
+    "encode_dataframe_split",
+]
 
 # Non-finite floats are written as a marker string, then the marker is swapped for the bare
 # token. The marker is random per process, so no user string can collide with it.
@@ -174,3 +179,11 @@ def decode_predictions(
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
         want = f" as {prediction_type}" if prediction_type is not None else ""
         raise ResponseFormatError(f"the predictions cannot be read{want}: {exc}") from exc
+
+
+def concat_predictions(chunks: list[pa.Array]) -> pa.Array:
+    """Join prediction pieces; all-null pieces (rejected rows) take the others' type."""
+    typed = [c.type for c in chunks if not pa.types.is_null(c.type)]
+    if not typed:
+        return pa.concat_arrays(chunks)
+    return pa.concat_arrays([c if c.type == typed[0] else c.cast(typed[0]) for c in chunks])

@@ -25,7 +25,7 @@ from aiolimiter import AsyncLimiter
 from engine.adaptive import RateController
 from engine.auth import Clock, Sleep, TokenRefresher, cancel_quietly
 from engine.batching import RequestBatch
-from engine.codec import ResponseFormatError, decode_predictions
+from engine.codec import ResponseFormatError, concat_predictions, decode_predictions
 from engine.errors import BatchFailed, EngineError, SchemaError, TransportError
 from engine.retry import (
     BadRequestKind,
@@ -271,7 +271,7 @@ class Dispatcher:
             left, right = rows.slice(0, half), rows.slice(half)
             lp, le = await self._score_rows(batch_id, left, self._encode(left))
             rp, re = await self._score_rows(batch_id, right, self._encode(right))
-            return _concat([lp, rp]), pa.concat_arrays([le, re])
+            return concat_predictions([lp, rp]), pa.concat_arrays([le, re])
         try:
             preds = decode_predictions(
                 response.body, expected_rows=rows.num_rows, prediction_type=self.prediction_type
@@ -431,12 +431,3 @@ def _give_up(
         status=status,
         server_message=message,
     )
-
-
-def _concat(chunks: list[pa.Array]) -> pa.Array:
-    """Join prediction pieces; all-null pieces (rejected rows) take the others' type."""
-    typed = [c.type for c in chunks if not pa.types.is_null(c.type)]
-    if not typed:
-        return pa.concat_arrays(chunks)
-    target = typed[0]
-    return pa.concat_arrays([c if c.type == target else c.cast(target) for c in chunks])
