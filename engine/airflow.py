@@ -117,6 +117,9 @@ class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
         endpoint: the serving endpoint's name (templated).
         databricks_conn_id: the Airflow connection with the workspace and service principal;
             see :func:`credentials_from_connection`.
+        shard: ``"I/N"`` to score only shard I of N of the input (templated), e.g. mapped
+            with ``.expand(shard=[f"{i}/4" for i in range(4)])``; ``qps`` in
+            ``score_options`` is then the total across the shards. See ``--shard``.
         checkpoint: where finished batches are kept for the next try (templated); default
             ``.<output name>.checkpoint`` beside the output, removed after a successful run.
         overwrite: replace an existing output (a rerun of a task that succeeded).
@@ -128,7 +131,7 @@ class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
         **kwargs: :class:`BaseOperator` arguments (``task_id``, ``retries``, ...).
     """
 
-    template_fields: Sequence[str] = ("input", "output_path", "endpoint", "checkpoint")
+    template_fields: Sequence[str] = ("input", "output_path", "endpoint", "shard", "checkpoint")
     ui_color = "#fde8e4"
 
     def __init__(
@@ -138,6 +141,7 @@ class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
         output: str,
         endpoint: str,
         databricks_conn_id: str = "databricks_default",
+        shard: str | None = None,
         checkpoint: str | None = None,
         overwrite: bool = False,
         resume: bool = True,
@@ -150,6 +154,7 @@ class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
         self.output_path = output
         self.endpoint = endpoint
         self.databricks_conn_id = databricks_conn_id
+        self.shard = shard
         self.checkpoint = checkpoint
         self.overwrite = overwrite
         self.resume = resume
@@ -170,9 +175,14 @@ class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
             overwrite=self.overwrite,
             checkpoint=self.checkpoint,
             resume=self.resume,
+            shard=self.shard or None,
         )
         self.log.info(
-            "scoring %s into %s with endpoint '%s'", self.input, self.output_path, self.endpoint
+            "scoring %s%s into %s with endpoint '%s'",
+            self.input,
+            f" (shard {self.shard})" if self.shard else "",
+            self.output_path,
+            self.endpoint,
         )
         summary = self._run(job)
         for line in summary.lines():
@@ -297,6 +307,7 @@ async def _score(
     overwrite: bool,
     checkpoint: str | None,
     resume: bool,
+    shard: str | None,
 ) -> Summary:
     """:func:`engine.ascore`, with a stop signal the operator can reach from another thread."""
     return await ascore(
@@ -308,4 +319,5 @@ async def _score(
         checkpoint=checkpoint,
         resume=resume,
         stop=stop,
+        shard=shard,
     )

@@ -21,7 +21,7 @@ from engine.checkpoint import Checkpoint
 from engine.config import Credentials, ScoreConfig
 from engine.pipeline import MemorySink, StopSignal, prepare, run
 from engine.sink import OrderedWriter, OutputSpec, check_output
-from engine.source import is_uri, open_source
+from engine.source import is_uri, open_source, parse_shard
 from engine.stats import Summary
 from engine.transport import Transport
 
@@ -69,6 +69,7 @@ async def ascore(
     resume: bool = True,
     handle_signals: bool = False,
     stop: StopSignal | None = None,
+    shard: tuple[int, int] | str | None = None,
     **options: Any,
 ) -> Summary:
     """Score Parquet/CSV files (paths, directories, globs) or in-memory data into ``output``.
@@ -90,6 +91,9 @@ async def ascore(
             signal exits at once. Only from the main thread.
         stop: a :class:`~engine.pipeline.StopSignal` the caller keeps, to stop the run
             gracefully itself (e.g. an Airflow task's ``on_kill``).
+        shard: ``(i, n)`` or ``"i/n"``: score only shard ``i`` of ``n`` of the input files
+            (by row group; CSV by file), so ``n`` tasks cover every row exactly once. ``qps``
+            is then the total across the shards: this one takes ``qps / n``.
 
     Returns:
         The run's :class:`Summary`; ``summary.exit_code`` is 3 when some rows were rejected.
@@ -97,11 +101,16 @@ async def ascore(
     Raises:
         EngineError: with a message that names the problem and the fix.
     """
-    cfg = _config(config, endpoint, options)
+    shard = parse_shard(shard) if isinstance(shard, str) else shard
+    cfg = _shard_share(_config(config, endpoint, options), shard)
     creds = credentials or Credentials.from_env(
         host=host, client_id=client_id, client_secret=client_secret, profile=profile
     )
-    source = open_source(inputs)
+    source = open_source(inputs, shard=shard)
+    if shard is not None:
+        rows = "?" if source.num_rows is None else f"{source.num_rows:,}"
+        share = f", a qps share of {cfg.qps:g}" if cfg.qps else ""
+        log.info("shard %d/%d: %s rows%s", shard[0], shard[1], rows, share)
     spec = OutputSpec(path=os.fspath(output), overwrite=overwrite)
     check_output(spec)
     default_dir = checkpoint is None
@@ -114,6 +123,8 @@ async def ascore(
         writer = OrderedWriter(
             spec,
             prediction_type=scorer.model.prediction_type if scorer.model else None,
+            # Declared up front so an output with no rows (an empty shard) has every column.
+            kept_schema=pa.schema([source.schema.field(name) for name in scorer.kept]),
         )
         stop = stop or StopSignal()
         with _signals_to(stop, enabled=handle_signals):
@@ -121,6 +132,15 @@ async def ascore(
     if default_dir:
         store.remove()
     return summary
+
+
+def _shard_share(config: ScoreConfig, shard: tuple[int, int] | None) -> ScoreConfig:
+    """``qps`` is the total across all shards: each of the ``n`` takes an equal share."""
+    if shard is None or config.qps is None:
+        return config
+    from dataclasses import replace
+
+    return replace(config, qps=config.qps / shard[1])
 
 
 def _default_checkpoint(output: str) -> Path:

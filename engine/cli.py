@@ -22,6 +22,7 @@ from engine.config import (
 from engine.errors import EngineError, UsageError
 from engine.logs import emit, setup_logging
 from engine.retry import RetryPolicy
+from engine.source import parse_shard
 from engine.stats import Summary
 
 log = logging.getLogger("engine")
@@ -152,6 +153,12 @@ def _add_score(commands: Any) -> None:
         "the output, removed after a successful run)",
     )
     score.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="score only shard I of N (0 <= I < N), split by row group (CSV: by file) so N "
+        "tasks cover every row once; --qps is then the total, each shard taking 1/N",
+    )
+    score.add_argument(
         "--no-resume",
         action="store_true",
         help="ignore and discard an existing checkpoint; start clean",
@@ -279,6 +286,7 @@ def _run_score(args: argparse.Namespace) -> int:
     from engine.api import ascore
 
     config = _score_config(args)
+    shard = parse_shard(args.shard) if args.shard else None
     credentials = _credentials(args)
     summary = asyncio.run(
         ascore(
@@ -291,6 +299,7 @@ def _run_score(args: argparse.Namespace) -> int:
             checkpoint=args.checkpoint,
             resume=not args.no_resume,
             handle_signals=True,
+            shard=shard,
         )
     )
     return _report(summary, args.summary, json_logs=args.log_format == "json")

@@ -9,23 +9,22 @@ Copy this file into your DAGs folder and change the paths and the endpoint. It n
         --conn-login <client id> --conn-password <OAuth secret> \\
         --conn-extra '{"service_principal_oauth": true}'
 
-Two DAGs: one task for the whole day, or one mapped task per shard file (smaller retries,
-parallel scoring). Either way a retry resumes from the checkpoint beside its output, so keep
+Two DAGs: one task for the whole day, or one mapped task per shard of it (``--shard I/N``:
+by row group, so every row is scored once; smaller retries, parallel scoring). Either way a
+retry resumes from the checkpoint beside its output, so keep
 the outputs on storage every worker sees.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 import pendulum
 
 try:
-    from airflow.sdk import DAG, task
+    from airflow.sdk import DAG
 except ImportError:  # Airflow 2
     from airflow import DAG
-    from airflow.decorators import task
 
 from engine.airflow import ServingBatchOperator
 
@@ -54,11 +53,7 @@ with DAG(
     )
 
 
-@task
-def shard_files(ds: str | None = None) -> list[str]:
-    """The day's Parquet files, sorted so each keeps its map index (and output) on every try."""
-    return sorted(str(path) for path in Path(EXPORTS, str(ds)).glob("*.parquet"))
-
+SHARDS = 8
 
 with DAG(
     dag_id="score_daily_sharded",
@@ -70,11 +65,13 @@ with DAG(
 ):
     ServingBatchOperator.partial(
         task_id="score_shard",
+        input=EXPORTS + "/{{ ds }}/",
         endpoint=ENDPOINT,
-        # Every mapped task needs its own output; its checkpoint sits beside it.
+        # Every mapped task needs its own output; its checkpoint sits beside it. The shard
+        # outputs, read in map-index order, are the whole day in input order.
         output=SCORED + "/{{ ds }}/part-{{ ti.map_index }}.parquet",
         overwrite=True,
-        # The shards share the endpoint: each finds its share of the capacity on its own
-        # (it backs off at the first 429), but fewer at once are gentler on the endpoint.
+        # The total across the shards: each of the 8 sends at most 200 / 8 = 25 requests/s.
+        score_options={"qps": 200},
         max_active_tis_per_dagrun=4,
-    ).expand(input=shard_files())
+    ).expand(shard=[f"{i}/{SHARDS}" for i in range(SHARDS)])

@@ -80,10 +80,11 @@ with DAG("plain_and_mapped", schedule=None, start_date=START, catchup=False) as 
     )
     shards = ServingBatchOperator.partial(
         task_id="shards",
+        input=str(DATA / "day={{ ds }}"),
         endpoint="demo-regressor",
         output=str(DATA / "scored" / "{{ ds }}" / "shard-{{ ti.map_index }}.parquet"),
         score_options=OPTIONS,
-    ).expand(input=[str(DATA / "shard-0.parquet"), str(DATA / "shard-1.parquet")])
+    ).expand(shard=["0/3", "1/3", "2/3"])
     record_both(plain.output, shards.output)
 
 with DAG("killed", schedule=None, start_date=START, catchup=False) as killed:
@@ -216,10 +217,10 @@ def airflow(tmp_path: Path, emulator: EmulatorThread) -> Airflow:
     return Airflow(tmp_path, emulator)
 
 
-def sample(path: Path, rows: int, *, seed: int) -> pa.Table:
+def sample(path: Path, rows: int, *, seed: int, row_group: int | None = None) -> pa.Table:
     table = MODEL.sample(rows, seed=seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path)
+    pq.write_table(table, path, row_group_size=row_group)
     return table
 
 
@@ -234,25 +235,30 @@ def expected(table: pa.Table) -> list[Any]:
 def test_plain_and_mapped_tasks_score_every_row_and_push_their_summaries(
     airflow: Airflow,
 ) -> None:
-    day = [sample(airflow.data / f"day={DS}" / f"part-{i}.parquet", 1_500, seed=i) for i in (1, 2)]
-    shards = [sample(airflow.data / f"shard-{i}.parquet", 1_000, seed=10 + i) for i in (0, 1)]
+    day = [
+        sample(airflow.data / f"day={DS}" / f"part-{i}.parquet", 1_500, seed=i, row_group=500)
+        for i in (1, 2)
+    ]
 
     states, log = airflow.test("plain_and_mapped")
 
     assert set(states.values()) == {"success"}, states
-    assert set(states) == {"plain[-1]", "shards[0]", "shards[1]", "record_both[-1]"}
+    assert set(states) == {"plain[-1]", "shards[0]", "shards[1]", "shards[2]", "record_both[-1]"}
     scored = airflow.data / "scored"
-    assert predictions_of(scored / f"{DS}.arrow") == expected(pa.concat_tables(day))
-    for index, shard in enumerate(shards):
-        assert predictions_of(scored / DS / f"shard-{index}.parquet") == expected(shard)
+    whole = read_output(scored / f"{DS}.arrow")
+    assert whole.column("prediction").to_pylist() == expected(pa.concat_tables(day))
+    # Shard 1 of 3 spans both files; the shards in order are the whole day, row for row.
+    parts = [read_output(scored / DS / f"shard-{i}.parquet") for i in range(3)]
+    assert [p.num_rows for p in parts] == [1_000, 1_000, 1_000]
+    assert pa.concat_tables(parts).to_pylist() == whole.to_pylist()
     summaries = json.loads((airflow.data / "summaries.json").read_text())
     plain = summaries["plain"]
     assert plain["exit_code"] == 0 and plain["rows_scored"] == plain["rows_total"] == 3_000
     assert plain["output"] == str(scored / f"{DS}.arrow")
     assert [s["output"] for s in summaries["shards"]] == [
-        str(scored / DS / f"shard-{i}.parquet") for i in (0, 1)
+        str(scored / DS / f"shard-{i}.parquet") for i in range(3)
     ]
-    assert [s["rows_scored"] for s in summaries["shards"]] == [1_000, 1_000]
+    assert [s["rows_scored"] for s in summaries["shards"]] == [1_000, 1_000, 1_000]
     if TASK_LOGS_SHOWN:  # the engine's progress lines reach the task log
         assert "progress: 3,000/3,000 rows" in log
     assert not list(scored.rglob("*.checkpoint")), "default checkpoints are removed on success"
