@@ -63,6 +63,7 @@ async def ascore(
     client_id: str | None = None,
     client_secret: str | None = None,
     profile: str | None = None,
+    auth: str | None = None,
     overwrite: bool = False,
     start_if_stopped: bool = False,
     checkpoint: str | os.PathLike[str] | None = None,
@@ -81,7 +82,9 @@ async def ascore(
         config: a :class:`ScoreConfig`; ``**options`` override its fields.
         credentials: host and service principal; else ``host``/``client_id``/
             ``client_secret``, else DATABRICKS_HOST / _CLIENT_ID / _CLIENT_SECRET, else the
-            ``~/.databrickscfg`` ``profile`` (DATABRICKS_CONFIG_PROFILE, ``DEFAULT``).
+            ``~/.databrickscfg`` ``profile`` (DATABRICKS_CONFIG_PROFILE, ``DEFAULT``);
+            ``auth="databricks-sdk"`` lets databricks-sdk authenticate (see
+            :class:`~engine.config.Credentials`).
         overwrite: replace an existing output.
         start_if_stopped: start a stopped endpoint and wait for it.
         checkpoint: where finished batches are kept so a rerun resumes; default
@@ -104,7 +107,7 @@ async def ascore(
     shard = parse_shard(shard) if isinstance(shard, str) else shard
     cfg = _shard_share(_config(config, endpoint, options), shard)
     creds = credentials or Credentials.from_env(
-        host=host, client_id=client_id, client_secret=client_secret, profile=profile
+        host=host, client_id=client_id, client_secret=client_secret, profile=profile, auth=auth
     )
     source = open_source(inputs, shard=shard)
     if shard is not None:
@@ -194,12 +197,13 @@ async def ascore_table(
     client_id: str | None = None,
     client_secret: str | None = None,
     profile: str | None = None,
+    auth: str | None = None,
     **options: Any,
 ) -> pa.Table:
     """Async form of :func:`score_table`."""
     cfg = _config(config, endpoint, {"progress": "off", **options})
     creds = credentials or Credentials.from_env(
-        host=host, client_id=client_id, client_secret=client_secret, profile=profile
+        host=host, client_id=client_id, client_secret=client_secret, profile=profile, auth=auth
     )
     source = open_source(data)
     sink = MemorySink()

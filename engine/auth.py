@@ -17,15 +17,16 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import orjson
 
-from engine.config import Credentials
+from engine.config import SDK_AUTH, Credentials
 from engine.errors import AuthError, EngineError, TransportError
 from engine.retry import FailureKind, Outcome, RetryPolicy
 from engine.transport import Response, Transport
 
-__all__ = ["OAuthClient", "Token", "TokenRefresher"]
+__all__ = ["OAuthClient", "Token", "TokenRefresher", "Who", "WorkspaceAuth", "connect"]
 
 log = logging.getLogger("engine.auth")
 
@@ -35,6 +36,11 @@ USABLE_MARGIN_S = 40.0
 MAX_REFRESH_LEAD_S = 20 * 60.0
 #: ...and always at least this long before the token becomes unusable.
 MIN_REFRESH_HEADROOM_S = 10.0
+
+#: A personal access token does not say when it expires: hand it out again after this long.
+PAT_REUSE_S = 3600.0
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+_FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -157,9 +163,44 @@ async def cancel_quietly(task: asyncio.Task[object]) -> None:
         await task
 
 
-class OAuthClient:
-    """Fetches OAuth tokens from ``{host}/oidc/v1/token`` for a service principal.
+class WorkspaceAuth(Protocol):
+    """Where tokens come from: one for control-plane calls, one per endpoint's data plane."""
 
+    @property
+    def host(self) -> str: ...
+
+    async def workspace_token(self) -> Token: ...
+
+    async def data_plane_token(self, authorization_details: str, endpoint: str) -> Token: ...
+
+
+async def connect(
+    transport: Transport,
+    credentials: Credentials,
+    *,
+    timeout_s: float = 30.0,
+    clock: Clock = time.monotonic,
+    sleep: Sleep = asyncio.sleep,
+) -> WorkspaceAuth:
+    """The token source ``credentials`` describe (see :class:`~engine.config.Credentials`).
+
+    Raises:
+        UsageError: databricks-sdk is asked for but missing, or cannot configure itself.
+    """
+    oauth = OAuthClient(transport, credentials, timeout_s=timeout_s, clock=clock, sleep=sleep)
+    if credentials.kind != SDK_AUTH:
+        return oauth
+    from engine.sdk_auth import SdkAuth
+
+    return await SdkAuth.create(credentials, oauth, clock=clock)
+
+
+class OAuthClient:
+    """Fetches tokens from ``{host}/oidc/v1/token``.
+
+    With a service principal (oauth-m2m) it mints both tokens itself; with a personal access
+    token it hands the PAT out as the workspace token and refuses data-plane tokens; and
+    :meth:`exchange` turns any workspace OAuth token into a data-plane token (jwt-bearer).
     Transient failures (timeouts, connection errors, 429, 5xx) are retried with backoff;
     a refusal (bad secret, missing permission) raises :class:`AuthError` at once.
     """
@@ -174,6 +215,7 @@ class OAuthClient:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        host: str | None = None,
     ) -> None:
         self._transport = transport
         self._credentials = credentials
@@ -182,30 +224,78 @@ class OAuthClient:
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
-        self.token_url = f"{credentials.host}/oidc/v1/token"
+        self._host = host or credentials.host
+        self.token_url = f"{self._host}/oidc/v1/token"
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    def for_host(self, host: str) -> OAuthClient:
+        """The same client, for the workspace at ``host`` (as databricks-sdk resolved it)."""
+        return OAuthClient(
+            self._transport,
+            self._credentials,
+            policy=self._policy,
+            timeout_s=self._timeout_s,
+            clock=self._clock,
+            sleep=self._sleep,
+            rng=self._rng,
+            host=host,
+        )
 
     async def workspace_token(self) -> Token:
-        """A control-plane token (``scope=all-apis``)."""
-        return await self._token({"grant_type": "client_credentials", "scope": "all-apis"}, None)
+        """A control-plane token: ``scope=all-apis`` for a service principal, else the PAT."""
+        if self._credentials.kind == "pat":
+            now = self._clock()
+            return Token(self._credentials.token, issued_at=now, expires_at=now + PAT_REUSE_S)
+        form = {"grant_type": "client_credentials", "scope": "all-apis"}
+        return await self._token(form, None, self._basic_auth())
 
     async def data_plane_token(self, authorization_details: str, endpoint: str) -> Token:
-        """An endpoint-scoped token for the route-optimized data plane (one-step flow)."""
+        """An endpoint-scoped token for the route-optimized data plane (one-step flow).
+
+        Raises:
+            UsageError: only a personal access token is configured.
+        """
+        self._credentials.require_oauth()
         form = {
             "grant_type": "client_credentials",
             "scope": "all-apis",
             "authorization_details": authorization_details,
         }
-        return await self._token(form, endpoint)
+        return await self._token(form, endpoint, self._basic_auth())
+
+    async def exchange(
+        self, assertion: str, authorization_details: str, endpoint: str, *, who: Who
+    ) -> Token:
+        """A data-plane token for ``endpoint`` in exchange for a workspace OAuth token
+        (the jwt-bearer grant databricks-sdk uses); ``who`` names the token's owner in errors."""
+        form = {
+            "grant_type": JWT_BEARER,
+            "assertion": assertion,
+            "authorization_details": authorization_details,
+        }
+        return await self._token(form, endpoint, _FORM_HEADERS, who=who)
 
     def _basic_auth(self) -> dict[str, str]:
         pair = f"{self._credentials.client_id}:{self._credentials.client_secret}".encode()
-        return {
-            "Authorization": "Basic " + base64.b64encode(pair).decode(),
-            "Content-Type": "application/x-www-form-urlencoded",
-            "Accept": "application/json",
-        }
+        return {"Authorization": "Basic " + base64.b64encode(pair).decode(), **_FORM_HEADERS}
 
-    async def _token(self, form: dict[str, str], endpoint: str | None) -> Token:
+    async def _token(
+        self,
+        form: dict[str, str],
+        endpoint: str | None,
+        headers: dict[str, str],
+        *,
+        who: Who | None = None,
+    ) -> Token:
+        client_id = self._credentials.client_id
+        who = who or Who(
+            client=f"the OAuth client '{client_id}'",
+            principal=f"service principal '{client_id}'",
+            fix="check --client-id/--client-secret (DATABRICKS_CLIENT_ID/DATABRICKS_CLIENT_SECRET)",
+        )
         attempt = 0
         while True:
             attempt += 1
@@ -214,7 +304,7 @@ class OAuthClient:
                 response = await self._transport.request(
                     "POST",
                     self.token_url,
-                    headers=self._basic_auth(),
+                    headers=headers,
                     form=form,
                     timeout_s=self._timeout_s,
                 )
@@ -223,7 +313,7 @@ class OAuthClient:
             else:
                 if response.ok:
                     return _parse_token(response, sent_at)
-                outcome = _refusal_or_outcome(response, self._credentials, endpoint)
+                outcome = _refusal_or_outcome(response, self._host, who, endpoint)
             delay = self._policy.next_delay(attempt, outcome, self._rng)
             if delay is None:
                 raise EngineError(
@@ -245,7 +335,18 @@ def _parse_token(response: Response, sent_at: float) -> Token:
     return Token(access_token=access_token, issued_at=sent_at, expires_at=sent_at + expires_in)
 
 
-def _refusal_or_outcome(response: Response, creds: Credentials, endpoint: str | None) -> Outcome:
+@dataclass(frozen=True, slots=True)
+class Who:
+    """Whose token request it was, for error messages."""
+
+    client: str  # "the OAuth client 'abc'"
+    principal: str  # "service principal 'abc'"
+    fix: str  # what to check when the workspace refuses the client
+
+
+def _refusal_or_outcome(
+    response: Response, host: str, who: Who, endpoint: str | None
+) -> Outcome:
     """Raise AuthError for a refusal; return a retryable outcome otherwise."""
     try:
         doc = orjson.loads(response.body)
@@ -260,22 +361,22 @@ def _refusal_or_outcome(response: Response, creds: Credentials, endpoint: str | 
     target = f"endpoint '{endpoint}'" if endpoint else "the workspace"
     if error == "invalid_client" or (status == 401 and error != "invalid_authorization_details"):
         raise AuthError(
-            f"the workspace {creds.host} refused the OAuth client '{creds.client_id}' "
-            f"({error or status}: {description or 'client authentication failed'}); check "
-            "--client-id/--client-secret (DATABRICKS_CLIENT_ID/DATABRICKS_CLIENT_SECRET)",
+            f"the workspace {host} refused {who.client} "
+            f"({error or status}: {description or 'client authentication failed'}); {who.fix}",
             status=status,
             error=error or None,
         )
     if error in ("invalid_authorization_details", "access_denied") or status == 403:
         raise AuthError(
-            f"service principal '{creds.client_id}' may not query {target} "
+            f"{who.principal} may not query {target} "
             f"({error or status}: {description}); grant it CAN_QUERY on the endpoint "
             "(Serving > endpoint > Permissions)",
             status=status,
             error=error or None,
         )
     raise AuthError(
-        f"the OAuth token endpoint refused the request for {target}: HTTP {status} "
+        f"the OAuth token endpoint refused the request of {who.principal} for {target}: "
+        f"HTTP {status} "
         f"{error}: {description}",
         status=status,
         error=error or None,

@@ -60,6 +60,13 @@ def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
         "workspace (default: DATABRICKS_* environment variables, then ~/.databrickscfg)"
     )
     group.add_argument("--profile", help="~/.databrickscfg profile (DATABRICKS_CONFIG_PROFILE)")
+    group.add_argument(
+        "--auth",
+        choices=["oauth-m2m", "pat", "databricks-sdk"],
+        help="how to authenticate (DATABRICKS_AUTH_TYPE; default: a service principal's OAuth "
+        "secret if set, else DATABRICKS_TOKEN for describe/validate). databricks-sdk: every "
+        "auth type the SDK supports (pip install 'databricks-batch-engine[sdk]')",
+    )
     group.add_argument("--host", help="workspace URL (DATABRICKS_HOST)")
     group.add_argument("--client-id", help="service principal's client id (DATABRICKS_CLIENT_ID)")
     group.add_argument(
@@ -219,6 +226,7 @@ def _credentials(args: argparse.Namespace) -> Credentials:
         client_id=args.client_id,
         client_secret=args.client_secret,
         profile=args.profile,
+        auth=args.auth,
     )
 
 

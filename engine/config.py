@@ -47,28 +47,67 @@ def normalize_host(host: str) -> str:
     return host
 
 
+#: ``auth_type`` values (DATABRICKS_AUTH_TYPE, a profile's ``auth_type``) the engine handles
+#: itself; any other is handed to databricks-sdk (``auth="databricks-sdk"``).
+NATIVE_AUTH_TYPES = frozenset({"", "oauth-m2m", "pat"})
+SDK_AUTH = "databricks-sdk"
+
+PAT_ONLY_MESSAGE = (
+    "only a personal access token is configured, but route-optimized serving endpoints "
+    "accept OAuth tokens only: set DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET (or "
+    "client_id/client_secret in ~/.databrickscfg) for a service principal with CAN_QUERY on "
+    "the endpoint, or use --auth databricks-sdk with an OAuth login (databricks auth login)"
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Credentials:
-    """Where the workspace is and the OAuth service principal to use.
+    """Where the workspace is and how to authenticate to it.
 
-    ``repr()`` never shows the secret, so a config object can be logged safely.
+    Three ways, picked by what is set:
+
+    * an OAuth service principal (``client_id`` + ``client_secret``, "oauth-m2m"): the engine
+      mints both the workspace token and the endpoint-scoped data-plane token;
+    * a personal access token (``token``, "pat"): control-plane calls only (``engine
+      describe`` / ``validate``); scoring refuses it up front, since route-optimized
+      endpoints accept OAuth tokens only;
+    * ``auth="databricks-sdk"``: databricks-sdk's ``Config`` (``profile``, environment,
+      every auth type it supports) authenticates control-plane calls, and the data-plane
+      token is minted from its token with the jwt-bearer exchange. Needs databricks-sdk.
+
+    ``repr()`` never shows a secret, so a config object can be logged safely.
     """
 
-    host: str
-    client_id: str
-    client_secret: str = field(repr=False)
+    host: str = ""
+    client_id: str = ""
+    client_secret: str = field(default="", repr=False)
+    token: str = field(default="", repr=False)
+    auth: str = ""
+    profile: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "host", normalize_host(self.host))
-        missing = [
-            flag
-            for flag, value in (
-                ("--host / DATABRICKS_HOST", self.host),
-                ("--client-id / DATABRICKS_CLIENT_ID", self.client_id),
-                ("--client-secret / DATABRICKS_CLIENT_SECRET", self.client_secret),
+        if self.auth == SDK_AUTH:
+            return  # databricks-sdk resolves (and checks) everything else
+        if self.auth not in NATIVE_AUTH_TYPES:
+            raise UsageError(
+                f"auth {self.auth!r} is not one the engine handles itself (oauth-m2m, pat); "
+                f"use auth='{SDK_AUTH}' (--auth {SDK_AUTH}) to let databricks-sdk handle it"
             )
-            if not value
-        ]
+        missing = [] if self.host else ["--host / DATABRICKS_HOST"]
+        if self.auth == "pat" and not self.token:
+            missing.append("DATABRICKS_TOKEN (auth type pat)")
+        elif not (self.client_id and self.client_secret) and (
+            self.auth == "oauth-m2m" or not self.token
+        ):
+            missing += [
+                flag
+                for flag, value in (
+                    ("--client-id / DATABRICKS_CLIENT_ID", self.client_id),
+                    ("--client-secret / DATABRICKS_CLIENT_SECRET", self.client_secret),
+                )
+                if not value
+            ]
         if missing:
             raise UsageError(
                 "missing Databricks credentials: set "
@@ -77,11 +116,35 @@ class Credentials:
                 "route-optimized endpoints do not accept personal access tokens)"
             )
 
+    @property
+    def kind(self) -> str:
+        """"databricks-sdk", "oauth-m2m" (preferred when both are set) or "pat"."""
+        if self.auth:
+            return self.auth
+        return "oauth-m2m" if self.client_id and self.client_secret else "pat"
+
+    def require_oauth(self) -> None:
+        """Scoring needs a data-plane token, which a personal access token cannot get.
+
+        Raises:
+            UsageError: only a personal access token is configured.
+        """
+        if self.kind == "pat":
+            raise UsageError(PAT_ONLY_MESSAGE)
+
     def __repr__(self) -> str:
-        return (
-            f"Credentials(host={self.host!r}, client_id={self.client_id!r}, "
-            f"client_secret={_mask(self.client_secret)})"
-        )
+        shown = [f"host={self.host!r}"]
+        if self.client_id:
+            shown.append(f"client_id={self.client_id!r}")
+        if self.client_secret:
+            shown.append(f"client_secret={_mask(self.client_secret)}")
+        if self.token:
+            shown.append(f"token={_mask(self.token)}")
+        if self.auth:
+            shown.append(f"auth={self.auth!r}")
+        if self.profile:
+            shown.append(f"profile={self.profile!r}")
+        return f"Credentials({', '.join(shown)})"
 
     @classmethod
     def from_env(
@@ -91,32 +154,39 @@ class Credentials:
         client_id: str | None = None,
         client_secret: str | None = None,
         profile: str | None = None,
+        auth: str | None = None,
         env: Mapping[str, str] | None = None,
     ) -> Credentials:
         """Resolve credentials the way every Databricks tool does.
 
         Explicit values first, then DATABRICKS_HOST / DATABRICKS_CLIENT_ID /
-        DATABRICKS_CLIENT_SECRET, then the ``~/.databrickscfg`` profile (``profile``, else
-        DATABRICKS_CONFIG_PROFILE, else ``DEFAULT``; the file is DATABRICKS_CONFIG_FILE if set).
+        DATABRICKS_CLIENT_SECRET / DATABRICKS_TOKEN, then the ``~/.databrickscfg`` profile
+        (``profile``, else DATABRICKS_CONFIG_PROFILE, else ``DEFAULT``; the file is
+        DATABRICKS_CONFIG_FILE if set). ``auth`` (else DATABRICKS_AUTH_TYPE, else the
+        profile's ``auth_type``) other than oauth-m2m or pat hands authentication to
+        databricks-sdk.
         """
         env = os.environ if env is None else env
+        profile = profile or env.get("DATABRICKS_CONFIG_PROFILE") or None
         values = {
             "host": host or env.get("DATABRICKS_HOST", ""),
             "client_id": client_id or env.get("DATABRICKS_CLIENT_ID", ""),
             "client_secret": client_secret or env.get("DATABRICKS_CLIENT_SECRET", ""),
+            "token": env.get("DATABRICKS_TOKEN", ""),
         }
-        section = _profile_section(profile or env.get("DATABRICKS_CONFIG_PROFILE"), env)
+        auth = auth or env.get("DATABRICKS_AUTH_TYPE", "")
+        if auth and auth not in NATIVE_AUTH_TYPES:
+            auth = SDK_AUTH
+        if auth == SDK_AUTH:
+            return cls(host=values["host"], auth=SDK_AUTH, profile=profile)
+        section = _profile_section(profile, env)
         for key in values:
             values[key] = values[key] or section.get(key, "")
-        has_pat = bool(env.get("DATABRICKS_TOKEN") or section.get("token"))
-        if has_pat and not (values["client_id"] and values["client_secret"]):
-            raise UsageError(
-                "only a personal access token is configured, but route-optimized serving "
-                "endpoints accept OAuth tokens only: set DATABRICKS_CLIENT_ID and "
-                "DATABRICKS_CLIENT_SECRET (or client_id/client_secret in ~/.databrickscfg) for "
-                "a service principal with CAN_QUERY on the endpoint"
-            )
-        return cls(**values)
+        if section.get("auth_type", "") not in NATIVE_AUTH_TYPES and not (
+            values["client_id"] and values["client_secret"]
+        ):
+            return cls(host=values["host"], auth=SDK_AUTH, profile=profile)
+        return cls(**values, auth=auth, profile=profile)
 
 
 def _profile_section(profile: str | None, env: Mapping[str, str]) -> dict[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from engine.auth import OAuthClient
+from engine.auth import connect
 from engine.config import Credentials
 from engine.schema import CastPlan, ModelSchema, format_schema, parse_openapi, plan_cast
 from engine.source import open_source
@@ -49,7 +49,8 @@ class Description:
 
 
 async def _workspace(transport: Transport, credentials: Credentials) -> Workspace:
-    return Workspace(transport, OAuthClient(transport, credentials), credentials.host)
+    """Control-plane calls only: a personal access token is enough here."""
+    return Workspace(transport, await connect(transport, credentials))
 
 
 async def adescribe(endpoint: str, credentials: Credentials) -> Description:

@@ -26,7 +26,7 @@ import pyarrow as pa
 from aiolimiter import AsyncLimiter
 
 from engine.adaptive import RateController
-from engine.auth import Clock, OAuthClient, Sleep, TokenRefresher, cancel_quietly
+from engine.auth import Clock, Sleep, TokenRefresher, cancel_quietly, connect
 from engine.batching import RequestBatch, plan_batches
 from engine.checkpoint import Checkpoint, batch_key
 from engine.codec import encode_dataframe_split
@@ -137,10 +137,11 @@ async def prepare(
     ``clock`` and ``sleep`` drive every timing decision (token expiry, backoff, pacing); tests
     inject a faster clock to live through token lifetimes in seconds.
     """
-    oauth = OAuthClient(
+    credentials.require_oauth()  # a PAT alone cannot query a route-optimized endpoint
+    auth = await connect(
         transport, credentials, timeout_s=config.token_timeout_s, clock=clock, sleep=sleep
     )
-    workspace = Workspace(transport, oauth, credentials.host, clock=clock, sleep=sleep)
+    workspace = Workspace(transport, auth, clock=clock, sleep=sleep)
     endpoint = await _ready_endpoint(workspace, config, start_if_stopped)
     doc = await workspace.get_openapi(config.endpoint)
     model = parse_openapi(doc) if doc else None
@@ -156,7 +157,7 @@ async def prepare(
     read_columns = tuple(name for name in source.schema.names if name in wanted)
     authorization = endpoint.data_plane_authorization_details()
     tokens = TokenRefresher(
-        lambda: oauth.data_plane_token(authorization, config.endpoint),
+        lambda: auth.data_plane_token(authorization, config.endpoint),
         clock=clock,
         sleep=sleep,
         name="data-plane token",
@@ -281,6 +282,12 @@ def _dispatcher(scorer: Scorer, transport: Transport) -> Dispatcher:
     async def endpoint_ready() -> bool:
         return (await scorer.workspace.get_endpoint(config.endpoint)).is_ready
 
+    controller = RateController(
+        max_in_flight=config.workers,
+        initial_in_flight=config.concurrency or INITIAL_IN_FLIGHT,
+        max_rate=config.qps or math.inf,
+    )
+    scorer.stats.controller = controller
     return Dispatcher(
         transport=transport,
         tokens=scorer.tokens,
@@ -290,11 +297,7 @@ def _dispatcher(scorer: Scorer, transport: Transport) -> Dispatcher:
         stats=scorer.stats,
         # One request per 1/qps seconds at most, with no start-up burst above the rate.
         limiter=AsyncLimiter(1, 1.0 / config.qps) if config.qps else None,
-        controller=RateController(
-            max_in_flight=config.workers,
-            initial_in_flight=config.concurrency or INITIAL_IN_FLIGHT,
-            max_rate=config.qps or math.inf,
-        ),
+        controller=controller,
         ready=ready,
         endpoint_ready=endpoint_ready,
         prediction_type=scorer.model.prediction_type if scorer.model else None,

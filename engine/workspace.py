@@ -19,7 +19,7 @@ from urllib.parse import quote, urlsplit
 
 import orjson
 
-from engine.auth import Clock, OAuthClient, Sleep, TokenRefresher
+from engine.auth import Clock, Sleep, TokenRefresher, WorkspaceAuth
 from engine.errors import EndpointError, EngineError, HTTPStatusError, TransportError
 from engine.retry import FailureKind, Outcome, RetryPolicy
 from engine.transport import Transport
@@ -142,8 +142,7 @@ class Workspace:
     def __init__(
         self,
         transport: Transport,
-        oauth: OAuthClient,
-        host: str,
+        auth: WorkspaceAuth,
         *,
         policy: RetryPolicy | None = None,
         clock: Clock = time.monotonic,
@@ -151,9 +150,9 @@ class Workspace:
         rng: random.Random | None = None,
     ) -> None:
         self._transport = transport
-        self.host = host
+        self.host = auth.host
         self.tokens = TokenRefresher(
-            oauth.workspace_token, clock=clock, sleep=sleep, name="workspace token"
+            auth.workspace_token, clock=clock, sleep=sleep, name="workspace token"
         )
         self._policy = policy or RetryPolicy(max_attempts=6)
         self._clock = clock

@@ -79,6 +79,8 @@ class Accounting:
 
     endpoints: dict[str, EndpointAccounting]
     tokens_issued: Counter[str] = field(default_factory=Counter)
+    #: data-plane tokens issued, by grant: "client_credentials" (one step) or "jwt-bearer"
+    data_plane_grants: Counter[str] = field(default_factory=Counter)
     token_requests_by_status: Counter[int] = field(default_factory=Counter)
     token_timeouts: int = 0
     expiring_token_requests: int = 0
@@ -99,6 +101,7 @@ class Accounting:
         return {
             "endpoints": {n: e.snapshot() for n, e in self.endpoints.items()},
             "tokens_issued": {"workspace": 0, "data_plane": 0, **self.tokens_issued},
+            "data_plane_grants": dict(self.data_plane_grants),
             "token_requests_by_status": dict(self.token_requests_by_status),
             "token_timeouts": self.token_timeouts,
             "expiring_token_requests": self.expiring_token_requests,
@@ -109,6 +112,7 @@ class Accounting:
         for endpoint in self.endpoints.values():
             endpoint.reset()
         self.tokens_issued.clear()
+        self.data_plane_grants.clear()
         self.token_requests_by_status.clear()
         self.token_timeouts = 0
         self.expiring_token_requests = 0

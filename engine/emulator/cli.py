@@ -268,6 +268,7 @@ def _announce(emulator: Emulator, as_json: bool) -> None:
         "workspace_id": emulator.workspace_id,
         "client_id": emulator.client_id,
         "client_secret": emulator.client_secret,
+        "token": emulator.personal_access_token,
         "endpoints": emulator.endpoints,
     }
     if as_json:

@@ -16,6 +16,7 @@ from engine.emulator.models import BUILTIN_MODELS, Model
 __all__ = [
     "DEFAULT_CLIENT_ID",
     "DEFAULT_CLIENT_SECRET",
+    "DEFAULT_PERSONAL_ACCESS_TOKEN",
     "DEFAULT_START_DURATION_S",
     "DEFAULT_TOKEN_TTL_S",
     "DEFAULT_WORKSPACE_ID",
@@ -37,6 +38,7 @@ DEFAULT_START_DURATION_S = 30.0
 DEFAULT_WORKSPACE_ID = "1234567890123456"
 DEFAULT_CLIENT_ID = "0e6f0c4a-5b1d-4c8e-9a7f-emulator0001"
 DEFAULT_CLIENT_SECRET = "dose-emulator-secret-0001"
+DEFAULT_PERSONAL_ACCESS_TOKEN = "dapi-emulator-0000000000000001"
 #: Databricks' request payload limit (16 MB, taken as 16 MiB).
 MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
 
@@ -136,12 +138,16 @@ class ServicePrincipal:
         client_secret: its OAuth secret.
         default_permission: its level on endpoints not in ``permissions`` (None: no access).
         permissions: ``{endpoint name: level}`` overrides.
+        personal_access_token: a PAT acting as this principal (None: none). Like on Databricks,
+            it works on the control plane only: the data plane and the jwt-bearer exchange
+            refuse it.
     """
 
     client_id: str = DEFAULT_CLIENT_ID
     client_secret: str = DEFAULT_CLIENT_SECRET
     default_permission: PermissionLevel | None = "CAN_MANAGE"
     permissions: Mapping[str, PermissionLevel] = field(default_factory=dict)
+    personal_access_token: str | None = DEFAULT_PERSONAL_ACCESS_TOKEN
 
     def level(self, endpoint: str) -> PermissionLevel | None:
         """This principal's permission level on ``endpoint``."""

@@ -78,12 +78,16 @@ async def token(request: web.Request) -> web.Response:
             raise OAuthError(
                 503, "temporarily_unavailable", "The token service is temporarily unavailable."
             )
-        issued = _grant(state, await request.post(), request.headers.get("Authorization"))
+        form = await request.post()
+        issued = _grant(state, form, request.headers.get("Authorization"))
     except OAuthError as error:
         state.accounting.token_requests_by_status[error.status] += 1
         return json_response(error.body(), error.status)
     state.accounting.token_requests_by_status[200] += 1
     state.accounting.tokens_issued[issued.kind] += 1
+    if issued.kind == "data_plane":
+        grant = "jwt-bearer" if form.get("grant_type") == JWT_BEARER else "client_credentials"
+        state.accounting.data_plane_grants[grant] += 1
     return json_response(state.tokens.response(issued, state.clock()))
 
 
@@ -142,6 +146,10 @@ def _exchange(state: EmulatorState, fields: dict[str, str]) -> IssuedToken:
     verdict, assertion = state.tokens.check(fields.get("assertion", ""), state.clock())
     if assertion is None or verdict is TokenVerdict.EXPIRED or assertion.kind != "workspace":
         raise OAuthError(400, "invalid_grant", "The assertion is not a valid workspace token")
+    if assertion.personal:
+        raise OAuthError(
+            400, "invalid_grant", "A personal access token cannot be exchanged; use OAuth"
+        )
     details = fields.get("authorization_details")
     if not details:
         raise OAuthError(400, "invalid_request", "authorization_details is required for this grant")

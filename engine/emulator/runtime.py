@@ -102,6 +102,9 @@ class EmulatorState:
         self.tokens = TokenStore(config.token_ttl_s)
         self.accounting = Accounting.for_endpoints([e.name for e in config.endpoints])
         self.principals = {p.client_id: p for p in config.principals}
+        for principal in config.principals:
+            if principal.personal_access_token:
+                self.tokens.add_personal(principal.personal_access_token, principal.client_id)
         self.token_faults = config.token_faults
         self.token_requests_seen = 0
         self.host = ""
@@ -181,6 +184,13 @@ class EmulatorState:
             ApiError: 401 unknown token; 403 expiring/expired, workspace, or other-endpoint token.
         """
         token = self._token(authorization, runtime)
+        if token.personal:
+            raise ApiError(
+                403,
+                "PERMISSION_DENIED",
+                "Personal access tokens are not accepted on the route-optimized data plane; "
+                "use an OAuth token scoped to this endpoint.",
+            )
         if token.kind != "data_plane":
             raise ApiError(
                 403,

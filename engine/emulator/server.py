@@ -133,6 +133,11 @@ class Emulator:
         return self.config.principals[0].client_secret
 
     @property
+    def personal_access_token(self) -> str | None:
+        """The default principal's personal access token (control plane only)."""
+        return self.config.principals[0].personal_access_token
+
+    @property
     def endpoints(self) -> list[str]:
         """The endpoint names."""
         return list(self._state.endpoints)

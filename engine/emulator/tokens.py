@@ -44,6 +44,8 @@ class IssuedToken:
         client_id: the principal it was issued to.
         expires_at: emulator-clock seconds at which it expires.
         endpoint_id: for data-plane tokens, the endpoint it is scoped to.
+        personal: a personal access token (a workspace token that never expires and cannot
+            be exchanged for a data-plane token).
     """
 
     access_token: str
@@ -51,6 +53,7 @@ class IssuedToken:
     client_id: str
     expires_at: float
     endpoint_id: str | None = None
+    personal: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +102,12 @@ class TokenStore:
         )
         self._tokens[token.access_token] = token
         return token
+
+    def add_personal(self, access_token: str, client_id: str) -> None:
+        """Register a personal access token acting as ``client_id``."""
+        self._tokens[access_token] = IssuedToken(
+            access_token, "workspace", client_id, expires_at=float("inf"), personal=True
+        )
 
     def check(self, access_token: str, now: float) -> tuple[TokenVerdict, IssuedToken | None]:
         """The verdict on a presented token, and the token when it is known."""

@@ -23,14 +23,26 @@ ENDPOINT = "demo-regressor"
 TOKEN_PATTERN = re.compile(rb"emu-\w+-[A-Za-z0-9_-]{16,}")
 
 
-async def run_cli(emulator: Emulator, tmp_path: Path, *args: str, secret: str | None = None):
-    env = {
-        **os.environ,
-        "DATABRICKS_HOST": emulator.host,
-        "DATABRICKS_CLIENT_ID": emulator.client_id,
-        "DATABRICKS_CLIENT_SECRET": secret or emulator.client_secret,
-        "DATABRICKS_CONFIG_FILE": str(tmp_path / "absent.cfg"),
-    }
+async def run_cli(
+    emulator: Emulator,
+    tmp_path: Path,
+    *args: str,
+    secret: str | None = None,
+    auth_env: dict[str, str] | None = None,
+):
+    """``python -m engine *args``; credentials in the environment: the emulator's service
+    principal, or ``auth_env`` instead of it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATABRICKS_")}
+    env["DATABRICKS_CONFIG_FILE"] = str(tmp_path / "absent.cfg")
+    env.update(
+        auth_env
+        if auth_env is not None
+        else {
+            "DATABRICKS_HOST": emulator.host,
+            "DATABRICKS_CLIENT_ID": emulator.client_id,
+            "DATABRICKS_CLIENT_SECRET": secret or emulator.client_secret,
+        }
+    )
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "engine", *args, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -119,3 +131,75 @@ async def test_tokens_revoked_mid_run_force_a_refresh_and_nothing_is_lost(
     assert statuses.get(401, 0) > 0
     assert emulator.accounting()["tokens_issued"]["data_plane"] == 2  # one forced refresh
     assert result.column("prediction").to_pylist() == expected_predictions(emulator, ENDPOINT, table)
+
+
+def _requests(emulator: Emulator) -> int:
+    return sum(emulator.accounting(ENDPOINT)["requests_by_status"].values())
+
+
+async def test_a_personal_access_token_serves_describe_and_validate_but_scoring_refuses_it(
+    emulator: Emulator, tmp_path
+) -> None:
+    pat = {"DATABRICKS_HOST": emulator.host, "DATABRICKS_TOKEN": emulator.personal_access_token}
+    pq.write_table(regressor_table(emulator, 50, seed=25), tmp_path / "in.parquet")
+
+    code, printed = await run_cli(emulator, tmp_path, "describe", ENDPOINT, auth_env=pat)
+    assert code == 0 and b"READY" in printed, printed.decode()[-1000:]
+    code, printed = await run_cli(
+        emulator, tmp_path, "validate", str(tmp_path / "in.parquet"), "--endpoint", ENDPOINT,
+        auth_env=pat,
+    )
+    assert code == 0 and b"OK" in printed, printed.decode()[-1000:]
+    tokens_before = emulator.accounting()["token_requests_by_status"]
+
+    code, printed = await run_cli(
+        emulator, tmp_path, "score", str(tmp_path / "in.parquet"), "--endpoint", ENDPOINT,
+        "--output", str(tmp_path / "out.arrow"), auth_env=pat,
+    )
+
+    assert code == 2
+    assert b"accept OAuth tokens only" in printed and b"DATABRICKS_CLIENT_ID" in printed
+    assert b"Traceback" not in printed and emulator.personal_access_token.encode() not in printed
+    assert emulator.accounting()["token_requests_by_status"] == tokens_before  # failed up front
+    assert _requests(emulator) == 0 and not (tmp_path / "out.arrow").exists()
+
+
+async def test_databricks_sdk_auth_mints_the_data_plane_token_by_jwt_bearer_exchange(
+    emulator: Emulator, tmp_path
+) -> None:
+    pytest.importorskip("databricks.sdk")
+    table = regressor_table(emulator, 2_000, seed=26)
+    pq.write_table(table, tmp_path / "in.parquet")
+    principal = {
+        "DATABRICKS_HOST": emulator.host,
+        "DATABRICKS_CLIENT_ID": emulator.client_id,
+        "DATABRICKS_CLIENT_SECRET": emulator.client_secret,
+    }
+
+    code, printed = await run_cli(
+        emulator, tmp_path, "score", str(tmp_path / "in.parquet"), "--endpoint", ENDPOINT,
+        "--output", str(tmp_path / "out.arrow"), "--auth", "databricks-sdk", auth_env=principal,
+    )
+
+    assert code == 0, printed.decode()[-2000:]
+    predictions = read_output(str(tmp_path / "out.arrow")).column("prediction").to_pylist()
+    assert predictions == expected_predictions(emulator, ENDPOINT, table)
+    assert emulator.accounting()["data_plane_grants"] == {"jwt-bearer": 1}
+    assert emulator.client_secret.encode() not in printed
+
+
+async def test_databricks_sdk_auth_with_a_personal_access_token_is_refused_before_sending(
+    emulator: Emulator, tmp_path
+) -> None:
+    pytest.importorskip("databricks.sdk")
+    pq.write_table(regressor_table(emulator, 50, seed=27), tmp_path / "in.parquet")
+    pat = {"DATABRICKS_HOST": emulator.host, "DATABRICKS_TOKEN": emulator.personal_access_token}
+
+    code, printed = await run_cli(
+        emulator, tmp_path, "score", str(tmp_path / "in.parquet"), "--endpoint", ENDPOINT,
+        "--output", str(tmp_path / "out.arrow"), "--auth", "databricks-sdk", auth_env=pat,
+    )
+
+    assert code == 2 and b"accept OAuth tokens only" in printed, printed.decode()[-2000:]
+    assert _requests(emulator) == 0
+    assert emulator.accounting()["data_plane_grants"] == {}

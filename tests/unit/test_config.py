@@ -56,14 +56,45 @@ def test_unknown_profile_lists_the_profiles_there(cfg_env) -> None:
         Credentials.from_env(env=cfg_env, profile="staging")
 
 
-def test_personal_access_token_alone_is_refused_with_what_to_set(cfg_env) -> None:
-    with pytest.raises(UsageError, match="OAuth") as info:
-        Credentials.from_env(env=cfg_env, profile="pat-only")
-    assert "DATABRICKS_CLIENT_ID" in str(info.value)
-    assert "dapi-123" not in str(info.value)
-    with pytest.raises(UsageError, match="OAuth"):
-        Credentials.from_env(env={"DATABRICKS_HOST": "h", "DATABRICKS_TOKEN": "dapi-1",
-                                  "DATABRICKS_CONFIG_FILE": "/nonexistent"})
+def test_personal_access_token_alone_serves_the_control_plane_but_not_scoring(cfg_env) -> None:
+    creds = Credentials.from_env(env=cfg_env, profile="pat-only")
+    assert creds.kind == "pat" and creds.token == "dapi-123"
+    assert "dapi-123" not in repr(creds)
+    with pytest.raises(UsageError, match="accept OAuth tokens only") as info:
+        creds.require_oauth()
+    assert "DATABRICKS_CLIENT_ID" in str(info.value) and "dapi-123" not in str(info.value)
+    from_env = Credentials.from_env(
+        env={"DATABRICKS_HOST": "h", "DATABRICKS_TOKEN": "dapi-1", "DATABRICKS_CONFIG_FILE": "/no"}
+    )
+    assert from_env.kind == "pat"
+
+
+def test_a_service_principal_wins_over_a_token_when_both_are_set(cfg_env) -> None:
+    creds = Credentials.from_env(env={**cfg_env, "DATABRICKS_TOKEN": "dapi-9"})
+    assert creds.kind == "oauth-m2m"
+    creds.require_oauth()  # does not raise
+
+
+@pytest.mark.parametrize("auth_type", ["databricks-cli", "azure-cli", "external-browser"])
+def test_auth_types_the_engine_does_not_handle_go_to_databricks_sdk(cfg_env, auth_type) -> None:
+    creds = Credentials.from_env(env={**cfg_env, "DATABRICKS_AUTH_TYPE": auth_type})
+    assert creds.kind == "databricks-sdk"
+    profile = cfg_env["DATABRICKS_CONFIG_FILE"]
+    with open(profile, "a") as f:
+        f.write(f"\n[sso]\nhost = https://sso-ws.cloud.databricks.com\nauth_type = {auth_type}\n")
+    creds = Credentials.from_env(env=cfg_env, profile="sso")
+    assert (creds.kind, creds.profile) == ("databricks-sdk", "sso")
+
+
+def test_missing_credentials_name_each_setting() -> None:
+    with pytest.raises(UsageError) as info:
+        Credentials.from_env(env={"DATABRICKS_CONFIG_FILE": "/no"})
+    for flag in ("DATABRICKS_HOST", "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET"):
+        assert flag in str(info.value)
+    with pytest.raises(UsageError, match="DATABRICKS_TOKEN"):
+        Credentials(host="h", auth="pat")
+    with pytest.raises(UsageError, match="not one the engine handles"):
+        Credentials(host="h", token="t", auth="azure-cli")
 
 
 def test_missing_config_file_with_a_named_profile_says_so() -> None:
