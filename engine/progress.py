@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from typing import Protocol
 
 from engine.config import ProgressMode
@@ -37,6 +38,14 @@ class LogProgress:
 
     def __init__(self) -> None:
         self._total: int | None = None
+        self._last: tuple[float, int] | None = None  # (when, requests) at the previous line
+
+    def _requests_per_s(self, stats: RunStats) -> float:
+        """Requests per second since the previous line (since the start for the first)."""
+        now = time.monotonic()
+        when, requests = self._last or (stats.started_at, 0)
+        self._last = (now, stats.requests)
+        return (stats.requests - requests) / (now - when) if now > when else 0.0
 
     def start(self, total_rows: int | None) -> None:
         self._total = total_rows
@@ -50,13 +59,20 @@ class LogProgress:
             "rows_rejected": stats.rows_rejected,
             "rows_per_s": round(stats.rows_per_s(), 1),
             "requests": stats.requests,
+            "requests_per_s": round(self._requests_per_s(stats), 2),
             "throttled_429": stats.throttled_429,
+            "throttled_share": round(stats.throttled_share, 4),
             "retries": dict(stats.retries),
+            **stats.limits(),
         }
+        pacing = fields["pacing_rps"]
         message = (
             f"progress: {done:,}{of} rows ({stats.rows_rejected:,} rejected), "
-            f"{fields['rows_per_s']:,.0f} rows/s, {stats.requests} requests, "
-            f"{stats.throttled_429} throttled, {sum(stats.retries.values())} retries"
+            f"{fields['rows_per_s']:,.0f} rows/s, {stats.requests} requests "
+            f"(now {fields['requests_per_s']:,.1f}/s"
+            + (f", paced at {pacing:,.1f}/s" if pacing else "")
+            + f"), {stats.throttled_429} throttled ({stats.throttled_share:.1%}), "
+            f"{sum(stats.retries.values())} retries"
         )
         log.info(message, extra={"event": "progress", "fields": fields})
 
@@ -97,7 +113,13 @@ class BarProgress:
 
     def update(self, stats: RunStats) -> None:
         done = stats.rows_scored + stats.rows_rejected + stats.rows_skipped
-        detail = f"{stats.rows_per_s():,.0f} rows/s · {stats.throttled_429} throttled"
+        detail = (
+            f"{stats.rows_per_s():,.0f} rows/s · {stats.throttled_429} throttled "
+            f"({stats.throttled_share:.1%})"
+        )
+        pacing = stats.limits()["pacing_rps"]
+        if pacing:
+            detail += f" · paced {pacing:,.1f} req/s"
         if stats.rows_rejected:
             detail += f" · {stats.rows_rejected} rejected"
         self._bar.update(self._task, completed=done, detail=detail)

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from engine.adaptive import RateController
+
 __all__ = ["RunStats", "Summary"]
 
 
@@ -34,6 +36,11 @@ class Summary:
     exit_code: int
     error: str | None = None
     model: str | None = None
+    #: requests per second over the run, the share of them answered 429, and the pacing rate
+    #: the adaptive controller ended at (None: never throttled, so never paced).
+    requests_per_s: float = 0.0
+    throttled_share: float = 0.0
+    pacing_rps: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,7 +55,9 @@ class Summary:
             + (f", {self.rows_skipped:,} from checkpoint" if self.rows_skipped else "")
             + (f" of {self.rows_total:,}" if self.rows_total else ""),
             f"requests       {self.requests:,} ({self.requests_ok:,} ok, "
-            f"{self.throttled_429:,} throttled 429, {self.bisections:,} bisections)",
+            f"{self.throttled_429:,} throttled 429 = {self.throttled_share:.1%}, "
+            f"{self.bisections:,} bisections), {self.requests_per_s:,.1f}/s"
+            + (f", paced at {self.pacing_rps:,.1f}/s at the end" if self.pacing_rps else ""),
             f"retries        {retries}",
             f"token refresh  {self.token_refreshes}",
             f"throughput     {self.rows_per_s:,.0f} rows/s over {self.elapsed_s:.1f} s",
@@ -77,6 +86,22 @@ class RunStats:
     bisections: int = 0
     retries: Counter[str] = field(default_factory=Counter)
     latencies_s: list[float] = field(default_factory=list)
+    #: the dispatcher's adaptive controller, read for progress lines and the summary
+    controller: RateController | None = None
+
+    @property
+    def throttled_share(self) -> float:
+        return self.throttled_429 / self.requests if self.requests else 0.0
+
+    def limits(self) -> dict[str, float | None]:
+        """The adaptive controller's current in-flight limit and pacing rate (None: unpaced)."""
+        controller = self.controller
+        if controller is None:
+            return {"in_flight_limit": None, "pacing_rps": None}
+        return {
+            "in_flight_limit": round(controller.in_flight_limit, 1),
+            "pacing_rps": round(controller.rate, 2) if controller.paced else None,
+        }
 
     def record_request(self, status: int | None, latency_s: float) -> None:
         self.requests += 1
@@ -111,6 +136,9 @@ class RunStats:
             bisections=self.bisections,
             elapsed_s=round(elapsed, 3),
             rows_per_s=round(self.rows_per_s(), 1),
+            requests_per_s=round(self.requests / elapsed, 2) if elapsed > 0 else 0.0,
+            throttled_share=round(self.throttled_share, 4),
+            pacing_rps=self.limits()["pacing_rps"],
             latency_ms={k: round(v, 2) for k, v in self.percentiles_ms().items()},
             **fields,
         )

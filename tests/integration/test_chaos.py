@@ -126,6 +126,9 @@ async def test_everything_at_once_loses_nothing_and_never_sends_an_expiring_toke
     assert len(delivered) == len(good) and set(delivered.values()) == {1}
     statuses = accounting["requests_by_status"]
     assert statuses.get(429, 0) > 0 and statuses.get(503, 0) > 0 and statuses.get(400, 0) > 0
+    # throttled, so the run ended paced, near the 4 requests/s limit; the share is reported
+    assert summary.pacing_rps is not None and 2.0 < summary.pacing_rps <= 6.0
+    assert summary.throttled_share == round(summary.throttled_429 / summary.requests, 4) > 0
     assert accounting["resets_after"] > 0 and accounting["resets_before"] > 0
     # 75 s tokens over a run of several minutes of emulator time: refreshed, never expiring
     assert everything["tokens_issued"]["data_plane"] >= 3

@@ -28,6 +28,11 @@ async def test_json_logs_are_one_object_per_line_with_progress_and_summary(
     assert {"progress", "summary"} <= events
     summary = next(line for line in lines if line["event"] == "summary")
     assert summary["rows_scored"] == 2_000 and summary["exit_code"] == 0
+    assert summary["throttled_share"] == 0.0 and summary["requests_per_s"] > 0
+    progress = [line for line in lines if line["event"] == "progress"][-1]
+    for key in ("requests_per_s", "throttled_share", "in_flight_limit", "pacing_rps"):
+        assert key in progress, key
+    assert progress["pacing_rps"] is None  # never throttled, so never paced
 
 
 async def test_rejected_rows_exit_3_and_summary_json_counts_them(emulator: Emulator, tmp_path) -> None:
