@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from engine.errors import UsageError
 
-__all__ = ["RequestBatch", "plan_batches"]
+__all__ = ["Batcher", "RequestBatch", "plan_batches"]
 
 #: Aim this far under the byte cap when splitting, so one estimate usually suffices.
 _SPLIT_HEADROOM = 0.9
@@ -54,39 +54,72 @@ def plan_batches(
     encode: Callable[[pa.RecordBatch], bytes],
 ) -> Iterator[RequestBatch]:
     """Yield request batches in input order with consecutive ids and exact row offsets."""
-    if rows_per_batch < 1:
-        raise UsageError(f"--batch-rows must be at least 1, got {rows_per_batch}")
-    if max_request_bytes < 1024:
-        raise UsageError(f"--max-request-bytes must be at least 1024, got {max_request_bytes}")
-    batch_id = 0
-    offset = 0
-    for chunk in _rechunk(batches, rows_per_batch):
-        for piece in _fit(chunk, encode, max_request_bytes):
-            yield RequestBatch(batch_id, offset, piece[0], piece[1], piece[2])
-            batch_id += 1
-            offset += piece[0].num_rows
-
-
-def _rechunk(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
-    """Re-slice a stream of record batches into batches of exactly ``rows`` (last: fewer)."""
-    pending: list[pa.RecordBatch] = []
-    pending_rows = 0
+    batcher = Batcher(
+        rows_per_batch=rows_per_batch, max_request_bytes=max_request_bytes, encode=encode
+    )
     for batch in batches:
+        yield from batcher.feed(batch)
+    yield from batcher.finish()
+
+
+class Batcher:
+    """:func:`plan_batches`, pushed one input batch at a time.
+
+    The pipeline reads input batches on a thread (file I/O and decoding release the GIL) and
+    feeds them here on the event loop, so encoding, which holds the GIL, never contends with
+    the loop from another thread.
+    """
+
+    def __init__(
+        self,
+        *,
+        rows_per_batch: int,
+        max_request_bytes: int,
+        encode: Callable[[pa.RecordBatch], bytes],
+    ) -> None:
+        if rows_per_batch < 1:
+            raise UsageError(f"--batch-rows must be at least 1, got {rows_per_batch}")
+        if max_request_bytes < 1024:
+            raise UsageError(
+                f"--max-request-bytes must be at least 1024, got {max_request_bytes}"
+            )
+        self._rows = rows_per_batch
+        self._cap = max_request_bytes
+        self._encode = encode
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self._batch_id = 0
+        self._offset = 0
+
+    def feed(self, batch: pa.RecordBatch) -> Iterator[RequestBatch]:
+        """The request batches ``batch`` completes (its last rows wait for the next one)."""
         if batch.num_rows == 0:
-            continue
-        pending.append(batch)
-        pending_rows += batch.num_rows
-        if pending_rows < rows:
-            continue
-        merged = _merge(pending)
+            return
+        self._pending.append(batch)
+        self._pending_rows += batch.num_rows
+        if self._pending_rows < self._rows:
+            return
+        merged = _merge(self._pending)
         start = 0
-        while merged.num_rows - start >= rows:
-            yield merged.slice(start, rows)
-            start += rows
-        rest = merged.slice(start)
-        pending, pending_rows = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
-    if pending_rows:
-        yield _merge(pending)
+        self._pending, self._pending_rows = [], 0
+        while merged.num_rows - start >= self._rows:
+            yield from self._numbered(merged.slice(start, self._rows))
+            start += self._rows
+        if start < merged.num_rows:
+            rest = merged.slice(start)
+            self._pending, self._pending_rows = [rest], rest.num_rows
+
+    def finish(self) -> Iterator[RequestBatch]:
+        """The last, short request batch, if rows are left."""
+        if self._pending_rows:
+            pending, self._pending, self._pending_rows = self._pending, [], 0
+            yield from self._numbered(_merge(pending))
+
+    def _numbered(self, chunk: pa.RecordBatch) -> Iterator[RequestBatch]:
+        for rows, body, oversize in _fit(chunk, self._encode, self._cap):
+            yield RequestBatch(self._batch_id, self._offset, rows, body, oversize)
+            self._batch_id += 1
+            self._offset += rows.num_rows
 
 
 def _merge(batches: list[pa.RecordBatch]) -> pa.RecordBatch:

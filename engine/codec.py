@@ -25,6 +25,7 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -61,6 +62,8 @@ def _default(value: object) -> object:
 def _has_non_finite(column: pa.Array) -> bool:
     if not pa.types.is_floating(column.type) or column.null_count == len(column):
         return False
+    if column.null_count == 0:  # the common case: one numpy pass over the buffer, no copy
+        return not bool(np.isfinite(column.to_numpy(zero_copy_only=False)).all())
     finite = pc.is_finite(column)
     return not pc.all(pc.or_kleene(finite, pc.is_null(column))).as_py()
 
@@ -76,6 +79,8 @@ def _column_values(column: pa.Array) -> tuple[list[Any], bool]:
         # enough that the server parses it back to the very same float32.
         text = pc.cast(column, pa.string()).to_pylist()
         values: list[Any] = [None if t is None else float(t) for t in text]
+    elif column.null_count == 0 and (pa.types.is_float64(kind) or pa.types.is_int64(kind)):
+        values = column.to_numpy().tolist()  # numpy's tolist is faster than Arrow's
     else:
         values = column.to_pylist()
     if not _has_non_finite(column):
@@ -132,10 +137,36 @@ def _parse(body: bytes) -> Any:
         raise ResponseFormatError(f"the response is not JSON: {start!r}") from exc
 
 
+#: numpy dtypes whose buffers become Arrow arrays as they are (no copy, no Python objects).
+_NUMPY_TO_ARROW = {"f": pa.float64(), "i": pa.int64()}
+
+
+def _numbers(values: list[Any]) -> pa.Array | None:
+    """A list of plain floats or ints (the common answer) as an Arrow array, through numpy.
+
+    ``pa.array`` would do too, but its first call imports pandas when pandas is installed
+    (0.2 s and 40 MB, in the middle of a run); numpy builds the buffer and Arrow wraps it.
+    None when the list holds anything else (nulls, text, lists, objects, huge ints, bools).
+    """
+    first = values[0] if values else None
+    if type(first) not in (float, int):
+        return None
+    try:
+        array = np.asarray(values)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    kind = _NUMPY_TO_ARROW.get(array.dtype.kind)
+    if kind is None or array.ndim != 1 or array.dtype.itemsize != 8:
+        return None
+    return pa.Array.from_buffers(kind, len(array), [None, pa.py_buffer(array)])
+
+
 def _to_arrow(values: list[Any], target: pa.DataType | None) -> pa.Array:
     """Arrow's inference is ~6x faster than a typed conversion (13 vs 84 µs per 1000
     doubles), so infer first and cast numbers to numbers; anything else converts typed."""
-    inferred = pa.array(values, from_pandas=False)
+    inferred = _numbers(values)
+    if inferred is None:
+        inferred = pa.array(values, from_pandas=False)
     if target is None or inferred.type == target:
         return inferred
     if _numeric(inferred.type) and _numeric(target):

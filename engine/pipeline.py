@@ -27,7 +27,7 @@ from aiolimiter import AsyncLimiter
 
 from engine.adaptive import RateController
 from engine.auth import Clock, Sleep, TokenRefresher, cancel_quietly, connect
-from engine.batching import RequestBatch, plan_batches
+from engine.batching import Batcher, RequestBatch
 from engine.checkpoint import Checkpoint, batch_key
 from engine.codec import encode_dataframe_split
 from engine.config import Credentials, ScoreConfig
@@ -385,34 +385,33 @@ class _Stages:
         with contextlib.suppress(TimeoutError, EngineError):
             await asyncio.wait_for(asyncio.shield(group), timeout=grace_s)
 
-    def _batches(self) -> Iterator[RequestBatch]:
-        config = self.scorer.config
+    def _read(self) -> Iterator[pa.RecordBatch]:
         reader = self.source.reader(list(self.scorer.read_columns), batch_rows=READ_BATCH_ROWS)
-        return plan_batches(
-            reader,
-            rows_per_batch=config.batch_rows,
-            max_request_bytes=config.max_request_bytes,
-            encode=self.scorer.encode,
-        )
+        return iter(reader)
 
-    def _next_keyed(self, batches: Iterator[RequestBatch]) -> tuple[RequestBatch, str] | None:
-        """The next batch and its checkpoint key, both computed on the reader thread."""
-        batch = next(batches, None)
-        if batch is None:
-            return None
+    def _keyed(self, batch: RequestBatch) -> tuple[RequestBatch, str]:
         key = self.scorer.key(batch) if self.checkpoint is not None and not batch.oversize else ""
         return batch, key
 
     async def produce(self) -> None:
-        batches = await asyncio.to_thread(self._batches)
+        # Reading runs on a thread: Parquet/CSV decoding and file or object-store I/O release
+        # the GIL. Encoding and hashing hold it, so they run here on the loop: on a thread
+        # they would only contend with the loop for the GIL (measured: 0.6 µs/row of CPU).
+        config = self.scorer.config
+        reader = await asyncio.to_thread(self._read)
+        batcher = Batcher(
+            rows_per_batch=config.batch_rows,
+            max_request_bytes=config.max_request_bytes,
+            encode=self.scorer.encode,
+        )
         while True:
-            await self.window.acquire()
-            item = await asyncio.to_thread(self._next_keyed, batches)
-            if item is None:
-                self.window.release()
+            raw = await asyncio.to_thread(next, reader, None)
+            for batch in batcher.finish() if raw is None else batcher.feed(raw):
+                await self.window.acquire()
+                await self.queue.put(self._keyed(batch))
+            if raw is None:
                 break
-            await self.queue.put(item)
-        for _ in range(self.scorer.config.workers):
+        for _ in range(config.workers):
             await self.queue.put(None)
 
     async def work(self) -> None:

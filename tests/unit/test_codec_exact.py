@@ -119,3 +119,46 @@ def test_declared_type_is_honoured_and_ints_widen_to_double() -> None:
 def test_unusable_answers_say_what_is_wrong(body: bytes, rows: int, kind, message: str) -> None:
     with pytest.raises(ResponseFormatError, match=message):
         decode_predictions(body, expected_rows=rows, prediction_type=kind)
+
+
+@pytest.mark.parametrize(
+    ("values", "want_type"),
+    [
+        ([1.5, -2.0, 1e300], pa.float64()),
+        ([1, 2, -(2**63)], pa.int64()),
+        ([1, 2.5], pa.float64()),  # mixed numbers widen, as Arrow's inference does
+        ([float("nan"), 1.0], pa.float64()),
+        ([1, None], pa.int64()),  # nulls: Arrow's own conversion
+        ([2**62, 1], pa.int64()),
+        ([True, False], pa.bool_()),
+        (["a", "b"], pa.string()),
+    ],
+)
+def test_numeric_answers_decode_through_numpy_with_arrows_results(values, want_type) -> None:
+    body = json.dumps({"predictions": values}).encode()
+    array = decode_predictions(body, expected_rows=len(values))
+    # what Arrow's own inference makes of the same parsed answer (the path before numpy)
+    expected = pa.array(json.loads(body)["predictions"], from_pandas=False)
+    assert array.type == expected.type == want_type
+    assert [repr(v) for v in array.to_pylist()] == [repr(v) for v in expected.to_pylist()]
+
+
+def test_integers_beyond_64_bits_come_back_as_doubles() -> None:
+    # orjson parses them as floats; Arrow cannot hold them as integers anyway.
+    array = decode_predictions(b"[1180591620717411303424, 1]", expected_rows=2)
+    assert array.type == pa.float64() and array.to_pylist() == [2.0**70, 1.0]
+
+
+def test_decoding_numbers_does_not_import_pandas() -> None:
+    """pa.array imports pandas on first use (0.2 s, 40 MB): plain numbers never reach it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from engine.codec import decode_predictions; "
+        "decode_predictions(b'{\"predictions\": [1.5, 2, 3]}', expected_rows=3); "
+        "decode_predictions(b'[4, 5]', expected_rows=2); "
+        "print('pandas' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
