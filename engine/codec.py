@@ -59,11 +59,21 @@ def _default(value: object) -> object:
     raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 
 
+def _numpy_view(column: pa.Array) -> np.ndarray[Any, Any]:
+    """A null-free float64/int64 array's values as numpy, without a copy.
+
+    Not ``to_numpy()``: its first call imports pandas when pandas is installed (0.2 s).
+    """
+    dtype = np.float64 if pa.types.is_float64(column.type) else np.int64
+    data = column.buffers()[1]
+    return np.frombuffer(data, dtype=dtype, count=len(column), offset=column.offset * 8)
+
+
 def _has_non_finite(column: pa.Array) -> bool:
     if not pa.types.is_floating(column.type) or column.null_count == len(column):
         return False
-    if column.null_count == 0:  # the common case: one numpy pass over the buffer, no copy
-        return not bool(np.isfinite(column.to_numpy(zero_copy_only=False)).all())
+    if column.null_count == 0 and pa.types.is_float64(column.type):
+        return not bool(np.isfinite(_numpy_view(column)).all())  # one pass, no copy
     finite = pc.is_finite(column)
     return not pc.all(pc.or_kleene(finite, pc.is_null(column))).as_py()
 
@@ -80,7 +90,7 @@ def _column_values(column: pa.Array) -> tuple[list[Any], bool]:
         text = pc.cast(column, pa.string()).to_pylist()
         values: list[Any] = [None if t is None else float(t) for t in text]
     elif column.null_count == 0 and (pa.types.is_float64(kind) or pa.types.is_int64(kind)):
-        values = column.to_numpy().tolist()  # numpy's tolist is faster than Arrow's
+        values = _numpy_view(column).tolist()  # numpy's tolist is faster than Arrow's
     else:
         values = column.to_pylist()
     if not _has_non_finite(column):

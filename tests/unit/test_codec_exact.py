@@ -149,16 +149,29 @@ def test_integers_beyond_64_bits_come_back_as_doubles() -> None:
     assert array.type == pa.float64() and array.to_pylist() == [2.0**70, 1.0]
 
 
-def test_decoding_numbers_does_not_import_pandas() -> None:
-    """pa.array imports pandas on first use (0.2 s, 40 MB): plain numbers never reach it."""
+def test_encoding_and_decoding_numbers_do_not_import_pandas() -> None:
+    """pa.array and Array.to_numpy import pandas on first use (0.2 s, 40 MB): the codec's
+    paths for plain numbers and strings never reach them."""
     import subprocess
     import sys
 
+    table = pa.table({"f": [1.5, 2.0], "i": [1, 2], "s": ["a", "b"]})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
     code = (
-        "import sys; from engine.codec import decode_predictions; "
+        "import sys, pyarrow as pa; "
+        "from engine.codec import decode_predictions, encode_dataframe_split; "
+        "batch = pa.ipc.open_stream(bytes.fromhex(sys.argv[1])).read_next_batch(); "
+        "assert b'[1.5,1,\"a\"]' in encode_dataframe_split(batch); "
         "decode_predictions(b'{\"predictions\": [1.5, 2, 3]}', expected_rows=3); "
         "decode_predictions(b'[4, 5]', expected_rows=2); "
         "print('pandas' in sys.modules)"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code, sink.getvalue().to_pybytes().hex()],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert done.stdout.strip() == "False"
