@@ -15,6 +15,17 @@ phases, like TCP:
 
 The result is a sawtooth between ``backoff``·C and C: about 0.97 of capacity, with only the
 probing overshoot throttled. A user's ``--qps`` is a hard ceiling on top (``max_rate``).
+
+**Rising latency** bounds requests in flight, in every phase (a gradient limiter, as in
+Netflix's concurrency-limits): an endpoint at its provisioned concurrency queues requests
+instead of refusing them, so throughput stops growing while latency does. The controller
+keeps the shortest recent latency (``base``: the endpoint's own service time, the minimum over
+``LATENCY_WINDOW_S``) and a smoothed current one; about once a round trip it sets
+``limit ← limit × clamp(tolerance × base / current, 0.5, 1) + √limit`` (smoothed), so
+requests in flight settle where latency is at most ``latency_tolerance`` × the service time:
+capacity still fully used (the √limit allowance keeps a small queue), no needless queueing.
+A queueing delay under ``min_queue_delay_s`` is ignored (a fast endpoint is not slowed for
+a few milliseconds of jitter).
 503s are not taken as a capacity signal: Databricks answers them for passing faults too, and a
 steady few percent of them would otherwise grind the rate down; they are retried with
 backoff. Plain values and arithmetic: the async pacer that applies it lives in dispatch.
@@ -34,6 +45,10 @@ HISTORY_S = 10.0
 #: Shortest span a capacity is measured over: a run's first instants say little (a token
 #: bucket lets its whole burst through at once).
 MIN_SPAN_S = 0.25
+#: How far back the shortest latency (the endpoint's service time) is looked for.
+LATENCY_WINDOW_S = 30.0
+#: Latency samples before the latency rule acts.
+MIN_LATENCY_SAMPLES = 16
 
 
 @dataclass(kw_only=True)
@@ -55,6 +70,8 @@ class RateController:
     window_s: float = 1.0
     cut_interval_s: float = 0.5
     headroom: float = 1.5
+    latency_tolerance: float = 1.5
+    min_queue_delay_s: float = 0.05
     in_flight_limit: float = field(default=0.0, init=False)
     rate: float = field(default=math.inf, init=False)
     slow_start: bool = field(default=True, init=False)
@@ -67,6 +84,12 @@ class RateController:
     )
     _updated_at: float | None = field(default=None, init=False, repr=False)
     _cut_at: float = field(default=-math.inf, init=False, repr=False)
+    #: (second, shortest latency seen in it), for the windowed minimum
+    _minima: deque[tuple[int, float]] = field(default_factory=deque, init=False, repr=False)
+    _latency: float = field(default=0.0, init=False, repr=False)
+    _latency_samples: int = field(default=0, init=False, repr=False)
+    _since_gradient: int = field(default=0, init=False, repr=False)
+    latency_cuts: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         self.in_flight_limit = float(min(self.initial_in_flight, self.max_in_flight))
@@ -99,15 +122,25 @@ class RateController:
             self._accepted.popleft()
         return len(self._accepted)
 
-    def on_success(self, now: float) -> None:
-        """A request was accepted: remember it; grow the in-flight limit or the rate."""
+    def base_latency(self) -> float | None:
+        """The shortest latency over the last ``LATENCY_WINDOW_S`` (None before any)."""
+        return min((m for _, m in self._minima), default=None)
+
+    def on_success(self, now: float, latency_s: float | None = None) -> None:
+        """A request was accepted after ``latency_s``: remember it; grow the in-flight limit
+        or the rate, or bound the in-flight limit when latency says requests are queueing."""
         self._accepted.append(now)
         self._recent.append(now)
         elapsed = 0.0 if self._updated_at is None else max(0.0, now - self._updated_at)
         self._updated_at = now
+        if latency_s is not None and self._on_latency(now, latency_s):
+            return
         if self.slow_start:
             self.in_flight_limit = min(float(self.max_in_flight), self.in_flight_limit + 1.0)
             return
+        # Past slow start, in flight grows by one a round trip (probing, as TCP does).
+        limit = self.in_flight_limit
+        self.in_flight_limit = min(float(self.max_in_flight), limit + 1.0 / max(limit, 1.0))
         grown = self.rate * (1.0 + self.growth_per_s) ** elapsed
         ceiling = max(self.headroom * self.accepted_rate(now), self.min_rate * 2)
         self.rate = min(self.max_rate, max(self.rate, min(grown, ceiling)))
@@ -132,3 +165,40 @@ class RateController:
         self.rate = min(self.max_rate, max(self.min_rate, cut))
         self._cut_at = now
         self.cuts += 1
+
+    def _on_latency(self, now: float, latency_s: float) -> bool:
+        """Track latency. True while requests queue at the endpoint (then nothing grows);
+        about once a round trip it then also applies the gradient."""
+        second = int(now)
+        if self._minima and self._minima[-1][0] == second:
+            if latency_s < self._minima[-1][1]:
+                self._minima[-1] = (second, latency_s)
+        else:
+            self._minima.append((second, latency_s))
+        while self._minima[0][0] <= now - LATENCY_WINDOW_S:
+            self._minima.popleft()
+        self._latency_samples += 1
+        weight = 0.2 if self._latency_samples > 1 else 1.0
+        self._latency += weight * (latency_s - self._latency)
+        self._since_gradient += 1
+        base = self.base_latency() or latency_s
+        current = self._latency
+        queueing = (
+            self._latency_samples >= MIN_LATENCY_SAMPLES
+            and current - base >= self.min_queue_delay_s
+            and current > self.latency_tolerance * base
+        )
+        if not queueing:
+            return False
+        if self._since_gradient >= max(1.0, self.in_flight_limit / 2):
+            # Shrink toward where latency is tolerable; √limit keeps a small queue so the
+            # endpoint never waits for the next request.
+            self._since_gradient = 0
+            gradient = max(0.5, min(1.0, self.latency_tolerance * base / current))
+            target = self.in_flight_limit * gradient + math.sqrt(self.in_flight_limit)
+            limit = 0.5 * self.in_flight_limit + 0.5 * target
+            floor = float(min(self.initial_in_flight, self.max_in_flight))
+            self.in_flight_limit = max(floor, min(self.in_flight_limit, limit))
+            self.slow_start = False
+            self.latency_cuts += 1
+        return True

@@ -162,9 +162,9 @@ class Pacer:
         self.in_flight -= 1
         self._freed.set()
 
-    def record(self, status: int | None) -> None:
+    def record(self, status: int | None, latency_s: float | None = None) -> None:
         if status is not None and 200 <= status < 300:
-            self.controller.on_success(self._clock())
+            self.controller.on_success(self._clock(), latency_s)
         elif status == 429:
             self.controller.on_throttle(self._clock())
 
@@ -354,8 +354,9 @@ class Dispatcher:
             return exc
         finally:
             self.pacer.release()
-        self.pacer.record(response.status)
-        self._stats.record_request(response.status, self._clock() - started)
+        latency = self._clock() - started
+        self.pacer.record(response.status, latency)
+        self._stats.record_request(response.status, latency)
         if response.ok:
             return response
         error = _server_error(response)

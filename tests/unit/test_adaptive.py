@@ -108,7 +108,7 @@ def simulate(
             in_flight -= 1
             if kind == "done-ok":
                 accepts.append(now)
-                controller.on_success(now)
+                controller.on_success(now, latency_s)
                 heapq.heappush(events, (now, worker, "ready"))
             else:
                 controller.on_throttle(now)
@@ -145,3 +145,68 @@ def test_fast_endpoint_is_not_held_back() -> None:
     # 32 in flight at 5 ms each is 6400 requests/s; slow start gets there in a few round trips
     assert len([t for t in accepts if t >= 1.0]) >= 0.9 * 6400
     assert throttled == 0
+
+
+def simulate_queueing(
+    *, servers: int, service_s: float, seconds: float, workers: int = 64
+) -> tuple[int, list[float], RateController]:
+    """An endpoint with ``servers`` provisioned slots that queues what it cannot serve yet
+    (no 429s, only latency), driven by the controller through an in-flight cap.
+
+    Returns the requests completed, every request's latency, and the controller.
+    """
+    controller = RateController(max_in_flight=workers)
+    free_at = [0.0] * servers  # when each slot is next free
+    events: list[tuple[float, int, str, float]] = [(0.0, w, "ready", 0.0) for w in range(workers)]
+    heapq.heapify(events)
+    in_flight = done = 0
+    latencies: list[float] = []
+    blocked: list[int] = []
+    while events:
+        now, worker, kind, sent = heapq.heappop(events)
+        if now > seconds:
+            break
+        if kind == "done":
+            in_flight -= 1
+            done += 1
+            latencies.append(now - sent)
+            controller.on_success(now, now - sent)
+            for w in [worker, *blocked]:
+                heapq.heappush(events, (now, w, "ready", 0.0))
+            blocked.clear()
+            continue
+        if in_flight >= int(controller.in_flight_limit):
+            blocked.append(worker)
+            continue
+        in_flight += 1
+        slot = min(range(servers), key=free_at.__getitem__)
+        start = max(now, free_at[slot])
+        free_at[slot] = start + service_s
+        heapq.heappush(events, (start + service_s, worker, "done", now))
+    return done, latencies, controller
+
+
+def test_an_endpoint_that_queues_is_kept_busy_without_a_needless_queue() -> None:
+    servers, service_s = 8, 0.05  # capacity 160 requests/s
+    done, latencies, controller = simulate_queueing(
+        servers=servers, service_s=service_s, seconds=30
+    )
+    assert done / 30 >= 0.95 * servers / service_s  # capacity still fully used
+    steady = sorted(latencies[len(latencies) // 3 :])
+    # Without the latency rule, 64 in flight would wait 64/8 x 50 ms = 400 ms each.
+    assert steady[len(steady) // 2] <= 2.5 * service_s
+    assert controller.latency_cuts > 0 and controller.in_flight_limit < 32
+
+
+def test_latency_that_does_not_rise_with_load_never_cuts() -> None:
+    controller = RateController(max_in_flight=64)
+    for i in range(2_000):  # a fast endpoint: 2-4 ms whatever the load
+        controller.on_success(i * 0.001, 0.002 + 0.002 * (i % 3) / 2)
+    assert controller.latency_cuts == 0 and controller.in_flight_limit == 64
+
+
+def test_small_queueing_delays_are_ignored() -> None:
+    controller = RateController(max_in_flight=64, min_queue_delay_s=0.02)
+    for i in range(2_000):  # 1 ms service, 10 ms when loaded: 3x, but only 9 ms of queueing
+        controller.on_success(i * 0.001, 0.001 if i < 20 else 0.010)
+    assert controller.latency_cuts == 0
