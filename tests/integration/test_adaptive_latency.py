@@ -1,7 +1,7 @@
 """Rising latency bounds requests in flight: an endpoint at its provisioned concurrency that
 queues (no 429s) is kept busy without a queue of 64 requests waiting at it.
 
-Time runs 10x fast for both the emulator and the engine (one injected clock and sleep).
+Time runs 20x fast for both the emulator and the engine (the chaos test's injected clock).
 """
 
 from __future__ import annotations
