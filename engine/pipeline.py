@@ -295,8 +295,7 @@ def _dispatcher(scorer: Scorer, transport: Transport) -> Dispatcher:
         encode=scorer.encode,
         policy=config.retry,
         stats=scorer.stats,
-        # One request per 1/qps seconds at most, with no start-up burst above the rate.
-        limiter=AsyncLimiter(1, 1.0 / config.qps) if config.qps else None,
+        limiter=_hard_cap(config.qps),
         controller=controller,
         ready=ready,
         endpoint_ready=endpoint_ready,
@@ -305,6 +304,16 @@ def _dispatcher(scorer: Scorer, transport: Transport) -> Dispatcher:
         sleep=scorer.sleep,
         rng=random.Random(),
     )
+
+
+def _hard_cap(qps: float | None) -> AsyncLimiter | None:
+    """``--qps`` as a leaky bucket holding 50 ms of requests (at least 2): never more than
+    that above the rate in any window, and no start-up burst. A bucket of one would hold
+    the rate to ~90% of ``qps``, as every late timer wake-up is lost."""
+    if not qps:
+        return None
+    burst = max(2.0, qps * 0.05)
+    return AsyncLimiter(burst, burst / qps)
 
 
 class _Stages:
