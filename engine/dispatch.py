@@ -232,7 +232,7 @@ class Dispatcher:
         self._encode = encode
         self._policy = policy
         self._stats = stats
-        self._limiter = limiter
+        self.limiter = limiter
         self._ready = ready
         self._endpoint_ready = endpoint_ready
         self.prediction_type = prediction_type
@@ -337,8 +337,8 @@ class Dispatcher:
         if self._ready is not None:
             await self._ready.wait()
         await self.gate.wait()
-        if self._limiter is not None:
-            await self._limiter.acquire()
+        if self.limiter is not None:
+            await self.limiter.acquire()
         await self.pacer.acquire()
         started = self._clock()
         try:

@@ -254,6 +254,7 @@ async def run(
     progress = progress or make_progress(config.progress)
     progress.start(source.num_rows)
     dispatcher = _dispatcher(scorer, transport)
+    await _prime(dispatcher.limiter)
     stages = _Stages(source, sink, scorer, dispatcher, progress, checkpoint)
     try:
         await stages.run_all(stop or StopSignal())
@@ -307,13 +308,21 @@ def _dispatcher(scorer: Scorer, transport: Transport) -> Dispatcher:
 
 
 def _hard_cap(qps: float | None) -> AsyncLimiter | None:
-    """``--qps`` as a leaky bucket holding 50 ms of requests (at least 2): never more than
-    that above the rate in any window, and no start-up burst. A bucket of one would hold
-    the rate to ~90% of ``qps``, as every late timer wake-up is lost."""
+    """``--qps`` as a leaky bucket holding 50 ms of requests (at least 2), so a late timer
+    wake-up is made up instead of lost (a bucket of one holds the rate to ~90% of ``qps``).
+    :func:`_prime` fills it first: no start-up burst."""
     if not qps:
         return None
     burst = max(2.0, qps * 0.05)
     return AsyncLimiter(burst, burst / qps)
+
+
+async def _prime(limiter: AsyncLimiter | None) -> None:
+    """Take all but one of an empty bucket's slots, so the first requests are spaced too."""
+    if limiter is None:
+        return
+    for _ in range(math.ceil(limiter.max_rate) - 1):
+        await limiter.acquire()
 
 
 class _Stages:

@@ -1,0 +1,297 @@
+"""Spark: score a DataFrame on many executors with ``mapInArrow``, one engine per worker.
+
+::
+
+    from engine.spark import score
+
+    scored = score(spark.read.parquet("s3://exports/2026-11-21/"), endpoint="churn-model",
+                   qps=200)
+    scored.write.parquet("s3://scored/2026-11-21/")
+
+Needs ``pip install 'databricks-batch-engine[spark]'`` on the driver and the executors
+(``import engine`` never imports this module, so the engine works without pyspark).
+
+How a job maps onto the engine:
+
+* On the driver, :func:`score` reads the endpoint and its OpenAPI schema once, checks the
+  DataFrame's columns against it (every problem listed before a task starts), and derives the
+  output schema: the input columns, ``prediction`` (its Spark type from the schema's Arrow
+  type) and ``error`` (string, null when the row was scored). Nothing is sent yet.
+* Each task streams its partition's Arrow record batches through the same pipeline as
+  ``engine score``: batching, encoding, adaptive rate, retries, bisection of bad rows (their
+  ``error`` holds the server's message). Rows come back in partition order; none is dropped.
+* One engine per Python worker process: an event loop on a background thread, one connection
+  pool, and one token refresher per token kind, prepared on the worker's first task and reused
+  by every later task it runs (Spark reuses Python workers, ``spark.python.worker.reuse``).
+* ``qps`` and ``concurrency``/``max_concurrency`` are totals for the job: each task takes
+  ``total / n``, where ``n = min(partitions, spark.sparkContext.defaultParallelism)`` is how
+  many tasks run at once. With more partitions than task slots, the later ones start as
+  earlier ones finish, so the endpoint never sees more than the total.
+* Credentials travel inside the task's pickled closure, in an object whose ``repr`` hides the
+  secret: they are not in any column, literal, Spark conf or query plan, so they appear
+  neither in ``explain()`` nor in the Spark UI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import queue
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pyarrow as pa
+
+from engine.config import Credentials, ScoreConfig
+from engine.errors import EngineError, UsageError
+from engine.pipeline import Scorer, prepare, run
+from engine.schema import parse_openapi, plan_cast
+from engine.source import open_source
+from engine.stats import RunStats
+from engine.transport import Transport
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+__all__ = ["score", "task_share"]
+
+log = logging.getLogger("engine.spark")
+T = TypeVar("T")
+
+
+def _pyspark() -> Any:
+    try:
+        import pyspark.sql.pandas.types as spark_arrow
+    except ImportError:
+        raise UsageError(
+            "engine.spark needs pyspark: pip install 'databricks-batch-engine[spark]'"
+        ) from None
+    return spark_arrow
+
+
+def task_share(config: ScoreConfig, concurrent_tasks: int) -> ScoreConfig:
+    """``config`` with its job-wide ``qps`` and concurrency split across the tasks at once
+    (each task keeps at least one request in flight)."""
+    n = max(1, concurrent_tasks)
+    share: dict[str, Any] = {"progress": "off"}
+    if config.qps is not None:
+        share["qps"] = config.qps / n
+    if config.concurrency is not None:
+        share["concurrency"] = max(1, config.concurrency // n)
+    share["max_concurrency"] = max(1, math.ceil(config.max_concurrency / n))
+    return dataclasses.replace(config, **share)
+
+
+def score(
+    df: DataFrame,
+    *,
+    endpoint: str | None = None,
+    config: ScoreConfig | None = None,
+    credentials: Credentials | None = None,
+    host: str | None = None,
+    client_id: str | None = None,
+    client_secret: str | None = None,
+    profile: str | None = None,
+    prediction_type: pa.DataType | None = None,
+    **options: Any,
+) -> DataFrame:
+    """Score every row of ``df`` with a serving endpoint; returns a lazy DataFrame.
+
+    Args:
+        df: the rows to score; its columns are checked against the endpoint's schema.
+        endpoint: the serving endpoint's name (or set ``config``).
+        config: a :class:`ScoreConfig`; ``**options`` override its fields. ``qps`` and
+            ``concurrency`` are totals for the whole job (see the module docstring).
+        credentials: as :func:`engine.score` (else ``host``/``client_id``/``client_secret``,
+            the DATABRICKS_* variables, or the ``profile``), resolved on the driver.
+        prediction_type: the ``prediction`` column's Arrow type, when the endpoint's schema
+            does not declare one.
+
+    Returns:
+        ``df``'s columns + ``prediction`` + ``error``, one row per input row.
+
+    Raises:
+        EngineError: a missing endpoint, bad credentials, or a schema that does not fit
+            (every problem listed); nothing has been sent.
+    """
+    spark_arrow = _pyspark()
+    if config is None:
+        config = ScoreConfig(endpoint=endpoint or "", **options)
+    elif options:
+        config = dataclasses.replace(config, **options)
+    creds = credentials or Credentials.from_env(
+        host=host, client_id=client_id, client_secret=client_secret, profile=profile
+    )
+    creds.require_oauth()
+    arrow_schema = spark_arrow.to_arrow_schema(df.schema)
+    declared = _run_sync(lambda: _prediction_type(arrow_schema, config, creds))
+    kind = prediction_type or declared
+    if kind is None:
+        raise UsageError(
+            f"endpoint '{config.endpoint}' declares no prediction type; pass "
+            "prediction_type= (e.g. pyarrow.float64()) so the output schema is known up front"
+        )
+    names = set(df.columns)
+    if {"prediction", "error"} & names:
+        raise UsageError("the DataFrame already has a 'prediction' or 'error' column; rename it")
+    out_schema = pa.schema([*arrow_schema, ("prediction", kind), ("error", pa.string())])
+    partitions = df.rdd.getNumPartitions()
+    at_once = min(partitions, df.sparkSession.sparkContext.defaultParallelism)
+    job = _Job(_Secret(creds), task_share(config, at_once), out_schema)
+    log.info(
+        "scoring %d partitions, %d at once, each with %s", partitions, at_once,
+        f"qps {job.config.qps:g}" if job.config.qps else "an adaptive rate",
+    )
+    return df.mapInArrow(job, spark_arrow.from_arrow_schema(out_schema))
+
+
+async def _prediction_type(
+    schema: pa.Schema, config: ScoreConfig, credentials: Credentials
+) -> pa.DataType | None:
+    """Read the endpoint's schema on the driver and check ``schema`` against it."""
+    from engine.auth import connect
+    from engine.workspace import Workspace
+
+    async with Transport() as transport:
+        workspace = Workspace(transport, await connect(transport, credentials))
+        await workspace.get_endpoint(config.endpoint)
+        doc = await workspace.get_openapi(config.endpoint)
+    model = parse_openapi(doc) if doc else None
+    plan_cast(schema, model)  # raises SchemaError listing every problem
+    return model.prediction_type if model else None
+
+
+def _run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    from engine.api import _run_sync as run_sync
+
+    return run_sync(make)
+
+
+class _Secret:
+    """Credentials that do not show themselves in a repr, a log line or a plan."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Credentials) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<credentials>"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """The function each task runs (pickled with its closure to the executors)."""
+
+    secret: _Secret
+    config: ScoreConfig
+    schema: pa.Schema
+
+    #: What Spark shows for this function in plans and the UI.
+    __name__ = "engine_score"
+
+    def __repr__(self) -> str:
+        return f"engine.spark(endpoint={self.config.endpoint!r})"
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        worker = _Worker.get(self)
+        yield from worker.score_partition(self, batches)
+
+
+class _Worker:
+    """One per Python worker process: a loop thread, a connection pool, prepared scorers."""
+
+    _lock = threading.Lock()
+    _instance: _Worker | None = None
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="engine-spark", daemon=True
+        )
+        self._thread.start()
+        self._transport = Transport()
+        self._scorers: dict[tuple[str, str, str], Scorer] = {}
+
+    @classmethod
+    def get(cls, job: _Job) -> _Worker:
+        with cls._lock:
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def _scorer(self, job: _Job, input_schema: pa.Schema) -> Scorer:
+        creds = job.secret.value
+        key = (creds.host, job.config.endpoint, repr(job.config))
+        scorer = self._scorers.get(key)
+        if scorer is None:
+            empty = open_source(input_schema.empty_table())
+            scorer = self._call(prepare(empty, creds, job.config, self._transport)).result()
+            self._scorers[key] = scorer
+        # Tokens and the endpoint are shared; counters are per task.
+        return dataclasses.replace(scorer, stats=RunStats())
+
+    def score_partition(
+        self, job: _Job, batches: Iterator[pa.RecordBatch]
+    ) -> Iterator[pa.RecordBatch]:
+        first = next(batches, None)
+        if first is None:
+            return
+        scorer = self._scorer(job, first.schema)
+        reader = pa.RecordBatchReader.from_batches(first.schema, _chain(first, batches))
+        sink = _QueueSink(job.schema)
+        done = self._call(run(open_source(reader), sink, scorer, self._transport))
+        while True:
+            table = sink.results.get()
+            if table is None:
+                break
+            yield from table.to_batches()
+        summary = done.result()  # raises the run's error, if any
+        log.info(
+            "partition: %d rows scored, %d rejected, %d requests", summary.rows_scored,
+            summary.rows_rejected, summary.requests,
+        )
+
+
+def _chain(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    yield first
+    yield from rest
+
+
+class _QueueSink:
+    """Hands results to the task's thread in batch order, cast to the declared schema."""
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self._schema = schema
+        self._pending: dict[int, pa.Table] = {}
+        self._next = 0
+        self.results: queue.Queue[pa.Table | None] = queue.Queue()
+
+    def add(self, batch_id: int, table: pa.Table) -> int:
+        self._pending[batch_id] = table
+        released = 0
+        while self._next in self._pending:
+            table = self._pending.pop(self._next)
+            try:
+                self.results.put(table.cast(self._schema))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                raise EngineError(
+                    f"batch {self._next}'s results do not fit the declared output schema: {exc}"
+                ) from exc
+            self._next += 1
+            released += 1
+        return released
+
+    def finish(self) -> str:
+        self.results.put(None)
+        return "<spark>"
+
+    def abort(self) -> None:
+        self.results.put(None)
