@@ -129,7 +129,16 @@ class TokenRefresher:
             token = await self._fetch()
             self._token = token
             self.fetches += 1
-            log.debug("%s refreshed; valid for %.0f s", self._name, token.lifetime_s)
+            log.log(
+                logging.INFO if self.fetches > 1 else logging.DEBUG,  # the first is no news
+                "%s refreshed; valid for %.0f s",
+                self._name,
+                token.lifetime_s,
+                extra={
+                    "event": "token_refresh",
+                    "fields": {"token": self._name, "lifetime_s": round(token.lifetime_s)},
+                },
+            )
             return token
         finally:
             self._inflight = None

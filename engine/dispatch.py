@@ -27,6 +27,7 @@ from engine.auth import Clock, Sleep, TokenRefresher, cancel_quietly
 from engine.batching import RequestBatch
 from engine.codec import ResponseFormatError, concat_predictions, decode_predictions
 from engine.errors import BatchFailed, EngineError, SchemaError, TransportError
+from engine.logs import emit
 from engine.retry import (
     BadRequestKind,
     FailureKind,
@@ -328,7 +329,20 @@ class Dispatcher:
                 delay = self._policy.next_delay(attempt, retry, self._rng)
             if delay is None:
                 raise _give_up(batch_id, rows, attempt + throttled, outcome)
-            self._stats.retries[_cause(outcome)] += 1
+            cause = _cause(outcome)
+            self._stats.retries[cause] += 1
+            # Throttles are counted in the progress lines (there can be thousands); any other
+            # retry is rare and worth a line of its own.
+            retries = attempt + throttled
+            emit(
+                "retry",
+                f"batch {batch_id}: {_brief(outcome)}; retry {retries} in {delay:.1f} s",
+                level=logging.DEBUG if retry.status in THROTTLE_STATUSES else logging.INFO,
+                batch_id=batch_id,
+                cause=cause,
+                attempt=retries,
+                delay_s=round(delay, 3),
+            )
             if (retry.retry_after_s or 0.0) >= SHARED_PAUSE_MIN_S:
                 self.gate.pause(delay)
             await self._sleep(delay)
@@ -412,6 +426,12 @@ def _as_outcome(failure: _ServerError | TransportError) -> Outcome:
         error_code=failure.error_code,
         message=failure.message,
     )
+
+
+def _brief(failure: _ServerError | TransportError) -> str:
+    if isinstance(failure, TransportError):
+        return str(failure)
+    return f"HTTP {failure.status}" + (f" {failure.error_code}" if failure.error_code else "")
 
 
 def _cause(failure: _ServerError | TransportError) -> str:

@@ -35,6 +35,7 @@ How a job maps onto the engine:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
@@ -47,8 +48,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pyarrow as pa
 
 from engine.config import Credentials, ScoreConfig
-from engine.errors import EngineError, UsageError
-from engine.pipeline import Scorer, prepare, run
+from engine.errors import EngineError, Interrupted, UsageError
+from engine.pipeline import Scorer, StopSignal, prepare, run
 from engine.schema import parse_openapi, plan_cast
 from engine.source import open_source
 from engine.stats import RunStats
@@ -198,8 +199,7 @@ class _Job:
         return f"engine.spark(endpoint={self.config.endpoint!r})"
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        worker = _Worker.get(self)
-        yield from worker.score_partition(self, batches)
+        yield from _Worker.get().score_partition(self, batches)
 
 
 class _Worker:
@@ -218,7 +218,7 @@ class _Worker:
         self._scorers: dict[tuple[str, str, str], Scorer] = {}
 
     @classmethod
-    def get(cls, job: _Job) -> _Worker:
+    def get(cls) -> _Worker:
         with cls._lock:
             if cls._instance is None:
                 cls._instance = cls()
@@ -247,12 +247,16 @@ class _Worker:
         scorer = self._scorer(job, first.schema)
         reader = pa.RecordBatchReader.from_batches(first.schema, _chain(first, batches))
         sink = _QueueSink(job.schema)
-        done = self._call(run(open_source(reader), sink, scorer, self._transport))
-        while True:
-            table = sink.results.get()
-            if table is None:
-                break
-            yield from table.to_batches()
+        stop = StopSignal()
+        done = self._call(run(open_source(reader), sink, scorer, self._transport, stop=stop))
+        try:
+            while (table := sink.results.get()) is not None:
+                yield from table.to_batches()
+        except GeneratorExit:  # Spark stopped reading (a limit, a cancelled task): stop too
+            self._loop.call_soon_threadsafe(stop.request, "task end")
+            with contextlib.suppress(Interrupted):
+                done.result()
+            raise
         summary = done.result()  # raises the run's error, if any
         log.info(
             "partition: %d rows scored, %d rejected, %d requests", summary.rows_scored,

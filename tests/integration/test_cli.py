@@ -85,3 +85,22 @@ async def test_describe_shows_state_url_and_schema(emulator: Emulator, tmp_path)
     assert code == 0, text
     assert "READY" in text and emulator.endpoint_url(ENDPOINT) in text
     assert "x0" in text and "prediction" in text
+
+
+async def test_json_logs_have_a_line_per_retry(emulator_factory, tmp_path) -> None:
+    from engine.emulator import EmulatorConfig, Faults
+
+    emulator = await emulator_factory(EmulatorConfig())
+    emulator.set_faults(ENDPOINT, Faults(seed=5, error_500_rate=0.2, reset_before_rate=0.05))
+    pq.write_table(regressor_table(emulator, 4_000, seed=34), tmp_path / "in.parquet")
+    code, printed = await run_cli(
+        emulator, tmp_path, "score", str(tmp_path / "in.parquet"), "--endpoint", ENDPOINT,
+        "--output", str(tmp_path / "o.arrow"), "--batch-rows", "100", "--log-format", "json",
+    )
+    assert code == 0, printed.decode()[-2000:]
+    lines = [json.loads(line) for line in printed.decode().splitlines() if line.strip()]
+    retries = [line for line in lines if line["event"] == "retry"]
+    summary = next(line for line in lines if line["event"] == "summary")
+    assert len(retries) == sum(summary["retries"].values()) > 0
+    assert {r["cause"] for r in retries} <= {"500", "reset", "connect", "timeout"}
+    assert all(r["level"] == "info" and r["batch_id"] >= 0 for r in retries)
