@@ -1,7 +1,7 @@
 """The engine against the alternatives, side by side, on the same data and batch size.
 
     pip install -e '.[bench]'
-    python benchmarks/run.py                 # every scenario (about 8 minutes on 2 cores)
+    python benchmarks/run.py                 # every scenario (about 9 minutes on 2 cores)
     python benchmarks/run.py --quick         # smaller inputs and budgets (about 2 minutes)
     python benchmarks/run.py --only zero,limited --clients engine,raw
 
@@ -67,11 +67,11 @@ def scenarios(quick: bool) -> list[Scenario]:
     every = ("engine", "engine-tuned", "sdk", "aiometer", "naive")
     return [
         Scenario(
-            "zero", "zero latency, no limit (client-bound)", (), int(1_000_000 * scale), None,
+            "zero", "zero latency, no limit (client-bound)", (), int(3_000_000 * scale), None,
             ("raw", *every), ("--concurrency", "32"),
         ),
         Scenario(
-            "latency", "50 ms latency, no limit", ("--latency-ms", "50"), int(1_000_000 * scale),
+            "latency", "50 ms latency, no limit", ("--latency-ms", "50"), int(3_000_000 * scale),
             None, ("raw", *every), ("--concurrency", "64"), raw_concurrency=64,
         ),
         Scenario(

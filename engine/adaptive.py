@@ -137,6 +137,7 @@ class RateController:
             return
         if self.slow_start:
             self.in_flight_limit = min(float(self.max_in_flight), self.in_flight_limit + 1.0)
+            self.slow_start = self.in_flight_limit < self.max_in_flight
             return
         # Past slow start, in flight grows by one a round trip (probing, as TCP does).
         limit = self.in_flight_limit
@@ -184,7 +185,8 @@ class RateController:
         base = self.base_latency() or latency_s
         current = self._latency
         queueing = (
-            self._latency_samples >= MIN_LATENCY_SAMPLES
+            not self.slow_start  # the ramp's own burst says little; judge once it is over
+            and self._latency_samples >= MIN_LATENCY_SAMPLES
             and current - base >= self.min_queue_delay_s
             and current > self.latency_tolerance * base
         )

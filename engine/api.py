@@ -44,6 +44,21 @@ def _config(
     return ScoreConfig(endpoint=endpoint or "", **options)
 
 
+def resolve_credentials(
+    credentials: Credentials | None,
+    *,
+    host: str | None = None,
+    client_id: str | None = None,
+    client_secret: str | None = None,
+    profile: str | None = None,
+    auth: str | None = None,
+) -> Credentials:
+    """``credentials`` if given, else :meth:`Credentials.from_env` of the other arguments."""
+    return credentials or Credentials.from_env(
+        host=host, client_id=client_id, client_secret=client_secret, profile=profile, auth=auth
+    )
+
+
 def _transport(config: ScoreConfig) -> Transport:
     return Transport(
         max_connections=config.workers + 4,
@@ -106,8 +121,9 @@ async def ascore(
     """
     shard = parse_shard(shard) if isinstance(shard, str) else shard
     cfg = _shard_share(_config(config, endpoint, options), shard)
-    creds = credentials or Credentials.from_env(
-        host=host, client_id=client_id, client_secret=client_secret, profile=profile, auth=auth
+    creds = resolve_credentials(
+        credentials, host=host, client_id=client_id, client_secret=client_secret,
+        profile=profile, auth=auth,
     )
     source = open_source(inputs, shard=shard)
     if shard is not None:
@@ -202,8 +218,9 @@ async def ascore_table(
 ) -> pa.Table:
     """Async form of :func:`score_table`."""
     cfg = _config(config, endpoint, {"progress": "off", **options})
-    creds = credentials or Credentials.from_env(
-        host=host, client_id=client_id, client_secret=client_secret, profile=profile, auth=auth
+    creds = resolve_credentials(
+        credentials, host=host, client_id=client_id, client_secret=client_secret,
+        profile=profile, auth=auth,
     )
     source = open_source(data)
     sink = MemorySink()

@@ -97,6 +97,7 @@ def score(
     client_id: str | None = None,
     client_secret: str | None = None,
     profile: str | None = None,
+    auth: str | None = None,
     prediction_type: pa.DataType | None = None,
     **options: Any,
 ) -> DataFrame:
@@ -108,7 +109,8 @@ def score(
         config: a :class:`ScoreConfig`; ``**options`` override its fields. ``qps`` and
             ``concurrency`` are totals for the whole job (see the module docstring).
         credentials: as :func:`engine.score` (else ``host``/``client_id``/``client_secret``,
-            the DATABRICKS_* variables, or the ``profile``), resolved on the driver.
+            the DATABRICKS_* variables, the ``profile``, or ``auth="databricks-sdk"``),
+            resolved on the driver.
         prediction_type: the ``prediction`` column's Arrow type, when the endpoint's schema
             does not declare one.
 
@@ -119,13 +121,13 @@ def score(
         EngineError: a missing endpoint, bad credentials, or a schema that does not fit
             (every problem listed); nothing has been sent.
     """
+    from engine.api import _config, resolve_credentials
+
     spark_arrow = _pyspark()
-    if config is None:
-        config = ScoreConfig(endpoint=endpoint or "", **options)
-    elif options:
-        config = dataclasses.replace(config, **options)
-    creds = credentials or Credentials.from_env(
-        host=host, client_id=client_id, client_secret=client_secret, profile=profile
+    config = _config(config, endpoint, options)
+    creds = resolve_credentials(
+        credentials, host=host, client_id=client_id, client_secret=client_secret,
+        profile=profile, auth=auth,
     )
     creds.require_oauth()
     arrow_schema = spark_arrow.to_arrow_schema(df.schema)
