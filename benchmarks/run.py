@@ -240,24 +240,30 @@ def chart(
     names = list(dict.fromkeys(r.scenario for r in results))
     clients = list(dict.fromkeys(r.client for r in results))
     width = 0.8 / len(clients)
-    fig, ax = plt.subplots(figsize=(11, 5))
+    fig, (ax, waste) = plt.subplots(
+        2, 1, figsize=(11, 8), gridspec_kw={"height_ratios": [3, 2]}, sharex=True
+    )
     for i, client in enumerate(clients):
-        xs, ys = [], []
+        xs, ys, shares = [], [], []
         for j, name in enumerate(names):
             match = [r for r in results if r.scenario == name and r.client == client]
             if match:
+                r = match[0]
                 xs.append(j + (i - (len(clients) - 1) / 2) * width)
-                ys.append(max(match[0].rows_per_s, 1.0))
+                ys.append(max(r.rows_per_s, 1.0))
+                shares.append(100 * r.requests_429 / max(1, r.requests_ok + r.requests_429))
         ax.bar(xs, ys, width, label=client)
+        waste.bar(xs, shares, width, label=client)
     for j, name in enumerate(names):
         if name in limited:
             ax.hlines(LIMIT_QPS * BATCH_ROWS, j - 0.45, j + 0.45, colors="black", linestyles=":")
     ax.set_yscale("log")
     ax.set_ylabel("rows scored per second (log)")
-    ax.set_xticks(range(len(names)), [titles[n] for n in names], fontsize=8)
     ax.set_title(f"Scoring demo-regressor on the emulator ({os.cpu_count()} cores); "
                  f"dotted: the endpoint's limit")
     ax.legend(fontsize=8, ncol=3)
+    waste.set_ylabel("requests answered 429 (%)")
+    waste.set_xticks(range(len(names)), [titles[n] for n in names], fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

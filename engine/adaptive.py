@@ -71,7 +71,7 @@ class RateController:
     cut_interval_s: float = 0.5
     headroom: float = 1.5
     latency_tolerance: float = 1.5
-    min_queue_delay_s: float = 0.05
+    min_queue_delay_s: float = 0.1
     in_flight_limit: float = field(default=0.0, init=False)
     rate: float = field(default=math.inf, init=False)
     slow_start: bool = field(default=True, init=False)

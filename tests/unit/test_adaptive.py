@@ -148,14 +148,14 @@ def test_fast_endpoint_is_not_held_back() -> None:
 
 
 def simulate_queueing(
-    *, servers: int, service_s: float, seconds: float, workers: int = 64
+    *, servers: int, service_s: float, seconds: float, workers: int = 64, **settings: float
 ) -> tuple[int, list[float], RateController]:
     """An endpoint with ``servers`` provisioned slots that queues what it cannot serve yet
     (no 429s, only latency), driven by the controller through an in-flight cap.
 
     Returns the requests completed, every request's latency, and the controller.
     """
-    controller = RateController(max_in_flight=workers)
+    controller = RateController(max_in_flight=workers, **settings)
     free_at = [0.0] * servers  # when each slot is next free
     events: list[tuple[float, int, str, float]] = [(0.0, w, "ready", 0.0) for w in range(workers)]
     heapq.heapify(events)
@@ -188,14 +188,23 @@ def simulate_queueing(
 
 def test_an_endpoint_that_queues_is_kept_busy_without_a_needless_queue() -> None:
     servers, service_s = 8, 0.05  # capacity 160 requests/s
+    # The gradient itself, with a 20 ms floor on the queueing delay it reacts to.
     done, latencies, controller = simulate_queueing(
-        servers=servers, service_s=service_s, seconds=30
+        servers=servers, service_s=service_s, seconds=30, min_queue_delay_s=0.02
     )
     assert done / 30 >= 0.95 * servers / service_s  # capacity still fully used
     steady = sorted(latencies[len(latencies) // 3 :])
     # Without the latency rule, 64 in flight would wait 64/8 x 50 ms = 400 ms each.
     assert steady[len(steady) // 2] <= 2.5 * service_s
     assert controller.latency_cuts > 0 and controller.in_flight_limit < 32
+
+
+def test_by_default_queueing_under_100_ms_is_tolerated_but_no_more() -> None:
+    servers, service_s = 8, 0.05
+    done, latencies, _ = simulate_queueing(servers=servers, service_s=service_s, seconds=30)
+    assert done / 30 >= 0.95 * servers / service_s
+    steady = sorted(latencies[len(latencies) // 3 :])
+    assert steady[len(steady) // 2] <= service_s + 0.1 + service_s  # floor + one round
 
 
 def test_latency_that_does_not_rise_with_load_never_cuts() -> None:
