@@ -99,6 +99,7 @@ def score(
     profile: str | None = None,
     auth: str | None = None,
     prediction_type: pa.DataType | None = None,
+    tasks: int | None = None,
     **options: Any,
 ) -> DataFrame:
     """Score every row of ``df`` with a serving endpoint; returns a lazy DataFrame.
@@ -113,6 +114,9 @@ def score(
             resolved on the driver.
         prediction_type: the ``prediction`` column's Arrow type, when the endpoint's schema
             does not declare one.
+        tasks: how many tasks run at once, which ``qps`` and ``concurrency`` are split by;
+            default ``min(partitions, defaultParallelism)``. Spark Connect (Databricks
+            serverless and shared clusters) exposes neither: pass it there with a limit.
 
     Returns:
         ``df``'s columns + ``prediction`` + ``error``, one row per input row.
@@ -142,14 +146,29 @@ def score(
     if {"prediction", "error"} & names:
         raise UsageError("the DataFrame already has a 'prediction' or 'error' column; rename it")
     out_schema = pa.schema([*arrow_schema, ("prediction", kind), ("error", pa.string())])
-    partitions = df.rdd.getNumPartitions()
-    at_once = min(partitions, df.sparkSession.sparkContext.defaultParallelism)
+    at_once = tasks or _tasks_at_once(df)
+    if at_once is None:
+        if config.qps is not None or config.concurrency is not None:
+            raise UsageError(
+                "this Spark session does not say how many tasks run at once (Spark Connect), "
+                "so qps/concurrency cannot be split across them: pass tasks=N as well"
+            )
+        at_once = 1  # each task finds its share of the endpoint's capacity on its own
     job = _Job(_Secret(creds), task_share(config, at_once), out_schema)
     log.info(
-        "scoring %d partitions, %d at once, each with %s", partitions, at_once,
+        "scoring with %d tasks at once, each with %s", at_once,
         f"qps {job.config.qps:g}" if job.config.qps else "an adaptive rate",
     )
     return df.mapInArrow(job, spark_arrow.from_arrow_schema(out_schema))
+
+
+def _tasks_at_once(df: DataFrame) -> int | None:
+    """``min(partitions, defaultParallelism)``, or None where Spark does not expose them."""
+    try:
+        partitions = int(df.rdd.getNumPartitions())
+        return min(partitions, int(df.sparkSession.sparkContext.defaultParallelism))
+    except Exception:  # Spark Connect: no RDDs, no SparkContext (errors vary by version)
+        return None
 
 
 async def _prediction_type(

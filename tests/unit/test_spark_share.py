@@ -23,3 +23,14 @@ def test_no_qps_stays_adaptive_and_a_share_never_drops_to_zero() -> None:
     share = task_share(ScoreConfig(endpoint="e", concurrency=2), 8)
     assert share.qps is None
     assert share.concurrency == 1 and share.max_concurrency == 8
+
+
+def test_spark_connect_sessions_do_not_say_how_many_tasks_run_at_once() -> None:
+    from engine.spark import _tasks_at_once
+
+    class ConnectDataFrame:  # Spark Connect: .rdd raises
+        @property
+        def rdd(self) -> None:
+            raise NotImplementedError("rdd is not supported in Spark Connect")
+
+    assert _tasks_at_once(ConnectDataFrame()) is None  # type: ignore[arg-type]
