@@ -34,7 +34,7 @@ log = logging.getLogger("engine.auth")
 USABLE_MARGIN_S = 40.0
 #: Refresh in the background this long before expiry at most (databricks-sdk: min(TTL/2, 20 min)).
 MAX_REFRESH_LEAD_S = 20 * 60.0
-#: ...and always at least this long before the token becomes unusable.
+#: ...and this long before the token becomes unusable (or half its usable life, if shorter).
 MIN_REFRESH_HEADROOM_S = 10.0
 
 #: A personal access token does not say when it expires: hand it out again after this long.
@@ -71,7 +71,9 @@ class Token:
     def refresh_at(self) -> float:
         """When the background refresher should replace this token."""
         lead = min(self.lifetime_s / 2, MAX_REFRESH_LEAD_S)
-        return min(self.expires_at - lead, self.usable_until - MIN_REFRESH_HEADROOM_S)
+        usable_s = self.usable_until - self.issued_at
+        headroom = min(MIN_REFRESH_HEADROOM_S, usable_s / 2)  # short tokens: not at birth
+        return min(self.expires_at - lead, self.usable_until - headroom)
 
     def usable(self, now: float) -> bool:
         return now < self.usable_until

@@ -40,6 +40,12 @@ def test_short_token_refreshes_before_it_becomes_unusable() -> None:
     assert token.refresh_at > 0.0
 
 
+def test_very_short_token_is_used_for_half_its_usable_life_before_the_refresh() -> None:
+    token = make_token(0.0, 45.0)  # usable for 11.25 s (a quarter of its life)
+    assert token.usable_until == pytest.approx(11.25)
+    assert token.refresh_at == pytest.approx(11.25 / 2)  # not 1.25 s, as with 10 s headroom
+
+
 def test_token_text_never_shows_in_repr() -> None:
     token = make_token(0.0, 60.0, text="s3cr3t-token")
     assert "s3cr3t-token" not in repr(token)
