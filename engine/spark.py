@@ -236,7 +236,7 @@ class _Worker:
         )
         self._thread.start()
         self._transport = Transport()
-        self._scorers: dict[tuple[str, str, str], Scorer] = {}
+        self._scorers: dict[tuple[str, ...], Scorer] = {}
 
     @classmethod
     def get(cls) -> _Worker:
@@ -250,7 +250,11 @@ class _Worker:
 
     def _scorer(self, job: _Job, input_schema: pa.Schema) -> Scorer:
         creds = job.secret.value
-        key = (creds.host, job.config.endpoint, repr(job.config))
+        # One prepared scorer per workspace, principal, settings and input columns: a worker
+        # may run tasks of several jobs.
+        key = (
+            creds.host, creds.client_id, creds.kind, repr(job.config), input_schema.to_string()
+        )
         scorer = self._scorers.get(key)
         if scorer is None:
             empty = open_source(input_schema.empty_table())

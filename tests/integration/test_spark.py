@@ -141,3 +141,16 @@ def test_a_query_that_reads_only_some_rows_ends_its_tasks(
     scored = score(df, endpoint=ENDPOINT, credentials=credentials(emulator), batch_rows=500)
     rows = scored.limit(5).collect()
     assert len(rows) == 5 and all(row["error"] is None for row in rows)
+
+
+def test_jobs_with_different_columns_in_the_same_workers_each_keep_their_own(
+    spark: SparkSession, emulator: EmulatorThread
+) -> None:
+    plain = MODEL.sample(2_000, seed=7)
+    tagged = plain.append_column("tag", pa.array([f"t{i}" for i in range(2_000)]))
+    for table in (plain, tagged, plain):  # Python workers are reused from job to job
+        df = spark.createDataFrame(table.to_pandas()).coalesce(2)
+        scored = score(df, endpoint=ENDPOINT, credentials=credentials(emulator))
+        result = pa.Table.from_pandas(scored.toPandas())
+        assert result.column_names == [*table.column_names, "prediction", "error"]
+        assert result.column("error").null_count == 2_000
