@@ -155,7 +155,7 @@ def _numbers(values: list[Any]) -> pa.Array | None:
     """A list of plain floats or ints (the common answer) as an Arrow array, through numpy.
 
     ``pa.array`` would do too, but its first call imports pandas when pandas is installed
-    (0.2 s and 40 MB, in the middle of a run); numpy builds the buffer and Arrow wraps it.
+    (0.2 s and tens of MB, mid-run); numpy builds the buffer and Arrow wraps it.
     None when the list holds anything else (nulls, text, lists, objects, huge ints, bools).
     """
     first = values[0] if values else None

@@ -150,7 +150,7 @@ def test_integers_beyond_64_bits_come_back_as_doubles() -> None:
 
 
 def test_encoding_and_decoding_numbers_do_not_import_pandas() -> None:
-    """pa.array and Array.to_numpy import pandas on first use (0.2 s, 40 MB): the codec's
+    """pa.array and Array.to_numpy import pandas on first use (0.2 s, tens of MB): the codec's
     paths for plain numbers and strings never reach them."""
     import subprocess
     import sys
