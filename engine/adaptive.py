@@ -1,34 +1,46 @@
-"""Pure: find the endpoint's capacity from what it accepts, and hold the run just under it.
+"""Pure: find the endpoint's capacity from what it delivers, and hold the run just under it.
 
-The endpoint's limit is usually unknown to the user: a token bucket of R requests/s (429
-above it) or provisioned concurrency (429, or queueing, above it). The controller has two
-phases, like TCP:
+The endpoint's limit is unknown to the user and can change mid-run: a token bucket of R
+requests/s with a burst as small as one request (429 above it), provisioned concurrency (429,
+or queueing, above it), autoscaling or a neighbour's job moving either. Isolated 429s and 503s
+also come for reasons unrelated to load. The controller follows TCP BBR's idea: the capacity
+is the rate the endpoint *delivers* (accepted answers per second), measured, not guessed from
+loss; loss only says the pace is above it.
 
-* **slow start**: requests in flight start at ``initial_in_flight`` and grow by one per
-  accepted request (doubling every round trip) up to the worker count; nothing is paced, so a
-  fast endpoint is reached within a few round trips and the client is the only bound;
-* **after the first throttle** (429) the run is *paced*: the rate drops to ``backoff`` ×
-  the rate the endpoint actually accepted over the last ``window_s`` (its measured capacity),
-  at most once per ``cut_interval_s`` so one burst of 429s is one cut (and, while less than a
-  window has been seen, never by more than ``max_cut`` at once), then grows by
-  ``growth_per_s`` per second to probe for more, never beyond ``headroom`` × what is accepted.
+Time is cut into **rounds** of at least ``ROUND_MIN_S`` (and two round trips, and
+``ROUND_MIN_ANSWERS`` answers). At the end of each round the controller compares what was
+delivered with what was sent:
 
-The result is a sawtooth between ``backoff``·C and C: about 0.97 of capacity, with only the
-probing overshoot throttled. A user's ``--qps`` is a hard ceiling on top (``max_rate``).
+* **startup**: nothing is paced; requests in flight start at ``initial_in_flight`` and grow
+  by one per accepted request (doubling every round trip) up to the worker count. A round
+  with more than ``LOSS_SHARE`` of its answers throttled ends it: the capacity ``C`` is what
+  that round delivered (accepted / the round's own span, never a window that was mostly idle).
+* **paced**: requests start at ``cruise_gain`` × C. About once a second (``PROBE_INTERVAL_S``,
+  and at least every few rounds at low rates) one round probes at (1 + excess) × C. If the
+  endpoint delivered the extra, C rises to what it delivered and the next round probes
+  twice as far (exponential search: a limit that tripled is found in a few rounds); if not,
+  the probe ends and excess starts small again. Any round with more than ``LOSS_SHARE``
+  throttled is evidence that the limit is below the pace: C falls to what that round
+  delivered (a limit that dropped is followed within a round or two).
+
+Noise is not capacity: a few percent of random 429s never reach ``LOSS_SHARE`` (and a round
+needs ``MIN_LOSSES`` of them), so they do not ratchet the rate down; 503s are not a capacity
+signal at all (retried with backoff). Rounds in which fewer requests were sent than the pace
+allowed (a pause for Retry-After or a stopped endpoint, a slow reader) are *app-limited*: they
+can raise C, never lower it, so time spent paused never reads as a low capacity.
 
 **Rising latency** bounds requests in flight, in every phase (a gradient limiter, as in
 Netflix's concurrency-limits): an endpoint at its provisioned concurrency queues requests
 instead of refusing them, so throughput stops growing while latency does. The controller
-keeps the shortest recent latency (``base``: the endpoint's own service time, the minimum over
+keeps the shortest recent latency (``base``: the endpoint's service time, the minimum over
 ``LATENCY_WINDOW_S``) and a smoothed current one; about once a round trip it sets
 ``limit ← limit × clamp(tolerance × base / current, 0.5, 1) + √limit`` (smoothed), so
-requests in flight settle where latency is at most ``latency_tolerance`` × the service time:
-capacity still fully used (the √limit allowance keeps a small queue), no needless queueing.
-A queueing delay under ``min_queue_delay_s`` is ignored (a fast endpoint is not slowed for
-a few milliseconds of jitter).
-503s are not taken as a capacity signal: Databricks answers them for passing faults too, and a
-steady few percent of them would otherwise grind the rate down; they are retried with
-backoff. Plain values and arithmetic: the async pacer that applies it lives in dispatch.
+requests in flight settle where latency is at most ``latency_tolerance`` × the service time.
+A queueing delay under ``min_queue_delay_s`` is ignored.
+
+A user's ``--qps`` (``max_rate``) and ``--concurrency`` (``max_in_flight``) are hard bounds on
+top. :attr:`RateController.bound` says what holds the run back, for progress lines and the
+summary. Plain values and arithmetic: the async pacer that applies it lives in dispatch.
 """
 
 from __future__ import annotations
@@ -39,57 +51,128 @@ from dataclasses import dataclass, field
 
 __all__ = ["RateController"]
 
-#: Acceptances a capacity measurement wants before it is trusted, and how far back it looks.
-MIN_SAMPLES = 24
-HISTORY_S = 10.0
-#: Shortest span a capacity is measured over: a run's first instants say little (a token
-#: bucket lets its whole burst through at once).
-MIN_SPAN_S = 0.25
+#: A round (a window of sends) lasts at least this long and two round trips, and at low rates
+#: long enough for this many requests.
+ROUND_MIN_S = 0.2
+ROUND_MIN_SENDS = 8
+ROUND_MAX_S = 3.0
+#: A round is judged once every request sent in it is answered, or this long after it closed
+#: (in round trips, with a floor in seconds), whichever comes first.
+SETTLE_ROUND_TRIPS = 4.0
+SETTLE_MIN_S = 0.5
+#: A round whose throttled share is this far above the usual (noise) share: the endpoint's
+#: limit is below the pace.
+LOSS_MARGIN = 0.10
+#: ...and at least this many throttles, and this many standard deviations above the usual
+#: count (a few 429s in a small round are noise).
+MIN_LOSSES = 3
+LOSS_SIGMAS = 2.5
+#: Startup (unpaced) ends on a round with more than this share refused: noise stays below.
+STARTUP_LOSS_SHARE = 0.3
+#: Startup's overrun is measured over at least this span.
+STARTUP_MIN_SPAN_S = 0.1
+#: The usual share of answers accepted (1 - noise) is never taken as lower than this.
+MIN_ACCEPT_RATIO = 0.5
+#: How often the paced phase probes above the measured capacity, and its first excess.
+PROBE_INTERVAL_S = 2.0
+PROBE_EVERY_ROUNDS = 3
+FIRST_PROBE_EXCESS = 0.10
+MAX_PROBE_EXCESS = 1.0
+#: After each probe, one round this far under the capacity: its refusals are noise.
+DRAIN_GAIN = 0.85
+#: A round that sent less than this share of what the pace allowed is app-limited.
+APP_LIMITED_SHARE = 0.8
 #: How far back the shortest latency (the endpoint's service time) is looked for.
 LATENCY_WINDOW_S = 30.0
 #: Latency samples before the latency rule acts.
 MIN_LATENCY_SAMPLES = 16
+#: Rounds kept for late answers.
+KEPT_ROUNDS = 64
+
+
+@dataclass(slots=True)
+class _Round:
+    """The requests sent in one window of time, and how they were answered.
+
+    Answers are credited to the round their request was *sent* in, so a round says what the
+    endpoint did with the pace of that round, whatever the latency.
+    """
+
+    started_at: float
+    rate: float
+    excess: float
+    drain: bool = False
+    ended_at: float = math.inf
+    sent: int = 0
+    accepted: int = 0
+    throttled: int = 0
+    first_loss_sent_at: float = math.inf
+    accepted_after_loss: int = 0
+
+    @property
+    def answers(self) -> int:
+        return self.accepted + self.throttled
+
+    def covers(self, sent_at: float) -> bool:
+        return self.started_at <= sent_at < self.ended_at
+
+    def throttled_share(self) -> float:
+        return self.throttled / self.answers if self.answers else 0.0
+
+    def accept_ratio(self) -> float:
+        return self.accepted / self.answers if self.answers else 1.0
+
+    def limit_estimate(self) -> float:
+        """Accepted requests/s once the endpoint started refusing: its limit (a token bucket
+        with its burst spent accepts exactly its refill rate), else over the whole round."""
+        span = self.ended_at - self.started_at
+        after = self.ended_at - self.first_loss_sent_at
+        if after >= 0.3 * span and self.accepted_after_loss >= 4:
+            return self.accepted_after_loss / after
+        return self.accepted / span
 
 
 @dataclass(kw_only=True)
 class RateController:
-    """In-flight limit and pacing rate from successes and throttles (times in seconds).
+    """In-flight limit and pacing rate from what the endpoint delivers (times in seconds).
 
     Attributes:
-        max_in_flight: the worker count: never more requests in flight.
+        max_in_flight: the worker count (``--concurrency``): never more requests in flight.
         max_rate: a hard requests/s ceiling (``--qps``), or infinity.
-        rate: the pacing rate once paced; infinity during slow start.
+        rate: the pacing rate; infinity while nothing is paced.
+        capacity: the endpoint's measured capacity in requests/s (None until a limit is met).
     """
 
     max_in_flight: int = 64
     initial_in_flight: int = 4
     max_rate: float = math.inf
     min_rate: float = 0.5
-    growth_per_s: float = 0.04
-    backoff: float = 0.94
-    window_s: float = 1.0
-    cut_interval_s: float = 0.5
-    headroom: float = 1.5
+    cruise_gain: float = 0.96
     latency_tolerance: float = 1.5
     min_queue_delay_s: float = 0.1
     in_flight_limit: float = field(default=0.0, init=False)
     rate: float = field(default=math.inf, init=False)
+    capacity: float | None = field(default=None, init=False)
     slow_start: bool = field(default=True, init=False)
     throttles: int = field(default=0, init=False)
     cuts: int = field(default=0, init=False)
-    max_cut: float = 0.5
-    _accepted: deque[float] = field(default_factory=deque, init=False, repr=False)
-    _recent: deque[float] = field(
-        default_factory=lambda: deque(maxlen=MIN_SAMPLES), init=False, repr=False
-    )
-    _updated_at: float | None = field(default=None, init=False, repr=False)
-    _cut_at: float = field(default=-math.inf, init=False, repr=False)
+    probes: int = field(default=0, init=False)
+    latency_cuts: int = field(default=0, init=False)
+    #: the usual share of answers accepted when the pace is under the limit (1 - noise)
+    accept_ratio: float = field(default=1.0, init=False)
+    _rounds: deque[_Round] = field(default_factory=deque, init=False, repr=False)
+    _excess: float = field(default=0.0, init=False, repr=False)
+    _draining: bool = field(default=False, init=False, repr=False)
+    #: answers and throttles of the cruise rounds since the last drain
+    _cruise_answers: int = field(default=0, init=False, repr=False)
+    _cruise_throttled: int = field(default=0, init=False, repr=False)
+    _probe_ended_at: float = field(default=-math.inf, init=False, repr=False)
+    _rounds_since_probe: int = field(default=0, init=False, repr=False)
     #: (second, shortest latency seen in it), for the windowed minimum
     _minima: deque[tuple[int, float]] = field(default_factory=deque, init=False, repr=False)
     _latency: float = field(default=0.0, init=False, repr=False)
     _latency_samples: int = field(default=0, init=False, repr=False)
     _since_gradient: int = field(default=0, init=False, repr=False)
-    latency_cuts: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         self.in_flight_limit = float(min(self.initial_in_flight, self.max_in_flight))
@@ -99,73 +182,245 @@ class RateController:
     def paced(self) -> bool:
         return math.isfinite(self.rate)
 
-    def accepted_rate(self, now: float) -> float:
-        """Successes per second over the last window."""
-        return self._window_count(now) / self.window_s
+    @property
+    def probing(self) -> bool:
+        return self._excess > 0.0
 
-    def measured_capacity(self, now: float) -> tuple[float, bool] | None:
-        """Accepted requests per second, and whether the measurement is trustworthy.
-
-        Over the last ``window_s``, or over the last ``MIN_SAMPLES`` acceptances when the
-        window holds fewer (a slow endpoint needs a longer look); None before any.
-        """
-        in_window = self._window_count(now)
-        if in_window >= MIN_SAMPLES:
-            return in_window / self.window_s, True
-        recent = [t for t in self._recent if t > now - HISTORY_S]
-        if not recent:
-            return None
-        return len(recent) / max(now - recent[0], MIN_SPAN_S), len(recent) >= MIN_SAMPLES
-
-    def _window_count(self, now: float) -> int:
-        while self._accepted and self._accepted[0] <= now - self.window_s:
-            self._accepted.popleft()
-        return len(self._accepted)
+    @property
+    def bound(self) -> str:
+        """What holds the run back now: ``qps``, ``endpoint`` (its measured capacity),
+        ``latency`` (requests in flight cut for queueing) or ``concurrency`` (none yet)."""
+        if self.paced and self.rate >= self.max_rate:
+            return "qps"
+        if self.capacity is not None:
+            return "endpoint"
+        if self.latency_cuts and self.in_flight_limit < self.max_in_flight:
+            return "latency"
+        return "concurrency"
 
     def base_latency(self) -> float | None:
         """The shortest latency over the last ``LATENCY_WINDOW_S`` (None before any)."""
         return min((m for _, m in self._minima), default=None)
 
-    def on_success(self, now: float, latency_s: float | None = None) -> None:
-        """A request was accepted after ``latency_s``: remember it; grow the in-flight limit
-        or the rate, or bound the in-flight limit when latency says requests are queueing."""
-        self._accepted.append(now)
-        self._recent.append(now)
-        elapsed = 0.0 if self._updated_at is None else max(0.0, now - self._updated_at)
-        self._updated_at = now
-        if latency_s is not None and self._on_latency(now, latency_s):
-            return
-        if self.slow_start:
-            self.in_flight_limit = min(float(self.max_in_flight), self.in_flight_limit + 1.0)
-            self.slow_start = self.in_flight_limit < self.max_in_flight
-            return
-        # Past slow start, in flight grows by one a round trip (probing, as TCP does).
-        limit = self.in_flight_limit
-        self.in_flight_limit = min(float(self.max_in_flight), limit + 1.0 / max(limit, 1.0))
-        grown = self.rate * (1.0 + self.growth_per_s) ** elapsed
-        ceiling = max(self.headroom * self.accepted_rate(now), self.min_rate * 2)
-        self.rate = min(self.max_rate, max(self.rate, min(grown, ceiling)))
+    # -- events --------------------------------------------------------------------------
 
-    def on_throttle(self, now: float) -> None:
-        """The endpoint refused a request for capacity: pace at what it really accepts."""
+    def on_send(self, now: float) -> None:
+        """A request left (after the pacer let it go)."""
+        self._open_round(now).sent += 1
+
+    def on_success(self, now: float, latency_s: float | None = None) -> None:
+        """A request was accepted ``latency_s`` after it was sent."""
+        sent_round = self._round_of(now - (latency_s or 0.0))
+        if sent_round is not None:
+            sent_round.accepted += 1
+            if sent_round.first_loss_sent_at <= now - (latency_s or 0.0):
+                sent_round.accepted_after_loss += 1
+        queueing = latency_s is not None and self._on_latency(now, latency_s)
+        if not queueing:
+            self._grow_in_flight()
+        self._advance(now)
+
+    def on_throttle(self, now: float, latency_s: float | None = None) -> None:
+        """The endpoint refused a request for capacity (429) ``latency_s`` after it was sent."""
         self.throttles += 1
+        sent_at = now - (latency_s or 0.0)
+        sent_round = self._round_of(sent_at)
+        if sent_round is not None:
+            sent_round.throttled += 1
+            sent_round.first_loss_sent_at = min(sent_round.first_loss_sent_at, sent_at)
+            if self.capacity is None and self._startup_overrun(sent_round):
+                self._leave_startup(sent_round, now)
+        self._advance(now)
+
+    # -- rounds --------------------------------------------------------------------------
+
+    def _open_round(self, now: float) -> _Round:
+        current = self._rounds[-1] if self._rounds else None
+        if current is not None and current.ended_at == math.inf:
+            length = self._round_length()
+            if now - current.started_at < length:
+                return current
+            # A round spans its length, not the idle time until the next send.
+            current.ended_at = min(now, current.started_at + length)
+        fresh = _Round(started_at=now, rate=self.rate, excess=self._excess, drain=self._draining)
+        if self._draining:
+            self._draining = False  # one round
+            self._set_rate()
+        self._rounds.append(fresh)
+        while len(self._rounds) > KEPT_ROUNDS:
+            self._rounds.popleft()
+        return fresh
+
+    def _round_length(self) -> float:
+        base = self.base_latency() or 0.0
+        length = max(ROUND_MIN_S, 2.0 * base)
+        if self.paced:
+            length = max(length, ROUND_MIN_SENDS / self.rate)
+        return min(length, ROUND_MAX_S)
+
+    def _round_of(self, sent_at: float) -> _Round | None:
+        for candidate in reversed(self._rounds):
+            if candidate.covers(sent_at):
+                return candidate
+            if candidate.started_at <= sent_at:
+                return None
+        return None
+
+    def _advance(self, now: float) -> None:
+        """Judge every closed round whose answers are in (oldest first)."""
+        self._open_round(now)  # closes the current round when its time is up
+        settle = max(SETTLE_MIN_S, SETTLE_ROUND_TRIPS * (self.base_latency() or 0.0))
+        while self._rounds and self._rounds[0].ended_at < math.inf:
+            oldest = self._rounds[0]
+            if oldest.answers < oldest.sent and now < oldest.ended_at + settle:
+                return
+            self._rounds.popleft()
+            self._judge(oldest, now)
+
+    def _startup_overrun(self, current: _Round) -> bool:
+        """Unpaced and refused far more than noise: stop the storm before the round ends."""
+        # Against what was *sent*: 429s come back faster than answers, so early in a round
+        # they outnumber the acceptances even when they are rare.
+        return (
+            current.throttled >= MIN_LOSSES
+            and current.throttled > current.accepted
+            and current.throttled > STARTUP_LOSS_SHARE * current.sent
+        )
+
+    def _leave_startup(self, current: _Round, now: float) -> None:
+        """Pace at half the rate that overran the endpoint (TCP's halving): the next rounds
+        measure the limit itself (a loss cuts to what was accepted once refused), and probing
+        finds it from below. The span is floored so a first burst of fast 429s cannot read
+        as a huge rate."""
+        span = max(now - current.started_at, self.base_latency() or 0.0, STARTUP_MIN_SPAN_S)
+        self._cut(0.5 * current.sent / span / self.cruise_gain, now)
+        for pending in self._rounds:  # the storm's rounds were at another pace
+            pending.rate = math.inf
+
+    def _judge(self, done: _Round, now: float) -> None:
+        if done.answers == 0:
+            return
+        if self.capacity is None:  # startup: unpaced until the endpoint shows its limit
+            if done.throttled >= MIN_LOSSES and done.throttled_share() > STARTUP_LOSS_SHARE:
+                self._on_loss(done, now)
+            elif done.answers >= ROUND_MIN_SENDS:  # what is refused at a bearable pace: noise
+                self.accept_ratio += 0.3 * (done.accept_ratio() - self.accept_ratio)
+                self.accept_ratio = max(MIN_ACCEPT_RATIO, self.accept_ratio)
+            return
+        if self._lossy(done):
+            self._on_loss(done, now)
+            return
+        span = done.ended_at - done.started_at
+        app_limited = done.sent < APP_LIMITED_SHARE * done.rate * span
+        if done.excess > 0.0:
+            self._end_probe_round(done, app_limited, now)
+        elif done.drain:
+            self._end_drain_round(done, app_limited)
+        else:
+            if not app_limited:
+                self._cruise_answers += done.answers
+                self._cruise_throttled += done.throttled
+            self._rounds_since_probe += 1
+            if (
+                not self.probing
+                and now - self._probe_ended_at >= PROBE_INTERVAL_S
+                and self._rounds_since_probe >= PROBE_EVERY_ROUNDS
+            ):
+                self._start_probe()
+        self._set_rate()
+
+    def _end_drain_round(self, done: _Round, app_limited: bool) -> None:
+        """Under the limit by a margin, what is refused is noise: learn its share. Cruise
+        rounds refused more than that since the last drain: the capacity was overestimated
+        (a bucket's burst made a probe look good): lower it by the excess share."""
+        if not app_limited:
+            self.accept_ratio += 0.3 * (done.accept_ratio() - self.accept_ratio)
+            self.accept_ratio = max(MIN_ACCEPT_RATIO, self.accept_ratio)
+        answers, throttled = self._cruise_answers, self._cruise_throttled
+        self._cruise_answers = self._cruise_throttled = 0
+        usual = 1.0 - self.accept_ratio
+        p = max(usual, 0.02)
+        chance = LOSS_SIGMAS * math.sqrt(answers * p * (1.0 - p))
+        if self.capacity is not None and throttled >= MIN_LOSSES and throttled > (
+            answers * usual + chance
+        ):
+            over = throttled / answers - usual
+            self.capacity = max(self.min_rate, self.capacity * (1.0 - over))
+            self.cuts += 1
+
+    def _start_probe(self) -> None:
+        if self.rate < self.max_rate:
+            self._excess = FIRST_PROBE_EXCESS
+            self.probes += 1
+            self._set_rate()
+
+    def _lossy(self, done: _Round) -> bool:
+        """More throttles than the usual (noise) share explains, by a margin and by chance."""
+        answers = done.answers
+        usual = 1.0 - self.accept_ratio
+        p = max(usual, 0.02)
+        chance = LOSS_SIGMAS * math.sqrt(answers * p * (1.0 - p))
+        expected = answers * usual
+        return done.throttled >= MIN_LOSSES and done.throttled > expected + max(
+            answers * LOSS_MARGIN, chance
+        )
+
+    def _on_loss(self, done: _Round, now: float) -> None:
+        estimate = done.limit_estimate() / self.accept_ratio
+        if done.rate < self.rate * 0.999:
+            return  # judged late: a lower pace is already set
+        if done.excess > 0.0 and self.capacity is not None:
+            # A probe overshot. What it accepted once refused is the limit for a bucket with
+            # room to spare, but far less for one with a burst of one (overdriven, it accepts
+            # every other request): never below the pace that was accepted before the probe.
+            self._cut(max(self.capacity, min(estimate, done.rate)), now)
+            return
+        self._cut(estimate, now)  # at the usual pace: the limit moved down
+
+    def _cut(self, capacity: float, now: float) -> None:
+        """The pace is above the endpoint's limit: the capacity is what it accepted."""
+        self.cuts += 1
         if self.slow_start:
             self.slow_start = False
             self.in_flight_limit = float(self.max_in_flight)
-        self._updated_at = now
-        if now - self._cut_at < self.cut_interval_s:
+        self.capacity = max(self.min_rate, capacity)
+        self._excess = 0.0
+        self._probe_ended_at = now
+        self._rounds_since_probe = 0
+        self._set_rate()
+
+    def _end_probe_round(self, done: _Round, app_limited: bool, now: float) -> None:
+        extra = done.excess / (1.0 + done.excess)  # the share of the pace that was extra
+        taken = done.accept_ratio() >= self.accept_ratio * (1.0 - extra / 2.0)
+        if done.excess != self._excess:
+            return  # a step of this probe already judged
+        if taken and not app_limited:
+            # The endpoint took the extra at its usual ratio: look twice as far.
+            self.capacity = max(self.capacity or 0.0, done.rate)
+            self._excess = min(MAX_PROBE_EXCESS, self._excess * 2.0)
             return
-        measured = self.measured_capacity(now)
-        if measured is None:  # nothing accepted lately: halve (or start slow)
-            cut = self.rate * self.max_cut if self.paced else 2.0 * self.min_rate
-        else:
-            capacity, trusted = measured
-            cut = min(self.rate, capacity) * self.backoff
-            if self.paced and not trusted:  # a thin measurement never cuts by more than max_cut
-                cut = max(cut, self.rate * self.max_cut)
-        self.rate = min(self.max_rate, max(self.min_rate, cut))
-        self._cut_at = now
-        self.cuts += 1
+        self._excess = 0.0
+        self._draining = True
+        self._probe_ended_at = now
+        self._rounds_since_probe = 0
+
+    def _set_rate(self) -> None:
+        if self.capacity is None:
+            return
+        gain = 1.0 + self._excess if self.probing else self.cruise_gain
+        if self._draining:
+            gain = DRAIN_GAIN
+        self.rate = min(self.max_rate, max(self.min_rate, gain * self.capacity))
+
+    def _grow_in_flight(self) -> None:
+        limit = self.in_flight_limit
+        if self.slow_start:
+            self.in_flight_limit = min(float(self.max_in_flight), limit + 1.0)
+            self.slow_start = self.in_flight_limit < self.max_in_flight
+        else:  # one a round trip, as TCP's congestion avoidance
+            self.in_flight_limit = min(float(self.max_in_flight), limit + 1.0 / max(limit, 1.0))
+
+    # -- latency -------------------------------------------------------------------------
 
     def _on_latency(self, now: float, latency_s: float) -> bool:
         """Track latency. True while requests queue at the endpoint (then nothing grows);

@@ -56,6 +56,8 @@ THROTTLE_STATUSES = frozenset({429, 503})
 #: Throttled answers one request may meet before it gives up. Throttling is the endpoint
 #: telling us its pace, not the batch failing, so it does not use up ``max_attempts``.
 MAX_THROTTLED = 100
+#: How late the pacer may be and still make the lost time up (releasing several turns at once).
+CATCH_UP_S = 0.002
 #: A server-given Retry-After at least this long pauses every request, not just the one.
 SHARED_PAUSE_MIN_S = 5.0
 
@@ -136,6 +138,7 @@ class Pacer:
             await self._freed.wait()
         self.in_flight += 1
         if not self.controller.paced:
+            self.controller.on_send(self._clock())
             return
         turn = asyncio.get_running_loop().create_future()
         self._queue.append(turn)
@@ -152,15 +155,19 @@ class Pacer:
             wait = self._next_at - self._clock()
             if wait > 0:
                 await self._sleep(wait)
-            turn = self._queue.popleft()
-            if turn.done():  # its task was cancelled while waiting
-                continue
-            turn.set_result(None)
             now = self._clock()
-            # A late wake-up (timer granularity, a busy loop) is made up on the next turns,
-            # up to one interval, so the paced rate is the rate asked for, not ~90% of it.
             interval = 1.0 / self.controller.rate
-            self._next_at = max(now - interval, self._next_at) + interval
+            # A late wake-up (timer granularity, a busy loop) is made up: every turn that is
+            # due goes now, up to CATCH_UP_S late, so the paced rate is the rate asked for
+            # even above the timer's ~1 ms resolution.
+            self._next_at = max(now - max(interval, CATCH_UP_S), self._next_at)
+            while self._queue and self._next_at <= now:
+                turn = self._queue.popleft()
+                if turn.done():  # its task was cancelled while waiting
+                    continue
+                turn.set_result(None)
+                self.controller.on_send(now)
+                self._next_at += interval
 
     def release(self) -> None:
         self.in_flight -= 1
@@ -170,7 +177,7 @@ class Pacer:
         if status is not None and 200 <= status < 300:
             self.controller.on_success(self._clock(), latency_s)
         elif status == 429:
-            self.controller.on_throttle(self._clock())
+            self.controller.on_throttle(self._clock(), latency_s)
 
     async def aclose(self) -> None:
         if self._ticker is not None:

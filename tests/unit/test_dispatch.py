@@ -113,7 +113,7 @@ async def test_bisection_isolates_one_bad_row_and_keeps_the_others() -> None:
     assert stats.bisections >= 1
 
 
-async def test_429_without_retry_after_waits_a_second_and_paces_the_whole_run() -> None:
+async def test_an_isolated_429_waits_a_second_but_does_not_slow_the_run() -> None:
     answers = [error(429, "REQUEST_LIMIT_EXCEEDED", "slow down")]
     clock = FakeClock()
 
@@ -125,9 +125,10 @@ async def test_429_without_retry_after_waits_a_second_and_paces_the_whole_run() 
     result = await dispatcher.score(batch_of([1.0, 2.0]))
     assert result.predictions.to_pylist() == [2.0, 4.0]
     assert sum(clock.slept) >= 1.0
-    # the slowdown is shared: every later request of the run is paced, not just this one
-    assert dispatcher.pacer.controller.paced
-    assert dispatcher.pacer.controller.cuts == 1
+    # one 429 is noise, not a limit (issue 11): only a round with many of them paces the run
+    assert not dispatcher.pacer.controller.paced
+    assert dispatcher.pacer.controller.cuts == 0
+    assert dispatcher.pacer.controller.throttles == 1
     assert stats.retries["429"] == 1 and stats.throttled_429 == 1
 
 

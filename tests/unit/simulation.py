@@ -1,0 +1,240 @@
+"""A discrete-event endpoint and client, for the capacity finder's rules (no sockets, no clock).
+
+The endpoint is as strict as real limiters: a token bucket with a burst as small as one
+request, provisioned concurrency that refuses (429) or queues, limits that change on a
+schedule, random 429s and 503s unrelated to load. The client applies a
+:class:`~engine.adaptive.RateController` the way ``engine.dispatch.Pacer`` does: an in-flight
+cap, then one FIFO released every ``1 / rate`` seconds at the rate current when each request
+goes, with a timer that fires up to 1 ms late and late wake-ups made up (up to one interval).
+Throttled requests wait for ``Retry-After`` when the endpoint sends one, else a short jittered
+backoff, and go round again. Everything is seeded: a run is reproducible.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from dataclasses import dataclass, field
+
+from engine.adaptive import RateController
+from engine.dispatch import CATCH_UP_S
+
+#: (at_s, value): a limit that changes at ``at_s`` seconds into the run
+Schedule = tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """What the simulated endpoint does.
+
+    Attributes:
+        rate: token-bucket requests/s as a schedule ((0, R),) or None for no bucket.
+        burst: the bucket's size in requests.
+        concurrency: provisioned concurrency as a schedule, or None.
+        concurrency_mode: past it, "429" (refuse) or "queue" (wait for a slot).
+        latency_s: service time; plus up to ``jitter_s``.
+        retry_after_s: the Retry-After sent with 429s, or None.
+        throttle_noise: probability of a 429 unrelated to load.
+        error_503_noise: probability of a 503 unrelated to load.
+    """
+
+    rate: Schedule | None = None
+    burst: float = 1.0
+    concurrency: Schedule | None = None
+    concurrency_mode: str = "429"
+    latency_s: float = 0.03
+    jitter_s: float = 0.005
+    retry_after_s: float | None = None
+    throttle_noise: float = 0.0
+    error_503_noise: float = 0.0
+
+    def capacity(self, at: float) -> float:
+        """Requests/s the endpoint can accept at ``at`` (infinite when unlimited)."""
+        limits = [math.inf]
+        if self.rate is not None:
+            limits.append(_at(self.rate, at))
+        if self.concurrency is not None:
+            limits.append(_at(self.concurrency, at) / (self.latency_s + self.jitter_s / 2))
+        return min(limits) * (1.0 - self.throttle_noise - self.error_503_noise)
+
+
+def _at(schedule: Schedule, at: float) -> float:
+    value = schedule[0][1]
+    for start, step in schedule:
+        if at >= start:
+            value = step
+    return value
+
+
+@dataclass
+class Result:
+    """What a simulated run saw."""
+
+    accepted: list[float] = field(default_factory=list)
+    sent: list[float] = field(default_factory=list)
+    throttled: list[float] = field(default_factory=list)
+    controller: RateController | None = None
+
+    def accepted_between(self, start: float, end: float) -> int:
+        return sum(1 for t in self.accepted if start <= t < end)
+
+    def throttle_share(self, start: float = 0.0, end: float = math.inf) -> float:
+        sent = sum(1 for t in self.sent if start <= t < end)
+        throttled = sum(1 for t in self.throttled if start <= t < end)
+        return throttled / sent if sent else 0.0
+
+
+def simulate(
+    endpoint: Endpoint,
+    *,
+    seconds: float,
+    workers: int = 64,
+    seed: int = 1,
+    timer_slack_s: float = 0.001,
+    **settings: float,
+) -> Result:
+    """Drive ``RateController(**settings)`` against ``endpoint`` for ``seconds``."""
+    rng = random.Random(seed)
+    controller = RateController(max_in_flight=workers, **settings)  # type: ignore[arg-type]
+    result = Result(controller=controller)
+    sim = _Sim(endpoint, controller, rng, result, timer_slack_s)
+    sim.run(seconds, workers)
+    return result
+
+
+class _Sim:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        controller: RateController,
+        rng: random.Random,
+        result: Result,
+        timer_slack_s: float,
+    ) -> None:
+        self.endpoint = endpoint
+        self.controller = controller
+        self.rng = rng
+        self.result = result
+        self.timer_slack_s = timer_slack_s
+        self.events: list[tuple[float, int, str, int, float]] = []
+        self.seq = 0
+        self.tokens = endpoint.burst
+        self.bucket_at = 0.0
+        self.serving = 0
+        self.slot_free_at: list[float] = []
+        self.in_flight = 0
+        self.blocked: list[int] = []
+        self.paced: list[int] = []
+        self.tick_pending = False
+        self.next_at = 0.0
+        self.throttles: dict[int, int] = {}
+
+    def push(self, at: float, worker: int, kind: str, sent_at: float = 0.0) -> None:
+        self.seq += 1
+        heapq.heappush(self.events, (at, self.seq, kind, worker, sent_at))
+
+    def run(self, seconds: float, workers: int) -> None:
+        for worker in range(workers):
+            self.push(0.0, worker, "ready")
+        while self.events:
+            now, _, kind, worker, sent_at = heapq.heappop(self.events)
+            if now > seconds:
+                break
+            if kind == "ready":
+                self.on_ready(now, worker)
+            elif kind == "tick":
+                self.on_tick(now)
+            elif kind == "arrive":
+                self.on_arrive(now, worker, sent_at)
+            else:  # an answer: "200", "429", "503"
+                self.answered(now, worker, int(kind), now - sent_at)
+
+    # -- client --------------------------------------------------------------------------
+
+    def on_ready(self, now: float, worker: int) -> None:
+        controller = self.controller
+        if self.in_flight >= int(controller.in_flight_limit):
+            self.blocked.append(worker)
+            return
+        self.in_flight += 1
+        if not controller.paced:
+            self.send(now, worker)
+            return
+        self.paced.append(worker)
+        if not self.tick_pending:
+            self.tick_pending = True
+            self.push(max(now, self.next_at) + self.rng.uniform(0, self.timer_slack_s), -1, "tick")
+
+    def on_tick(self, now: float) -> None:
+        self.tick_pending = False
+        interval = 1.0 / self.controller.rate
+        # As the pacer: every turn that is due goes now (lateness made up, up to CATCH_UP_S).
+        self.next_at = max(now - max(interval, CATCH_UP_S), self.next_at)
+        while self.paced and self.next_at <= now:
+            self.send(now, self.paced.pop(0))
+            self.next_at += interval
+        if self.paced:
+            self.tick_pending = True
+            at = max(now, self.next_at) + self.rng.uniform(0, self.timer_slack_s)
+            self.push(at, -1, "tick")
+
+    def answered(self, now: float, worker: int, status: int, latency_s: float) -> None:
+        self.in_flight -= 1
+        for waiting in self.blocked:
+            self.push(now, waiting, "ready")
+        self.blocked.clear()
+        if status == 200:
+            self.result.accepted.append(now)
+            self.controller.on_success(now, latency_s)
+            self.throttles.pop(worker, None)
+            self.push(now, worker, "ready")
+            return
+        retries = self.throttles.get(worker, 0) + 1
+        self.throttles[worker] = retries
+        if status == 429:
+            self.result.throttled.append(now)
+            self.controller.on_throttle(now, latency_s)
+            if self.endpoint.retry_after_s is not None:
+                self.push(now + self.endpoint.retry_after_s, worker, "ready")
+                return
+        backoff = self.rng.uniform(0, min(2.0, 0.1 * 2 ** min(retries - 1, 10)))
+        self.push(now + backoff, worker, "ready")
+
+    # -- endpoint ------------------------------------------------------------------------
+
+    def send(self, now: float, worker: int) -> None:
+        self.result.sent.append(now)
+        self.controller.on_send(now)
+        arrive = now + self.rng.uniform(0.0, 0.0002)
+        self.push(arrive, worker, "arrive", now)
+
+    def on_arrive(self, now: float, worker: int, sent_at: float) -> None:
+        endpoint = self.endpoint
+        if endpoint.rate is not None:
+            rate = _at(endpoint.rate, now)
+            self.tokens = min(endpoint.burst, self.tokens + (now - self.bucket_at) * rate)
+            self.bucket_at = now
+            if self.tokens < 1.0:
+                return self.refuse(now, worker, 429, sent_at)
+            self.tokens -= 1.0
+        draw = self.rng.random()
+        if draw < endpoint.throttle_noise:
+            return self.refuse(now, worker, 429, sent_at)
+        if draw < endpoint.throttle_noise + endpoint.error_503_noise:
+            return self.refuse(now, worker, 503, sent_at)
+        service = endpoint.latency_s + self.rng.uniform(0.0, endpoint.jitter_s)
+        start = now
+        if endpoint.concurrency is not None:
+            slots = int(_at(endpoint.concurrency, now))
+            self.slot_free_at = sorted(t for t in self.slot_free_at if t > now)
+            if len(self.slot_free_at) >= slots:
+                if endpoint.concurrency_mode == "429":
+                    return self.refuse(now, worker, 429, sent_at)
+                start = self.slot_free_at[len(self.slot_free_at) - slots]
+            self.slot_free_at.append(start + service)
+        self.push(start + service, worker, "200", sent_at)
+        return None
+
+    def refuse(self, now: float, worker: int, status: int, sent_at: float) -> None:
+        self.push(now + 0.002, worker, str(status), sent_at)
