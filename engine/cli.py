@@ -16,12 +16,13 @@ from engine.config import (
     DEFAULT_BATCH_ROWS,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_REQUEST_TIMEOUT_S,
     Credentials,
     ScoreConfig,
 )
 from engine.errors import EngineError, UsageError
 from engine.logs import emit, setup_logging
-from engine.retry import RetryPolicy
+from engine.retry import DEFAULT_MAX_RETRY_AFTER_S, RetryPolicy
 from engine.source import parse_shard
 from engine.stats import Summary
 
@@ -111,6 +112,21 @@ def _add_tuning_flags(parser: argparse.ArgumentParser) -> None:
         default=10,
         metavar="N",
         help="attempts per request before the batch fails (default 10)",
+    )
+    group.add_argument(
+        "--request-timeout",
+        type=float,
+        default=DEFAULT_REQUEST_TIMEOUT_S,
+        metavar="S",
+        help="longest a request may take (default 300: Databricks ends a request at 297 s); "
+        "one far slower than the endpoint's usual latency is abandoned and sent again sooner",
+    )
+    group.add_argument(
+        "--max-retry-after",
+        type=float,
+        default=DEFAULT_MAX_RETRY_AFTER_S,
+        metavar="S",
+        help="cap on a server's Retry-After (default 300); reaching it is a warning",
     )
     group.add_argument("--params", metavar="JSON", help="model params sent with every request")
 
@@ -283,7 +299,8 @@ def _score_config(args: argparse.Namespace) -> ScoreConfig:
         qps=args.qps,
         keep=keep,
         params=params,
-        retry=RetryPolicy(max_attempts=args.max_attempts),
+        retry=RetryPolicy(max_attempts=args.max_attempts, max_retry_after_s=args.max_retry_after),
+        request_timeout_s=args.request_timeout,
         max_error_rows=args.max_error_rows,
         wait_ready_s=args.wait_ready,
         progress=args.progress,

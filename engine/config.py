@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from engine.adaptive import HANG_FLOOR_S
 from engine.errors import UsageError
 from engine.retry import RetryPolicy
 
@@ -25,8 +26,9 @@ DEFAULT_BATCH_ROWS = 1000
 #: Most requests in flight when --concurrency is not given (the adaptive limit finds the
 #: endpoint's capacity below it).
 DEFAULT_MAX_CONCURRENCY = 64
-#: Per-request budget: the endpoint may run a request for 297 s before timing it out itself.
-DEFAULT_REQUEST_TIMEOUT_S = 330.0
+#: Per-request bound: the endpoint runs a request for at most 297 s before timing it out
+#: itself, so an answer later than this will never come.
+DEFAULT_REQUEST_TIMEOUT_S = 300.0
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_TOKEN_TIMEOUT_S = 30.0
 #: On SIGTERM/SIGINT, how long requests already in flight may take to finish.
@@ -233,6 +235,9 @@ class ScoreConfig:
         wait_ready_s: how long to wait for a not-ready endpoint (at start and mid-run).
         progress: "auto" (bar on a terminal, log lines otherwise), "bar", "log" or "off".
         grace_s: on a stop signal, how long in-flight requests may take to finish.
+        request_timeout_s: the longest one request may take (``--request-timeout``).
+        hang_floor_s: a request is abandoned as hung after 10 × the endpoint's p99 latency,
+            but never sooner than this.
     """
 
     endpoint: str
@@ -246,6 +251,7 @@ class ScoreConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+    hang_floor_s: float = HANG_FLOOR_S
     token_timeout_s: float = DEFAULT_TOKEN_TIMEOUT_S
     reorder_window: int | None = None
     max_error_rows: int | None = None

@@ -16,13 +16,13 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pyarrow as pa
 from aiolimiter import AsyncLimiter
 
-from engine.adaptive import RateController
+from engine.adaptive import HangBound, RateController
 from engine.auth import Clock, Sleep, TokenRefresher, cancel_quietly
 from engine.batching import RequestBatch
 from engine.codec import ResponseFormatError, concat_predictions, decode_predictions
@@ -56,6 +56,11 @@ THROTTLE_STATUSES = frozenset({429, 503})
 #: Throttled answers one request may meet before it gives up. Throttling is the endpoint
 #: telling us its pace, not the batch failing, so it does not use up ``max_attempts``.
 MAX_THROTTLED = 100
+#: How often a request in flight checks whether it has become hung (the bound moves as the
+#: endpoint's latency is learned).
+HANG_CHECK_S = 5.0
+#: A wait this long before a retry is said in the log: what it waits for and until when.
+LONG_WAIT_S = 10.0
 #: How late the pacer may be and still make the lost time up (releasing several turns at once).
 CATCH_UP_S = 0.002
 #: A server-given Retry-After at least this long pauses every request, not just the one.
@@ -214,6 +219,7 @@ class Dispatcher:
         endpoint_ready: asks the control plane whether the endpoint is READY now
             (used when a 400's body does not say whose fault it is).
         prediction_type: the Arrow type predictions must have, when the schema says.
+        hang: when a request unanswered for too long is abandoned and sent again.
     """
 
     def __init__(
@@ -230,11 +236,13 @@ class Dispatcher:
         ready: ReadyGate | None = None,
         endpoint_ready: Callable[[], Awaitable[bool]] | None = None,
         prediction_type: pa.DataType | None = None,
+        hang: HangBound | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
         self._transport = transport
+        self.hang = hang or HangBound()
         self._tokens = tokens
         self.endpoint_url = endpoint_url
         self._encode = encode
@@ -350,9 +358,34 @@ class Dispatcher:
                 attempt=retries,
                 delay_s=round(delay, 3),
             )
+            self._say_long_wait(batch_id, retry, delay)
             if (retry.retry_after_s or 0.0) >= SHARED_PAUSE_MIN_S:
                 self.gate.pause(delay)
             await self._sleep(delay)
+
+    def _say_long_wait(self, batch_id: int, retry: Outcome, delay_s: float) -> None:
+        """A long idle stretch is never silent: say what it waits for and until when."""
+        asked = retry.retry_after_s
+        cap = self._policy.max_retry_after_s
+        if asked is not None and asked > cap:
+            log.warning(
+                "the endpoint asked to wait %.0f s (Retry-After); waiting %.0f s, the cap set "
+                "by --max-retry-after",
+                asked,
+                cap,
+            )
+        if delay_s < LONG_WAIT_S:
+            return
+        until = datetime.now().astimezone() + timedelta(seconds=delay_s)
+        cause = "Retry-After" if asked is not None else f"backoff after {_brief_outcome(retry)}"
+        emit(
+            "wait",
+            f"batch {batch_id}: waiting {delay_s:.0f} s ({cause}), until {until:%H:%M:%S}",
+            level=logging.WARNING,
+            batch_id=batch_id,
+            delay_s=round(delay_s, 1),
+            until=until.isoformat(timespec="seconds"),
+        )
 
     async def _attempt_once(self, body: bytes) -> Response | _ServerError | TransportError:
         if self._ready is not None:
@@ -370,15 +403,14 @@ class Dispatcher:
                 "Accept": "application/json",
             }
             started = self._clock()
-            response = await self._transport.request(
-                "POST", self.endpoint_url, headers=headers, data=body
-            )
+            response = await self._bounded_request(headers, body, started)
         except TransportError as exc:
             self._stats.record_request(None, self._clock() - started)
             return exc
         finally:
             self.pacer.release()
         latency = self._clock() - started
+        self.hang.record(latency)
         self.pacer.record(response.status, latency)
         self._stats.record_request(response.status, latency)
         if response.ok:
@@ -387,6 +419,39 @@ class Dispatcher:
         if error.status in (401, 403):
             self._tokens.invalidate(token)
         return error
+
+    async def _bounded_request(
+        self, headers: dict[str, str], body: bytes, started: float
+    ) -> Response:
+        """POST, abandoning the request once it has taken far longer than the endpoint's
+        usual latency (see :class:`~engine.adaptive.HangBound`): a backend that read the
+        request and died behind a live connection costs seconds, not the whole run."""
+        request = asyncio.ensure_future(
+            self._transport.request(
+                "POST", self.endpoint_url, headers=headers, data=body,
+                timeout_s=self.hang.ceiling_s,
+            )
+        )
+        try:
+            while True:
+                remaining = started + self.hang.deadline_s() - self._clock()
+                if remaining <= 0:
+                    self._stats.requests_abandoned += 1
+                    waited = self._clock() - started
+                    raise TransportError(
+                        f"no answer after {waited:.0f} s (the endpoint's p99 latency is "
+                        f"{(self.hang.p99_s or 0.0) * 1000:.0f} ms): abandoned, sent again",
+                        kind="timeout",
+                        url=self.endpoint_url,
+                    )
+                check = asyncio.ensure_future(self._sleep(min(remaining, HANG_CHECK_S)))
+                await asyncio.wait({request, check}, return_when=asyncio.FIRST_COMPLETED)
+                if request.done():
+                    check.cancel()
+                    return request.result()
+        finally:
+            if not request.done():
+                await cancel_quietly(request)
 
     async def _handle_400(self, error: _ServerError) -> bool:
         """True when the endpoint was not ready and is again; raises for schema faults."""
@@ -439,6 +504,12 @@ def _brief(failure: _ServerError | TransportError) -> str:
     if isinstance(failure, TransportError):
         return str(failure)
     return f"HTTP {failure.status}" + (f" {failure.error_code}" if failure.error_code else "")
+
+
+def _brief_outcome(outcome: Outcome) -> str:
+    if outcome.kind is FailureKind.STATUS:
+        return f"HTTP {outcome.status}"
+    return str(outcome.kind.value)
 
 
 def _cause(failure: _ServerError | TransportError) -> str:

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 from aiolimiter import AsyncLimiter
 
-from engine.adaptive import RateController
+from engine.adaptive import HangBound, RateController
 from engine.auth import Clock, Sleep, TokenRefresher, cancel_quietly, connect
 from engine.batching import Batcher, RequestBatch
 from engine.checkpoint import Checkpoint, batch_key
@@ -301,6 +301,7 @@ def _dispatcher(scorer: Scorer, transport: Transport) -> Dispatcher:
         ready=ready,
         endpoint_ready=endpoint_ready,
         prediction_type=scorer.model.prediction_type if scorer.model else None,
+        hang=HangBound(ceiling_s=config.request_timeout_s, floor_s=config.hang_floor_s),
         clock=scorer.clock,
         sleep=scorer.sleep,
         rng=random.Random(),

@@ -35,6 +35,7 @@ from engine.errors import UsageError
 
 __all__ = [
     "BAD_REQUEST_PATTERNS",
+    "DEFAULT_MAX_RETRY_AFTER_S",
     "BadRequestKind",
     "BadRequestPatterns",
     "FailureKind",
@@ -168,6 +169,8 @@ def _contains_any(text: str, needles: tuple[str, ...]) -> bool:
     return any(needle in text for needle in needles)
 
 
+#: Longest Retry-After honoured unless set otherwise (``--max-retry-after``).
+DEFAULT_MAX_RETRY_AFTER_S = 300.0
 #: Exponents past this are capped before ``2 ** n`` (which would overflow a float near 1024).
 _MAX_BACKOFF_EXPONENT = 62
 
@@ -191,7 +194,7 @@ class RetryPolicy:
     base_delay_s: float = 0.25
     max_delay_s: float = 30.0
     default_retry_after_s: float = 1.0
-    max_retry_after_s: float = 300.0
+    max_retry_after_s: float = DEFAULT_MAX_RETRY_AFTER_S
     retry_statuses: frozenset[int] = frozenset({429, 500, 502, 503, 504})
 
     def __post_init__(self) -> None:

@@ -41,6 +41,12 @@ class Summary:
     requests_per_s: float = 0.0
     throttled_share: float = 0.0
     pacing_rps: float | None = None
+    #: requests abandoned as hung (far slower than the endpoint's p99) and sent again
+    requests_abandoned: int = 0
+    #: what held the run back at the end: qps, endpoint, latency or concurrency
+    bound: str | None = None
+    #: the endpoint's capacity the controller measured, requests/s (None: no limit met)
+    capacity_rps: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,7 +63,13 @@ class Summary:
             f"requests       {self.requests:,} ({self.requests_ok:,} ok, "
             f"{self.throttled_429:,} throttled 429 = {self.throttled_share:.1%}, "
             f"{self.bisections:,} bisections), {self.requests_per_s:,.1f}/s"
-            + (f", paced at {self.pacing_rps:,.1f}/s at the end" if self.pacing_rps else ""),
+            + (f", paced at {self.pacing_rps:,.1f}/s at the end" if self.pacing_rps else "")
+            + (
+                f" (endpoint capacity measured at {self.capacity_rps:,.1f}/s)"
+                if self.capacity_rps
+                else ""
+            )
+            + (f", {self.requests_abandoned:,} hung, resent" if self.requests_abandoned else ""),
             f"retries        {retries}",
             f"token refresh  {self.token_refreshes}",
             f"throughput     {self.rows_per_s:,.0f} rows/s over {self.elapsed_s:.1f} s",
@@ -84,6 +96,8 @@ class RunStats:
     requests_ok: int = 0
     throttled_429: int = 0
     bisections: int = 0
+    #: requests given up on for taking far longer than the endpoint's usual latency
+    requests_abandoned: int = 0
     retries: Counter[str] = field(default_factory=Counter)
     latencies_s: list[float] = field(default_factory=list)
     #: the dispatcher's adaptive controller, read for progress lines and the summary
@@ -139,6 +153,11 @@ class RunStats:
             requests_per_s=round(self.requests / elapsed, 2) if elapsed > 0 else 0.0,
             throttled_share=round(self.throttled_share, 4),
             pacing_rps=self.limits()["pacing_rps"],
+            requests_abandoned=self.requests_abandoned,
+            bound=None if self.controller is None else self.controller.bound,
+            capacity_rps=None
+            if self.controller is None or self.controller.capacity is None
+            else round(self.controller.capacity, 2),
             latency_ms={k: round(v, 2) for k, v in self.percentiles_ms().items()},
             **fields,
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
@@ -92,11 +93,17 @@ class Transport:
         Raises:
             TransportError: the connection failed, dropped, or timed out; ``kind`` says which.
         """
-        timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s else None
         body: object = dict(form) if form is not None else data
+        # aiohttp reads an explicit ``timeout=None`` as "no timeout at all": leave it out to
+        # keep the session's bound, so no request can wait forever.
+        options: dict[str, Any] = {}
+        if timeout_s:
+            options["timeout"] = aiohttp.ClientTimeout(
+                total=timeout_s, sock_connect=self._connect_timeout_s
+            )
         try:
             async with self._client().request(
-                method, url, headers=headers, data=body, timeout=timeout
+                method, url, headers=headers, data=body, **options
             ) as resp:
                 payload = await resp.read()
                 return Response(resp.status, payload, dict(resp.headers))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import random
@@ -10,6 +11,7 @@ from collections.abc import Callable
 import pyarrow as pa
 import pytest
 
+from engine.adaptive import HangBound
 from engine.auth import Token, TokenRefresher
 from engine.batching import RequestBatch
 from engine.codec import encode_dataframe_split
@@ -248,3 +250,40 @@ async def test_oversize_row_is_rejected_without_a_request() -> None:
     result = await dispatcher.score(RequestBatch(batch_id=3, row_offset=9, rows=rows, body=b"", oversize=True))
     assert result.rejected_rows == 1 and "max-request-bytes" in result.errors[0].as_py()
     assert transport.sent == []
+
+
+class HangingOnceTransport(FakeTransport):
+    """The first POST is read and never answered (a dead backend behind a live connection)."""
+
+    def __init__(self, handler: Handler) -> None:
+        super().__init__(handler)
+        self.hung = 0
+
+    async def request(self, method: str, url: str, *, headers=None, data=None, **kw: object) -> Response:
+        if not self.hung:
+            self.hung += 1
+            await asyncio.Event().wait()
+        return await super().request(method, url, headers=headers, data=data, **kw)
+
+
+async def test_a_hung_request_is_abandoned_after_the_floor_and_sent_again() -> None:
+    clock = FakeClock()
+    transport = HangingOnceTransport(doubling_model)
+    hang = HangBound(ceiling_s=300.0, floor_s=30.0)
+    for _ in range(100):
+        hang.record(0.01)  # the endpoint answers in 10 ms
+    dispatcher, stats = make_dispatcher(transport, clock, hang=hang)
+    result = await dispatcher.score(batch_of([1.0, 2.0]))
+    assert result.predictions.to_pylist() == [2.0, 4.0]
+    assert stats.requests_abandoned == 1 and stats.retries["timeout"] == 1
+    assert 30.0 <= clock.now < 60.0  # the floor, not the 300 s request timeout
+
+
+async def test_before_any_latency_is_known_a_request_may_take_the_request_timeout() -> None:
+    clock = FakeClock()
+    transport = HangingOnceTransport(doubling_model)
+    dispatcher, stats = make_dispatcher(transport, clock, hang=HangBound(ceiling_s=120.0))
+    result = await dispatcher.score(batch_of([3.0]))
+    assert result.predictions.to_pylist() == [6.0]
+    assert stats.requests_abandoned == 1
+    assert 120.0 <= clock.now < 180.0
