@@ -40,7 +40,7 @@ from engine.retry import (
 from engine.stats import RunStats
 from engine.transport import Response, Transport
 
-__all__ = ["BatchResult", "Dispatcher", "Pacer", "PauseGate", "ReadyGate"]
+__all__ = ["BatchResult", "Dispatcher", "Pacer", "PauseGate", "ReadyGate", "SendingStopped"]
 
 log = logging.getLogger("engine.dispatch")
 
@@ -65,6 +65,10 @@ LONG_WAIT_S = 10.0
 CATCH_UP_S = 0.002
 #: A server-given Retry-After at least this long pauses every request, not just the one.
 SHARED_PAUSE_MIN_S = 5.0
+
+
+class SendingStopped(Exception):
+    """The run is stopping (SIGTERM/SIGINT): this batch was not sent and will not be."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,11 +140,15 @@ class Pacer:
         self._freed = asyncio.Event()
         self._queue: collections.deque[asyncio.Future[None]] = collections.deque()
         self._ticker: asyncio.Task[None] | None = None
+        self.stopped = False
 
     async def acquire(self) -> None:
-        while self.in_flight >= int(self.controller.in_flight_limit):
+        """Wait for a free slot and a turn; raises SendingStopped once :meth:`stop` was called."""
+        while self.in_flight >= int(self.controller.in_flight_limit) and not self.stopped:
             self._freed.clear()
             await self._freed.wait()
+        if self.stopped:
+            raise SendingStopped
         self.in_flight += 1
         if not self.controller.paced:
             self.controller.on_send(self._clock())
@@ -151,9 +159,18 @@ class Pacer:
             self._ticker = asyncio.create_task(self._tick())
         try:
             await turn
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, SendingStopped):
             self.in_flight -= 1
             raise
+
+    def stop(self) -> None:
+        """No request leaves from now on: every waiting turn is dropped, not sent."""
+        self.stopped = True
+        while self._queue:
+            turn = self._queue.popleft()
+            if not turn.done():
+                turn.set_exception(SendingStopped())
+        self._freed.set()
 
     async def _tick(self) -> None:
         while self._queue:
@@ -257,6 +274,11 @@ class Dispatcher:
         self._rng = rng or random.Random()
         self.gate = PauseGate(clock=clock, sleep=sleep)
         self.pacer = Pacer(controller or RateController(), clock=clock, sleep=sleep)
+
+    def stop_sending(self) -> None:
+        """The run is stopping: requests waiting to be sent are dropped (their batches raise
+        :class:`SendingStopped`); requests already in flight finish."""
+        self.pacer.stop()
 
     async def score(self, batch: RequestBatch) -> BatchResult:
         """Score every row of ``batch``; rejected rows carry the server's message."""
@@ -393,7 +415,7 @@ class Dispatcher:
         await self.gate.wait()
         if self.limiter is not None:
             await self.limiter.acquire()
-        await self.pacer.acquire()
+        await self.pacer.acquire()  # raises SendingStopped once the run is stopping
         started = self._clock()
         try:
             token = await self._tokens.get()

@@ -31,7 +31,7 @@ from engine.batching import Batcher, RequestBatch
 from engine.checkpoint import Checkpoint, batch_key
 from engine.codec import encode_dataframe_split
 from engine.config import Credentials, ScoreConfig
-from engine.dispatch import BatchResult, Dispatcher, ReadyGate
+from engine.dispatch import BatchResult, Dispatcher, ReadyGate, SendingStopped
 from engine.errors import EndpointError, EngineError, Interrupted, RunAborted, UsageError
 from engine.progress import Progress, make_progress, report_every
 from engine.schema import CastPlan, ModelSchema, parse_openapi, plan_cast
@@ -396,6 +396,7 @@ class _Stages:
     ) -> None:
         log.warning("stopping: no new requests; waiting up to %.0f s for those in flight", grace_s)
         self.stopping = True
+        self.dispatcher.stop_sending()  # nothing waiting in the pacer is sent
         await cancel_quietly(producer)
         while not self.queue.empty():
             self.queue.get_nowait()
@@ -438,7 +439,10 @@ class _Stages:
             batch, key = item
             result, reused = self.from_checkpoint(batch, key)
             if result is None:
-                result = await self.dispatcher.score(batch)
+                try:
+                    result = await self.dispatcher.score(batch)
+                except SendingStopped:
+                    return  # stopping: this batch was never sent; a rerun scores it
             await self.deliver(batch, key, result, reused=reused)
 
     def from_checkpoint(self, batch: RequestBatch, key: str) -> tuple[BatchResult | None, bool]:

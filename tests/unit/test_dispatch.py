@@ -11,11 +11,11 @@ from collections.abc import Callable
 import pyarrow as pa
 import pytest
 
-from engine.adaptive import HangBound
+from engine.adaptive import HangBound, RateController
 from engine.auth import Token, TokenRefresher
 from engine.batching import RequestBatch
 from engine.codec import encode_dataframe_split
-from engine.dispatch import Dispatcher, ReadyGate
+from engine.dispatch import Dispatcher, ReadyGate, SendingStopped
 from engine.errors import BatchFailed, SchemaError, TransportError
 from engine.retry import RetryPolicy
 from engine.stats import RunStats
@@ -287,3 +287,20 @@ async def test_before_any_latency_is_known_a_request_may_take_the_request_timeou
     assert result.predictions.to_pylist() == [6.0]
     assert stats.requests_abandoned == 1
     assert 120.0 <= clock.now < 180.0
+
+
+async def test_after_stop_no_waiting_request_is_sent() -> None:
+    clock = FakeClock()
+    transport = FakeTransport(doubling_model)
+    controller = RateController(max_rate=1.0)  # paced: requests queue for their turn
+    dispatcher, _ = make_dispatcher(transport, clock, controller=controller)
+    dispatcher.pacer._sleep = asyncio.sleep  # the ticker waits on the loop, so turns queue up
+    tasks = [asyncio.ensure_future(dispatcher.score(batch_of([float(i)]))) for i in range(5)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    dispatcher.stop_sending()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    sent = len(transport.sent)
+    assert sent <= 1  # at most the one whose turn had come
+    assert sum(isinstance(r, SendingStopped) for r in results) == 5 - sent
+    await dispatcher.pacer.aclose()
