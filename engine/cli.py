@@ -148,10 +148,14 @@ def _add_score(commands: Any) -> None:
         type=float,
         default=0.0,
         metavar="SECONDS",
-        help="wait up to SECONDS for a not-ready endpoint",
+        help="wait up to SECONDS for a not-ready endpoint (default: fail at once; with "
+        "--start-if-stopped, wait up to 30 min)",
     )
     score.add_argument(
-        "--start-if-stopped", action="store_true", help="start a stopped endpoint and wait for it"
+        "--start-if-stopped",
+        action="store_true",
+        help="start a stopped endpoint and wait for it to be READY (up to 30 min, or "
+        "--wait-ready SECONDS)",
     )
     score.add_argument(
         "--checkpoint",

@@ -50,6 +50,8 @@ READ_BATCH_ROWS = 16_384
 INITIAL_IN_FLIGHT = 4
 #: How long a mid-run pause for a not-ready endpoint may last before the run fails.
 DEFAULT_PAUSE_TIMEOUT_S = 900.0
+#: How long --start-if-stopped waits for READY unless --wait-ready says otherwise.
+DEFAULT_START_WAIT_S = 1800.0
 
 
 class ResultSink(Protocol):
@@ -189,15 +191,46 @@ async def _ready_endpoint(
         )
     if info.is_ready:
         return info
+    if not (config.wait_ready_s > 0 or start_if_stopped):
+        raise EndpointError(
+            f"endpoint '{config.endpoint}' is not ready ({info.state_text}); start it "
+            "(or pass --start-if-stopped), or wait for it with --wait-ready SECONDS"
+        )
     if start_if_stopped and info.config_update != "IN_PROGRESS":
         log.info("endpoint '%s' is stopped; starting it", config.endpoint)
         await workspace.start_endpoint(config.endpoint)
-    if config.wait_ready_s > 0 or start_if_stopped:
-        return await workspace.wait_ready(config.endpoint, timeout_s=max(config.wait_ready_s, 1.0))
-    raise EndpointError(
-        f"endpoint '{config.endpoint}' is not ready ({info.state_text}); start it "
-        "(or pass --start-if-stopped), or wait for it with --wait-ready SECONDS"
+    # Starting a serving endpoint takes minutes (GPU ones, or scale-from-zero, 20 or more).
+    timeout_s = config.wait_ready_s or DEFAULT_START_WAIT_S
+    log.info(
+        "waiting up to %s for endpoint '%s' to be READY (%s)%s",
+        _duration(timeout_s),
+        config.endpoint,
+        info.state_text,
+        "" if config.wait_ready_s else "; --wait-ready SECONDS to change",
     )
+    try:
+        return await workspace.wait_ready(config.endpoint, timeout_s=timeout_s)
+    except EndpointError as exc:
+        if "after waiting" not in str(exc):
+            raise
+        raise EndpointError(_not_ready_message(config, start_if_stopped, timeout_s)) from exc
+
+
+def _not_ready_message(config: ScoreConfig, start_if_stopped: bool, timeout_s: float) -> str:
+    """Why the wait ended and what to do, never asking for a flag that was given."""
+    what = "started it, but it" if start_if_stopped else "waited, but it"
+    fixes = [f"raise --wait-ready (waited {_duration(timeout_s)})"]
+    if not start_if_stopped:
+        fixes.insert(0, "start it in the Serving UI or pass --start-if-stopped")
+    return (
+        f"endpoint '{config.endpoint}' is still not READY: the engine {what} did not become "
+        f"ready within {_duration(timeout_s)}; check its events in the Serving UI, and "
+        + ", or ".join(fixes)
+    )
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
 
 
 def _kept_columns(schema: pa.Schema, keep: Sequence[str] | None) -> tuple[str, ...]:
