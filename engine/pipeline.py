@@ -28,11 +28,18 @@ from aiolimiter import AsyncLimiter
 from engine.adaptive import RateController
 from engine.auth import Clock, Sleep, TokenRefresher, cancel_quietly, connect
 from engine.batching import Batcher, RequestBatch
-from engine.checkpoint import Checkpoint, batch_key
+from engine.checkpoint import FLUSH_BATCHES, FLUSH_INTERVAL_S, Checkpoint, batch_key
 from engine.codec import encode_dataframe_split
 from engine.config import Credentials, ScoreConfig
 from engine.dispatch import BatchResult, Dispatcher, ReadyGate
-from engine.errors import EndpointError, EngineError, Interrupted, RunAborted, UsageError
+from engine.errors import (
+    EndpointError,
+    EngineError,
+    Interrupted,
+    RunAborted,
+    StorageError,
+    UsageError,
+)
 from engine.progress import Progress, make_progress, report_every
 from engine.schema import CastPlan, ModelSchema, parse_openapi, plan_cast
 from engine.source import Source
@@ -382,6 +389,7 @@ class _Stages:
         )
         self.window = asyncio.Semaphore(config.window)
         self.flush_lock = asyncio.Lock()
+        self.flush_wanted = asyncio.Event()
         self.stopping = False
 
     async def run_all(self, stop: StopSignal) -> None:
@@ -398,9 +406,13 @@ class _Stages:
         ]
         producer = asyncio.create_task(self.produce())
         group = asyncio.create_task(self._work_group(producer))
+        committer = asyncio.create_task(self.commit_checkpoint())
         stopped = asyncio.create_task(stop.event.wait())
+        failed = True
         try:
-            await asyncio.wait({group, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({group, stopped, committer}, return_when=asyncio.FIRST_COMPLETED)
+            if committer.done():
+                committer.result()  # it only ends by failing: the checkpoint cannot be written
             if not group.done():
                 await self._stop_gracefully(producer, group, config.grace_s)
                 raise Interrupted(
@@ -409,10 +421,21 @@ class _Stages:
                     signal_name=stop.signal_name,
                 )
             group.result()
+            failed = False
         finally:
-            for task in (*background, stopped, producer, group):
+            for task in (*background, stopped, producer, group, committer):
                 await cancel_quietly(task)
-            await self.flush_checkpoint(force=True)
+            await self._final_flush(failed=failed)
+
+    async def _final_flush(self, *, failed: bool) -> None:
+        """Persist what finished; if the run is already failing, a flush failure is logged
+        rather than hiding the first error."""
+        try:
+            await self.flush_checkpoint()
+        except StorageError as exc:
+            if not failed:
+                raise
+            log.error("%s (the checkpoint keeps every batch persisted before this)", exc)
 
     async def _work_group(self, producer: asyncio.Task[None]) -> None:
         try:
@@ -494,7 +517,7 @@ class _Stages:
             stats.rows_scored += batch.num_rows - result.rejected_rows
             if self.checkpoint is not None and key:
                 self.checkpoint.add(key, result.predictions, result.errors)
-                await self.flush_checkpoint()
+                self.flush_wanted.set()
         written = self.sink.add(batch.batch_id, self.scorer.output_table(batch, result))
         for _ in range(written):
             self.window.release()
@@ -505,13 +528,39 @@ class _Stages:
                 "their messages are in the checkpoint; rerun without the limit to see them"
             )
 
-    async def flush_checkpoint(self, *, force: bool = False) -> None:
+    async def commit_checkpoint(self) -> None:
+        """Group commit: a finished batch is written within ``FLUSH_INTERVAL_S`` (at once
+        when ``FLUSH_BATCHES`` wait) together with every batch that finished meanwhile, so a
+        kill -9 rescores little more than what was in flight. Runs until cancelled; ends
+        only by raising :class:`StorageError`."""
         checkpoint = self.checkpoint
-        if checkpoint is None or not (checkpoint.flush_due() or (force and checkpoint.has_pending)):
+        if checkpoint is None:
+            await asyncio.Event().wait()  # nothing to commit: wait to be cancelled
+            return
+        while True:
+            await self.flush_wanted.wait()
+            self.flush_wanted.clear()
+            for _ in range(4):  # let batches finishing meanwhile join this write
+                if checkpoint.pending_batches >= FLUSH_BATCHES:
+                    break
+                await self.scorer.sleep(FLUSH_INTERVAL_S / 4)
+            await self.flush_checkpoint()
+
+    async def flush_checkpoint(self) -> None:
+        """Write every finished batch not yet persisted (one writer at a time)."""
+        checkpoint = self.checkpoint
+        if checkpoint is None or not checkpoint.has_pending:
             return
         async with self.flush_lock:
             pending = checkpoint.take_pending()
-            await asyncio.to_thread(checkpoint.write, pending)
+            write = asyncio.ensure_future(asyncio.to_thread(checkpoint.write, pending))
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                # The thread goes on writing: hold the lock until it is done, so the final
+                # flush never appends to the manifest at the same time.
+                await asyncio.wait({write})
+                raise
 
 
 async def _propagate(task: asyncio.Task[None]) -> None:

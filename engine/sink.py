@@ -62,7 +62,7 @@ import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from engine.errors import EngineError, InputError, OutputExistsError, UsageError
+from engine.errors import EngineError, InputError, OutputExistsError, UsageError, storage_error
 from engine.source import Location, is_uri, locate
 
 __all__ = [
@@ -314,11 +314,21 @@ class OrderedWriter:
             table = pa.Table.from_batches([table])
         self._pending[batch_id] = self._checked(batch_id, table)
         written = 0
-        while self._next_batch_id in self._pending:
-            self._emit(self._next_batch_id, self._pending.pop(self._next_batch_id))
-            self._next_batch_id += 1
-            written += 1
+        with self._storage("write"):
+            while self._next_batch_id in self._pending:
+                self._emit(self._next_batch_id, self._pending.pop(self._next_batch_id))
+                self._next_batch_id += 1
+                written += 1
         return written
+
+    @contextlib.contextmanager
+    def _storage(self, action: str) -> Iterator[None]:
+        """Turn the OS's I/O errors (disk full, permission, read-only, gone) into one
+        StorageError naming the output and the cause."""
+        try:
+            yield
+        except OSError as exc:
+            raise storage_error(f"{action} the output", self.spec.path, exc) from exc
 
     def finish(self, expected_batches: int | None = None) -> str:
         """Write what is left, fsync, and move the file into place.
@@ -337,6 +347,10 @@ class OrderedWriter:
         """
         self._require_open()
         self._check_complete(expected_batches)
+        with self._storage("finish writing"):
+            return self._finish()
+
+    def _finish(self) -> str:
         if self._held is not None:
             self._release_held(pa.null())
         schema = self._output_schema(self._prediction_type or pa.null())
