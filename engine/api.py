@@ -178,7 +178,9 @@ async def _score_locked(
             spec,
             prediction_type=scorer.model.prediction_type if scorer.model else None,
             # Declared up front so an output with no rows (an empty shard) has every column.
-            kept_schema=pa.schema([source.schema.field(name) for name in scorer.kept]),
+            kept_schema=pa.schema(
+                [(scorer.input_schema or source.schema).field(name) for name in scorer.kept]
+            ),
         )
         with _signals_to(stop, enabled=handle_signals):
             return await run(source, writer, scorer, transport, checkpoint=state.store, stop=stop)

@@ -221,6 +221,12 @@ def _add_validate(commands: Any) -> None:
         "inputs", nargs="+", metavar="INPUT", help="Parquet/CSV files, dirs, globs"
     )
     validate.add_argument("--endpoint", required=True, metavar="NAME", help="serving endpoint name")
+    validate.add_argument(
+        "--full",
+        action="store_true",
+        help="CSV: check every value against the endpoint's types (default: the first rows; "
+        "later values are checked as they are read while scoring)",
+    )
     _add_connection_flags(validate)
     _add_debug_flag(validate)
     validate.set_defaults(run=_run_validate)
@@ -250,7 +256,7 @@ def _credentials(args: argparse.Namespace) -> Credentials:
 def _run_validate(args: argparse.Namespace) -> int:
     from engine.describe import avalidate
 
-    plan = asyncio.run(avalidate(args.inputs, args.endpoint, _credentials(args)))
+    plan = asyncio.run(avalidate(args.inputs, args.endpoint, _credentials(args), full=args.full))
     print(f"OK: the input fits endpoint '{args.endpoint}'")
     for line in plan.describe():
         print(f"  {line}")

@@ -18,11 +18,13 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from aiolimiter import AsyncLimiter
 
 from engine.adaptive import RateController
@@ -42,7 +44,7 @@ from engine.errors import (
 )
 from engine.progress import Progress, make_progress, report_every
 from engine.schema import CastPlan, ModelSchema, parse_openapi, plan_cast
-from engine.source import Source
+from engine.source import READ_ERROR_COLUMN, Source
 from engine.stats import RunStats, Summary
 from engine.transport import Transport
 from engine.workspace import EndpointInfo, Workspace
@@ -114,11 +116,20 @@ class Scorer:
     stats: RunStats = field(default_factory=RunStats)
     clock: Clock = time.monotonic
     sleep: Sleep = asyncio.sleep
+    #: CSV columns read straight as the endpoint's types (rows that do not parse rejected)
+    read_types: Mapping[str, pa.DataType] = field(default_factory=dict)
+    #: the input's schema as read (CSV columns typed by ``read_types``)
+    input_schema: pa.Schema | None = None
 
     def key(self, batch: RequestBatch) -> str:
-        """The checkpoint key: request content + endpoint + served model version."""
+        """The checkpoint key: request content + endpoint + served model version (+ why
+        rows could not be read, which the body alone does not show)."""
+        body = batch.body
+        unreadable = read_errors(batch.rows)
+        if unreadable is not None:
+            body += b"\x00" + "\x00".join(str(e) for e in unreadable.to_pylist()).encode()
         return batch_key(
-            batch.body, endpoint=self.config.endpoint, model_version=self.endpoint.model_version_key
+            body, endpoint=self.config.endpoint, model_version=self.endpoint.model_version_key
         )
 
     def encode(self, rows: pa.RecordBatch) -> bytes:
@@ -160,10 +171,12 @@ async def prepare(
             "sending the input columns as they are",
             config.endpoint,
         )
-    cast = plan_cast(source.schema, model)
-    kept = _kept_columns(source.schema, config.keep)
+    read_types = csv_read_types(source, model)
+    input_schema = source.typed_as(read_types)
+    cast = plan_cast(input_schema, model)
+    kept = _kept_columns(input_schema, config.keep)
     wanted = set(cast.columns) | set(kept)
-    read_columns = tuple(name for name in source.schema.names if name in wanted)
+    read_columns = tuple(name for name in input_schema.names if name in wanted)
     authorization = endpoint.data_plane_authorization_details()
     tokens = TokenRefresher(
         lambda: auth.data_plane_token(authorization, config.endpoint),
@@ -183,7 +196,30 @@ async def prepare(
         workspace,
         clock=clock,
         sleep=sleep,
+        read_types=read_types,
+        input_schema=input_schema,
     )
+
+
+def csv_read_types(source: Source, model: ModelSchema | None) -> dict[str, pa.DataType]:
+    """For a CSV input, the endpoint's type of each model column it has: read straight as
+    that type instead of the type guessed from the first MiB (empty for other inputs)."""
+    if model is None or not source.is_csv:
+        return {}
+    return {
+        column.name: column.type
+        for column in model.columns
+        if column.type is not None and column.name in source.schema.names
+    }
+
+
+def read_errors(rows: pa.RecordBatch) -> pa.Array | None:
+    """The rows' read errors (CSV values that did not parse), or None when there are none."""
+    index = rows.schema.get_field_index(READ_ERROR_COLUMN)
+    if index < 0:
+        return None
+    errors = rows.column(index)
+    return errors if errors.null_count < len(errors) else None
 
 
 async def _ready_endpoint(
@@ -460,7 +496,11 @@ class _Stages:
             await asyncio.wait_for(asyncio.shield(group), timeout=grace_s)
 
     def _read(self) -> Iterator[pa.RecordBatch]:
-        reader = self.source.reader(list(self.scorer.read_columns), batch_rows=READ_BATCH_ROWS)
+        reader = self.source.reader(
+            list(self.scorer.read_columns),
+            batch_rows=READ_BATCH_ROWS,
+            csv_types=self.scorer.read_types or None,
+        )
         return iter(reader)
 
     def _keyed(self, batch: RequestBatch) -> tuple[RequestBatch, str]:
@@ -493,8 +533,34 @@ class _Stages:
             batch, key = item
             result, reused = self.from_checkpoint(batch, key)
             if result is None:
-                result = await self.dispatcher.score(batch)
+                result = await self.score_readable(batch)
             await self.deliver(batch, key, result, reused=reused)
+
+    async def score_readable(self, batch: RequestBatch) -> BatchResult:
+        """Score the rows that could be read; rows with a read error are rejected with it,
+        unsent, in their places."""
+        unreadable = None if batch.oversize else read_errors(batch.rows)
+        if unreadable is None:
+            return await self.dispatcher.score(batch)
+        readable = pc.is_null(unreadable)
+        rows = batch.rows.filter(readable)
+        if rows.num_rows:
+            sent = RequestBatch(batch.batch_id, batch.row_offset, rows, self.scorer.encode(rows))
+            scored = await self.dispatcher.score(sent)
+            predictions, errors, rejected = scored.predictions, scored.errors, scored.rejected_rows
+        else:
+            model = self.scorer.model
+            predictions = pa.nulls(0, model.prediction_type if model and model.prediction_type
+                                   else pa.null())
+            errors, rejected = pa.nulls(0, pa.string()), 0
+        mask = readable.to_numpy(zero_copy_only=False)
+        # position of each readable row among the scored ones; unreadable rows take the null
+        places = pa.array(np.where(mask, np.cumsum(mask) - 1, len(predictions)))
+        predictions = pa.concat_arrays([predictions, pa.nulls(1, predictions.type)]).take(places)
+        errors = pa.concat_arrays([errors.cast(pa.string()), pa.nulls(1, pa.string())])
+        errors = pc.coalesce(unreadable, errors.take(places))
+        bad = len(unreadable) - unreadable.null_count
+        return BatchResult(batch.batch_id, predictions, errors, rejected + bad)
 
     def from_checkpoint(self, batch: RequestBatch, key: str) -> tuple[BatchResult | None, bool]:
         if self.checkpoint is None or not key:

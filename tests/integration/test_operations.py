@@ -442,3 +442,75 @@ async def test_kill_9_rescores_little_more_than_what_was_in_flight(
     in_flight = KILL_IN_FLIGHT * KILL_BATCH
     most_rows_per_s = in_flight / KILL_LATENCY_S
     assert rescored <= in_flight + most_rows_per_s * 0.25, rescored
+
+
+# --- 5. CSV read with the endpoint's types ---------------------------------------------------
+
+
+def _csv_with_late_surprises(emulator: Emulator, path: Path) -> tuple[pa.Table, list[int]]:
+    """60,000 regressor rows as CSV (3+ MiB): ``x0`` holds whole numbers for its first
+    50,000 rows (so the first MiB reads as int64), then decimals; three rows far past the
+    first MiB hold values that do not parse. Returns the table as the model sees it and the
+    rows that cannot be read."""
+    table = regressor_table(emulator, 60_000, seed=50)
+    x0 = [float(round(v)) if i < 50_000 else v for i, v in enumerate(table.column("x0").to_pylist())]
+    table = table.set_column(0, "x0", pa.array(x0, pa.float64()))
+    lines = ["x0,x1,x2,x3,x4,x5,x6,x7,count,segment"]
+    for row in table.to_pylist():
+        values = [row["x0"] if row["x0"] != int(row["x0"]) else int(row["x0"])]
+        values += [row[f"x{i}"] for i in range(1, 8)] + [row["count"], row["segment"] or ""]
+        lines.append(",".join(str(v) for v in values))
+    bad = [40_000, 55_123, 59_999]
+    for row, (column, value) in zip(bad, [(1, "abc"), (8, "12.5"), (3, "1,5")], strict=True):
+        cells = lines[row + 1].split(",")
+        cells[column] = f'"{value}"' if "," in value else value
+        lines[row + 1] = ",".join(cells)
+    path.write_text("\n".join(lines) + "\n")
+    assert path.stat().st_size > 3 << 20
+    return table, bad
+
+
+async def test_a_csv_value_that_does_not_parse_rejects_its_row_and_the_run_goes_on(
+    emulator: Emulator, tmp_path
+) -> None:
+    table, bad = _csv_with_late_surprises(emulator, tmp_path / "in.csv")
+    summary_path = tmp_path / "s.json"
+    code, printed = await run_cli(
+        emulator, tmp_path, "score", str(tmp_path / "in.csv"), "--endpoint", ENDPOINT,
+        "-o", str(tmp_path / "out.parquet"), "--summary", str(summary_path),
+    )
+    assert code == 3, printed.decode()[-2000:]
+    summary = json.loads(summary_path.read_text())
+    assert summary["rows_rejected"] == 3 and summary["rows_scored"] == 60_000 - 3
+    result = read_output(tmp_path / "out.parquet")
+    assert result.schema.field("x0").type == pa.float64()  # the endpoint's type, not int64
+    errors = result.column("error").to_pylist()
+    assert [i for i, e in enumerate(errors) if e is not None] == bad
+    path = tmp_path / "in.csv"
+    assert errors[40_000] == f"{path}, line 40002: column 'x1': 'abc' is not a double"
+    assert errors[55_123] == f"{path}, line 55125: column 'count': '12.5' is not a int64"
+    assert errors[59_999] == f"{path}, line 60001: column 'x3': '1,5' is not a double"
+    good = [i for i in range(60_000) if i not in bad]
+    predictions = result.column("prediction").to_pylist()
+    assert [predictions[i] for i in good] == expected_predictions(
+        emulator, ENDPOINT, table.take(good)
+    )
+    assert all(predictions[i] is None for i in bad)
+    assert sum(emulator.accounting(ENDPOINT)["rows_scored"].values()) == 60_000 - 3  # unsent
+
+
+async def test_validate_says_what_it_did_not_check_and_full_reads_every_row(
+    emulator: Emulator, tmp_path
+) -> None:
+    _, bad = _csv_with_late_surprises(emulator, tmp_path / "in.csv")
+    args = ("validate", str(tmp_path / "in.csv"), "--endpoint", ENDPOINT)
+    code, printed = await run_cli(emulator, tmp_path, *args)
+    text = printed.decode()
+    assert code == 0, text
+    assert "CSV values checked in the first" in text and "--full reads every row" in text
+    code, printed = await run_cli(emulator, tmp_path, *args, "--full")
+    text = printed.decode()
+    assert code == 2, text
+    assert "3 CSV row(s) of the 60,000 read hold values that do not parse" in text
+    assert f"{tmp_path / 'in.csv'}, line 40002: column 'x1': 'abc' is not a double" in text
+    assert _requests(emulator) == 0
