@@ -22,6 +22,7 @@ from engine.errors import (
     OutputExistsError,
     RunAborted,
     SchemaError,
+    StorageError,
     UsageError,
 )
 from engine.retry import RetryPolicy
@@ -39,6 +40,7 @@ __all__ = [
     "RunAborted",
     "SchemaError",
     "ScoreConfig",
+    "StorageError",
     "Summary",
     "UsageError",
     "ascore",

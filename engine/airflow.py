@@ -17,7 +17,9 @@ never imports this module, so the engine works without Airflow installed.
 How a task maps onto a run:
 
 * progress goes to the task log as a line every few seconds (the ``engine`` logger);
-* the return value, pushed to XCom, is the run's summary (``Summary.to_dict()``);
+* the return value, pushed to XCom, is the run's summary (``Summary.to_dict()``); the same
+  document is pushed as XCom ``summary`` on every exit, failures included (with the exit code
+  and the error message), so a downstream ``all_done`` task can read what happened;
 * exit codes 1 and 2 fail the task with the engine's message (Airflow retries it as configured);
   exit 3 (some rows rejected, see the output's ``error`` column) succeeds unless
   ``fail_on_rejected_rows=True``, which fails it without retries: the same rows would be
@@ -46,7 +48,7 @@ from engine.api import ascore
 from engine.config import Credentials, ScoreConfig
 from engine.errors import EngineError, Interrupted
 from engine.pipeline import StopSignal
-from engine.stats import Summary
+from engine.stats import RunStats, Summary
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseHook, BaseOperator, Context
@@ -184,9 +186,10 @@ class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
             self.output_path,
             self.endpoint,
         )
-        summary = self._run(job)
+        summary = self._run(job, context)
         for line in summary.lines():
             self.log.info(line)
+        _push_summary(context, summary)
         if summary.exit_code == 3 and self.fail_on_rejected_rows:
             raise AirflowFailException(
                 f"the endpoint rejected {summary.rows_rejected:,} of {summary.rows_total:,} rows "
@@ -206,23 +209,30 @@ class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
         self.log.warning("task killed: stopping the engine; finished batches stay checkpointed")
         self._stop(engine_run)
 
-    def _run(self, job: Callable[[StopSignal], Coroutine[Any, Any, Summary]]) -> Summary:
+    def _run(
+        self, job: Callable[[StopSignal], Coroutine[Any, Any, Summary]], context: Context
+    ) -> Summary:
         engine_run = self._engine_run = _EngineRun(job)
         engine_run.start()
         try:
             return engine_run.result()
-        except Interrupted as exc:
-            raise AirflowException(
-                f"stopped by {exc.signal_name}; finished batches are checkpointed: the next "
-                "try (or clearing the task) resumes from them"
-            ) from exc
         except EngineError as exc:
-            raise AirflowException(str(exc)) from exc
+            _push_summary(context, exc.summary or _failure_summary(self.endpoint, exc))
+            raise self._task_failure(exc) from exc
         except BaseException:
             # Airflow raised into this thread (a task timeout, or SIGTERM on Airflow 2):
             # let the engine flush its checkpoint before the task ends.
             self._stop(engine_run)
             raise
+
+    @staticmethod
+    def _task_failure(exc: EngineError) -> AirflowException:
+        if isinstance(exc, Interrupted):
+            return AirflowException(
+                f"stopped by {exc.signal_name}; finished batches are checkpointed: the next "
+                "try (or clearing the task) resumes from them"
+            )
+        return AirflowException(str(exc))
 
     def _stop(self, engine_run: _EngineRun) -> None:
         wait_s = self._score_config().grace_s + STOP_MARGIN_S
@@ -295,6 +305,18 @@ class _EngineRun:
             if self._stop_reason is not None:  # stopped before the loop existed
                 self._stop.request(self._stop_reason)
         return await self._job(self._stop)
+
+
+def _push_summary(context: Context, summary: Summary) -> None:
+    """XCom ``summary``, on every exit: the same document as ``engine score --summary``."""
+    context["ti"].xcom_push(key="summary", value=summary.to_dict())
+
+
+def _failure_summary(endpoint: str, exc: EngineError) -> Summary:
+    """The summary of a run that failed before it had counted anything."""
+    return RunStats().summary(
+        endpoint=endpoint, output=None, token_refreshes=0, exit_code=exc.exit_code, error=str(exc)
+    )
 
 
 async def _score(

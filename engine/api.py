@@ -19,10 +19,12 @@ import pyarrow as pa
 
 from engine.checkpoint import Checkpoint
 from engine.config import Credentials, ScoreConfig
-from engine.pipeline import MemorySink, StopSignal, prepare, run
+from engine.errors import EngineError, StorageError
+from engine.pipeline import MemorySink, Scorer, StopSignal, prepare, run
+from engine.runlock import RunLock, lock_path
 from engine.sink import OrderedWriter, OutputSpec, check_output
-from engine.source import is_uri, open_source, parse_shard
-from engine.stats import Summary
+from engine.source import Source, is_uri, open_source, parse_shard
+from engine.stats import RunStats, Summary
 from engine.transport import Transport
 
 __all__ = ["ascore", "score", "score_table"]
@@ -134,23 +136,92 @@ async def ascore(
     check_output(spec)
     default_dir = checkpoint is None
     checkpoint_dir = Path(checkpoint) if checkpoint else _default_checkpoint(spec.path)
+    # Before anything is sent: a second run on this output is refused at once.
+    with RunLock.acquire(lock_path(checkpoint_dir), output=spec.path):
+        run_state = _RunState(cfg.endpoint, checkpoint_dir)
+        try:
+            summary = await _score_locked(
+                source, spec, cfg, creds, run_state, start_if_stopped=start_if_stopped,
+                resume=resume, handle_signals=handle_signals, stop=stop or StopSignal(),
+            )
+        except EngineError as exc:
+            failure = run_state.failed(exc)
+            if failure is exc:
+                raise
+            raise failure from exc
+        if default_dir:
+            run_state.remove_checkpoint()
+    return summary
+
+
+async def _score_locked(
+    source: Source,
+    spec: OutputSpec,
+    cfg: ScoreConfig,
+    creds: Credentials,
+    state: _RunState,
+    *,
+    start_if_stopped: bool,
+    resume: bool,
+    handle_signals: bool,
+    stop: StopSignal,
+) -> Summary:
     async with _transport(cfg) as transport:
-        scorer = await prepare(source, creds, cfg, transport, start_if_stopped=start_if_stopped)
-        store = Checkpoint.open(checkpoint_dir, fresh=not resume)
-        if len(store):
-            log.info("resuming: %d finished batches in %s", len(store), checkpoint_dir)
+        state.scorer = await prepare(
+            source, creds, cfg, transport, start_if_stopped=start_if_stopped
+        )
+        scorer = state.scorer
+        state.store = Checkpoint.open(state.checkpoint_dir, fresh=not resume)
+        if len(state.store):
+            log.info("resuming: %d finished batches in %s", len(state.store), state.checkpoint_dir)
         writer = OrderedWriter(
             spec,
             prediction_type=scorer.model.prediction_type if scorer.model else None,
             # Declared up front so an output with no rows (an empty shard) has every column.
-            kept_schema=pa.schema([source.schema.field(name) for name in scorer.kept]),
+            kept_schema=pa.schema(
+                [(scorer.input_schema or source.schema).field(name) for name in scorer.kept]
+            ),
         )
-        stop = stop or StopSignal()
         with _signals_to(stop, enabled=handle_signals):
-            summary = await run(source, writer, scorer, transport, checkpoint=store, stop=stop)
-    if default_dir:
-        store.remove()
-    return summary
+            return await run(source, writer, scorer, transport, checkpoint=state.store, stop=stop)
+
+
+class _RunState:
+    """What a run got to, so a failure can say what is kept and carry a summary."""
+
+    def __init__(self, endpoint: str, checkpoint_dir: Path) -> None:
+        self.endpoint = endpoint
+        self.checkpoint_dir = checkpoint_dir
+        self.scorer: Scorer | None = None
+        self.store: Checkpoint | None = None
+
+    def failed(self, exc: EngineError) -> EngineError:
+        """``exc`` with the summary so far; a storage failure also says how to resume."""
+        if isinstance(exc, StorageError) and self.store is not None:
+            kept = len(self.store)
+            resumed = StorageError(
+                f"{exc}. The checkpoint {self.checkpoint_dir} is consistent and keeps the "
+                f"{kept:,} batches finished before this: rerun the same command to resume",
+                path=exc.path,
+                errno=exc.errno,
+            )
+            exc = resumed
+        stats = self.scorer.stats if self.scorer is not None else RunStats()
+        if exc.exit_code == 2 and stats.requests:
+            exc.exit_code = 1  # exit 2 promises that nothing was sent
+        exc.summary = stats.summary(
+            endpoint=self.endpoint,
+            output=None,
+            token_refreshes=self.scorer.tokens.fetches if self.scorer is not None else 0,
+            exit_code=exc.exit_code,
+            error=str(exc),
+            model=self.scorer.endpoint.model_version_key if self.scorer is not None else None,
+        )
+        return exc
+
+    def remove_checkpoint(self) -> None:
+        if self.store is not None:
+            self.store.remove()
 
 
 def _shard_share(config: ScoreConfig, shard: tuple[int, int] | None) -> ScoreConfig:

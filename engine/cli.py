@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,11 +22,11 @@ from engine.config import (
     Credentials,
     ScoreConfig,
 )
-from engine.errors import EngineError, UsageError
+from engine.errors import EngineError, UsageError, storage_error
 from engine.logs import emit, setup_logging
 from engine.retry import DEFAULT_MAX_RETRY_AFTER_S, RetryPolicy
 from engine.source import parse_shard
-from engine.stats import Summary
+from engine.stats import RunStats, Summary
 
 log = logging.getLogger("engine")
 
@@ -164,10 +166,14 @@ def _add_score(commands: Any) -> None:
         type=float,
         default=0.0,
         metavar="SECONDS",
-        help="wait up to SECONDS for a not-ready endpoint",
+        help="wait up to SECONDS for a not-ready endpoint (default: fail at once; with "
+        "--start-if-stopped, wait up to 30 min)",
     )
     score.add_argument(
-        "--start-if-stopped", action="store_true", help="start a stopped endpoint and wait for it"
+        "--start-if-stopped",
+        action="store_true",
+        help="start a stopped endpoint and wait for it to be READY (up to 30 min, or "
+        "--wait-ready SECONDS)",
     )
     score.add_argument(
         "--checkpoint",
@@ -209,6 +215,15 @@ def _add_output_flags(parser: argparse.ArgumentParser) -> None:
         help="json: one JSON object per line (progress, warnings, summary, error) for log "
         "pipelines",
     )
+    _add_debug_flag(group)
+
+
+def _add_debug_flag(parser: Any) -> None:
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error, also print the Python traceback (for a bug report)",
+    )
 
 
 def _add_validate(commands: Any) -> None:
@@ -222,7 +237,14 @@ def _add_validate(commands: Any) -> None:
         "inputs", nargs="+", metavar="INPUT", help="Parquet/CSV files, dirs, globs"
     )
     validate.add_argument("--endpoint", required=True, metavar="NAME", help="serving endpoint name")
+    validate.add_argument(
+        "--full",
+        action="store_true",
+        help="CSV: check every value against the endpoint's types (default: the first rows; "
+        "later values are checked as they are read while scoring)",
+    )
     _add_connection_flags(validate)
+    _add_debug_flag(validate)
     validate.set_defaults(run=_run_validate)
 
 
@@ -233,6 +255,7 @@ def _add_describe(commands: Any) -> None:
     )
     describe.add_argument("endpoint", metavar="NAME", help="serving endpoint name")
     _add_connection_flags(describe)
+    _add_debug_flag(describe)
     describe.set_defaults(run=_run_describe)
 
 
@@ -249,7 +272,7 @@ def _credentials(args: argparse.Namespace) -> Credentials:
 def _run_validate(args: argparse.Namespace) -> int:
     from engine.describe import avalidate
 
-    plan = asyncio.run(avalidate(args.inputs, args.endpoint, _credentials(args)))
+    plan = asyncio.run(avalidate(args.inputs, args.endpoint, _credentials(args), full=args.full))
     print(f"OK: the input fits endpoint '{args.endpoint}'")
     for line in plan.describe():
         print(f"  {line}")
@@ -307,9 +330,27 @@ def _score_config(args: argparse.Namespace) -> ScoreConfig:
     )
 
 
+def _check_summary_path(path: str | None) -> None:
+    """Refuse a --summary file that could not be written, before anything is sent."""
+    if not path:
+        return
+    target = Path(path)
+    directory = target.parent
+    if target.is_dir():
+        raise UsageError(f"--summary {path} is a directory; give a file, e.g. {path}/summary.json")
+    if not directory.is_dir():
+        raise UsageError(
+            f"--summary {path}: directory {directory} does not exist; create it or choose "
+            "another path"
+        )
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UsageError(f"--summary {path}: cannot write in {directory} (permission denied)")
+
+
 def _run_score(args: argparse.Namespace) -> int:
     from engine.api import ascore
 
+    _check_summary_path(args.summary)
     config = _score_config(args)
     shard = parse_shard(args.shard) if args.shard else None
     credentials = _credentials(args)
@@ -343,14 +384,23 @@ def _report(
             "holds the server's message (exit code 3)",
             file=sys.stderr,
         )
-    if summary_path:
-        Path(summary_path).write_bytes(orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2))
+    _write_summary(summary, summary_path)
     return summary.exit_code
+
+
+def _write_summary(summary: Summary, path: str | None) -> None:
+    if not path:
+        return
+    try:
+        Path(path).write_bytes(orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2))
+    except OSError as exc:
+        print(f"warning: {storage_error('write the summary', path, exc)}", file=sys.stderr)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from engine.demo import run_demo
 
+    _check_summary_path(args.summary)
     summary = asyncio.run(
         run_demo(rows=args.rows, directory=Path(args.dir), progress=args.progress)
     )
@@ -366,14 +416,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args)
     except EngineError as exc:
-        if json_logs:
-            emit("error", str(exc), level=logging.ERROR, exit_code=exc.exit_code)
-        else:
-            print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _failed(args, exc, exc.exit_code, json_logs=json_logs)
+    except OSError as exc:  # an environment problem nothing translated: still no traceback
+        error = storage_error("use", exc.filename or "a file", exc)
+        error.__cause__ = exc
+        return _failed(args, error, 1, json_logs=json_logs)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        _write_summary(_failure_summary(args, "interrupted (SIGINT)", 130), _summary_path(args))
         return 130
+
+
+def _failed(args: argparse.Namespace, exc: EngineError, code: int, *, json_logs: bool) -> int:
+    """Print the error (and the traceback with --debug), write --summary, return the code."""
+    if getattr(args, "debug", False):
+        traceback.print_exception(exc, file=sys.stderr)
+    if json_logs:
+        emit("error", str(exc), level=logging.ERROR, exit_code=code)
+    else:
+        print(f"error: {exc}", file=sys.stderr)
+    summary = exc.summary or _failure_summary(args, str(exc), code)
+    if json_logs:
+        emit("summary", "run failed", **summary.to_dict())
+    path = _summary_path(args)
+    if path and not _summary_refused(path):  # a refused --summary path: nowhere to write
+        _write_summary(summary, path)
+    return code
+
+
+def _summary_path(args: argparse.Namespace) -> str | None:
+    path = getattr(args, "summary", None)
+    return str(path) if path else None
+
+
+def _summary_refused(path: str) -> bool:
+    try:
+        _check_summary_path(path)
+    except UsageError:
+        return True
+    return False
+
+
+def _failure_summary(args: argparse.Namespace, error: str, code: int) -> Summary:
+    """The summary of a run that failed before it had counted anything."""
+    endpoint = str(getattr(args, "endpoint", "") or "")
+    return RunStats().summary(
+        endpoint=endpoint, output=None, token_refreshes=0, exit_code=code, error=error
+    )
 
 
 if __name__ == "__main__":

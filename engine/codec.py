@@ -207,10 +207,7 @@ def decode_predictions(
     else:
         predictions = document
     if not isinstance(predictions, list):
-        keys = (
-            ", ".join(sorted(document)) if isinstance(document, dict) else type(document).__name__
-        )
-        raise ResponseFormatError(f"the response has no 'predictions' list (found: {keys})")
+        raise ResponseFormatError(f"the response has no 'predictions' list ({_found(document)})")
     if len(predictions) != expected_rows:
         raise ResponseFormatError(
             f"the response has {len(predictions)} predictions for {expected_rows} rows"
@@ -220,6 +217,21 @@ def decode_predictions(
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
         want = f" as {prediction_type}" if prediction_type is not None else ""
         raise ResponseFormatError(f"the predictions cannot be read{want}: {exc}") from exc
+
+
+def _found(document: Any) -> str:
+    """What the answer held instead of a predictions list, e.g. ``'predictions' is null``."""
+    if not isinstance(document, dict):
+        return f"found: {type(document).__name__}"
+    for key in ("predictions", "outputs"):
+        if key in document:
+            return f"'{key}' is {_json_kind(document[key])}"
+    return f"found: {', '.join(sorted(document)) or 'an empty object'}"
+
+
+def _json_kind(value: Any) -> str:
+    names = {type(None): "null", bool: "a boolean", str: "a string", dict: "an object"}
+    return names.get(type(value), "a number")
 
 
 def concat_predictions(chunks: list[pa.Array]) -> pa.Array:

@@ -232,7 +232,8 @@ class ScoreConfig:
         retry: per-request retry policy.
         reorder_window: batches that may be ahead of the writer; bounds memory.
         max_error_rows: stop with exit 1 once more rows than this were rejected; None = never.
-        wait_ready_s: how long to wait for a not-ready endpoint (at start and mid-run).
+        wait_ready_s: how long to wait for a not-ready endpoint (at start and mid-run); 0
+            fails at once, or with ``start_if_stopped`` waits up to 30 minutes.
         progress: "auto" (bar on a terminal, log lines otherwise), "bar", "log" or "off".
         grace_s: on a stop signal, how long in-flight requests may take to finish.
         request_timeout_s: the longest one request may take (``--request-timeout``).

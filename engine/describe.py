@@ -7,12 +7,14 @@ from typing import Any
 
 from engine.auth import connect
 from engine.config import Credentials
+from engine.errors import SchemaError
+from engine.pipeline import csv_read_types
 from engine.schema import CastPlan, ModelSchema, format_schema, parse_openapi, plan_cast
-from engine.source import open_source
+from engine.source import READ_ERROR_COLUMN, Source, open_source
 from engine.transport import Transport
 from engine.workspace import EndpointInfo, Workspace
 
-__all__ = ["Description", "adescribe", "avalidate"]
+__all__ = ["Description", "Validation", "adescribe", "avalidate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +64,76 @@ async def adescribe(endpoint: str, credentials: Credentials) -> Description:
     return Description(info, parse_openapi(doc) if doc else None)
 
 
-async def avalidate(inputs: Any, endpoint: str, credentials: Credentials) -> CastPlan:
-    """Check ``inputs`` against the endpoint's schema; raises SchemaError listing every problem."""
+@dataclass(frozen=True, slots=True)
+class Validation:
+    """What ``engine validate`` found: the cast plan, and what was and was not checked."""
+
+    plan: CastPlan
+    notes: tuple[str, ...] = ()
+
+    def describe(self) -> list[str]:
+        return [*self.plan.describe(), *self.notes]
+
+
+#: Bad CSV values listed by ``engine validate --full`` (the count covers them all).
+MAX_LISTED_VALUES = 10
+
+
+async def avalidate(
+    inputs: Any, endpoint: str, credentials: Credentials, *, full: bool = False
+) -> Validation:
+    """Check ``inputs`` against the endpoint's schema, sending no rows.
+
+    Parquet's types are in its footers, so the check is complete. CSV columns are read as
+    the endpoint's types, so without reading every value only a sample can be checked:
+    the first read batch; ``full`` reads every row.
+
+    Raises:
+        SchemaError: listing every missing or incompatible column, or (CSV) every value
+            found that does not parse as its column's type (the first ten, and the count).
+    """
     source = open_source(inputs)
     async with Transport() as transport:
         workspace = await _workspace(transport, credentials)
         await workspace.get_endpoint(endpoint)  # a missing endpoint is its own clear error
         doc = await workspace.get_openapi(endpoint)
-    return plan_cast(source.schema, parse_openapi(doc) if doc else None)
+    model = parse_openapi(doc) if doc else None
+    read_types = csv_read_types(source, model)
+    plan = plan_cast(source.typed_as(read_types), model)
+    if not read_types:
+        return Validation(plan)
+    rows, bad = _unparsable(source, plan, read_types, full=full)
+    if bad:
+        shown = bad[:MAX_LISTED_VALUES]
+        more = f" (and {len(bad) - len(shown)} more)" if len(bad) > len(shown) else ""
+        raise SchemaError(
+            f"{len(bad)} CSV row(s) of the {rows:,} read hold values that do not parse as the "
+            f"endpoint's types{more}; `engine score` would reject those rows (exit 3):\n  "
+            + "\n  ".join(shown),
+            shown,
+        )
+    if full:
+        return Validation(plan, (f"every CSV value parses ({rows:,} rows read)",))
+    return Validation(
+        plan,
+        (
+            f"CSV values checked in the first {rows:,} rows only; later values are checked as "
+            "they are read, and a row with one that does not parse is rejected (exit 3): "
+            "--full reads every row now",
+        ),
+    )
+
+
+def _unparsable(
+    source: Source, plan: CastPlan, read_types: dict[str, Any], *, full: bool
+) -> tuple[int, list[str]]:
+    """Rows read and the read errors found, in the first batch or (``full``) all of them."""
+    reader = source.reader(list(plan.columns), csv_types=read_types)
+    rows, bad = 0, []
+    for batch in reader:
+        errors = batch.column(batch.schema.get_field_index(READ_ERROR_COLUMN))
+        rows += batch.num_rows
+        bad += [e for e in errors.to_pylist() if e is not None]
+        if not full:
+            break
+    return rows, bad

@@ -11,6 +11,7 @@ ever carries a secret or a token.
     ├── UsageError                   2   bad flags, paths, config (found before any row is sent)
     │   ├── InputError               2   input missing, unreadable, unsupported format
     │   ├── OutputExistsError        2   output exists and --overwrite was not given
+    │   ├── RunLocked                2   another live run is writing the same output
     │   └── SchemaError              2   input columns do not fit the endpoint's signature
     ├── AuthError                    2   token endpoint refused us (bad secret, no CAN_QUERY)
     ├── EndpointError                2   endpoint missing, not route-optimized, not ready
@@ -18,10 +19,22 @@ ever carries a secret or a token.
     ├── HTTPStatusError              -   the server answered with an error status; may be retried
     ├── BatchFailed                  1   a batch gave up after its attempts, with the last cause
     ├── RunAborted                   1   the run stopped (too many rejected rows, ...)
+    ├── StorageError                 1   the output or checkpoint could not be written (disk
+    │                                    full, permission, read-only, vanished); resumable
     └── Interrupted                  130/143 stopped by SIGINT / SIGTERM; resumable
+
+A failure met during a run carries the run's :class:`~engine.stats.Summary` so far in
+``exc.summary`` (the CLI's ``--summary`` file and the Airflow XCom are written from it).
 """
 
 from __future__ import annotations
+
+import errno as errno_codes
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.stats import Summary
 
 __all__ = [
     "AuthError",
@@ -33,9 +46,12 @@ __all__ = [
     "Interrupted",
     "OutputExistsError",
     "RunAborted",
+    "RunLocked",
     "SchemaError",
+    "StorageError",
     "TransportError",
     "UsageError",
+    "storage_error",
 ]
 
 
@@ -43,6 +59,8 @@ class EngineError(Exception):
     """Base of every error the engine raises on purpose."""
 
     exit_code: int = 1
+    #: the run's summary up to the failure, when the failure happened during a run
+    summary: Summary | None = None
 
 
 class UsageError(EngineError):
@@ -57,6 +75,10 @@ class InputError(UsageError):
 
 class OutputExistsError(UsageError):
     """The output path exists and overwriting was not asked for."""
+
+
+class RunLocked(UsageError):
+    """Another live run holds the lock for this output; nothing was sent."""
 
 
 class SchemaError(UsageError):
@@ -161,6 +183,45 @@ class BatchFailed(EngineError):
 
 class RunAborted(EngineError):
     """The run was stopped on purpose (for example ``--max-error-rows`` was exceeded)."""
+
+
+class StorageError(EngineError):
+    """The output, the checkpoint or the run lock could not be written (or read back).
+
+    Attributes:
+        path: the file or directory the engine was working on.
+        errno: the operating system's error number, when there was one.
+    """
+
+    def __init__(self, message: str, *, path: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.errno = errno
+
+
+_STORAGE_FIXES = {
+    errno_codes.ENOSPC: "free space on that filesystem",
+    errno_codes.EDQUOT: "free space or raise the disk quota",
+    errno_codes.EACCES: "give this user write permission there, or choose another path",
+    errno_codes.EPERM: "give this user write permission there, or choose another path",
+    errno_codes.EROFS: "the filesystem is read-only: remount it read-write or choose another path",
+    errno_codes.ENOENT: "the directory was removed during the run: recreate it",
+    errno_codes.ESTALE: "the network filesystem dropped the file: check the mount",
+    errno_codes.EFBIG: "a file-size limit was reached (ulimit -f): raise it",
+    errno_codes.EIO: "the disk reported an I/O error: check it",
+}
+
+
+def storage_error(action: str, path: str, exc: BaseException) -> StorageError:
+    """``cannot {action} {path}: {cause} ({ERRNO}); {fix}`` for an OSError met on ``path``."""
+    code = getattr(exc, "errno", None)
+    if isinstance(code, int) and code:
+        cause = f"{os.strerror(code)} ({errno_codes.errorcode.get(code, code)})"
+    else:
+        cause = str(exc) or type(exc).__name__
+        code = None
+    fix = _STORAGE_FIXES.get(code or 0, "fix that")
+    return StorageError(f"cannot {action} {path}: {cause}; {fix}", path=path, errno=code)
 
 
 class Interrupted(EngineError):

@@ -18,24 +18,33 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from aiolimiter import AsyncLimiter
 
 from engine.adaptive import HangBound, RateController
 from engine.auth import Clock, Sleep, TokenRefresher, cancel_quietly, connect
 from engine.batching import Batcher, RequestBatch
-from engine.checkpoint import Checkpoint, batch_key
+from engine.checkpoint import FLUSH_BATCHES, FLUSH_INTERVAL_S, Checkpoint, batch_key
 from engine.codec import encode_dataframe_split
 from engine.config import Credentials, ScoreConfig
 from engine.dispatch import BatchResult, Dispatcher, ReadyGate, SendingStopped
-from engine.errors import EndpointError, EngineError, Interrupted, RunAborted, UsageError
+from engine.errors import (
+    EndpointError,
+    EngineError,
+    Interrupted,
+    RunAborted,
+    StorageError,
+    UsageError,
+)
 from engine.progress import Progress, make_progress, report_every
 from engine.schema import CastPlan, ModelSchema, parse_openapi, plan_cast
-from engine.source import Source
+from engine.source import READ_ERROR_COLUMN, Source
 from engine.stats import RunStats, Summary
 from engine.transport import Transport
 from engine.workspace import EndpointInfo, Workspace
@@ -50,6 +59,8 @@ READ_BATCH_ROWS = 16_384
 INITIAL_IN_FLIGHT = 4
 #: How long a mid-run pause for a not-ready endpoint may last before the run fails.
 DEFAULT_PAUSE_TIMEOUT_S = 900.0
+#: How long --start-if-stopped waits for READY unless --wait-ready says otherwise.
+DEFAULT_START_WAIT_S = 1800.0
 
 
 class ResultSink(Protocol):
@@ -105,11 +116,20 @@ class Scorer:
     stats: RunStats = field(default_factory=RunStats)
     clock: Clock = time.monotonic
     sleep: Sleep = asyncio.sleep
+    #: CSV columns read straight as the endpoint's types (rows that do not parse rejected)
+    read_types: Mapping[str, pa.DataType] = field(default_factory=dict)
+    #: the input's schema as read (CSV columns typed by ``read_types``)
+    input_schema: pa.Schema | None = None
 
     def key(self, batch: RequestBatch) -> str:
-        """The checkpoint key: request content + endpoint + served model version."""
+        """The checkpoint key: request content + endpoint + served model version (+ why
+        rows could not be read, which the body alone does not show)."""
+        body = batch.body
+        unreadable = read_errors(batch.rows)
+        if unreadable is not None:
+            body += b"\x00" + "\x00".join(str(e) for e in unreadable.to_pylist()).encode()
         return batch_key(
-            batch.body, endpoint=self.config.endpoint, model_version=self.endpoint.model_version_key
+            body, endpoint=self.config.endpoint, model_version=self.endpoint.model_version_key
         )
 
     def encode(self, rows: pa.RecordBatch) -> bytes:
@@ -151,10 +171,12 @@ async def prepare(
             "sending the input columns as they are",
             config.endpoint,
         )
-    cast = plan_cast(source.schema, model)
-    kept = _kept_columns(source.schema, config.keep)
+    read_types = csv_read_types(source, model)
+    input_schema = source.typed_as(read_types)
+    cast = plan_cast(input_schema, model)
+    kept = _kept_columns(input_schema, config.keep)
     wanted = set(cast.columns) | set(kept)
-    read_columns = tuple(name for name in source.schema.names if name in wanted)
+    read_columns = tuple(name for name in input_schema.names if name in wanted)
     authorization = endpoint.data_plane_authorization_details()
     tokens = TokenRefresher(
         lambda: auth.data_plane_token(authorization, config.endpoint),
@@ -174,7 +196,30 @@ async def prepare(
         workspace,
         clock=clock,
         sleep=sleep,
+        read_types=read_types,
+        input_schema=input_schema,
     )
+
+
+def csv_read_types(source: Source, model: ModelSchema | None) -> dict[str, pa.DataType]:
+    """For a CSV input, the endpoint's type of each model column it has: read straight as
+    that type instead of the type guessed from the first MiB (empty for other inputs)."""
+    if model is None or not source.is_csv:
+        return {}
+    return {
+        column.name: column.type
+        for column in model.columns
+        if column.type is not None and column.name in source.schema.names
+    }
+
+
+def read_errors(rows: pa.RecordBatch) -> pa.Array | None:
+    """The rows' read errors (CSV values that did not parse), or None when there are none."""
+    index = rows.schema.get_field_index(READ_ERROR_COLUMN)
+    if index < 0:
+        return None
+    errors = rows.column(index)
+    return errors if errors.null_count < len(errors) else None
 
 
 async def _ready_endpoint(
@@ -189,15 +234,46 @@ async def _ready_endpoint(
         )
     if info.is_ready:
         return info
+    if not (config.wait_ready_s > 0 or start_if_stopped):
+        raise EndpointError(
+            f"endpoint '{config.endpoint}' is not ready ({info.state_text}); start it "
+            "(or pass --start-if-stopped), or wait for it with --wait-ready SECONDS"
+        )
     if start_if_stopped and info.config_update != "IN_PROGRESS":
         log.info("endpoint '%s' is stopped; starting it", config.endpoint)
         await workspace.start_endpoint(config.endpoint)
-    if config.wait_ready_s > 0 or start_if_stopped:
-        return await workspace.wait_ready(config.endpoint, timeout_s=max(config.wait_ready_s, 1.0))
-    raise EndpointError(
-        f"endpoint '{config.endpoint}' is not ready ({info.state_text}); start it "
-        "(or pass --start-if-stopped), or wait for it with --wait-ready SECONDS"
+    # Starting a serving endpoint takes minutes (GPU ones, or scale-from-zero, 20 or more).
+    timeout_s = config.wait_ready_s or DEFAULT_START_WAIT_S
+    log.info(
+        "waiting up to %s for endpoint '%s' to be READY (%s)%s",
+        _duration(timeout_s),
+        config.endpoint,
+        info.state_text,
+        "" if config.wait_ready_s else "; --wait-ready SECONDS to change",
     )
+    try:
+        return await workspace.wait_ready(config.endpoint, timeout_s=timeout_s)
+    except EndpointError as exc:
+        if "after waiting" not in str(exc):
+            raise
+        raise EndpointError(_not_ready_message(config, start_if_stopped, timeout_s)) from exc
+
+
+def _not_ready_message(config: ScoreConfig, start_if_stopped: bool, timeout_s: float) -> str:
+    """Why the wait ended and what to do, never asking for a flag that was given."""
+    what = "started it, but it" if start_if_stopped else "waited, but it"
+    fixes = [f"raise --wait-ready (waited {_duration(timeout_s)})"]
+    if not start_if_stopped:
+        fixes.insert(0, "start it in the Serving UI or pass --start-if-stopped")
+    return (
+        f"endpoint '{config.endpoint}' is still not READY: the engine {what} did not become "
+        f"ready within {_duration(timeout_s)}; check its events in the Serving UI, and "
+        + ", or ".join(fixes)
+    )
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
 
 
 def _kept_columns(schema: pa.Schema, keep: Sequence[str] | None) -> tuple[str, ...]:
@@ -350,6 +426,7 @@ class _Stages:
         )
         self.window = asyncio.Semaphore(config.window)
         self.flush_lock = asyncio.Lock()
+        self.flush_wanted = asyncio.Event()
         self.stopping = False
 
     async def run_all(self, stop: StopSignal) -> None:
@@ -366,9 +443,13 @@ class _Stages:
         ]
         producer = asyncio.create_task(self.produce())
         group = asyncio.create_task(self._work_group(producer))
+        committer = asyncio.create_task(self.commit_checkpoint())
         stopped = asyncio.create_task(stop.event.wait())
+        failed = True
         try:
-            await asyncio.wait({group, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({group, stopped, committer}, return_when=asyncio.FIRST_COMPLETED)
+            if committer.done():
+                committer.result()  # it only ends by failing: the checkpoint cannot be written
             if not group.done():
                 await self._stop_gracefully(producer, group, config.grace_s)
                 raise Interrupted(
@@ -377,10 +458,21 @@ class _Stages:
                     signal_name=stop.signal_name,
                 )
             group.result()
+            failed = False
         finally:
-            for task in (*background, stopped, producer, group):
+            for task in (*background, stopped, producer, group, committer):
                 await cancel_quietly(task)
-            await self.flush_checkpoint(force=True)
+            await self._final_flush(failed=failed)
+
+    async def _final_flush(self, *, failed: bool) -> None:
+        """Persist what finished; if the run is already failing, a flush failure is logged
+        rather than hiding the first error."""
+        try:
+            await self.flush_checkpoint()
+        except StorageError as exc:
+            if not failed:
+                raise
+            log.error("%s (the checkpoint keeps every batch persisted before this)", exc)
 
     async def _work_group(self, producer: asyncio.Task[None]) -> None:
         try:
@@ -406,7 +498,11 @@ class _Stages:
             await asyncio.wait_for(asyncio.shield(group), timeout=grace_s)
 
     def _read(self) -> Iterator[pa.RecordBatch]:
-        reader = self.source.reader(list(self.scorer.read_columns), batch_rows=READ_BATCH_ROWS)
+        reader = self.source.reader(
+            list(self.scorer.read_columns),
+            batch_rows=READ_BATCH_ROWS,
+            csv_types=self.scorer.read_types or None,
+        )
         return iter(reader)
 
     def _keyed(self, batch: RequestBatch) -> tuple[RequestBatch, str]:
@@ -440,10 +536,36 @@ class _Stages:
             result, reused = self.from_checkpoint(batch, key)
             if result is None:
                 try:
-                    result = await self.dispatcher.score(batch)
+                    result = await self.score_readable(batch)
                 except SendingStopped:
                     return  # stopping: this batch was never sent; a rerun scores it
             await self.deliver(batch, key, result, reused=reused)
+
+    async def score_readable(self, batch: RequestBatch) -> BatchResult:
+        """Score the rows that could be read; rows with a read error are rejected with it,
+        unsent, in their places."""
+        unreadable = None if batch.oversize else read_errors(batch.rows)
+        if unreadable is None:
+            return await self.dispatcher.score(batch)
+        readable = pc.is_null(unreadable)
+        rows = batch.rows.filter(readable)
+        if rows.num_rows:
+            sent = RequestBatch(batch.batch_id, batch.row_offset, rows, self.scorer.encode(rows))
+            scored = await self.dispatcher.score(sent)
+            predictions, errors, rejected = scored.predictions, scored.errors, scored.rejected_rows
+        else:
+            model = self.scorer.model
+            predictions = pa.nulls(0, model.prediction_type if model and model.prediction_type
+                                   else pa.null())
+            errors, rejected = pa.nulls(0, pa.string()), 0
+        mask = readable.to_numpy(zero_copy_only=False)
+        # position of each readable row among the scored ones; unreadable rows take the null
+        places = pa.array(np.where(mask, np.cumsum(mask) - 1, len(predictions)))
+        predictions = pa.concat_arrays([predictions, pa.nulls(1, predictions.type)]).take(places)
+        errors = pa.concat_arrays([errors.cast(pa.string()), pa.nulls(1, pa.string())])
+        errors = pc.coalesce(unreadable, errors.take(places))
+        bad = len(unreadable) - unreadable.null_count
+        return BatchResult(batch.batch_id, predictions, errors, rejected + bad)
 
     def from_checkpoint(self, batch: RequestBatch, key: str) -> tuple[BatchResult | None, bool]:
         if self.checkpoint is None or not key:
@@ -466,7 +588,7 @@ class _Stages:
             stats.rows_scored += batch.num_rows - result.rejected_rows
             if self.checkpoint is not None and key:
                 self.checkpoint.add(key, result.predictions, result.errors)
-                await self.flush_checkpoint()
+                self.flush_wanted.set()
         written = self.sink.add(batch.batch_id, self.scorer.output_table(batch, result))
         for _ in range(written):
             self.window.release()
@@ -477,13 +599,39 @@ class _Stages:
                 "their messages are in the checkpoint; rerun without the limit to see them"
             )
 
-    async def flush_checkpoint(self, *, force: bool = False) -> None:
+    async def commit_checkpoint(self) -> None:
+        """Group commit: a finished batch is written within ``FLUSH_INTERVAL_S`` (at once
+        when ``FLUSH_BATCHES`` wait) together with every batch that finished meanwhile, so a
+        kill -9 rescores little more than what was in flight. Runs until cancelled; ends
+        only by raising :class:`StorageError`."""
         checkpoint = self.checkpoint
-        if checkpoint is None or not (checkpoint.flush_due() or (force and checkpoint.has_pending)):
+        if checkpoint is None:
+            await asyncio.Event().wait()  # nothing to commit: wait to be cancelled
+            return
+        while True:
+            await self.flush_wanted.wait()
+            self.flush_wanted.clear()
+            for _ in range(4):  # let batches finishing meanwhile join this write
+                if checkpoint.pending_batches >= FLUSH_BATCHES:
+                    break
+                await self.scorer.sleep(FLUSH_INTERVAL_S / 4)
+            await self.flush_checkpoint()
+
+    async def flush_checkpoint(self) -> None:
+        """Write every finished batch not yet persisted (one writer at a time)."""
+        checkpoint = self.checkpoint
+        if checkpoint is None or not checkpoint.has_pending:
             return
         async with self.flush_lock:
             pending = checkpoint.take_pending()
-            await asyncio.to_thread(checkpoint.write, pending)
+            write = asyncio.ensure_future(asyncio.to_thread(checkpoint.write, pending))
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                # The thread goes on writing: hold the lock until it is done, so the final
+                # flush never appends to the manifest at the same time.
+                await asyncio.wait({write})
+                raise
 
 
 async def _propagate(task: asyncio.Task[None]) -> None:

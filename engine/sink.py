@@ -14,8 +14,11 @@ Output schema: the kept input columns, then ``prediction``, then ``error`` (stri
 scored row). Decisions a reader should know:
 
 * Format by extension: ``.parquet``/``.pq`` is Parquet (zstd, row groups of at least
-  ``ROW_GROUP_ROWS`` rows where the run is that long); anything else is an uncompressed Arrow
-  IPC file, which readers can memory-map without a decode step.
+  ``ROW_GROUP_ROWS`` rows where the run is that long); ``.arrow``/``.ipc``/``.feather`` or no
+  extension is an uncompressed Arrow IPC file, which readers can memory-map without a decode
+  step. Any other extension (``out.csv``) is refused before anything is sent, rather than
+  writing Arrow IPC under a name that promises another format.
+* Files get mode 0666 less the umask, as ``open()`` would give them.
 * ``prediction``'s type is ``prediction_type`` when given. Otherwise the first result, in batch
   order, whose predictions are not all-null decides it; results before it (every row
   rejected) wait in a spill file on disk, so memory stays flat however many there are. A
@@ -59,7 +62,7 @@ import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from engine.errors import EngineError, InputError, OutputExistsError, UsageError
+from engine.errors import EngineError, InputError, OutputExistsError, UsageError, storage_error
 from engine.source import Location, is_uri, locate
 
 __all__ = [
@@ -73,6 +76,8 @@ __all__ = [
 ]
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
+IPC_SUFFIXES = (".arrow", ".ipc", ".feather")
+"""Arrow IPC file extensions (Feather v2 is the IPC file format); any other is refused."""
 PARQUET_COMPRESSION = "zstd"
 ROW_GROUP_ROWS = 65_536
 """Parquet results are buffered up to this many rows (or ``ROW_GROUP_BYTES``) per write."""
@@ -90,7 +95,8 @@ class OutputSpec:
 
     Attributes:
         path: a local file path or a URI (``s3://bucket/key.parquet``); Parquet when it ends
-            with ``.parquet``/``.pq``, else an Arrow IPC file.
+            with ``.parquet``/``.pq``, else an Arrow IPC file (``.arrow``/``.ipc``/``.feather``
+            or no extension); :func:`check_output` refuses any other extension.
         overwrite: replace an existing file at ``path`` (never a directory).
     """
 
@@ -114,6 +120,7 @@ def check_output(spec: OutputSpec) -> None:
         UsageError: the path is a directory, or its parent cannot be created or written.
     """
     path = spec.path
+    _check_format(path)
     if _remote(path):
         _check_remote_output(locate(path), overwrite=spec.overwrite)
         return
@@ -125,6 +132,19 @@ def check_output(spec: OutputSpec) -> None:
             f"output {path} already exists; pass --overwrite (overwrite=True) to replace it"
         )
     _check_parent(os.path.dirname(os.path.abspath(path)))
+
+
+def _check_format(path: str) -> None:
+    """Refuse an extension the engine does not write (``out.csv`` would hold Arrow IPC)."""
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    stem, dot, suffix = name.rpartition(".")
+    if not (dot and stem) or name.lower().endswith(PARQUET_SUFFIXES + IPC_SUFFIXES):
+        return  # no extension: Arrow IPC, as documented
+    raise UsageError(
+        f"output {path}: the engine does not write '.{suffix}' files; it writes Parquet "
+        f"(.parquet, .pq) or Arrow IPC (.arrow, .ipc, .feather): name the output e.g. "
+        f"{stem}.parquet"
+    )
 
 
 def _remote(path: str) -> bool:
@@ -294,11 +314,21 @@ class OrderedWriter:
             table = pa.Table.from_batches([table])
         self._pending[batch_id] = self._checked(batch_id, table)
         written = 0
-        while self._next_batch_id in self._pending:
-            self._emit(self._next_batch_id, self._pending.pop(self._next_batch_id))
-            self._next_batch_id += 1
-            written += 1
+        with self._storage("write"):
+            while self._next_batch_id in self._pending:
+                self._emit(self._next_batch_id, self._pending.pop(self._next_batch_id))
+                self._next_batch_id += 1
+                written += 1
         return written
+
+    @contextlib.contextmanager
+    def _storage(self, action: str) -> Iterator[None]:
+        """Turn the OS's I/O errors (disk full, permission, read-only, gone) into one
+        StorageError naming the output and the cause."""
+        try:
+            yield
+        except OSError as exc:
+            raise storage_error(f"{action} the output", self.spec.path, exc) from exc
 
     def finish(self, expected_batches: int | None = None) -> str:
         """Write what is left, fsync, and move the file into place.
@@ -317,6 +347,10 @@ class OrderedWriter:
         """
         self._require_open()
         self._check_complete(expected_batches)
+        with self._storage("finish writing"):
+            return self._finish()
+
+    def _finish(self) -> str:
         if self._held is not None:
             self._release_held(pa.null())
         schema = self._output_schema(self._prediction_type or pa.null())
@@ -625,15 +659,24 @@ def _is_text(data_type: pa.DataType) -> bool:
 
 
 def _temp_beside(path: str | None, suffix: str = ".tmp") -> str:
-    """A new hidden local file beside ``path`` (``None``: in the system's temp directory)."""
+    """A new hidden local file beside ``path`` (``None``: in the system's temp directory).
+
+    Created with mode 0666 less the umask, like any file a program writes: the output is this
+    file renamed, and mkstemp's 0600 would make it unreadable to the group that reads outputs.
+    """
     if path is None:
-        fd, tmp = tempfile.mkstemp(prefix=".engine.", suffix=suffix)
+        directory, name = tempfile.gettempdir(), "engine"
     else:
         directory, name = os.path.split(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=suffix, dir=directory)
-    os.close(fd)
-    return tmp
+    while True:
+        tmp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}{suffix}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
 
 
 def _remote_filesystem(location: Location) -> pafs.FileSystem:

@@ -22,6 +22,15 @@ Rules a reader of the code should know:
   cannot be int64 in one file and double in the next. A column empty in every sampled block is
   read as string. A value later in a file that does not fit its column's type is an
   ``InputError`` naming the file.
+* CSV for scoring (``reader(csv_types=...)``): the columns the endpoint types are parsed
+  straight into the endpoint's types (so a first MiB of integers does not make a later 1.5
+  fail), and a value that still does not parse does not end the run: the reader adds a
+  :data:`READ_ERROR_COLUMN` holding, for that row, the file, line and value, and the
+  pipeline rejects the row like one the endpoint refused. The fast typed parse is used until
+  a file's first bad value; from there on that file is read as text and each column converted
+  with the CSV reader's rules (trimmed, its null markers, its true/false words), so only the
+  bad values are found. Lines are counted as the file's lines, header first, assuming no
+  blank lines (the CSV reader skips those).
 * Memory: Parquet is streamed row group by row group (``ParquetFile.iter_batches``), CSV block
   by block (``pyarrow.csv.open_csv``); no file is ever read whole.
 
@@ -58,12 +67,13 @@ import glob
 import itertools
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import urlsplit
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -77,6 +87,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CSV_BLOCK_BYTES",
     "FORMATS",
+    "READ_ERROR_COLUMN",
     "Inputs",
     "Location",
     "Source",
@@ -97,6 +108,8 @@ SUFFIXES: dict[str, str] = {
 CSV_BLOCK_BYTES = 1 << 20
 """Bytes per CSV read block; the first block of each file is the type-inference sample."""
 DEFAULT_BATCH_ROWS = 65_536
+READ_ERROR_COLUMN = "__engine_read_error__"
+"""With ``csv_types``: why a row could not be read (null for a good row); never sent."""
 
 Inputs: TypeAlias = (
     "str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | pa.Table | pa.RecordBatch"
@@ -126,8 +139,35 @@ class Source:
         default=lambda columns, batch_rows: iter(()), repr=False, compare=False
     )
 
+    @property
+    def is_csv(self) -> bool:
+        """True for CSV files (whose column types are chosen by the reader, not the file)."""
+        return isinstance(self._batches, _FileReader) and self._batches.format == "csv"
+
+    def typed_as(self, csv_types: Mapping[str, pa.DataType]) -> pa.Schema:
+        """The schema ``reader(csv_types=csv_types)`` yields, without its error column.
+
+        CSV columns named in ``csv_types`` take those types when the CSV reader can parse
+        them (numbers, booleans, strings, dates, timestamps, decimals); any other input
+        keeps its own schema.
+        """
+        if not self.is_csv:
+            return self.schema
+        return pa.schema(
+            [
+                column.with_type(csv_types[column.name])
+                if column.name in csv_types and _csv_parsable(csv_types[column.name])
+                else column
+                for column in self.schema
+            ]
+        )
+
     def reader(
-        self, columns: Sequence[str] | None = None, *, batch_rows: int = DEFAULT_BATCH_ROWS
+        self,
+        columns: Sequence[str] | None = None,
+        *,
+        batch_rows: int = DEFAULT_BATCH_ROWS,
+        csv_types: Mapping[str, pa.DataType] | None = None,
     ) -> pa.RecordBatchReader:
         """Stream the input from its first row, with only ``columns`` read.
 
@@ -138,9 +178,13 @@ class Source:
         Args:
             columns: the columns to read, in the order wanted; ``None`` for all of them.
             batch_rows: the most rows in one yielded batch.
+            csv_types: for CSV, read these columns as these types, and flag rows with a
+                value that does not parse in :data:`READ_ERROR_COLUMN` (always present
+                then) instead of failing; see the module docstring. Ignored otherwise.
 
         Returns:
-            A reader whose schema is ``schema`` restricted to ``columns``.
+            A reader whose schema is ``schema`` restricted to ``columns`` (typed as
+            :meth:`typed_as` and followed by the error column with ``csv_types``).
 
         Raises:
             InputError: a column is unknown, the data cannot be read, or a single-use
@@ -149,8 +193,16 @@ class Source:
         if batch_rows < 1:
             raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")
         names = self.schema.names if columns is None else _check_columns(self.schema, columns)
-        target = pa.schema([self.schema.field(name) for name in names])
-        batches = _conformed(self._batches(names, batch_rows), target, batch_rows)
+        factory = self._batches
+        schema = self.schema
+        if csv_types is not None and isinstance(factory, _FileReader) and self.is_csv:
+            schema = self.typed_as(csv_types)
+            factory = replace(factory, schema=schema, row_errors=True)
+        fields = [schema.field(name) for name in names]
+        if isinstance(factory, _FileReader) and factory.row_errors:
+            fields.append(pa.field(READ_ERROR_COLUMN, pa.string()))
+        target = pa.schema(fields)
+        batches = _conformed(factory(names, batch_rows), target, batch_rows)
         return pa.RecordBatchReader.from_batches(target, batches)
 
 
@@ -743,14 +795,18 @@ def _merged(units: Sequence[_Unit]) -> list[_Unit]:
 
 @dataclass(frozen=True, slots=True)
 class _FileReader:
-    """Reads a run's units, in order, as record batches of the unified ``schema``."""
+    """Reads a run's units, in order, as record batches of the unified ``schema``
+    (with ``row_errors``, CSV values that do not parse flag their row instead of failing)."""
 
     units: tuple[_Unit, ...]
     format: str
     schema: pa.Schema
+    row_errors: bool = False
 
     def __call__(self, columns: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
         read = _parquet_batches if self.format == "parquet" else _csv_batches
+        if self.row_errors:
+            read = _csv_tolerant_batches
         return itertools.chain.from_iterable(
             _translated(unit.file.name, read(unit, self.schema, columns, batch_rows))
             for unit in self.units
@@ -793,7 +849,11 @@ def _parquet_batches(
 
 @contextlib.contextmanager
 def _csv_open(
-    file: Location, column_types: dict[str, pa.DataType] | None, columns: list[str] | None
+    file: Location,
+    column_types: dict[str, pa.DataType] | None,
+    columns: list[str] | None,
+    *,
+    skip_rows: int = 0,
 ) -> Iterator[Any]:
     with contextlib.ExitStack() as stack:
         source: Any = file.path
@@ -802,7 +862,9 @@ def _csv_open(
         yield stack.enter_context(
             pcsv.open_csv(
                 source,
-                read_options=pcsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+                read_options=pcsv.ReadOptions(
+                    block_size=CSV_BLOCK_BYTES, skip_rows_after_names=skip_rows
+                ),
                 convert_options=pcsv.ConvertOptions(
                     column_types=column_types, include_columns=columns
                 ),
@@ -829,6 +891,110 @@ def _csv_batches(
     types = {f.name: f.type for f in schema}
     with _csv_open(unit.file, types, columns or schema.names[:1]) as reader:
         yield from reader
+
+
+def _csv_tolerant_batches(
+    unit: _Unit, schema: pa.Schema, columns: list[str], batch_rows: int
+) -> Iterator[pa.RecordBatch]:
+    """Typed CSV batches plus an (all-null) error column; from a file's first value that does
+    not parse on, its rows as text, converted column by column, bad values flagged."""
+    columns = columns or schema.names[:1]
+    types = {f.name: f.type for f in schema}
+    done = 0
+    try:
+        with _csv_open(unit.file, types, columns) as reader:
+            for batch in reader:
+                yield batch.append_column(
+                    READ_ERROR_COLUMN, pa.nulls(batch.num_rows, pa.string())
+                )
+                done += batch.num_rows
+        return
+    except pa.ArrowInvalid:
+        pass  # a value that does not parse (or a malformed line, which fails again below)
+    text_types = {name: pa.string() for name in columns if not _is_text(types[name])}
+    with _csv_open(unit.file, {**types, **text_types}, columns, skip_rows=done) as reader:
+        for batch in reader:
+            yield _converted(batch, schema, unit.file.name, first_line=done + 2)
+            done += batch.num_rows
+
+
+def _converted(
+    batch: pa.RecordBatch, schema: pa.Schema, path: str, *, first_line: int
+) -> pa.RecordBatch:
+    """``batch`` (text where ``schema`` wants other types) converted, with the error column."""
+    arrays: list[pa.Array] = []
+    problems: dict[int, list[str]] = {}
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        target = schema.field(name).type
+        if column.type == target:
+            arrays.append(column)
+            continue
+        converted, bad = _parsed(column, target)
+        arrays.append(converted)
+        for row in bad:
+            value = column[row].as_py()
+            problems.setdefault(row, []).append(f"column '{name}': {value!r} is not a {target}")
+    error_column = pa.nulls(batch.num_rows, pa.string())
+    if problems:
+        error_column = pa.array(
+            [
+                f"{path}, line {first_line + row}: " + "; ".join(problems[row])
+                if row in problems
+                else None
+                for row in range(batch.num_rows)
+            ],
+            pa.string(),
+        )
+    return pa.RecordBatch.from_arrays(
+        [*arrays, error_column], names=[*batch.schema.names, READ_ERROR_COLUMN]
+    )
+
+
+def _parsed(text: pa.Array, target: pa.DataType) -> tuple[pa.Array, list[int]]:
+    """``text`` as ``target`` by the CSV reader's rules; the rows that do not parse are null
+    and listed (found by halving, so a few bad values cost a few small casts)."""
+    options = pcsv.ConvertOptions()
+    trimmed = pc.utf8_trim_whitespace(text)
+    nulls = pc.is_in(trimmed, value_set=pa.array(options.null_values, pa.string()))
+    trimmed = pc.if_else(nulls, pa.scalar(None, pa.string()), trimmed)
+    if pa.types.is_boolean(target):
+        words = pa.array([*options.true_values, *options.false_values], pa.string())
+        known = pc.or_(pc.is_in(trimmed, value_set=words), pc.is_null(trimmed))
+        trues = pc.is_in(trimmed, value_set=pa.array(options.true_values, pa.string()))
+        values = pc.if_else(pc.is_null(trimmed), pa.scalar(None, pa.bool_()), trues)
+        unknown = [int(i) for i in pc.indices_nonzero(pc.invert(known)).to_pylist()]
+        return pc.if_else(known, values, pa.scalar(None, pa.bool_())), unknown
+    bad: list[int] = []
+    pieces = _cast_halving(trimmed, target, 0, bad)
+    return pa.concat_arrays(pieces), bad
+
+
+def _cast_halving(
+    text: pa.Array, target: pa.DataType, offset: int, bad: list[int]
+) -> list[pa.Array]:
+    try:
+        return [text.cast(target)]
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        if len(text) == 1:
+            bad.append(offset)
+            return [pa.nulls(1, target)]
+    half = len(text) // 2
+    return _cast_halving(text.slice(0, half), target, offset, bad) + _cast_halving(
+        text.slice(half), target, offset + half, bad
+    )
+
+
+def _is_text(data_type: pa.DataType) -> bool:
+    return bool(pa.types.is_string(data_type) or pa.types.is_large_string(data_type))
+
+
+def _csv_parsable(data_type: pa.DataType) -> bool:
+    """Types pyarrow's CSV reader parses a value into."""
+    tests = (
+        pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_string,
+        pa.types.is_large_string, pa.types.is_timestamp, pa.types.is_date, pa.types.is_decimal,
+    )
+    return any(test(data_type) for test in tests)
 
 
 def _translated(path: str, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

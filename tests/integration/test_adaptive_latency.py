@@ -1,10 +1,16 @@
 """Rising latency bounds requests in flight: an endpoint at its provisioned concurrency that
 queues (no 429s) is kept busy without a queue of 64 requests waiting at it.
 
-Time runs 20x fast for both the emulator and the engine (the chaos test's injected clock).
+Both the emulator and the engine run on one virtual clock that moves only when the loop is
+idle (tests/virtual_time.py): the 100 ms the emulator injects is measured as exactly 100 ms
+plus the queueing, whatever the machine's speed or load. (It ran on a 20x warped wall clock
+before, where 5 ms of real scheduling delay on a busy machine read as 100 ms of latency and
+once left the limit at 13.4.)
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import pyarrow.parquet as pq
 
@@ -14,13 +20,18 @@ from engine.pipeline import MemorySink, prepare, run
 from engine.source import open_source
 from engine.transport import Transport
 from tests.helpers import credentials_for, expected_predictions
-from tests.integration.test_chaos import WarpClock
+from tests.virtual_time import VirtualClock, virtual_loop
 
 ENDPOINT = "demo-regressor"
 
 
-async def test_a_queueing_endpoint_gets_few_requests_in_flight_and_every_row(tmp_path) -> None:
-    clock = WarpClock()
+def test_a_queueing_endpoint_gets_few_requests_in_flight_and_every_row(tmp_path) -> None:
+    clock = VirtualClock()
+    with asyncio.Runner(loop_factory=lambda: virtual_loop(clock)) as runner:
+        runner.run(_queueing_endpoint_run(clock, tmp_path))
+
+
+async def _queueing_endpoint_run(clock: VirtualClock, tmp_path) -> None:
     faults = Faults(max_concurrency=4, concurrency_mode="queue", latency_ms=100.0)
     config = EmulatorConfig(endpoints=(EndpointConfig(name=ENDPOINT, faults=faults),))
     async with Emulator(config, clock=clock, sleep=clock.sleep) as emulator:

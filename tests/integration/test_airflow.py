@@ -70,6 +70,13 @@ def record_one(summary):
     (DATA / "resumed.json").write_text(json.dumps(summary))
 
 
+@task(trigger_rule="all_done")
+def record_failures(ti=None):
+    tasks = ("rejected_ok", "rejected_strict", "wrong_secret")
+    summaries = {name: ti.xcom_pull(task_ids=name, key="summary") for name in tasks}
+    (DATA / "failures.json").write_text(json.dumps(summaries))
+
+
 with DAG("plain_and_mapped", schedule=None, start_date=START, catchup=False) as plain_and_mapped:
     plain = ServingBatchOperator(
         task_id="plain",
@@ -98,14 +105,14 @@ with DAG("killed", schedule=None, start_date=START, catchup=False) as killed:
     record_one(slow.output)
 
 with DAG("failures", schedule=None, start_date=START, catchup=False) as failures:
-    ServingBatchOperator(
+    rejected_ok = ServingBatchOperator(
         task_id="rejected_ok",
         input=str(DATA / "poisoned.parquet"),
         output=str(DATA / "scored" / "rejected_ok.arrow"),
         endpoint="demo-regressor",
         score_options=OPTIONS,
     )
-    ServingBatchOperator(
+    rejected_strict = ServingBatchOperator(
         task_id="rejected_strict",
         input=str(DATA / "poisoned.parquet"),
         output=str(DATA / "scored" / "rejected_strict.arrow"),
@@ -113,13 +120,14 @@ with DAG("failures", schedule=None, start_date=START, catchup=False) as failures
         fail_on_rejected_rows=True,
         score_options=OPTIONS,
     )
-    ServingBatchOperator(
+    wrong_secret = ServingBatchOperator(
         task_id="wrong_secret",
         input=str(DATA / "shard-0.parquet"),
         output=str(DATA / "scored" / "wrong_secret.arrow"),
         endpoint="demo-regressor",
         databricks_conn_id="databricks_wrong",
     )
+    [rejected_ok, rejected_strict, wrong_secret] >> record_failures()
 '''
 
 RUN_DAG = '''
@@ -313,7 +321,16 @@ def test_rejected_rows_pass_by_default_fail_when_strict_and_engine_errors_fail_t
         "rejected_ok[-1]": "success",
         "rejected_strict[-1]": "failed",
         "wrong_secret[-1]": "failed",
+        "record_failures[-1]": "success",
     }
+    # XCom "summary" on every exit, failures included: the code and the engine's message.
+    summaries = json.loads((airflow.data / "failures.json").read_text())
+    assert summaries["rejected_ok"]["exit_code"] == 3
+    assert summaries["rejected_strict"]["exit_code"] == 3
+    wrong = summaries["wrong_secret"]
+    assert wrong["exit_code"] == 2 and f"refused the OAuth client '{airflow.client_id}'" in (
+        wrong["error"]
+    )
     errors = read_output(airflow.data / "scored" / "rejected_ok.arrow").column("error")
     assert [i for i, e in enumerate(errors.to_pylist()) if e is not None] == [7]
     if TASK_LOGS_SHOWN:

@@ -59,3 +59,36 @@ def test_flush_is_due_after_enough_batches(tmp_path) -> None:
     due = [store.add(f"k{i}", pa.array([i]), pa.nulls(1, pa.string())) for i in range(64)]
     assert due[-1] is True
     assert not any(due[:10])
+
+
+def test_a_directory_removed_mid_run_is_a_storage_error_naming_it(tmp_path) -> None:
+    import shutil
+
+    import pytest
+
+    from engine.errors import StorageError
+
+    store = Checkpoint.open(tmp_path / "ck")
+    store.add("k1", pa.array([1.0]), pa.nulls(1, pa.string()))
+    store.write(store.take_pending())
+    shutil.rmtree(tmp_path / "ck")
+    store.add("k2", pa.array([2.0]), pa.nulls(1, pa.string()))
+    with pytest.raises(StorageError) as info:
+        store.write(store.take_pending())
+    assert str(info.value).startswith(
+        f"cannot write the checkpoint in {tmp_path / 'ck'}: No such file or directory (ENOENT); "
+        "the directory was removed during the run"
+    )
+    assert store.get("k2") is None  # never recorded as persisted
+
+
+def test_an_append_after_a_torn_line_starts_on_a_fresh_line(tmp_path) -> None:
+    store = Checkpoint.open(tmp_path / "ck")
+    store.add("k1", pa.array([1.0]), pa.nulls(1, pa.string()))
+    store.write(store.take_pending())
+    with open(tmp_path / "ck" / MANIFEST, "ab") as manifest:
+        manifest.write(b'{"key": "torn", "par')  # a kill (or a full disk) mid-append
+    again = Checkpoint.open(tmp_path / "ck")
+    again.add("k2", pa.array([2.0]), pa.nulls(1, pa.string()))
+    again.write(again.take_pending())
+    assert len(Checkpoint.open(tmp_path / "ck")) == 2  # k2 was not glued to the torn line

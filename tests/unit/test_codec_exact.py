@@ -111,7 +111,9 @@ def test_declared_type_is_honoured_and_ints_widen_to_double() -> None:
     ("body", "rows", "kind", "message"),
     [
         (b"<html>502</html>", 1, None, "not JSON"),
-        (b'{"result": [1]}', 1, None, "no 'predictions'"),
+        (b'{"result": [1]}', 1, None, r"no 'predictions' list \(found: result\)"),
+        (b'{"predictions": null}', 1, None, r"no 'predictions' list \('predictions' is null\)"),
+        (b'{"outputs": {"a": 1}}', 1, None, r"'outputs' is an object"),
         (b'{"predictions": [1, 2]}', 3, None, "2 predictions for 3 rows"),
         (b'{"predictions": [1.5]}', 1, pa.int64(), "int64"),
     ],

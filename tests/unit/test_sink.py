@@ -239,14 +239,34 @@ def test_parquet_extension_writes_zstd_parquet(tmp_path: Path, name: str) -> Non
     assert read_output(path).column("prediction").to_pylist() == [1.0, 2.0]
 
 
-@pytest.mark.parametrize("name", ["out.arrow", "out.feather", "out"])
-def test_other_extensions_write_an_arrow_ipc_file(tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize("name", ["out.arrow", "out.feather", "out.IPC", "out"])
+def test_arrow_extensions_and_none_write_an_arrow_ipc_file(tmp_path: Path, name: str) -> None:
     path = tmp_path / name
     writer = OrderedWriter(OutputSpec(str(path)))
     writer.add(0, _result(0, [1.0]))
     writer.finish()
     assert path.read_bytes()[:6] == b"ARROW1"
     assert pa.ipc.open_file(str(path)).read_all().num_rows == 1
+
+
+@pytest.mark.parametrize("name", ["out.csv", "out.json", "scored.2026-11-21.jsonl"])
+def test_an_extension_the_engine_does_not_write_is_refused_naming_the_fix(
+    tmp_path: Path, name: str
+) -> None:
+    with pytest.raises(UsageError, match=r"does not write '\.[a-z0-9-]+' files.*\.parquet"):
+        check_output(OutputSpec(str(tmp_path / name)))
+    assert _files(tmp_path) == []
+
+
+def test_output_takes_the_umasks_mode_not_0600(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        writer = OrderedWriter(OutputSpec(str(tmp_path / "out.arrow")))
+        writer.add(0, _result(0, [1.0]))
+        writer.finish()
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.arrow").stat().st_mode & 0o777 == 0o640
 
 
 def test_small_parquet_results_are_gathered_into_large_row_groups(tmp_path: Path) -> None:
