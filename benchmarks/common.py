@@ -89,34 +89,42 @@ class ChildUsage:
     exit_code: int
     stdout: str
     stderr: str
+    timed_out: bool = False  # killed at the deadline: a stalled run, recorded as such
 
 
 def run_child(cmd: list[str], env: dict[str, str], *, timeout_s: float = 600) -> ChildUsage:
-    """Run ``cmd`` and return its own rusage (``wait4``), not the whole tree's."""
+    """Run ``cmd`` and return its own rusage (``wait4``), not the whole tree's.
+
+    Output goes to files, not pipes, so a child that stalls is killed at ``timeout_s``
+    instead of blocking the parent on a read.
+    """
     started = time.monotonic()
-    with tempfile.TemporaryFile("w+") as errors:
-        process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=errors, text=True)
-        assert process.stdout is not None
-        out = process.stdout.read()  # until the child exits; it is reaped below, by wait4
-        status, usage = _reap(process, started + timeout_s)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.Popen(cmd, env=env, stdout=out, stderr=errors, text=True)
+        status, usage, timed_out = _reap(process, started + timeout_s)
+        wall_s = time.monotonic() - started
+        out.seek(0)
         errors.seek(0)
-        err = errors.read()
+        stdout, stderr = out.read(), errors.read()
     process.returncode = os.waitstatus_to_exitcode(status)
     return ChildUsage(
-        wall_s=time.monotonic() - started,
+        wall_s=wall_s,
         cpu_s=usage.ru_utime + usage.ru_stime,
         peak_rss_mib=usage.ru_maxrss / 1024,
         exit_code=process.returncode,
-        stdout=out,
-        stderr=err,
+        stdout=stdout,
+        stderr=stderr,
+        timed_out=timed_out,
     )
 
 
-def _reap(process: subprocess.Popen[str], deadline: float) -> tuple[int, Any]:
+def _reap(process: subprocess.Popen[str], deadline: float) -> tuple[int, Any, bool]:
+    killed = False
     while True:
         pid, status, usage = os.wait4(process.pid, os.WNOHANG)
         if pid:
-            return status, usage
-        if time.monotonic() > deadline:
+            return status, usage, killed
+        if not killed and time.monotonic() > deadline:
             process.kill()
+            killed = True
         time.sleep(0.01)

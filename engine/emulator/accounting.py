@@ -2,7 +2,10 @@
 
 Per endpoint: data-plane requests by status, dropped connections, per-row ``rows_scored``
 (the model ran, even if the answer was lost) and ``rows_delivered`` (a 200 was written),
-429s, in-flight peaks, and requests that carried an expiring or expired token. Globally:
+429s by cause (``throttled_rate``: the QPS bucket; ``throttled_concurrency``: the concurrency
+cap in 429 mode; ``throttled_random``: ``throttle_rate``; ``throttled``: their sum), requests
+left hanging (``hung`` in all, ``hanging`` now), in-flight peaks, and requests that carried an
+expiring or expired token. Cumulative counts polled over time give the accepted rate. Globally:
 tokens issued by kind and token requests by status. Snapshots are plain dicts.
 """
 
@@ -24,13 +27,22 @@ class EndpointAccounting:
     rows_delivered: Counter[str] = field(default_factory=Counter)
     resets_before: int = 0
     resets_after: int = 0
-    throttled: int = 0
+    throttled_rate: int = 0
+    throttled_concurrency: int = 0
+    throttled_random: int = 0
+    hung: int = 0
+    hanging: int = 0
     expiring_token_requests: int = 0
     in_flight: int = 0
     peak_in_flight: int = 0
     admitted: int = 0
     peak_admitted: int = 0
     requests_total: int = 0
+
+    @property
+    def throttled(self) -> int:
+        """Every 429 the emulator chose to answer, whatever the cause."""
+        return self.throttled_rate + self.throttled_concurrency + self.throttled_random
 
     def enter(self) -> None:
         """A request got past authentication."""
@@ -60,6 +72,11 @@ class EndpointAccounting:
             "resets_before": self.resets_before,
             "resets_after": self.resets_after,
             "throttled": self.throttled,
+            "throttled_rate": self.throttled_rate,
+            "throttled_concurrency": self.throttled_concurrency,
+            "throttled_random": self.throttled_random,
+            "hung": self.hung,
+            "hanging": self.hanging,
             "expiring_token_requests": self.expiring_token_requests,
             "in_flight": self.in_flight,
             "peak_in_flight": self.peak_in_flight,
@@ -67,10 +84,10 @@ class EndpointAccounting:
         }
 
     def reset(self) -> None:
-        """Zero every counter except the requests still in flight."""
-        in_flight, admitted = self.in_flight, self.admitted
+        """Zero every counter except the requests still in flight (or hanging)."""
+        in_flight, admitted, hanging = self.in_flight, self.admitted, self.hanging
         self.__init__()  # type: ignore[misc]
-        self.in_flight, self.admitted = in_flight, admitted
+        self.in_flight, self.admitted, self.hanging = in_flight, admitted, hanging
 
 
 @dataclass

@@ -24,6 +24,7 @@ from engine.emulator.config import (
     EmulatorConfig,
     EndpointConfig,
     Faults,
+    LimitStep,
     ServicePrincipal,
     TokenFaults,
 )
@@ -114,6 +115,23 @@ def _add_fault_flags(parser: argparse.ArgumentParser) -> None:
     faults.add_argument("--seed", type=int, default=0)
     faults.add_argument("--qps", type=float, metavar="RATE", help="requests/s before 429s")
     faults.add_argument(
+        "--qps-burst",
+        type=float,
+        metavar="N",
+        help="the QPS bucket's size in requests (default: 0.1 s of the limit, at least 1)",
+    )
+    faults.add_argument(
+        "--limit-schedule",
+        metavar="S:QPS,...",
+        help="QPS limit over time, e.g. 0:20,8:60 (QPS may be 'none'); seconds count from "
+        "the first data-plane request",
+    )
+    faults.add_argument(
+        "--concurrency-schedule",
+        metavar="S:N,...",
+        help="concurrency cap over time, e.g. 0:8,10:4 (N may be 'none'); same clock",
+    )
+    faults.add_argument(
         "--retry-after",
         choices=["none", "seconds", "date"],
         default="seconds",
@@ -129,8 +147,16 @@ def _add_fault_flags(parser: argparse.ArgumentParser) -> None:
         "error-503-rate",
         "reset-before-rate",
         "reset-after-rate",
+        "throttle-rate",
+        "hang-rate",
     ):
         faults.add_argument(f"--{flag}", type=float, default=0.0, metavar="P")
+    faults.add_argument(
+        "--hang-every",
+        type=int,
+        metavar="N",
+        help="also leave every N-th admitted request unanswered (500: 2 in 1000)",
+    )
     faults.add_argument("--no-poison", action="store_true", help="score poison rows like others")
 
 
@@ -138,6 +164,11 @@ def _faults(args: argparse.Namespace) -> Faults:
     return Faults(
         seed=args.seed,
         qps_limit=args.qps,
+        qps_burst=args.qps_burst,
+        schedule=_schedule(args.limit_schedule, args.concurrency_schedule),
+        throttle_rate=args.throttle_rate,
+        hang_rate=args.hang_rate,
+        hang_every=args.hang_every,
         retry_after=None if args.retry_after == "none" else args.retry_after,
         max_concurrency=args.max_concurrency,
         concurrency_mode=args.concurrency_mode,
@@ -151,6 +182,33 @@ def _faults(args: argparse.Namespace) -> Faults:
         reset_after_rate=args.reset_after_rate,
         poison=not args.no_poison,
     )
+
+
+def _schedule(qps: str | None, concurrency: str | None) -> tuple[LimitStep, ...]:
+    """Both schedules' steps, merged by time (a step may change both limits)."""
+    changes: dict[float, dict[str, Any]] = {}
+    for at_s, value in _pairs("--limit-schedule", qps, float):
+        changes.setdefault(at_s, {})["qps_limit"] = value
+    for at_s, value in _pairs("--concurrency-schedule", concurrency, int):
+        changes.setdefault(at_s, {})["max_concurrency"] = value
+    return tuple(LimitStep(at_s=at_s, **changes[at_s]) for at_s in sorted(changes))
+
+
+def _pairs(flag: str, text: str | None, kind: type[float] | type[int]) -> list[tuple[float, Any]]:
+    if not text:
+        return []
+    pairs = []
+    for item in text.split(","):
+        at, sep, value = item.strip().partition(":")
+        try:
+            if not sep:
+                raise ValueError(item)
+            pairs.append((float(at), None if value.lower() == "none" else kind(value)))
+        except ValueError:
+            raise ValueError(
+                f"{flag}: expected SECONDS:VALUE[,SECONDS:VALUE...], got {item!r}"
+            ) from None
+    return pairs
 
 
 def _user_model(spec: str) -> tuple[str, Model]:

@@ -6,10 +6,11 @@ service principal with ``CAN_MANAGE`` on all of them (so it can query, and stop/
 
 from __future__ import annotations
 
+import enum
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, TypeAlias
 
 from engine.emulator.models import BUILTIN_MODELS, Model
 
@@ -20,10 +21,12 @@ __all__ = [
     "DEFAULT_START_DURATION_S",
     "DEFAULT_TOKEN_TTL_S",
     "DEFAULT_WORKSPACE_ID",
+    "KEEP",
     "MAX_PAYLOAD_BYTES",
     "EmulatorConfig",
     "EndpointConfig",
     "Faults",
+    "LimitStep",
     "PermissionLevel",
     "ServicePrincipal",
     "TokenFaults",
@@ -43,6 +46,69 @@ DEFAULT_PERSONAL_ACCESS_TOKEN = "dapi-emulator-0000000000000001"
 MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
 
 
+class Keep(enum.Enum):
+    """The type of :data:`KEEP`: a :class:`LimitStep` field that leaves its limit as it was."""
+
+    KEEP = "keep"
+
+
+#: A :class:`LimitStep` field left at ``KEEP`` does not change that limit.
+KEEP = Keep.KEEP
+QpsSetting: TypeAlias = float | Keep | None
+ConcurrencySetting: TypeAlias = int | Keep | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitStep:
+    """A change of limits ``at_s`` seconds into a :class:`Faults` schedule.
+
+    The schedule's clock starts at the first data-plane request on the endpoint after its
+    faults were set (so every client gets the same time at the first limit, however long its
+    own start-up takes), and runs on the emulator's injected clock.
+
+    Attributes:
+        at_s: seconds from the schedule's start (at least 0).
+        qps_limit: the new requests/s limit; None lifts it; ``KEEP`` leaves it.
+        max_concurrency: the new concurrency cap; None lifts it; ``KEEP`` leaves it.
+    """
+
+    at_s: float
+    qps_limit: QpsSetting = KEEP
+    max_concurrency: ConcurrencySetting = KEEP
+
+    def __post_init__(self) -> None:
+        if self.at_s < 0:
+            raise ValueError(f"a limit step's at_s must not be negative, got {self.at_s}")
+        if isinstance(self.qps_limit, (int, float)) and self.qps_limit <= 0:
+            raise ValueError(f"a limit step's qps_limit must be positive, got {self.qps_limit}")
+        if isinstance(self.max_concurrency, int) and self.max_concurrency < 1:
+            raise ValueError(
+                f"a limit step's max_concurrency must be at least 1, got {self.max_concurrency}"
+            )
+
+    @classmethod
+    def from_dict(cls, fields: Mapping[str, Any]) -> LimitStep:
+        """From JSON: a missing limit is ``KEEP``, ``null`` lifts it."""
+        return cls(**fields)
+
+    def as_dict(self) -> dict[str, Any]:
+        """For JSON: the limits it changes (``KEEP`` fields left out)."""
+        out: dict[str, Any] = {"at_s": self.at_s}
+        for name in ("qps_limit", "max_concurrency"):
+            value = getattr(self, name)
+            if value is not KEEP:
+                out[name] = value
+        return out
+
+
+def _steps(schedule: Any) -> tuple[LimitStep, ...]:
+    steps = tuple(s if isinstance(s, LimitStep) else LimitStep.from_dict(s) for s in schedule)
+    times = [s.at_s for s in steps]
+    if times != sorted(times) or len(set(times)) != len(times):
+        raise ValueError(f"schedule steps must have distinct, increasing at_s, got {times}")
+    return steps
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Faults:
     """What goes wrong on one endpoint's data plane. Decisions come from ``seed``.
@@ -50,10 +116,21 @@ class Faults:
     Attributes:
         seed: seeds every per-request decision (same seed, same requests -> same faults).
         qps_limit: requests per second before ``429 REQUEST_LIMIT_EXCEEDED`` (None: no cap).
-        qps_burst: the token bucket's size in requests (None: one second's worth, at least 1).
-        retry_after: the ``Retry-After`` form on 429s: "seconds", "date" or None (no header).
+        qps_burst: the token bucket's size in requests (None: a tenth of a second's worth of
+            the limit in force, at least 1).
+        retry_after: the ``Retry-After`` form on every 429 (rate, concurrency, random):
+            "seconds", "date" or None (no header).
         max_concurrency: requests served at once (None: no cap).
         concurrency_mode: past the cap, "queue" (wait) or "429" (refuse).
+        schedule: limit changes over time (:class:`LimitStep`, increasing ``at_s``); from
+            JSON, a list of objects. Before the first step, ``qps_limit`` and
+            ``max_concurrency`` hold.
+        throttle_rate: probability of a ``429 REQUEST_LIMIT_EXCEEDED`` unrelated to load,
+            decided before the rate limit (it takes no bucket token and no slot).
+        hang_rate: probability an admitted request is never answered: its body is read, then
+            it holds its concurrency slot until the client disconnects or the emulator stops.
+        hang_every: also hang every ``hang_every``-th admitted request (requests numbered
+            ``hang_every - 1``, ``2 * hang_every - 1``, ...): "2 in 1000" is ``hang_every=500``.
         latency_ms: added to every request before the model runs.
         jitter_ms: plus a uniform draw in [0, jitter_ms).
         tail_prob: probability of a long-tail request that also waits ``tail_ms``.
@@ -71,6 +148,10 @@ class Faults:
     retry_after: RetryAfterForm | None = "seconds"
     max_concurrency: int | None = None
     concurrency_mode: ConcurrencyMode = "queue"
+    schedule: tuple[LimitStep, ...] = ()
+    throttle_rate: float = 0.0
+    hang_rate: float = 0.0
+    hang_every: int | None = None
     latency_ms: float = 0.0
     jitter_ms: float = 0.0
     tail_prob: float = 0.0
@@ -88,21 +169,37 @@ class Faults:
             "error_503_rate",
             "reset_before_rate",
             "reset_after_rate",
+            "throttle_rate",
+            "hang_rate",
         )
         for name in rates:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
-        if self.error_500_rate + self.error_503_rate + self.reset_before_rate > 1.0:
+        exclusive = (
+            self.error_500_rate + self.error_503_rate + self.reset_before_rate + self.hang_rate
+        )
+        if exclusive > 1.0:
             raise ValueError(
-                "error_500_rate + error_503_rate + reset_before_rate must not exceed 1"
+                "error_500_rate + error_503_rate + reset_before_rate + hang_rate must not exceed 1"
             )
+        object.__setattr__(self, "schedule", _steps(self.schedule))
         for name in ("latency_ms", "jitter_ms", "tail_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.qps_limit is not None and self.qps_limit <= 0:
             raise ValueError(f"qps_limit must be positive, got {self.qps_limit}")
+        if self.qps_burst is not None and self.qps_burst < 1:
+            raise ValueError(f"qps_burst must be at least 1, got {self.qps_burst}")
         if self.max_concurrency is not None and self.max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {self.max_concurrency}")
+        if self.hang_every is not None and self.hang_every < 1:
+            raise ValueError(f"hang_every must be at least 1, got {self.hang_every}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every field, JSON-ready (schedule steps as objects)."""
+        out = {name: getattr(self, name) for name in Faults.__dataclass_fields__}
+        out["schedule"] = [step.as_dict() for step in self.schedule]
+        return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

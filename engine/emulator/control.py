@@ -280,8 +280,4 @@ async def debug_faults(request: web.Request) -> web.Response:
     except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
         raise ApiError(400, "INVALID_PARAMETER_VALUE", f"Invalid faults: {exc}") from None
     runtime.set_faults(faults, state.clock())
-    return json_response({"endpoint": runtime.name, "faults": _fields(faults)})
-
-
-def _fields(faults: Faults) -> dict[str, Any]:
-    return {name: getattr(faults, name) for name in Faults.__dataclass_fields__}
+    return json_response({"endpoint": runtime.name, "faults": faults.as_dict()})

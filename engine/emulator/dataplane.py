@@ -4,13 +4,24 @@ The not-ready answer (Databricks documents none): ``400 {"error_code": "INVALID_
 "message": "Endpoint <name> is not ready (state: NOT_READY, config_update: IN_PROGRESS). ..."}``.
 A payload over the limit (16 MiB by default): ``413 {"error_code": "BAD_REQUEST", ...}``.
 
-Order of checks: token -> readiness -> QPS bucket (429) -> concurrency slot (wait or 429) ->
-planned 500/503/reset-before -> parse and enforce the signature (400) -> latency -> poison
-(400 with ``stack_trace``) -> model -> planned reset-after -> 200 with ``served-model-name``.
+Every 429 is ``{"error_code": "REQUEST_LIMIT_EXCEEDED", "message": ...}`` with the
+``Retry-After`` form the faults ask for (whole seconds until the bucket has a token, at
+least 1; 1 for the concurrency cap and random 429s).
+
+Order of checks: token -> readiness -> (the limit schedule starts, or steps) -> random 429
+-> QPS bucket (429) -> concurrency slot (wait or 429) -> planned 500/503/reset-before/hang ->
+parse and enforce the signature (400) -> latency -> poison (400 with ``stack_trace``) ->
+model -> planned reset-after -> 200 with ``served-model-name``.
+
+A hanging request has its body read, keeps its concurrency slot, and is never answered:
+it ends when the client disconnects or when the emulator stops (then its connection is
+dropped), so it never holds up shutdown.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import email.utils
 import math
 import time
@@ -24,13 +35,17 @@ from engine.emulator.apierror import ApiError
 from engine.emulator.config import Faults
 from engine.emulator.models import find_poison
 from engine.emulator.payload import ScoringInput, parse_request
-from engine.emulator.plan import plan_request
-from engine.emulator.runtime import EmulatorState, EndpointRuntime
+from engine.emulator.plan import plan_request, plan_throttle
+from engine.emulator.runtime import ConcurrencyRefused, EmulatorState, EndpointRuntime
 from engine.emulator.web import STATE_KEY, drop_connection
 
 __all__ = ["add_routes", "invoke", "retry_after_header"]
 
 Authenticate = Callable[[str | None, EndpointRuntime], None]
+
+#: How often a hanging request looks whether its client has gone (real seconds; it only
+#: bounds how long a dead connection's slot stays held, never what the client sees).
+_HANG_POLL_S = 0.05
 
 _MODEL_ERROR = (
     "Encountered an unexpected error while evaluating the model. Verify that the input is "
@@ -83,9 +98,21 @@ async def _serve(
     _check_ready(state, runtime)
     runtime.accounting.enter()
     try:
+        now = state.clock()
+        runtime.refresh_limits(now)
+        _check_random_throttle(runtime)
         _check_rate(state, runtime)
-        async with runtime.slot():
-            return await _run(request, state, runtime)
+        try:
+            async with runtime.slot():
+                return await _run(request, state, runtime)
+        except ConcurrencyRefused as refused:
+            runtime.accounting.throttled_concurrency += 1
+            raise _limit_exceeded(
+                runtime,
+                f"Exceeded the provisioned concurrency of {refused.limit} "
+                f"for endpoint {runtime.name}. Please retry later.",
+                1.0,
+            ) from None
     finally:
         runtime.accounting.leave()
 
@@ -104,19 +131,32 @@ def _check_ready(state: EmulatorState, runtime: EndpointRuntime) -> None:
     )
 
 
+def _limit_exceeded(runtime: EndpointRuntime, message: str, wait_s: float) -> ApiError:
+    headers = retry_after_header(runtime.faults, wait_s, time.time())
+    return ApiError(429, "REQUEST_LIMIT_EXCEEDED", message, headers=headers)
+
+
+def _check_random_throttle(runtime: EndpointRuntime) -> None:
+    if not plan_throttle(runtime.faults, runtime.next_arrival_number()):
+        return
+    runtime.accounting.throttled_random += 1
+    raise _limit_exceeded(
+        runtime,
+        f"The endpoint {runtime.name} is receiving too many requests. Please retry later.",
+        1.0,
+    )
+
+
 def _check_rate(state: EmulatorState, runtime: EndpointRuntime) -> None:
     wait_s = runtime.throttle_wait(state.clock())
     if wait_s <= 0:
         return
-    runtime.accounting.throttled += 1
-    faults = runtime.faults
-    headers = retry_after_header(faults, wait_s, time.time())
-    raise ApiError(
-        429,
-        "REQUEST_LIMIT_EXCEEDED",
-        f"Exceeded the rate limit of {faults.qps_limit:g} requests per second for endpoint "
-        f"{runtime.name}. Please retry later.",
-        headers=headers,
+    runtime.accounting.throttled_rate += 1
+    raise _limit_exceeded(
+        runtime,
+        f"Exceeded the rate limit of {runtime.limits.qps_limit:g} requests per second for "
+        f"endpoint {runtime.name}. Please retry later.",
+        wait_s,
     )
 
 
@@ -145,6 +185,9 @@ async def _run(
         raise ApiError(
             503, "TEMPORARILY_UNAVAILABLE", "The service is temporarily unavailable. Please retry."
         )
+    if plan.outcome == "hang":
+        await request.read()
+        return await _hang(request, state, runtime)
     scoring = parse_request(
         await request.read(),
         runtime.model.signature,
@@ -159,6 +202,20 @@ async def _run(
         runtime.accounting.resets_after += 1
         return drop_connection(request)
     return await _deliver(request, runtime, body, scoring)
+
+
+async def _hang(
+    request: web.Request, state: EmulatorState, runtime: EndpointRuntime
+) -> web.StreamResponse:
+    runtime.accounting.hung += 1
+    runtime.accounting.hanging += 1
+    try:
+        while request.transport is not None and not state.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.stopping.wait(), _HANG_POLL_S)
+    finally:
+        runtime.accounting.hanging -= 1
+    return drop_connection(request)
 
 
 def _predict(runtime: EndpointRuntime, scoring: ScoringInput) -> bytes:

@@ -14,19 +14,20 @@ from engine.emulator.accounting import Accounting, EndpointAccounting
 from engine.emulator.apierror import ApiError
 from engine.emulator.clock import Clock, Sleep
 from engine.emulator.config import EmulatorConfig, EndpointConfig, Faults, ServicePrincipal
+from engine.emulator.gate import ConcurrencyGate
 from engine.emulator.lifecycle import EndpointState, Lifecycle
 from engine.emulator.models import Model
-from engine.emulator.plan import TokenBucket
+from engine.emulator.plan import Limits, TokenBucket, limits_at
 from engine.emulator.tokens import IssuedToken, TokenStore, TokenVerdict, bearer, verdict_error
 
-__all__ = ["EmulatorState", "EndpointRuntime"]
+__all__ = ["ConcurrencyRefused", "EmulatorState", "EndpointRuntime"]
 
 _QUERY_LEVELS = ("CAN_QUERY", "CAN_MANAGE")
 
 
 @dataclass
 class EndpointRuntime:
-    """One endpoint's live state."""
+    """One endpoint's live state: its faults, the limits in force, and their bucket and gate."""
 
     config: EndpointConfig
     model: Model
@@ -34,9 +35,12 @@ class EndpointRuntime:
     faults: Faults
     accounting: EndpointAccounting
     bucket: TokenBucket | None = None
-    slots: asyncio.Semaphore | None = None
+    gate: ConcurrencyGate = field(default_factory=ConcurrencyGate)
+    limits: Limits = field(default_factory=lambda: Limits(None, None, None))
+    #: the emulator clock at the schedule's start (the first request after set_faults)
+    schedule_started: float | None = None
     requests_seen: int = 0
-    _bucket_key: tuple[float, float] | None = field(default=None, repr=False)
+    arrivals_seen: int = 0
 
     @property
     def name(self) -> str:
@@ -49,22 +53,60 @@ class EndpointRuntime:
         return self.config.endpoint_id()
 
     def next_request_number(self) -> int:
-        """Number the next data-plane request (0, 1, 2, ...) for the fault plan."""
+        """Number the next admitted data-plane request (0, 1, 2, ...) for the fault plan."""
         number = self.requests_seen
         self.requests_seen += 1
         return number
 
+    def next_arrival_number(self) -> int:
+        """Number the next request to reach the limits (0, 1, 2, ...) for random 429s."""
+        number = self.arrivals_seen
+        self.arrivals_seen += 1
+        return number
+
     def set_faults(self, faults: Faults, now: float) -> None:
-        """Apply new faults; the QPS bucket and concurrency slots follow them."""
+        """Apply new faults; their schedule starts again at the next request.
+
+        A changed rate limit gets a fresh, full bucket (a new configuration); a schedule
+        step retunes the bucket in place (see :meth:`refresh_limits`). The concurrency count
+        carries over: requests already inside still hold their slots.
+        """
         self.faults = faults
-        if faults.qps_limit is None:
-            self.bucket, self._bucket_key = None, None
+        self.schedule_started = None
+        limits = limits_at(faults, 0.0)
+        if limits.qps_limit is None or limits.qps_burst is None:
+            self.bucket = None
+        elif (limits.qps_limit, limits.qps_burst) != (self.limits.qps_limit, self.limits.qps_burst):
+            self.bucket = TokenBucket(limits.qps_limit, limits.qps_burst, now)
+        self.gate.set_limit(limits.max_concurrency)
+        self.limits = limits
+
+    def refresh_limits(self, now: float) -> Limits:
+        """Start the schedule on the first call after :meth:`set_faults`; apply its step now."""
+        if self.schedule_started is None:
+            self.schedule_started = now
+        if not self.faults.schedule:
+            return self.limits
+        limits = limits_at(self.faults, now - self.schedule_started)
+        if limits != self.limits:
+            self._retune(limits, now)
+        return limits
+
+    def _retune(self, limits: Limits, now: float) -> None:
+        if limits.qps_limit is None or limits.qps_burst is None:
+            self.bucket = None
+        elif self.bucket is None:
+            self.bucket = TokenBucket(limits.qps_limit, limits.qps_burst, now)
         else:
-            burst = faults.qps_burst if faults.qps_burst is not None else max(1.0, faults.qps_limit)
-            if self._bucket_key != (faults.qps_limit, burst):
-                self.bucket = TokenBucket(faults.qps_limit, burst, now)
-                self._bucket_key = (faults.qps_limit, burst)
-        self.slots = asyncio.Semaphore(faults.max_concurrency) if faults.max_concurrency else None
+            self.bucket.retune(limits.qps_limit, limits.qps_burst, now)
+        if limits.max_concurrency != self.limits.max_concurrency:
+            self.gate.set_limit(limits.max_concurrency)
+        self.limits = limits
+
+    def refresh_limits_if_started(self, now: float) -> None:
+        """Apply the schedule's step now, without starting the schedule."""
+        if self.schedule_started is not None:
+            self.refresh_limits(now)
 
     def throttle_wait(self, now: float) -> float:
         """0.0 when the QPS limit lets a request in, else seconds until it would."""
@@ -72,24 +114,37 @@ class EndpointRuntime:
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        """Hold one concurrency slot: wait for it, or 429 in ``"429"`` mode when none is free."""
-        slots = self.slots
-        if slots is None:
+        """Hold one concurrency slot: wait in line, or ``ConcurrencyRefused`` in ``"429"`` mode."""
+        if self.faults.concurrency_mode == "429":
+            if not self.gate.try_enter():
+                raise ConcurrencyRefused(self.limits.max_concurrency)
+        else:
+            await self.gate.enter()
+        self.accounting.admit()
+        try:
             yield
-            return
-        if self.faults.concurrency_mode == "429" and slots.locked():
-            raise ApiError(
-                429,
-                "REQUEST_LIMIT_EXCEEDED",
-                f"Exceeded the provisioned concurrency of {self.faults.max_concurrency} "
-                f"for endpoint {self.name}. Please retry later.",
-            )
-        async with slots:
-            self.accounting.admit()
-            try:
-                yield
-            finally:
-                self.accounting.release()
+        finally:
+            self.accounting.release()
+            self.gate.leave()
+
+    def limits_snapshot(self, now: float) -> dict[str, Any]:
+        """The limits in force and the schedule's progress, for the accounting snapshot."""
+        started = self.schedule_started
+        return {
+            "qps_limit": self.limits.qps_limit,
+            "qps_burst": self.limits.qps_burst,
+            "max_concurrency": self.limits.max_concurrency,
+            "schedule_started_s": started,
+            "schedule_elapsed_s": None if started is None else now - started,
+        }
+
+
+class ConcurrencyRefused(Exception):
+    """No concurrency slot is free and the endpoint refuses rather than queues."""
+
+    def __init__(self, limit: int | None) -> None:
+        super().__init__(f"concurrency cap {limit} reached")
+        self.limit = limit
 
 
 class EmulatorState:
@@ -107,6 +162,8 @@ class EmulatorState:
                 self.tokens.add_personal(principal.personal_access_token, principal.client_id)
         self.token_faults = config.token_faults
         self.token_requests_seen = 0
+        #: set when the emulator stops: hanging requests are dropped then
+        self.stopping = asyncio.Event()
         self.host = ""
         self.data_plane_host = ""
         self.endpoints = {e.name: self._runtime(e) for e in config.endpoints}
@@ -222,7 +279,21 @@ class EmulatorState:
             )
 
     def snapshot(self, name: str | None = None) -> dict[str, Any]:
-        """The accounting snapshot (see :class:`Accounting`)."""
+        """The accounting snapshot (see :class:`Accounting`), each endpoint with ``limits``
+        (in force now, and the schedule's progress) and ``clock_s`` (the emulator's clock).
+        """
+        now = self.clock()
         if name is not None:
-            self.endpoint(name)
-        return self.accounting.snapshot(name)
+            runtime = self.endpoint(name)
+            runtime.refresh_limits_if_started(now)
+            return {**self.accounting.snapshot(name), **self._limits(runtime, now)}
+        snapshot = self.accounting.snapshot()
+        for runtime in self.endpoints.values():
+            runtime.refresh_limits_if_started(now)
+            snapshot["endpoints"][runtime.name].update(self._limits(runtime, now))
+        snapshot["clock_s"] = now
+        return snapshot
+
+    @staticmethod
+    def _limits(runtime: EndpointRuntime, now: float) -> dict[str, Any]:
+        return {"limits": runtime.limits_snapshot(now), "clock_s": now}

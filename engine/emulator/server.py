@@ -88,6 +88,7 @@ class Emulator:
     async def start(self) -> Emulator:
         """Bind both planes (ports from the config; 0 picks free ones)."""
         bind = self.config.bind_host
+        self._state.stopping.clear()
         control_runner, control_port = await _start(
             _application(self._state, _control_routes), bind, self.config.port
         )
@@ -101,7 +102,8 @@ class Emulator:
         return self
 
     async def stop(self) -> None:
-        """Close both planes."""
+        """Drop hanging requests, then close both planes."""
+        self._state.stopping.set()
         runners, self._runners = self._runners, []
         for runner in reversed(runners):
             await runner.cleanup()
@@ -188,7 +190,7 @@ class Emulator:
         """Counters as plain dicts: one endpoint's, or all (see ``engine.emulator.accounting``)."""
         if name is not None:
             self._runtime(name)
-        return self._state.accounting.snapshot(name)
+        return self._state.snapshot(name)
 
     def reset_accounting(self) -> None:
         """Zero every counter."""
