@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import random
 import time
@@ -21,17 +20,29 @@ from typing import Protocol
 
 import orjson
 
+from engine.aio import Clock, Sleep
+from engine.calls import call, config_error, error_outcome, malformed
 from engine.config import SDK_AUTH, Credentials
 from engine.errors import AuthError, EngineError, TransportError
-from engine.retry import FailureKind, Outcome, RetryPolicy
+from engine.retry import Outcome, RetryPolicy, Tally
 from engine.transport import Response, Transport
 
 __all__ = ["OAuthClient", "Token", "TokenRefresher", "Who", "WorkspaceAuth", "connect"]
 
 log = logging.getLogger("engine.auth")
 
-#: Never send a token in its last 40 s: Databricks refuses it 30 s before expiry.
+#: Databricks refuses a token in the last 30 s of its life...
+REFUSAL_MARGIN_S = 30.0
+#: ...so never send one in its last 40 s.
 USABLE_MARGIN_S = 40.0
+#: The token endpoint is retried with backoff for about a minute (an identity provider's
+#: routine blip lasts longer than a second or two).
+TOKEN_RETRY_POLICY = RetryPolicy(
+    max_attempts=12, base_delay_s=0.5, max_delay_s=10.0, max_elapsed_s=60.0
+)
+#: Connection failures that say the host is misconfigured (DNS, refused, TLS) before it is
+#: taken for a configuration error (exit 2), when the host never answered.
+MISCONFIGURED_TRIES = 2
 #: Refresh in the background this long before expiry at most (databricks-sdk: min(TTL/2, 20 min)).
 MAX_REFRESH_LEAD_S = 20 * 60.0
 #: ...and this long before the token becomes unusable (or half its usable life, if shorter).
@@ -42,8 +53,6 @@ PAT_REUSE_S = 3600.0
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 _FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
 
-Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,12 +177,6 @@ class TokenRefresher:
                 await self._sleep(retry_after_s)
 
 
-async def cancel_quietly(task: asyncio.Task[object]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
 class WorkspaceAuth(Protocol):
     """Where tokens come from: one for control-plane calls, one per endpoint's data plane."""
 
@@ -230,13 +233,15 @@ class OAuthClient:
     ) -> None:
         self._transport = transport
         self._credentials = credentials
-        self._policy = policy or RetryPolicy(max_attempts=6)
+        self._policy = policy or TOKEN_RETRY_POLICY
         self._timeout_s = timeout_s
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._host = host or credentials.host
         self.token_url = f"{self._host}/oidc/v1/token"
+        self._reached = False  # has the host ever answered?
+        self._misconfigured = 0
 
     @property
     def host(self) -> str:
@@ -307,41 +312,76 @@ class OAuthClient:
             principal=f"service principal '{client_id}'",
             fix="check --client-id/--client-secret (DATABRICKS_CLIENT_ID/DATABRICKS_CLIENT_SECRET)",
         )
-        attempt = 0
-        while True:
-            attempt += 1
+        sent_at = self._clock()
+
+        async def send() -> Response:
+            nonlocal sent_at
             sent_at = self._clock()
             try:
                 response = await self._transport.request(
-                    "POST",
-                    self.token_url,
-                    headers=headers,
-                    form=form,
-                    timeout_s=self._timeout_s,
+                    "POST", self.token_url, headers=headers, form=form, timeout_s=self._timeout_s
                 )
             except TransportError as exc:
-                outcome = Outcome(kind=FailureKind[exc.kind.upper()], message=str(exc))
-            else:
-                if response.ok:
-                    return _parse_token(response, sent_at)
-                outcome = _refusal_or_outcome(response, self._host, who, endpoint)
-            delay = self._policy.next_delay(attempt, outcome, self._rng)
-            if delay is None:
-                raise EngineError(
-                    f"the OAuth token endpoint {self.token_url} kept failing "
-                    f"({attempt} attempts; last: {outcome.message}); try again later"
-                )
-            log.info("token request failed (%s); retrying in %.1f s", outcome.message, delay)
-            await self._sleep(delay)
+                self._refuse_misconfigured_host(exc)
+                raise
+            self._reached = True
+            return response
+
+        async def judge(response: Response) -> Token | Outcome:
+            if not response.ok:
+                return _refusal_or_outcome(response, self._host, who, endpoint)
+            try:
+                return _parse_token(response, sent_at)
+            except ValueError as exc:
+                return malformed(response, f"the OAuth token endpoint answered 200 ({exc})")
+
+        async def on_retry(outcome: Outcome, delay_s: float, tally: Tally) -> None:
+            log.info("token request failed (%s); retrying in %.1f s", outcome.message, delay_s)
+
+        def give_up(outcome: Outcome, tally: Tally) -> EngineError:
+            return EngineError(
+                f"the OAuth token endpoint {self.token_url} kept failing ({tally.attempts} "
+                f"attempts; last: {outcome.message or outcome.brief}); try again later"
+            )
+
+        return await call(
+            send,
+            judge,
+            policy=self._policy,
+            give_up=give_up,
+            rng=self._rng,
+            clock=self._clock,
+            sleep=self._sleep,
+            on_retry=on_retry,
+        )
+
+    def _refuse_misconfigured_host(self, exc: TransportError) -> None:
+        """A host that never answered and fails as a typo, a wrong port or http-vs-https
+        would: say so after a second try, not after a minute of retries."""
+        error = None if self._reached else config_error(exc, self._host)
+        if error is None:
+            return
+        self._misconfigured += 1
+        if self._misconfigured >= MISCONFIGURED_TRIES:
+            raise error from exc
 
 
 def _parse_token(response: Response, sent_at: float) -> Token:
+    """A token from a 200; ValueError for a body without one, AuthError for a lifetime too
+    short to ever be used."""
     try:
         doc = orjson.loads(response.body)
         access_token = str(doc["access_token"])
         expires_in = float(doc.get("expires_in", 3600))
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise AuthError("the OAuth token endpoint answered 200 without a usable token") from exc
+        raise ValueError("without a usable token") from exc
+    if expires_in <= REFUSAL_MARGIN_S:
+        raise AuthError(
+            f"the OAuth token endpoint issues tokens valid for {expires_in:.0f} s, but "
+            f"Databricks refuses a token in the last {REFUSAL_MARGIN_S:.0f} s of its life, so "
+            "none could ever be used; configure the identity provider (or the emulator's "
+            "--token-ttl) for tokens that live longer than a minute"
+        )
     # Count the lifetime from when the request was sent: never later than the server did.
     return Token(access_token=access_token, issued_at=sent_at, expires_at=sent_at + expires_in)
 
@@ -359,16 +399,12 @@ def _refusal_or_outcome(
     response: Response, host: str, who: Who, endpoint: str | None
 ) -> Outcome:
     """Raise AuthError for a refusal; return a retryable outcome otherwise."""
-    try:
-        doc = orjson.loads(response.body)
-    except orjson.JSONDecodeError:
-        doc = {}
-    doc = doc if isinstance(doc, dict) else {}
-    error = str(doc.get("error") or doc.get("error_code") or "")
-    description = str(doc.get("error_description") or doc.get("message") or "")[:300]
+    outcome = error_outcome(response)
+    error = outcome.error_code or ""
+    description = outcome.message
     status = response.status
-    if status in (429,) or status >= 500:
-        return Outcome(kind=FailureKind.STATUS, status=status, message=f"HTTP {status} {error}")
+    if status == 429 or status >= 500:
+        return outcome
     target = f"endpoint '{endpoint}'" if endpoint else "the workspace"
     if error == "invalid_client" or (status == 401 and error != "invalid_authorization_details"):
         raise AuthError(

@@ -1,4 +1,9 @@
-"""One batch: shared pause -> rate limiter -> token -> transport -> retry loop -> predictions.
+"""One batch: shared pause -> rate limiter -> pacer -> token -> transport -> predictions.
+
+Each request goes through the one call loop (:mod:`engine.calls`), as token and
+control-plane calls do; what only the data plane needs sits on top of it here, as the loop's
+``send`` and ``judge``: the pacer and capacity feedback, the hung-request bound, a fresh token
+after a 401/403, the stopped-endpoint pause, and bisection of bad rows.
 
 A 400 is ambiguous on Databricks: the endpoint may be stopped or updating (wait, then resend)
 or the batch's own rows may be bad. Bad rows are isolated by bisection: the batch is split in
@@ -15,16 +20,17 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 
-import orjson
 import pyarrow as pa
 from aiolimiter import AsyncLimiter
 
 from engine.adaptive import HangBound, RateController
-from engine.auth import Clock, Sleep, TokenRefresher, cancel_quietly
+from engine.aio import Clock, Sleep, cancel_quietly
+from engine.auth import Token, TokenRefresher
 from engine.batching import RequestBatch
+from engine.calls import call, error_outcome, malformed
 from engine.codec import ResponseFormatError, concat_predictions, decode_predictions
 from engine.errors import BatchFailed, EngineError, SchemaError, TransportError
 from engine.logs import emit
@@ -32,9 +38,10 @@ from engine.retry import (
     BadRequestKind,
     FailureKind,
     Outcome,
+    Reason,
     RetryPolicy,
+    Tally,
     classify_bad_request,
-    parse_retry_after,
     pause_until,
 )
 from engine.stats import RunStats
@@ -44,18 +51,6 @@ __all__ = ["BatchResult", "Dispatcher", "Pacer", "PauseGate", "ReadyGate", "Send
 
 log = logging.getLogger("engine.dispatch")
 
-#: Consecutive 401/403 answers one request may meet, each forcing a token refresh, before it
-#: gives up: a rejection that survives a fresh token is not a stale token.
-MAX_AUTH_REJECTIONS = 3
-#: Not-ready answers one request may wait out; past that, the 400 counts as the batch's.
-MAX_NOT_READY_WAITS = 10
-POLL_BACKOFF_MAX_S = 15.0
-#: Statuses that mean "over capacity, try later": retried without using up attempts. A 429
-#: also cuts the whole run's pace (see engine.adaptive).
-THROTTLE_STATUSES = frozenset({429, 503})
-#: Throttled answers one request may meet before it gives up. Throttling is the endpoint
-#: telling us its pace, not the batch failing, so it does not use up ``max_attempts``.
-MAX_THROTTLED = 100
 #: How often a request in flight checks whether it has become hung (the bound moves as the
 #: endpoint's latency is learned).
 HANG_CHECK_S = 5.0
@@ -213,14 +208,6 @@ class _BadRows(Exception):
         self.message = message
 
 
-@dataclass(frozen=True, slots=True)
-class _ServerError:
-    status: int
-    error_code: str | None
-    message: str
-    retry_after_s: float | None
-
-
 class Dispatcher:
     """Sends request batches to the data plane and returns aligned predictions.
 
@@ -303,7 +290,7 @@ class Dispatcher:
         self, batch_id: int, rows: pa.RecordBatch, body: bytes
     ) -> tuple[pa.Array, pa.Array]:
         try:
-            response = await self._post(batch_id, rows.num_rows, body)
+            preds = await self._post(batch_id, rows.num_rows, body)
         except _BadRows as bad:
             if rows.num_rows == 1:
                 return pa.nulls(1, self.prediction_type or pa.null()), pa.array([bad.message])
@@ -313,77 +300,85 @@ class Dispatcher:
             lp, le = await self._score_rows(batch_id, left, self._encode(left))
             rp, re = await self._score_rows(batch_id, right, self._encode(right))
             return concat_predictions([lp, rp]), pa.concat_arrays([le, re])
-        try:
-            preds = decode_predictions(
-                response.body, expected_rows=rows.num_rows, prediction_type=self.prediction_type
-            )
-        except ResponseFormatError as exc:
-            raise BatchFailed(
-                f"batch {batch_id}: the endpoint's answer could not be used: {exc}",
-                batch_id=batch_id,
-                rows=rows.num_rows,
-                attempts=1,
-                status=response.status,
-            ) from exc
         return preds, pa.nulls(rows.num_rows, pa.string())
 
-    async def _post(self, batch_id: int, rows: int, body: bytes) -> Response:
-        """POST until success; raises _BadRows, BatchFailed or a fatal EngineError."""
-        attempt = 0
-        throttled = 0
-        auth_rejections = 0
-        not_ready_waits = 0
-        while True:
-            attempt += 1
-            outcome = await self._attempt_once(body)
-            if isinstance(outcome, Response):
-                return outcome
-            if isinstance(outcome, _ServerError) and outcome.status in (401, 403):
-                auth_rejections += 1
-                if auth_rejections <= MAX_AUTH_REJECTIONS:
-                    self._stats.retries["token_rejected"] += 1
-                    attempt -= 1  # a stale token is ours to fix, not a failed attempt
-                    continue
-            if (
-                isinstance(outcome, _ServerError)
-                and outcome.status == 400
-                and not_ready_waits < MAX_NOT_READY_WAITS
-                and await self._handle_400(outcome)
-            ):
-                # Waited for the endpoint: not the batch's failure. Back off a little in case
-                # the control plane says READY before the data plane agrees.
-                not_ready_waits += 1
-                attempt -= 1
-                await self._sleep(min(0.5 * 2**not_ready_waits, POLL_BACKOFF_MAX_S))
-                continue
-            retry = _as_outcome(outcome)
-            if retry.status in THROTTLE_STATUSES and throttled < MAX_THROTTLED:
-                throttled += 1
-                attempt -= 1
-                step = min(throttled, self._policy.max_attempts - 1)
-                delay = self._policy.next_delay(max(step, 1), retry, self._rng)
-            else:
-                delay = self._policy.next_delay(attempt, retry, self._rng)
-            if delay is None:
-                raise _give_up(batch_id, rows, attempt + throttled, outcome)
-            cause = _cause(outcome)
-            self._stats.retries[cause] += 1
-            # Throttles are counted in the progress lines (there can be thousands); any other
-            # retry is rare and worth a line of its own.
-            retries = attempt + throttled
-            emit(
-                "retry",
-                f"batch {batch_id}: {_brief(outcome)}; retry {retries} in {delay:.1f} s",
-                level=logging.DEBUG if retry.status in THROTTLE_STATUSES else logging.INFO,
-                batch_id=batch_id,
-                cause=cause,
-                attempt=retries,
-                delay_s=round(delay, 3),
+    async def _post(self, batch_id: int, rows: int, body: bytes) -> pa.Array:
+        """POST through the one call loop until the endpoint's predictions come back.
+
+        Raises _BadRows (the caller bisects), BatchFailed, SendingStopped or a fatal
+        EngineError (a schema the endpoint refuses).
+        """
+        token: Token | None = None
+
+        async def send() -> Response:
+            nonlocal token
+            response, token = await self._send_once(body)
+            return response
+
+        async def judge(response: Response) -> pa.Array | Outcome:
+            if response.ok:
+                try:
+                    return decode_predictions(
+                        response.body, expected_rows=rows, prediction_type=self.prediction_type
+                    )
+                except ResponseFormatError as exc:
+                    return malformed(response, f"the endpoint's answer could not be used: {exc}")
+            outcome = error_outcome(response)
+            if outcome.status in (401, 403) and token is not None:
+                self._tokens.invalidate(token)  # a stale token is ours to fix
+                return replace(outcome, reason=Reason.STALE_TOKEN)
+            if outcome.status == 400:
+                await self._handle_400(outcome)  # raises unless the endpoint was not ready
+                return replace(outcome, reason=Reason.NOT_READY)
+            return outcome
+
+        async def on_retry(outcome: Outcome, delay_s: float, tally: Tally) -> None:
+            self._note_retry(batch_id, outcome, delay_s, tally)
+
+        def give_up(outcome: Outcome, tally: Tally) -> EngineError:
+            message = outcome.message if outcome.kind is not FailureKind.STATUS else (
+                f"HTTP {outcome.status} {outcome.error_code or ''}: {outcome.message}"
             )
-            self._say_long_wait(batch_id, retry, delay)
-            if (retry.retry_after_s or 0.0) >= SHARED_PAUSE_MIN_S:
-                self.gate.pause(delay)
-            await self._sleep(delay)
+            return BatchFailed(
+                f"batch {batch_id} ({rows} rows) failed after {tally.attempts} attempt(s); "
+                f"last: {message}",
+                batch_id=batch_id,
+                rows=rows,
+                attempts=tally.attempts,
+                status=outcome.status,
+                server_message=message,
+            )
+
+        return await call(
+            send,
+            judge,
+            policy=self._policy,
+            give_up=give_up,
+            rng=self._rng,
+            clock=self._clock,
+            sleep=self._sleep,
+            on_retry=on_retry,
+        )
+
+    def _note_retry(self, batch_id: int, outcome: Outcome, delay_s: float, tally: Tally) -> None:
+        """Count, log and (for a long Retry-After) share a retry before its wait."""
+        cause = _cause(outcome)
+        self._stats.retries[cause] += 1
+        throttled = self._policy.reason_of(outcome) is Reason.THROTTLED
+        # Throttles are counted in the progress lines (there can be thousands); any other
+        # retry is rare and worth a line of its own.
+        emit(
+            "retry",
+            f"batch {batch_id}: {outcome.brief}; retry {tally.attempts} in {delay_s:.1f} s",
+            level=logging.DEBUG if throttled else logging.INFO,
+            batch_id=batch_id,
+            cause=cause,
+            attempt=tally.attempts,
+            delay_s=round(delay_s, 3),
+        )
+        self._say_long_wait(batch_id, outcome, delay_s)
+        if (outcome.retry_after_s or 0.0) >= SHARED_PAUSE_MIN_S:
+            self.gate.pause(delay_s)
 
     def _say_long_wait(self, batch_id: int, retry: Outcome, delay_s: float) -> None:
         """A long idle stretch is never silent: say what it waits for and until when."""
@@ -399,7 +394,7 @@ class Dispatcher:
         if delay_s < LONG_WAIT_S:
             return
         until = datetime.now().astimezone() + timedelta(seconds=delay_s)
-        cause = "Retry-After" if asked is not None else f"backoff after {_brief_outcome(retry)}"
+        cause = "Retry-After" if asked is not None else f"backoff after {retry.brief}"
         emit(
             "wait",
             f"batch {batch_id}: waiting {delay_s:.0f} s ({cause}), until {until:%H:%M:%S}",
@@ -409,7 +404,11 @@ class Dispatcher:
             until=until.isoformat(timespec="seconds"),
         )
 
-    async def _attempt_once(self, body: bytes) -> Response | _ServerError | TransportError:
+    async def _send_once(self, body: bytes) -> tuple[Response, Token]:
+        """Wait for every gate, then POST once; feeds the capacity finder and the stats.
+
+        Raises TransportError (no answer) or SendingStopped (the run is stopping).
+        """
         if self._ready is not None:
             await self._ready.wait()
         await self.gate.wait()
@@ -426,21 +425,16 @@ class Dispatcher:
             }
             started = self._clock()
             response = await self._bounded_request(headers, body, started)
-        except TransportError as exc:
+        except TransportError:
             self._stats.record_request(None, self._clock() - started)
-            return exc
+            raise
         finally:
             self.pacer.release()
         latency = self._clock() - started
         self.hang.record(latency)
         self.pacer.record(response.status, latency)
         self._stats.record_request(response.status, latency)
-        if response.ok:
-            return response
-        error = _server_error(response)
-        if error.status in (401, 403):
-            self._tokens.invalidate(token)
-        return error
+        return response, token
 
     async def _bounded_request(
         self, headers: dict[str, str], body: bytes, started: float
@@ -475,9 +469,10 @@ class Dispatcher:
             if not request.done():
                 await cancel_quietly(request)
 
-    async def _handle_400(self, error: _ServerError) -> bool:
-        """True when the endpoint was not ready and is again; raises for schema faults."""
-        kind = classify_bad_request(error.status, error.error_code, error.message)
+    async def _handle_400(self, error: Outcome) -> None:
+        """Returns once a not-ready endpoint is ready again; raises for the batch's own rows
+        (_BadRows, to bisect) and for a schema the endpoint refuses (SchemaError)."""
+        kind = classify_bad_request(400, error.error_code, error.message)
         if kind is BadRequestKind.UNKNOWN and self._endpoint_ready is not None:
             kind = (
                 BadRequestKind.BAD_ROWS
@@ -487,71 +482,21 @@ class Dispatcher:
         if kind is BadRequestKind.NOT_READY and self._ready is not None:
             log.warning("endpoint not ready (%s); pausing all requests until it is", error.message)
             await self._ready.hold_until_ready()
-            return True
+            return
         if kind is BadRequestKind.BAD_SCHEMA:
             raise SchemaError(
                 f"the endpoint rejected the input's columns: {error.message}; "
                 "run `engine validate` and fix the input before scoring"
             )
-        raise _BadRows(error.status, error.message)
+        raise _BadRows(400, error.message)
 
 
-def _server_error(response: Response) -> _ServerError:
-    try:
-        doc = orjson.loads(response.body)
-    except orjson.JSONDecodeError:
-        doc = None
-    if isinstance(doc, dict):
-        code = doc.get("error_code") or doc.get("error")
-        message = str(doc.get("message") or doc.get("error_description") or "")
-    else:
-        code, message = None, response.body[:300].decode("utf-8", "replace")
-    retry_after = parse_retry_after(response.headers.get("Retry-After"), now=datetime.now(UTC))
-    return _ServerError(response.status, None if code is None else str(code), message, retry_after)
-
-
-def _as_outcome(failure: _ServerError | TransportError) -> Outcome:
-    if isinstance(failure, TransportError):
-        return Outcome(kind=FailureKind[failure.kind.upper()], message=str(failure))
-    return Outcome(
-        kind=FailureKind.STATUS,
-        status=failure.status,
-        retry_after_s=failure.retry_after_s,
-        error_code=failure.error_code,
-        message=failure.message,
-    )
-
-
-def _brief(failure: _ServerError | TransportError) -> str:
-    if isinstance(failure, TransportError):
-        return str(failure)
-    return f"HTTP {failure.status}" + (f" {failure.error_code}" if failure.error_code else "")
-
-
-def _brief_outcome(outcome: Outcome) -> str:
+def _cause(outcome: Outcome) -> str:
+    """The retry counter an outcome goes to: its status, or how the transport failed."""
     if outcome.kind is FailureKind.STATUS:
-        return f"HTTP {outcome.status}"
+        if outcome.reason is Reason.STALE_TOKEN:
+            return "token_rejected"
+        if outcome.reason is Reason.NOT_READY:
+            return "not_ready"
+        return str(outcome.status)
     return str(outcome.kind.value)
-
-
-def _cause(failure: _ServerError | TransportError) -> str:
-    if isinstance(failure, TransportError):
-        return failure.kind
-    return str(failure.status)
-
-
-def _give_up(
-    batch_id: int, rows: int, attempts: int, last: _ServerError | TransportError
-) -> EngineError:
-    if isinstance(last, TransportError):
-        status, message = None, str(last)
-    else:
-        status, message = last.status, f"HTTP {last.status} {last.error_code or ''}: {last.message}"
-    return BatchFailed(
-        f"batch {batch_id} ({rows} rows) failed after {attempts} attempt(s); last: {message}",
-        batch_id=batch_id,
-        rows=rows,
-        attempts=attempts,
-        status=status,
-        server_message=message,
-    )

@@ -119,12 +119,16 @@ class TransportError(EngineError):
         kind: "connect" (never reached the server), "reset" (connection dropped after the
             request went out, so the model may have run) or "timeout".
         url: where the request was going (never with credentials).
+        cause: for "connect", why: "dns", "refused", "tls" or None (other).
     """
 
-    def __init__(self, message: str, *, kind: str = "reset", url: str = "") -> None:
+    def __init__(
+        self, message: str, *, kind: str = "reset", url: str = "", cause: str | None = None
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.url = url
+        self.cause = cause
 
     @property
     def maybe_processed(self) -> bool:

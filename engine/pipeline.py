@@ -28,7 +28,8 @@ import pyarrow.compute as pc
 from aiolimiter import AsyncLimiter
 
 from engine.adaptive import HangBound, RateController
-from engine.auth import Clock, Sleep, TokenRefresher, cancel_quietly, connect
+from engine.aio import Clock, Sleep, cancel_quietly
+from engine.auth import TokenRefresher, connect
 from engine.batching import Batcher, RequestBatch
 from engine.checkpoint import FLUSH_BATCHES, FLUSH_INTERVAL_S, Checkpoint, batch_key
 from engine.codec import encode_dataframe_split

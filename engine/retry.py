@@ -12,6 +12,14 @@ Failures are classified by whether the server may have run the model:
   idempotent (a prediction has no side effect), so these are retried too.
 * ``STATUS``: the server answered with an error status; retried only for the statuses in
   :attr:`RetryPolicy.retry_statuses` (overload and gateway errors).
+* ``MALFORMED``: a 200 whose body could not be used (an HTML page from a proxy, truncated
+  JSON); retried like a 5xx.
+
+Why a call is retried is a :class:`Reason`, and every reason has its own bound in the policy
+(:meth:`RetryPolicy.decide`): ``--max-attempts`` bounds failures, ``max_throttled`` bounds 429s
+and 503s (the endpoint's pace, not the batch failing), ``max_token_refreshes`` the 401/403s a
+fresh token should cure, ``max_not_ready_waits`` the waits for a stopped endpoint, and
+``max_elapsed_s`` the whole call. So every bound a user sets holds, whatever the cause.
 
 A ``400`` is ambiguous on Databricks (a stopped or updating endpoint answers 400 too), so it is
 *not* decided by :meth:`RetryPolicy.next_delay`: the caller first runs
@@ -26,7 +34,7 @@ import enum
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from random import Random
 from typing import Any, NamedTuple
@@ -40,8 +48,9 @@ __all__ = [
     "BadRequestPatterns",
     "FailureKind",
     "Outcome",
+    "Reason",
     "RetryPolicy",
-    "SharedBackoff",
+    "Tally",
     "classify_bad_request",
     "parse_retry_after",
     "pause_until",
@@ -55,6 +64,41 @@ class FailureKind(enum.Enum):
     CONNECT = "connect"  # never reached the server
     RESET = "reset"  # connection dropped after the request went out: may have been processed
     TIMEOUT = "timeout"  # no answer in time: may have been processed
+    MALFORMED = "malformed"  # a 200 whose body could not be used (a proxy's page, truncated)
+
+
+class Reason(enum.Enum):
+    """Why a call is sent again; each has its own bound in :class:`RetryPolicy`."""
+
+    FAILURE = "failure"  # it failed: counts against max_attempts
+    THROTTLED = "throttled"  # 429/503: the endpoint's pace; counts against max_throttled
+    STALE_TOKEN = "stale_token"  # 401/403 on a token that was replaced: send again at once
+    NOT_READY = "not_ready"  # the endpoint was stopped or updating and has been waited for
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """How often one call has been sent again, by reason."""
+
+    failures: int = 0
+    throttled: int = 0
+    stale_tokens: int = 0
+    not_ready: int = 0
+
+    @property
+    def attempts(self) -> int:
+        """Requests sent so far (the first included)."""
+        return 1 + self.failures + self.throttled + self.stale_tokens + self.not_ready
+
+    def add(self, reason: Reason) -> Tally:
+        counts = {
+            Reason.FAILURE: "failures",
+            Reason.THROTTLED: "throttled",
+            Reason.STALE_TOKEN: "stale_tokens",
+            Reason.NOT_READY: "not_ready",
+        }
+        name = counts[reason]
+        return replace(self, **{name: getattr(self, name) + 1})
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +111,8 @@ class Outcome:
         retry_after_s: the server's ``Retry-After`` in seconds (see :func:`parse_retry_after`).
         error_code: Databricks' ``error_code`` from the body, when there was one.
         message: the server's message or the transport error, for logs and error reports.
+        reason: why it is worth sending again, when the caller knows better than the status
+            (a stale token, a not-ready endpoint); None lets the policy decide.
     """
 
     kind: FailureKind
@@ -74,6 +120,14 @@ class Outcome:
     retry_after_s: float | None = None
     error_code: str | None = None
     message: str = ""
+    reason: Reason | None = None
+
+    @property
+    def brief(self) -> str:
+        """``HTTP 429 REQUEST_LIMIT_EXCEEDED``, ``timeout``, ...: for log lines."""
+        if self.kind is FailureKind.STATUS:
+            return f"HTTP {self.status}" + (f" {self.error_code}" if self.error_code else "")
+        return str(self.kind.value)
 
 
 class BadRequestKind(enum.Enum):
@@ -188,6 +242,12 @@ class RetryPolicy:
         max_retry_after_s: cap on a server's ``Retry-After``, so an absurd value cannot stall
             the run.
         retry_statuses: HTTP statuses worth another attempt.
+        throttle_statuses: statuses that mean "over capacity, try later": they do not use up
+            ``max_attempts`` but are bounded by ``max_throttled``.
+        max_token_refreshes: 401/403s one call may answer with a fresh token.
+        max_not_ready_waits: waits for a stopped or updating endpoint one call may make; the
+            n-th is followed by ``min(0.5 * 2**n, max_not_ready_delay_s)`` s.
+        max_elapsed_s: no retry starts after this long since the call began (None: no bound).
     """
 
     max_attempts: int = 10
@@ -196,9 +256,16 @@ class RetryPolicy:
     default_retry_after_s: float = 1.0
     max_retry_after_s: float = DEFAULT_MAX_RETRY_AFTER_S
     retry_statuses: frozenset[int] = frozenset({429, 500, 502, 503, 504})
+    throttle_statuses: frozenset[int] = frozenset({429, 503})
+    max_throttled: int = 100
+    max_token_refreshes: int = 3
+    max_not_ready_waits: int = 10
+    max_not_ready_delay_s: float = 15.0
+    max_elapsed_s: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "retry_statuses", frozenset(self.retry_statuses))
+        object.__setattr__(self, "throttle_statuses", frozenset(self.throttle_statuses))
         problems = _policy_problems(self)
         if problems:
             raise UsageError("invalid retry policy: " + "; ".join(problems))
@@ -254,6 +321,47 @@ class RetryPolicy:
             return None
         return max(self._backoff(attempt, rng), self._server_floor(outcome))
 
+    def reason_of(self, outcome: Outcome) -> Reason:
+        """Why ``outcome`` would be sent again: the caller's reason, else by its status."""
+        if outcome.reason is not None:
+            return outcome.reason
+        if outcome.kind is FailureKind.STATUS and outcome.status in self.throttle_statuses:
+            return Reason.THROTTLED
+        return Reason.FAILURE
+
+    def decide(
+        self, tally: Tally, outcome: Outcome, rng: Random, *, elapsed_s: float = 0.0
+    ) -> tuple[float | None, Tally]:
+        """Seconds to wait before sending the call again (None: give up), and the new tally.
+
+        Args:
+            tally: what this call has been through so far.
+            outcome: how the last attempt went.
+            rng: the run's random source.
+            elapsed_s: time since the call began, for ``max_elapsed_s``.
+        """
+        reason = self.reason_of(outcome)
+        tally = tally.add(reason)
+        delay: float | None
+        if reason is Reason.STALE_TOKEN:
+            delay = 0.0 if tally.stale_tokens <= self.max_token_refreshes else None
+        elif reason is Reason.NOT_READY:
+            waits = tally.not_ready
+            wait = min(0.5 * 2.0 ** min(waits, _MAX_BACKOFF_EXPONENT), self.max_not_ready_delay_s)
+            delay = wait if waits <= self.max_not_ready_waits else None
+        elif reason is Reason.THROTTLED:
+            if tally.throttled > self.max_throttled:
+                delay = None
+            else:
+                step = max(1, min(tally.throttled, self.max_attempts - 1))
+                delay = max(self._backoff(step, rng), self._server_floor(outcome))
+        else:
+            delay = self.next_delay(max(1, tally.failures), outcome, rng)
+        budget = self.max_elapsed_s
+        if delay is not None and budget is not None and elapsed_s + delay > budget:
+            delay = None
+        return delay, tally
+
     def _backoff(self, attempt: int, rng: Random) -> float:
         exponent = min(attempt - 1, _MAX_BACKOFF_EXPONENT)
         ceiling = min(self.max_delay_s, self.base_delay_s * 2.0**exponent)
@@ -274,11 +382,18 @@ def _policy_problems(policy: RetryPolicy) -> list[str]:
         problems.append(f"max_attempts must be a whole number, got {policy.max_attempts!r}")
     elif policy.max_attempts < 1:
         problems.append(f"max_attempts must be at least 1, got {policy.max_attempts}")
+    for name in ("max_throttled", "max_token_refreshes", "max_not_ready_waits"):
+        value = getattr(policy, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            problems.append(f"{name} must be a whole number >= 0, got {value!r}")
+    if policy.max_elapsed_s is not None and not _is_seconds(policy.max_elapsed_s):
+        problems.append("max_elapsed_s must be a finite number of seconds >= 0 or None")
     seconds: Mapping[str, object] = {
         "base_delay_s": policy.base_delay_s,
         "max_delay_s": policy.max_delay_s,
         "default_retry_after_s": policy.default_retry_after_s,
         "max_retry_after_s": policy.max_retry_after_s,
+        "max_not_ready_delay_s": policy.max_not_ready_delay_s,
     }
     for name, value in seconds.items():
         if not _is_seconds(value):
@@ -338,32 +453,3 @@ def pause_until(now: float, current_until: float, delay_s: float) -> float:
     All times are on one monotonic clock (e.g. ``loop.time()``).
     """
     return max(current_until, now + max(delay_s, 0.0))
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SharedBackoff:
-    """One slowdown shared by the whole run, so a 429 slows every request, not just one.
-
-    A value: the async side keeps the current one and replaces it, e.g.::
-
-        backoff = backoff.extend(loop.time(), delay)       # a request met a 429
-        await asyncio.sleep(backoff.remaining(loop.time()))  # every request, before sending
-
-    Attributes:
-        until: monotonic time at which sending may resume; 0 means no pause.
-    """
-
-    until: float = 0.0
-
-    def extend(self, now: float, delay_s: float) -> SharedBackoff:
-        """This pause, lengthened so nothing is sent before ``now + delay_s``."""
-        until = pause_until(now, self.until, delay_s)
-        return self if until == self.until else SharedBackoff(until=until)
-
-    def remaining(self, now: float) -> float:
-        """Seconds still to wait at ``now`` (0 when the pause is over)."""
-        return max(0.0, self.until - now)
-
-    def is_paused(self, now: float) -> bool:
-        """True while sending should wait."""
-        return now < self.until

@@ -15,7 +15,8 @@ import asyncio
 import time
 from typing import Any
 
-from engine.auth import Clock, OAuthClient, Token, Who
+from engine.aio import Clock
+from engine.auth import OAuthClient, Token, Who
 from engine.config import PAT_ONLY_MESSAGE, Credentials
 from engine.errors import AuthError, UsageError
 

@@ -109,7 +109,10 @@ class Transport:
                 return Response(resp.status, payload, dict(resp.headers))
         except aiohttp.ClientConnectorError as exc:
             raise TransportError(
-                f"cannot connect to {_origin(url)}: {exc.os_error}", kind="connect", url=url
+                f"cannot connect to {_origin(url)}: {exc.os_error}",
+                kind="connect",
+                url=url,
+                cause=_connect_cause(exc),
             ) from exc
         except TimeoutError as exc:
             raise TransportError(
@@ -126,6 +129,17 @@ class Transport:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _connect_cause(exc: aiohttp.ClientConnectorError) -> str | None:
+    """Why a connection failed, where it says the host is misconfigured."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "dns"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "tls"
+    if isinstance(exc.os_error, ConnectionRefusedError):
+        return "refused"
+    return None
 
 
 def _origin(url: str) -> str:

@@ -13,21 +13,25 @@ import logging
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import orjson
 
-from engine.auth import Clock, Sleep, TokenRefresher, WorkspaceAuth
+from engine.aio import Clock, Sleep
+from engine.auth import MISCONFIGURED_TRIES, Token, TokenRefresher, WorkspaceAuth
+from engine.calls import call, config_error, error_outcome, malformed
 from engine.errors import EndpointError, EngineError, HTTPStatusError, TransportError
-from engine.retry import FailureKind, Outcome, RetryPolicy
-from engine.transport import Transport
+from engine.retry import FailureKind, Outcome, Reason, RetryPolicy, Tally
+from engine.transport import Response, Transport
 
 __all__ = ["EndpointInfo", "Workspace"]
 
 log = logging.getLogger("engine.workspace")
 
+#: Bound on one control-plane request.
+CONTROL_PLANE_TIMEOUT_S = 60.0
 #: Polling a not-ready endpoint: start fast, settle at this interval.
 POLL_MIN_S = 1.0
 POLL_MAX_S = 15.0
@@ -158,12 +162,15 @@ class Workspace:
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self._reached = False  # has the host ever answered?
+        self._misconfigured = 0
 
     async def _get(self, path: str, *, method: str = "GET") -> Any:
         url = f"{self.host}{path}"
-        attempt = 0
-        while True:
-            attempt += 1
+        token: Token | None = None
+
+        async def send() -> Response:
+            nonlocal token
             token = await self.tokens.get()
             headers = {**token.header, "Accept": "application/json"}
             if method == "POST":
@@ -174,33 +181,56 @@ class Workspace:
                     url,
                     headers=headers,
                     data=b"{}" if method == "POST" else None,
-                    timeout_s=60.0,
+                    timeout_s=CONTROL_PLANE_TIMEOUT_S,
                 )
             except TransportError as exc:
-                outcome = Outcome(kind=FailureKind[exc.kind.upper()], message=str(exc))
-            else:
-                if response.ok:
+                self._refuse_misconfigured_host(exc)
+                raise
+            self._reached = True
+            return response
+
+        async def judge(response: Response) -> Any:
+            if response.ok:
+                try:
                     return orjson.loads(response.body or b"{}")
-                error = _api_error(response.status, response.body, url)
-                if (
-                    response.status in (401, 403)
-                    and attempt == 1
-                    and "token" in error.server_message.lower()
-                ):
+                except orjson.JSONDecodeError:
+                    return malformed(response, f"{urlsplit(url).path} answered 200")
+            outcome = error_outcome(response)
+            if response.status in (401, 403) and "token" in outcome.message.lower():
+                if token is not None:
                     self.tokens.invalidate(token)
-                    continue
-                outcome = Outcome(
-                    kind=FailureKind.STATUS,
-                    status=response.status,
-                    error_code=error.error_code,
-                    message=str(error),
-                )
-                if not self._policy.is_retryable(outcome):
-                    raise error
-            delay = self._policy.next_delay(attempt, outcome, self._rng)
-            if delay is None:
-                raise EngineError(f"the workspace API kept failing: {outcome.message}")
-            await self._sleep(delay)
+                return replace(outcome, reason=Reason.STALE_TOKEN)
+            if not self._policy.is_retryable(outcome):
+                raise _api_error(outcome, url)
+            return outcome
+
+        def give_up(outcome: Outcome, tally: Tally) -> EngineError:
+            if outcome.kind is FailureKind.STATUS and outcome.status in (401, 403):
+                return _api_error(outcome, url)
+            return EngineError(
+                f"the workspace API kept failing ({tally.attempts} attempts; last: "
+                f"{outcome.message or outcome.brief})"
+            )
+
+        return await call(
+            send,
+            judge,
+            policy=self._policy,
+            give_up=give_up,
+            rng=self._rng,
+            clock=self._clock,
+            sleep=self._sleep,
+        )
+
+    def _refuse_misconfigured_host(self, exc: TransportError) -> None:
+        """See :meth:`engine.auth.OAuthClient._refuse_misconfigured_host` (a PAT's first
+        call is a control-plane call)."""
+        error = None if self._reached else config_error(exc, self.host)
+        if error is None:
+            return
+        self._misconfigured += 1
+        if self._misconfigured >= MISCONFIGURED_TRIES:
+            raise error from exc
 
     async def get_endpoint(self, name: str) -> EndpointInfo:
         """GET the endpoint; a missing one is an :class:`EndpointError` naming the fix."""
@@ -250,17 +280,13 @@ class Workspace:
             delay = min(delay * 2, POLL_MAX_S)
 
 
-def _api_error(status: int, body: bytes, url: str) -> HTTPStatusError:
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        doc = None
-    if isinstance(doc, dict):
-        code = doc.get("error_code") or doc.get("error")
-        message = doc.get("message") or doc.get("error_description") or ""
-    else:
-        code, message = None, body[:200].decode("utf-8", "replace")
-    return HTTPStatusError(status, str(message), error_code=_opt_str(code), url=urlsplit(url).path)
+def _api_error(outcome: Outcome, url: str) -> HTTPStatusError:
+    return HTTPStatusError(
+        outcome.status or 0,
+        outcome.message,
+        error_code=outcome.error_code,
+        url=urlsplit(url).path,
+    )
 
 
 def _endpoint_error(name: str, host: str, exc: HTTPStatusError) -> EngineError:

@@ -13,7 +13,8 @@ from engine.retry import (
     FailureKind,
     Outcome,
     RetryPolicy,
-    SharedBackoff,
+    Reason,
+    Tally,
     classify_bad_request,
     parse_retry_after,
     pause_until,
@@ -365,15 +366,56 @@ def test_pause_until_only_extends() -> None:
     assert pause_until(10.0, 0.0, -3.0) == 10.0
 
 
-def test_shared_backoff_extends_and_counts_down() -> None:
-    backoff = SharedBackoff()
-    assert not backoff.is_paused(5.0)
-    assert backoff.remaining(5.0) == 0.0
-    backoff = backoff.extend(5.0, 3.0)
-    assert backoff.until == 8.0
-    assert backoff.is_paused(6.0)
-    assert backoff.remaining(6.0) == 2.0
-    assert backoff.extend(6.0, 1.0) is backoff  # a shorter wait never cuts the pause
-    assert backoff.extend(6.0, 4.0).until == 10.0
-    assert backoff.remaining(9.0) == 0.0
-    assert not backoff.is_paused(8.0)
+# --- decide: one bound per reason --------------------------------------------------------------
+
+
+def decide_until_none(policy: RetryPolicy, outcome: Outcome) -> Tally:
+    tally, rng = Tally(), random.Random(0)
+    while True:
+        delay, tally = policy.decide(tally, outcome, rng)
+        if delay is None:
+            return tally
+
+
+def test_throttles_do_not_use_up_attempts_but_are_bounded() -> None:
+    policy = RetryPolicy(max_attempts=3, max_throttled=7)
+    tally = decide_until_none(policy, status(429))
+    assert tally.throttled == 8 and tally.failures == 0  # the 8th throttle is one too many
+
+
+def test_failures_are_bounded_by_max_attempts() -> None:
+    tally = decide_until_none(RetryPolicy(max_attempts=4), status(502))
+    assert tally.failures == 4 and tally.attempts == 5
+
+
+def test_a_stale_token_is_sent_again_at_once_a_few_times() -> None:
+    policy = RetryPolicy(max_token_refreshes=3)
+    stale = Outcome(kind=FailureKind.STATUS, status=401, reason=Reason.STALE_TOKEN)
+    delay, tally = policy.decide(Tally(), stale, random.Random(0))
+    assert delay == 0.0
+    assert decide_until_none(policy, stale).stale_tokens == 4
+
+
+def test_not_ready_waits_grow_to_their_cap_and_are_bounded() -> None:
+    policy = RetryPolicy(max_not_ready_waits=6, max_not_ready_delay_s=4.0)
+    outcome = Outcome(kind=FailureKind.STATUS, status=400, reason=Reason.NOT_READY)
+    tally, delays = Tally(), []
+    while True:
+        delay, tally = policy.decide(tally, outcome, random.Random(0))
+        if delay is None:
+            break
+        delays.append(delay)
+    assert delays == [1.0, 2.0, 4.0, 4.0, 4.0, 4.0]
+
+
+def test_no_retry_starts_past_the_elapsed_budget() -> None:
+    policy = RetryPolicy(max_attempts=100, base_delay_s=1.0, max_elapsed_s=60.0)
+    delay, _ = policy.decide(Tally(), status(503), FixedRandom(), elapsed_s=59.5)
+    assert delay is None
+    delay, _ = policy.decide(Tally(), status(503), FixedRandom(), elapsed_s=10.0)
+    assert delay == 1.0
+
+
+def test_a_malformed_answer_is_retried_like_a_5xx() -> None:
+    tally = decide_until_none(RetryPolicy(max_attempts=3), Outcome(kind=FailureKind.MALFORMED))
+    assert tally.failures == 3
