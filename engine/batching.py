@@ -97,23 +97,28 @@ class Batcher:
             return
         self._pending.append(batch)
         self._pending_rows += batch.num_rows
-        if self._pending_rows < self._rows:
-            return
-        merged = _merge(self._pending)
-        start = 0
-        self._pending, self._pending_rows = [], 0
-        while merged.num_rows - start >= self._rows:
-            yield from self._numbered(merged.slice(start, self._rows))
-            start += self._rows
-        if start < merged.num_rows:
-            rest = merged.slice(start)
-            self._pending, self._pending_rows = [rest], rest.num_rows
+        while self._pending_rows >= self._rows:
+            yield from self._numbered(self._take(self._rows))
 
     def finish(self) -> Iterator[RequestBatch]:
         """The last, short request batch, if rows are left."""
         if self._pending_rows:
-            pending, self._pending, self._pending_rows = self._pending, [], 0
-            yield from self._numbered(_merge(pending))
+            yield from self._numbered(self._take(self._pending_rows))
+
+    def _take(self, count: int) -> pa.RecordBatch:
+        """The first ``count`` pending rows: a zero-copy slice, unless they straddle input
+        batches (then only those rows are copied, never a whole input batch)."""
+        taken: list[pa.RecordBatch] = []
+        while count:
+            head = self._pending[0]
+            if head.num_rows <= count:
+                taken.append(self._pending.pop(0))
+            else:
+                taken.append(head.slice(0, count))
+                self._pending[0] = head.slice(count)
+            count -= taken[-1].num_rows
+            self._pending_rows -= taken[-1].num_rows
+        return _merge(taken)
 
     def _numbered(self, chunk: pa.RecordBatch) -> Iterator[RequestBatch]:
         for rows, body, oversize in _fit(chunk, self._encode, self._cap):
