@@ -313,7 +313,7 @@ def run_engine(
         "--batch-rows",
         str(batch_rows),
     ]
-    if encoders:
+    if encoders is not None:
         cmd += ["--encoders", str(encoders)]
     server.take_stats()
     started = time.time()
@@ -392,7 +392,7 @@ def _summary(
     return {
         "table": table,
         "rows": rows,
-        "encoders": encoders or "auto",
+        "encoders": "auto" if encoders is None else encoders,
         "pairs": len(pairs),
         "ratio_whole": med(
             [{"v": (r["wall_s"]) / e["wall_s"]} for e, r in pairs], lambda x: x["v"]
@@ -448,8 +448,8 @@ def main() -> None:
         "--encoders",
         type=int,
         nargs="+",
-        default=[0],
-        help="engine --encoders values to run (0: leave it to the engine)",
+        default=[-1],
+        help="engine --encoders values to run (-1: leave it to the engine)",
     )
     parser.add_argument("--output", default=str(ROOT / "results" / "tables.json"))
     args = parser.parse_args()
@@ -462,7 +462,8 @@ def main() -> None:
         for table in args.tables:
             rows = max(1000, int(TABLES[table][0] * args.scale))
             for encoders in args.encoders:
-                results.append(compare(table, rows, args.pairs, encoders or None, Path(tmp)))
+                pinned = None if encoders < 0 else encoders
+                results.append(compare(table, rows, args.pairs, pinned, Path(tmp)))
                 print(_markdown(results[-1:]).splitlines()[-1], flush=True)
     print(_markdown(results))
     Path(args.output).parent.mkdir(exist_ok=True)

@@ -233,6 +233,8 @@ class ScoreConfig:
         wait_ready_s: how long to wait for a not-ready endpoint (at start and mid-run).
         progress: "auto" (bar on a terminal, log lines otherwise), "bar", "log" or "off".
         grace_s: on a stop signal, how long in-flight requests may take to finish.
+        encoders: processes that encode and key request bodies off the event loop
+            (``--encoders``); 0 or None (the default) encodes on the loop.
     """
 
     endpoint: str
@@ -248,6 +250,7 @@ class ScoreConfig:
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     token_timeout_s: float = DEFAULT_TOKEN_TIMEOUT_S
     reorder_window: int | None = None
+    encoders: int | None = None
     max_error_rows: int | None = None
     wait_ready_s: float = 0.0
     progress: ProgressMode = "auto"
@@ -268,6 +271,10 @@ class ScoreConfig:
             ),
             (self.max_concurrency >= 1, "max_concurrency must be at least 1"),
             (self.qps is None or self.qps > 0, f"--qps must be positive, got {self.qps}"),
+            (
+                self.encoders is None or self.encoders >= 0,
+                f"--encoders must be 0 or more, got {self.encoders}",
+            ),
             (
                 self.max_error_rows is None or self.max_error_rows >= 0,
                 f"--max-error-rows must be 0 or more, got {self.max_error_rows}",
