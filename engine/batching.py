@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from engine.errors import UsageError
 
-__all__ = ["Batcher", "RequestBatch", "plan_batches"]
+__all__ = ["Batcher", "Piece", "RequestBatch", "fit", "plan_batches"]
 
 #: Aim this far under the byte cap when splitting, so one estimate usually suffices.
 _SPLIT_HEADROOM = 0.9
@@ -93,51 +93,73 @@ class Batcher:
 
     def feed(self, batch: pa.RecordBatch) -> Iterator[RequestBatch]:
         """The request batches ``batch`` completes (its last rows wait for the next one)."""
+        for chunk in self.split(batch):
+            yield from self.number(chunk, fit(chunk, self._encode, self._cap))
+
+    def finish(self) -> Iterator[RequestBatch]:
+        """The last, short request batch, if rows are left."""
+        for chunk in self.rest():
+            yield from self.number(chunk, fit(chunk, self._encode, self._cap))
+
+    def split(self, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
+        """The ``rows_per_batch``-row chunks ``batch`` completes, not yet encoded."""
         if batch.num_rows == 0:
             return
         self._pending.append(batch)
         self._pending_rows += batch.num_rows
-        if self._pending_rows < self._rows:
-            return
-        merged = _merge(self._pending)
-        start = 0
-        self._pending, self._pending_rows = [], 0
-        while merged.num_rows - start >= self._rows:
-            yield from self._numbered(merged.slice(start, self._rows))
-            start += self._rows
-        if start < merged.num_rows:
-            rest = merged.slice(start)
-            self._pending, self._pending_rows = [rest], rest.num_rows
+        while self._pending_rows >= self._rows:
+            yield self._take(self._rows)
 
-    def finish(self) -> Iterator[RequestBatch]:
-        """The last, short request batch, if rows are left."""
+    def rest(self) -> Iterator[pa.RecordBatch]:
+        """The last, short chunk, if rows are left."""
         if self._pending_rows:
-            pending, self._pending, self._pending_rows = self._pending, [], 0
-            yield from self._numbered(_merge(pending))
+            yield self._take(self._pending_rows)
 
-    def _numbered(self, chunk: pa.RecordBatch) -> Iterator[RequestBatch]:
-        for rows, body, oversize in _fit(chunk, self._encode, self._cap):
+    def number(self, chunk: pa.RecordBatch, pieces: Iterable[Piece]) -> Iterator[RequestBatch]:
+        """Request batches for ``chunk`` cut as :func:`fit` cut it, numbered in order."""
+        for start, length, body, oversize in pieces:
+            rows = chunk if length == chunk.num_rows else chunk.slice(start, length)
             yield RequestBatch(self._batch_id, self._offset, rows, body, oversize)
             self._batch_id += 1
-            self._offset += rows.num_rows
+            self._offset += length
+
+    def _take(self, count: int) -> pa.RecordBatch:
+        """The first ``count`` pending rows: a zero-copy slice, unless they straddle input
+        batches (then only those rows are copied, never a whole input batch)."""
+        taken: list[pa.RecordBatch] = []
+        while count:
+            head = self._pending[0]
+            if head.num_rows <= count:
+                taken.append(self._pending.pop(0))
+            else:
+                taken.append(head.slice(0, count))
+                self._pending[0] = head.slice(count)
+            count -= taken[-1].num_rows
+            self._pending_rows -= taken[-1].num_rows
+        return _merge(taken)
 
 
 def _merge(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
     return batches[0] if len(batches) == 1 else pa.concat_batches(batches)
 
 
-def _fit(
-    rows: pa.RecordBatch, encode: Callable[[pa.RecordBatch], bytes], cap: int
-) -> Iterator[tuple[pa.RecordBatch, bytes, bool]]:
-    """``rows`` as one or more (rows, body, oversize) pieces whose bodies fit under ``cap``."""
+#: One request cut from a chunk: (first row in the chunk, rows, body, oversize).
+Piece = tuple[int, int, bytes, bool]
+
+
+def fit(
+    rows: pa.RecordBatch, encode: Callable[[pa.RecordBatch], bytes], cap: int, start: int = 0
+) -> Iterator[Piece]:
+    """``rows`` as one or more pieces whose bodies fit under ``cap``; ``start`` is where
+    ``rows`` begins in the chunk the pieces' positions refer to."""
     body = encode(rows)
     if len(body) <= cap:
-        yield rows, body, False
+        yield start, rows.num_rows, body, False
         return
     if rows.num_rows == 1:
-        yield rows, b"", True
+        yield start, 1, b"", True
         return
     pieces = min(rows.num_rows, max(2, math.ceil(len(body) / (cap * _SPLIT_HEADROOM))))
     size = math.ceil(rows.num_rows / pieces)
-    for start in range(0, rows.num_rows, size):
-        yield from _fit(rows.slice(start, size), encode, cap)
+    for first in range(0, rows.num_rows, size):
+        yield from fit(rows.slice(first, size), encode, cap, start + first)

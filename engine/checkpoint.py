@@ -14,7 +14,6 @@ version redoes everything.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path
 import orjson
 import pyarrow as pa
 import pyarrow.ipc as ipc
+import xxhash
 
 from engine.codec import concat_predictions
 from engine.errors import UsageError, storage_error
@@ -43,15 +43,20 @@ FLUSH_BATCHES = 64
 
 
 def batch_key(body: bytes, *, endpoint: str, model_version: str) -> str:
-    """The content key of one request batch."""
-    # sha256 runs on the CPU's SHA extensions where they exist: twice blake2b's speed here.
-    digest = hashlib.sha256()
+    """The content key of one request batch.
+
+    xxh3-128 hashes a 1 MB body in ~20 us, ~30x faster than sha256 with the CPU's SHA
+    extensions; the keys name content, they do not defend against forgery, and a random
+    collision has odds of 2**-128. The ``x3`` prefix keeps them apart from the sha256 keys
+    of older checkpoints (whose batches are then redone, not misread).
+    """
+    digest = xxhash.xxh3_128()
     digest.update(endpoint.encode())
     digest.update(b"\x00")
     digest.update(model_version.encode())
     digest.update(b"\x00")
     digest.update(body)
-    return digest.hexdigest()[:40]
+    return "x3" + digest.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

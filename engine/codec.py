@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import decimal
+import itertools
 import json
 import secrets
 from collections.abc import Mapping
@@ -84,11 +85,10 @@ def _column_values(column: pa.Array) -> tuple[list[Any], bool]:
     if pa.types.is_dictionary(kind):
         column = column.dictionary_decode()
         kind = column.type
+    if _is_list(kind) and _leaf_dtype(kind.value_type) is not None:
+        return _list_values(column)
     if pa.types.is_float16(kind) or pa.types.is_float32(kind):
-        # Arrow formats float32 in its own shortest form; float() of that text is exact
-        # enough that the server parses it back to the very same float32.
-        text = pc.cast(column, pa.string()).to_pylist()
-        values: list[Any] = [None if t is None else float(t) for t in text]
+        values: list[Any] = _float32_values(column)
     elif column.null_count == 0 and (pa.types.is_float64(kind) or pa.types.is_int64(kind)):
         values = _numpy_view(column).tolist()  # numpy's tolist is faster than Arrow's
     else:
@@ -96,6 +96,115 @@ def _column_values(column: pa.Array) -> tuple[list[Any], bool]:
     if not _has_non_finite(column):
         return values, False
     return [_mark(v) for v in values], True
+
+
+def _float32_values(column: pa.Array) -> list[Any]:
+    # Arrow formats float32 in its own shortest form; float() of that text is exact
+    # enough that the server parses it back to the very same float32.
+    text = pc.cast(column, pa.string()).to_pylist()
+    return [None if t is None else float(t) for t in text]
+
+
+# --- lists of numbers: one numpy view per row, which orjson writes without Python floats ---
+
+#: Arrow leaf types of a list column that orjson writes from numpy (float32 in its shortest
+#: float32 form, so it parses back to the same float32; float16 is widened to float32 first).
+_LEAF_DTYPES: dict[pa.DataType, Any] = {
+    pa.float16(): np.float32,
+    pa.float32(): np.float32,
+    pa.float64(): np.float64,
+    pa.int8(): np.int8,
+    pa.int16(): np.int16,
+    pa.int32(): np.int32,
+    pa.int64(): np.int64,
+    pa.uint8(): np.uint8,
+    pa.uint16(): np.uint16,
+    pa.uint32(): np.uint32,
+    pa.uint64(): np.uint64,
+}
+
+
+def _is_list(kind: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+    )
+
+
+def _leaf_dtype(kind: pa.DataType) -> Any:
+    return _LEAF_DTYPES.get(kind)
+
+
+def _list_values(column: pa.Array) -> tuple[list[Any], bool]:
+    """A list-of-numbers column as one value per row: a numpy view (or, when its numbers hold
+    nulls or non-finite floats, a Python list with markers), None for a null list."""
+    leaf, bounds = _leaf_and_bounds(column)
+    dtype = _leaf_dtype(leaf.type)
+    if pa.types.is_float16(leaf.type):
+        leaf = pc.cast(leaf, pa.float32())  # exact: every float16 is a float32
+    values = _leaf_view(leaf, dtype)
+    if leaf.null_count or (values.dtype.kind == "f" and not np.isfinite(values).all()):
+        return _marked_lists(column, leaf, bounds)
+    if pa.types.is_fixed_size_list(column.type) and column.type.list_size:
+        rows: list[Any] = list(values.reshape(len(column), column.type.list_size))
+    else:
+        rows = [values[a:b] for a, b in itertools.pairwise(bounds.tolist())]
+    return _null_rows(column, rows), False
+
+
+def _leaf_and_bounds(column: pa.Array) -> tuple[pa.Array, np.ndarray[Any, Any]]:
+    """The numbers under this slice of ``column``, and each row's [start, stop) into them."""
+    n = len(column)
+    if pa.types.is_fixed_size_list(column.type):
+        size = column.type.list_size
+        leaf = column.values.slice(column.offset * size, n * size)
+        return leaf, np.arange(0, (n + 1) * size, size, dtype=np.int64)
+    width = np.int64 if pa.types.is_large_list(column.type) else np.int32
+    offsets = np.frombuffer(
+        column.buffers()[1],
+        dtype=width,
+        count=n + 1,
+        offset=column.offset * np.dtype(width).itemsize,
+    )
+    start = int(offsets[0])
+    leaf = column.values.slice(start, int(offsets[-1]) - start)
+    return leaf, offsets.astype(np.int64) - start
+
+
+def _leaf_view(leaf: pa.Array, dtype: Any) -> np.ndarray[Any, Any]:
+    """A numeric array's values as numpy, without a copy (null slots hold anything)."""
+    width = np.dtype(dtype).itemsize
+    data = leaf.buffers()[1]
+    if data is None:
+        return np.zeros(0, dtype=dtype)
+    return np.frombuffer(data, dtype=dtype, count=len(leaf), offset=leaf.offset * width)
+
+
+def _marked_lists(
+    column: pa.Array, leaf: pa.Array, bounds: np.ndarray[Any, Any]
+) -> tuple[list[Any], bool]:
+    if pa.types.is_floating(leaf.type):
+        flat: list[Any] = (
+            _float32_values(leaf) if pa.types.is_float32(leaf.type) else leaf.to_pylist()
+        )
+        flat = [_mark(v) for v in flat]
+    else:
+        flat = leaf.to_pylist()
+    rows = [flat[a:b] for a, b in itertools.pairwise(bounds.tolist())]
+    return _null_rows(column, rows), pa.types.is_floating(leaf.type)
+
+
+def _null_rows(column: pa.Array, rows: list[Any]) -> list[Any]:
+    if column.null_count:
+        for index in np.flatnonzero(_null_mask(column)).tolist():
+            rows[index] = None
+    return rows
+
+
+def _null_mask(column: pa.Array) -> np.ndarray[Any, Any]:
+    """True where ``column`` is null, read from its validity bitmap (not ``to_numpy()``,
+    which imports pandas)."""
+    bits = np.unpackbits(np.frombuffer(column.buffers()[0], dtype=np.uint8), bitorder="little")
+    return ~bits[column.offset : column.offset + len(column)].astype(bool)
 
 
 def _mark(value: Any) -> Any:
@@ -131,7 +240,7 @@ def encode_dataframe_split(
     }
     if params:
         document["params"] = dict(params)
-    payload = orjson.dumps(document, default=_default)
+    payload = orjson.dumps(document, default=_default, option=orjson.OPT_SERIALIZE_NUMPY)
     return _unmark(payload) if marked else payload
 
 

@@ -239,6 +239,8 @@ class ScoreConfig:
         request_timeout_s: the longest one request may take (``--request-timeout``).
         hang_floor_s: a request is abandoned as hung after 10 × the endpoint's p99 latency,
             but never sooner than this.
+        encoders: processes that encode and key request bodies off the event loop
+            (``--encoders``); 0 or None (the default) encodes on the loop.
     """
 
     endpoint: str
@@ -255,6 +257,7 @@ class ScoreConfig:
     hang_floor_s: float = HANG_FLOOR_S
     token_timeout_s: float = DEFAULT_TOKEN_TIMEOUT_S
     reorder_window: int | None = None
+    encoders: int | None = None
     max_error_rows: int | None = None
     wait_ready_s: float = 0.0
     progress: ProgressMode = "auto"
@@ -275,6 +278,10 @@ class ScoreConfig:
             ),
             (self.max_concurrency >= 1, "max_concurrency must be at least 1"),
             (self.qps is None or self.qps > 0, f"--qps must be positive, got {self.qps}"),
+            (
+                self.encoders is None or self.encoders >= 0,
+                f"--encoders must be 0 or more, got {self.encoders}",
+            ),
             (
                 self.max_error_rows is None or self.max_error_rows >= 0,
                 f"--max-error-rows must be 0 or more, got {self.max_error_rows}",

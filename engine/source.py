@@ -1042,3 +1042,12 @@ def _conformed(
 def _short(exc: BaseException, limit: int = 300) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_errors(rows: pa.RecordBatch) -> pa.Array | None:
+    """The rows' read errors (CSV values that did not parse), or None when there are none."""
+    index = rows.schema.get_field_index(READ_ERROR_COLUMN)
+    if index < 0:
+        return None
+    errors = rows.column(index)
+    return errors if errors.null_count < len(errors) else None

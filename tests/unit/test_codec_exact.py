@@ -7,6 +7,7 @@ import decimal
 import json
 import math
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -177,3 +178,46 @@ def test_encoding_and_decoding_numbers_do_not_import_pandas() -> None:
         check=True,
     )
     assert done.stdout.strip() == "False"
+
+
+def test_float32_inside_lists_uses_its_own_shortest_form() -> None:
+    for kind in (pa.list_(pa.float32()), pa.large_list(pa.float32()), pa.list_(pa.float32(), 2)):
+        body = encode_dataframe_split(pa.record_batch({"c": pa.array([[0.1, 3.4028235e38]], kind)}))
+        assert b"[[[0.1,3.4028235e+38]]]" in body, kind
+        assert b"0.10000000149011612" not in body
+
+
+def test_nulls_and_non_finite_inside_lists_are_exact() -> None:
+    values = [[0.1, None, math.nan], [math.inf, -math.inf, -0.0], None, []]
+    for leaf in (pa.float32(), pa.float64()):
+        got = column(values, pa.list_(leaf))
+        assert got[0][0] == 0.1 and got[0][1] is None and math.isnan(got[0][2])
+        assert got[1] == [math.inf, -math.inf, -0.0] and math.copysign(1.0, got[1][2]) == -1.0
+        assert got[2:] == [None, []]
+
+
+def test_int64_extremes_inside_lists_stay_integral() -> None:
+    values = [[2**63 - 1, -(2**63), 2**53 + 1], None, [0]]
+    for kind in (pa.list_(pa.int64()), pa.large_list(pa.int64())):
+        assert column(values, kind) == values
+    assert column([[None, 1]], pa.list_(pa.int64())) == [[None, 1]]
+
+
+def test_sliced_list_columns_send_only_their_rows() -> None:
+    variable = pa.array([[1.5], [2.5, 3.5], None, [4.5]], pa.list_(pa.float64())).slice(1, 3)
+    assert column(variable, variable.type) == [[2.5, 3.5], None, [4.5]]
+    fixed = pa.array([[1, 2], None, [3, 4]], pa.list_(pa.int32(), 2)).slice(1)
+    assert column(fixed, fixed.type) == [None, [3, 4]]
+
+
+def test_float16_lists_parse_back_to_the_same_values() -> None:
+    halves = np.array([0.1, 65504, -0.0, 6e-08], dtype=np.float16)
+    kind = pa.list_(pa.float16())
+    batch = pa.record_batch({"c": pa.array([halves.tolist()], kind)})
+    got = json.loads(encode_dataframe_split(batch))["dataframe_split"]["data"][0][0]
+    assert np.array(got, dtype=np.float16).tobytes() == halves.tobytes()
+
+
+def test_unicode_and_escapes_inside_lists_of_strings() -> None:
+    values = [["é 漢字 🙂", 'q " \\ \n', "\x00"], None]
+    assert column(values, pa.list_(pa.string())) == values

@@ -1,0 +1,478 @@
+"""`engine score` as a user runs it, beside a raw aiohttp client, on five kinds of table.
+
+    python benchmarks/tables.py                      # all five tables, 3 alternated pairs
+    python benchmarks/tables.py --tables narrow text --pairs 5 --scale 0.2
+    python benchmarks/tables.py --encoders 1 2       # the engine at pinned encoder counts
+
+Tables (rows at ``--scale 1``):
+
+* ``narrow``: 2 double, 1 int64, 1 short string; 2,000,000 rows
+* ``wide``: 30 double, 10 int64, 10 short strings; 500,000 rows
+* ``text``: 5 strings of 200 characters; 300,000 rows
+* ``embeddings``: one list<float32>[384]; 60,000 rows
+* ``small-batches``: ``narrow``'s columns in 100-row requests, 200,000 rows, against a
+  server that parses with the standard ``json`` module
+
+The server is this file's ``serve`` command in its own process: a minimal workspace (OAuth
+token, endpoint, no OpenAPI document) whose invocations route parses each body with orjson
+(or ``json``) and answers one float per row, so the ceiling is not the server. It counts
+request bytes and rows, and the time of the first request and the last answer.
+
+The engine is timed as a whole process (``python -m engine score``, start-up included, output
+written as Arrow IPC). The raw client is the ceiling: it encodes every body before its clock
+starts (orjson over Python rows, float32 lists as numpy rows, which orjson writes in their
+shortest float32 form: the shortest exact form) and then posts them at a fixed concurrency.
+Each pair runs both, in alternating order; figures are medians over pairs. Reported per table:
+
+* rows/s ratio engine / raw, whole process (start-up included) and from the first request
+  to the last answer (without start-up);
+* CPU µs per row of each client (the engine: the whole process; raw: its sending phase);
+* request bytes per row, as the server counted them;
+* cores used: CPU time / wall time.
+
+The machine is shared: expect noise, compare medians, rerun before believing a 10% change.
+Writes benchmarks/results/tables.json and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import run_child
+
+ROOT = Path(__file__).resolve().parent
+ENDPOINT = "bench"
+RAW_CONCURRENCY = 16
+
+#: name -> (rows at scale 1, rows per request, server parser)
+TABLES: dict[str, tuple[int, int, str]] = {
+    "narrow": (2_000_000, 1000, "orjson"),
+    "wide": (500_000, 1000, "orjson"),
+    "text": (300_000, 1000, "orjson"),
+    "embeddings": (60_000, 1000, "orjson"),
+    "small-batches": (200_000, 100, "json"),
+}
+
+
+# --- inputs -------------------------------------------------------------------------------
+
+
+def _words(rng: np.random.Generator, n: int, length: int) -> pa.Array:
+    alphabet = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz ABCDEFGHIJ0123456789", dtype=np.uint8)
+    chars = alphabet[rng.integers(0, len(alphabet), size=n * length)]
+    offsets = np.arange(0, (n + 1) * length, length, dtype=np.int32)
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(chars.tobytes()))
+
+
+def _short_strings(rng: np.random.Generator, n: int) -> pa.Array:
+    pool = pa.array([f"cat-{i:03d}" for i in range(500)])
+    return pool.take(pa.array(rng.integers(0, 500, size=n)))
+
+
+def _piece(table: str, rng: np.random.Generator, n: int) -> pa.Table:
+    if table in ("narrow", "small-batches"):
+        return pa.table(
+            {
+                "x": rng.normal(size=n),
+                "y": rng.random(n) * 1000,
+                "count": rng.integers(-(2**40), 2**40, size=n),
+                "label": _short_strings(rng, n),
+            }
+        )
+    if table == "wide":
+        cols: dict[str, Any] = {f"d{i}": rng.normal(size=n) for i in range(30)}
+        cols.update({f"i{i}": rng.integers(-(10**12), 10**12, size=n) for i in range(10)})
+        cols.update({f"s{i}": _short_strings(rng, n) for i in range(10)})
+        return pa.table(cols)
+    if table == "text":
+        return pa.table({f"t{i}": _words(rng, n, 200) for i in range(5)})
+    if table == "embeddings":
+        values = pa.array(rng.normal(size=n * 384).astype(np.float32))
+        return pa.table({"embedding": pa.FixedSizeListArray.from_arrays(values, 384)})
+    raise ValueError(table)
+
+
+def write_table(table: str, rows: int, path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    first = _piece(table, rng, 1)
+    with pq.ParquetWriter(path, first.schema) as writer:
+        for start in range(0, rows, 50_000):
+            writer.write_table(_piece(table, rng, min(50_000, rows - start)))
+    return path
+
+
+# --- server -------------------------------------------------------------------------------
+
+
+def serve(args: argparse.Namespace) -> None:
+    """A minimal workspace and route-optimized endpoint; prints its URL, then serves."""
+    from aiohttp import web
+
+    loads = orjson.loads if args.parser == "orjson" else json.loads
+    counts: dict[str, float] = {}
+
+    def reset() -> None:
+        counts.update(requests=0, rows=0, bytes=0, first=0.0, last=0.0)
+
+    reset()
+
+    async def token(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"access_token": "t", "token_type": "Bearer", "expires_in": 3600})
+
+    async def endpoint(request: web.Request) -> web.Response:
+        host = f"http://{request.host}"
+        return web.json_response(
+            {
+                "name": ENDPOINT,
+                "id": "bench-id",
+                "route_optimized": True,
+                "state": {"ready": "READY", "config_update": "NOT_UPDATING"},
+                "config": {
+                    "served_entities": [{"name": "m", "entity_name": "m", "entity_version": "1"}]
+                },
+                "data_plane_info": {
+                    "query_info": {
+                        "endpoint_url": f"{host}/serving-endpoints/{ENDPOINT}/invocations",
+                        "authorization_details": "[]",
+                    }
+                },
+            }
+        )
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.json_response({"error_code": "NOT_FOUND", "message": "no signature"}, status=404)
+
+    async def invocations(request: web.Request) -> web.Response:
+        body = await request.read()
+        if not counts["first"]:
+            counts["first"] = time.time()
+        rows = len(loads(body)["dataframe_split"]["data"])
+        counts["requests"] += 1
+        counts["rows"] += rows
+        counts["bytes"] += len(body)
+        answer = orjson.dumps({"predictions": [0.5] * rows})
+        counts["last"] = time.time()
+        return web.Response(body=answer, content_type="application/json")
+
+    async def stats(request: web.Request) -> web.Response:
+        answer = dict(counts)
+        if request.method == "POST":
+            reset()
+        return web.json_response(answer)
+
+    app = web.Application(client_max_size=64 * 2**20)
+    app.router.add_post("/oidc/v1/token", token)
+    app.router.add_get(f"/api/2.0/serving-endpoints/{ENDPOINT}", endpoint)
+    app.router.add_get(f"/api/2.0/serving-endpoints/{ENDPOINT}/openapi", openapi)
+    app.router.add_post(f"/serving-endpoints/{ENDPOINT}/invocations", invocations)
+    app.router.add_route("*", "/stats", stats)
+
+    async def main() -> None:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        print(f"http://127.0.0.1:{port}", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+class Server:
+    def __init__(self, parser: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "serve", "--parser", parser],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        self.url = self.process.stdout.readline().strip()
+
+    def take_stats(self) -> dict[str, float]:
+        import urllib.request
+
+        request = urllib.request.Request(self.url + "/stats", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return dict(json.loads(response.read()))
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+# --- raw client ---------------------------------------------------------------------------
+
+
+def _reference_rows(batch: pa.RecordBatch) -> list[Any]:
+    columns: list[Any] = []
+    for column in batch.columns:
+        kind = column.type
+        if pa.types.is_fixed_size_list(kind) and pa.types.is_float32(kind.value_type):
+            flat = column.flatten().to_numpy()
+            columns.append(list(flat.reshape(len(column), kind.list_size)))
+        else:
+            columns.append(column.to_pylist())
+    return list(zip(*columns, strict=True))
+
+
+def _bodies(path: str, batch_rows: int) -> Iterator[tuple[int, bytes]]:
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+        document = {
+            "dataframe_split": {"columns": batch.schema.names, "data": _reference_rows(batch)}
+        }
+        yield batch.num_rows, orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def raw(args: argparse.Namespace) -> None:
+    """Pre-encode, then post every body; print wall and CPU of the sending phase."""
+    import aiohttp
+
+    bodies = list(_bodies(args.input, args.batch_rows))
+    url = f"{args.url}/serving-endpoints/{ENDPOINT}/invocations"
+    headers = {"Authorization": "Bearer t", "Content-Type": "application/json"}
+
+    async def send() -> int:
+        pending = iter(bodies)
+        scored = 0
+        connector = aiohttp.TCPConnector(limit=RAW_CONCURRENCY)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def worker() -> None:
+                nonlocal scored
+                for rows, body in pending:
+                    async with session.post(url, data=body, headers=headers) as response:
+                        await response.read()
+                        assert response.status == 200, response.status
+                        scored += rows
+
+            await asyncio.gather(*(worker() for _ in range(RAW_CONCURRENCY)))
+        return scored
+
+    cpu0, wall0 = _cpu(), time.monotonic()
+    scored = asyncio.run(send())
+    print(json.dumps({"rows": scored, "wall_s": time.monotonic() - wall0, "cpu_s": _cpu() - cpu0}))
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# --- the comparison -----------------------------------------------------------------------
+
+
+def _env(url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATABRICKS_")}
+    env.update(
+        DATABRICKS_HOST=url,
+        DATABRICKS_CLIENT_ID="bench",
+        DATABRICKS_CLIENT_SECRET="s",
+        DATABRICKS_CONFIG_FILE=os.devnull,
+    )
+    return env
+
+
+def run_engine(
+    server: Server, src: Path, out: Path, batch_rows: int, encoders: int | None
+) -> dict[str, float]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "engine",
+        "score",
+        str(src),
+        "--endpoint",
+        ENDPOINT,
+        "--output",
+        str(out),
+        "--overwrite",
+        "--progress",
+        "off",
+        "--quiet",
+        "--batch-rows",
+        str(batch_rows),
+    ]
+    if encoders is not None:
+        cmd += ["--encoders", str(encoders)]
+    server.take_stats()
+    started = time.time()
+    usage = run_child(cmd, _env(server.url))
+    if usage.exit_code != 0:
+        raise SystemExit(f"engine failed ({usage.exit_code}):\n{usage.stderr[-3000:]}")
+    seen = server.take_stats()
+    return {
+        "wall_s": usage.wall_s,
+        "cpu_s": usage.cpu_s,
+        "rows": seen["rows"],
+        "bytes": seen["bytes"],
+        "active_s": seen["last"] - seen["first"],
+        "first_request_s": seen["first"] - started,
+        "peak_rss_mib": usage.peak_rss_mib,
+    }
+
+
+def run_raw(server: Server, src: Path, batch_rows: int) -> dict[str, float]:
+    cmd = [
+        sys.executable,
+        __file__,
+        "raw",
+        str(src),
+        "--url",
+        server.url,
+        "--batch-rows",
+        str(batch_rows),
+    ]
+    server.take_stats()
+    usage = run_child(cmd, _env(server.url))
+    if usage.exit_code != 0:
+        raise SystemExit(f"raw client failed:\n{usage.stderr[-3000:]}")
+    seen = server.take_stats()
+    mine = json.loads(usage.stdout.strip().splitlines()[-1])
+    return {
+        "wall_s": mine["wall_s"],
+        "cpu_s": mine["cpu_s"],
+        "rows": seen["rows"],
+        "bytes": seen["bytes"],
+        "active_s": seen["last"] - seen["first"],
+    }
+
+
+def compare(table: str, rows: int, pairs: int, encoders: int | None, tmp: Path) -> dict[str, Any]:
+    _, batch_rows, parser = TABLES[table]
+    src = write_table(table, rows, tmp / f"{table}.parquet")
+    server = Server(parser)
+    engine_runs, raw_runs = [], []
+    try:
+        for pair in range(pairs):
+            order = ("engine", "raw") if pair % 2 == 0 else ("raw", "engine")
+            for who in order:
+                if who == "engine":
+                    engine_runs.append(
+                        run_engine(server, src, tmp / "out.arrow", batch_rows, encoders)
+                    )
+                else:
+                    raw_runs.append(run_raw(server, src, batch_rows))
+    finally:
+        server.stop()
+    return _summary(table, rows, encoders, engine_runs, raw_runs)
+
+
+def _summary(
+    table: str,
+    rows: int,
+    encoders: int | None,
+    engine: list[dict[str, float]],
+    raw: list[dict[str, float]],
+) -> dict[str, Any]:
+    def med(runs: list[dict[str, float]], f: Any) -> float:
+        return float(statistics.median(f(r) for r in runs))
+
+    pairs = list(zip(engine, raw, strict=True))
+    return {
+        "table": table,
+        "rows": rows,
+        "encoders": "auto" if encoders is None else encoders,
+        "pairs": len(pairs),
+        "ratio_whole": med(
+            [{"v": (r["wall_s"]) / e["wall_s"]} for e, r in pairs], lambda x: x["v"]
+        ),
+        "ratio_no_startup": med(
+            [{"v": r["active_s"] / e["active_s"]} for e, r in pairs], lambda x: x["v"]
+        ),
+        "engine_rows_per_s": med(engine, lambda r: r["rows"] / r["wall_s"]),
+        "raw_rows_per_s": med(raw, lambda r: r["rows"] / r["wall_s"]),
+        "engine_cpu_us_per_row": med(engine, lambda r: r["cpu_s"] / r["rows"] * 1e6),
+        "raw_cpu_us_per_row": med(raw, lambda r: r["cpu_s"] / r["rows"] * 1e6),
+        "engine_bytes_per_row": med(engine, lambda r: r["bytes"] / r["rows"]),
+        "raw_bytes_per_row": med(raw, lambda r: r["bytes"] / r["rows"]),
+        "engine_cores": med(engine, lambda r: r["cpu_s"] / r["wall_s"]),
+        "raw_cores": med(raw, lambda r: r["cpu_s"] / r["wall_s"]),
+        "engine_first_request_s": med(engine, lambda r: r["first_request_s"]),
+        "engine_peak_rss_mib": med(engine, lambda r: r["peak_rss_mib"]),
+    }
+
+
+def _markdown(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| table | rows | encoders | engine/raw rows/s (whole) | (no start-up) | CPU µs/row "
+        "engine / raw | bytes/row engine / raw | cores engine / raw | first request | RSS |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['table']} | {r['rows']:,} | {r['encoders']} | {r['ratio_whole']:.2f} | "
+            f"{r['ratio_no_startup']:.2f} | {r['engine_cpu_us_per_row']:.2f} / "
+            f"{r['raw_cpu_us_per_row']:.2f} | {r['engine_bytes_per_row']:.0f} / "
+            f"{r['raw_bytes_per_row']:.0f} | {r['engine_cores']:.2f} / {r['raw_cores']:.2f} | "
+            f"{r['engine_first_request_s']:.2f} s | {r['engine_peak_rss_mib']:.0f} MiB |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command")
+    server = commands.add_parser("serve")
+    server.add_argument("--parser", choices=["orjson", "json"], default="orjson")
+    client = commands.add_parser("raw")
+    client.add_argument("input")
+    client.add_argument("--url", required=True)
+    client.add_argument("--batch-rows", type=int, default=1000)
+    parser.add_argument("--tables", nargs="+", choices=list(TABLES), default=list(TABLES))
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of each table's rows")
+    parser.add_argument(
+        "--encoders",
+        type=int,
+        nargs="+",
+        default=[-1],
+        help="engine --encoders values to run (-1: leave it to the engine)",
+    )
+    parser.add_argument("--output", default=str(ROOT / "results" / "tables.json"))
+    args = parser.parse_args()
+    if args.command == "serve":
+        return serve(args)
+    if args.command == "raw":
+        return raw(args)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for table in args.tables:
+            rows = max(1000, int(TABLES[table][0] * args.scale))
+            for encoders in args.encoders:
+                pinned = None if encoders < 0 else encoders
+                results.append(compare(table, rows, args.pairs, pinned, Path(tmp)))
+                print(_markdown(results[-1:]).splitlines()[-1], flush=True)
+    print(_markdown(results))
+    Path(args.output).parent.mkdir(exist_ok=True)
+    Path(args.output).write_text(
+        json.dumps(
+            {"results": results, "cpus": os.cpu_count(), "loadavg": os.getloadavg()}, indent=2
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Encoding and keying request batches off the event loop, in worker processes.
+
+Encoding holds the GIL (orjson, Arrow's Python conversions), so threads would only take turns
+with the loop: the work goes to processes instead. The loop cuts input into request-sized
+chunks (zero-copy slices), sends a group of chunks to a worker as Arrow IPC (pickled record
+batches), and gets back, per chunk, how :func:`~engine.batching.fit` cut it, the bodies and
+their checkpoint keys; it numbers the pieces in input order. With no workers (one core, or
+``--encoders 0``, the default) the same function runs inline on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import itertools
+import multiprocessing
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from engine.batching import Piece, fit
+from engine.checkpoint import batch_key
+from engine.codec import encode_dataframe_split
+from engine.schema import CastPlan
+from engine.source import read_errors
+
+__all__ = ["EncodeSpec", "EncoderPool", "KeyedPiece", "default_encoders"]
+
+#: A piece and its checkpoint key ("" when the run keeps no checkpoint, or for oversize rows).
+KeyedPiece = tuple[int, int, bytes, bool, str]
+
+
+def default_encoders() -> int:
+    """0: encode on the loop unless ``--encoders`` asks for processes.
+
+    Measured on a 2-core machine shared with the server (benchmarks/tables.py, 200k-row wide
+    and 120k-row text tables): one encoder process made runs ~2x slower (spawning it costs
+    ~0.6 s before the first request, and shipping rows and bodies between processes costs
+    more CPU than encoding saves). Not yet measured on larger machines.
+    """
+    return 0
+
+
+@dataclass(frozen=True, slots=True)
+class EncodeSpec:
+    """Everything a worker needs to turn rows into bodies and keys (picklable)."""
+
+    cast: CastPlan
+    params: Mapping[str, Any] | None
+    max_request_bytes: int
+    endpoint: str
+    model_version: str
+    keyed: bool
+
+    def encode(self, rows: pa.RecordBatch) -> bytes:
+        return encode_dataframe_split(self.cast.apply(rows), params=self.params)
+
+    def pieces(self, chunks: list[pa.RecordBatch]) -> list[list[KeyedPiece]]:
+        """Each chunk cut into requests under the byte cap, with bodies and keys."""
+        return [
+            [
+                self._keyed(chunk, piece)
+                for piece in fit(chunk, self.encode, self.max_request_bytes)
+            ]
+            for chunk in chunks
+        ]
+
+    def _keyed(self, chunk: pa.RecordBatch, piece: Piece) -> KeyedPiece:
+        start, length, body, oversize = piece
+        key = ""
+        if self.keyed and not oversize:
+            # Why rows could not be read is not in the body: key it too, so a fixed value
+            # is read again on resume instead of keeping its old error.
+            keyed = body
+            unreadable = read_errors(chunk.slice(start, length))
+            if unreadable is not None:
+                reasons = "\x00".join(str(e) for e in unreadable.to_pylist())
+                keyed = body + b"\x00" + reasons.encode()
+            key = batch_key(keyed, endpoint=self.endpoint, model_version=self.model_version)
+        return start, length, body, oversize, key
+
+
+_worker_spec: EncodeSpec | None = None
+
+
+def _start_worker(spec: EncodeSpec) -> None:
+    global _worker_spec
+    _worker_spec = spec
+
+
+def _encode_in_worker(rows: pa.RecordBatch, lengths: list[int]) -> list[list[KeyedPiece]]:
+    assert _worker_spec is not None, "the encoder process was not initialised"
+    starts = itertools.accumulate(lengths, initial=0)
+    return _worker_spec.pieces([rows.slice(s, n) for s, n in zip(starts, lengths, strict=False)])
+
+
+def _compact(chunks: list[pa.RecordBatch]) -> pa.RecordBatch:
+    """The chunks' rows in fresh buffers: pickling a slice can carry its parent's whole
+    buffers (a 16k-row input batch per 1000-row request, measured on list columns)."""
+    return pa.concat_batches(chunks) if len(chunks) > 1 else pa.concat_batches([chunks[0]])
+
+
+class EncoderPool:
+    """Encodes groups of chunks in ``workers`` processes, results in submission order.
+
+    At most ``2 * workers`` groups are in flight, so memory stays bounded.
+    """
+
+    def __init__(self, spec: EncodeSpec, *, workers: int) -> None:
+        self.spec = spec
+        self.workers = workers
+        self._executor: concurrent.futures.ProcessPoolExecutor | None = None
+        if workers > 0:
+            self._executor = concurrent.futures.ProcessPoolExecutor(
+                max_workers=workers,
+                # spawn: forking a process that runs threads and an event loop is unsafe
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_worker,
+                initargs=(spec,),
+            )
+
+    async def map(
+        self, groups: AsyncIterator[list[pa.RecordBatch]]
+    ) -> AsyncIterator[tuple[list[pa.RecordBatch], list[list[KeyedPiece]]]]:
+        """(chunks, their pieces) for each group, in the order the groups came."""
+        if self._executor is None:
+            async for chunks in groups:
+                yield chunks, self.spec.pieces(chunks)
+            return
+        loop = asyncio.get_running_loop()
+        in_flight: collections.deque[tuple[list[pa.RecordBatch], asyncio.Future[Any]]]
+        in_flight = collections.deque()
+        async for chunks in groups:
+            lengths = [chunk.num_rows for chunk in chunks]
+            future = loop.run_in_executor(
+                self._executor, _encode_in_worker, _compact(chunks), lengths
+            )
+            in_flight.append((chunks, future))
+            while in_flight and (len(in_flight) >= 2 * self.workers or in_flight[0][1].done()):
+                head, pending = in_flight.popleft()
+                yield head, await pending
+        while in_flight:
+            head, pending = in_flight.popleft()
+            yield head, await pending
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
