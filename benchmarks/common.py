@@ -68,6 +68,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _high_water_kib(pid: int) -> int:
+    """The process's own peak RSS so far (``VmHWM``, KiB); 0 once it has exited."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    line = next((x for x in status.splitlines() if x.startswith("VmHWM:")), "VmHWM: 0 kB")
+    return int(line.split()[1])
+
+
 def write_input(path: Path, rows: int, *, seed: int = 0) -> Path:
     """``rows`` rows of the demo-regressor's columns, written in 100k-row pieces."""
     from engine.emulator.models import builtin_model
@@ -96,12 +106,14 @@ def run_child(cmd: list[str], env: dict[str, str], *, timeout_s: float = 600) ->
     """Run ``cmd`` and return its own rusage (``wait4``), not the whole tree's.
 
     Output goes to files, not pipes, so a child that stalls is killed at ``timeout_s``
-    instead of blocking the parent on a read.
+    instead of blocking the parent on a read. Peak RSS is the child's own ``VmHWM``, sampled
+    while it runs: ``wait4``'s ``ru_maxrss`` starts at the parent's RSS (fork + exec carries
+    the parent's high-water mark over), so it floors every child at this process's size.
     """
     started = time.monotonic()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as errors:
         process = subprocess.Popen(cmd, env=env, stdout=out, stderr=errors, text=True)
-        status, usage, timed_out = _reap(process, started + timeout_s)
+        status, usage, timed_out, peak_kib = _reap(process, started + timeout_s)
         wall_s = time.monotonic() - started
         out.seek(0)
         errors.seek(0)
@@ -110,7 +122,7 @@ def run_child(cmd: list[str], env: dict[str, str], *, timeout_s: float = 600) ->
     return ChildUsage(
         wall_s=wall_s,
         cpu_s=usage.ru_utime + usage.ru_stime,
-        peak_rss_mib=usage.ru_maxrss / 1024,
+        peak_rss_mib=(peak_kib or usage.ru_maxrss) / 1024,
         exit_code=process.returncode,
         stdout=stdout,
         stderr=stderr,
@@ -118,12 +130,13 @@ def run_child(cmd: list[str], env: dict[str, str], *, timeout_s: float = 600) ->
     )
 
 
-def _reap(process: subprocess.Popen[str], deadline: float) -> tuple[int, Any, bool]:
-    killed = False
+def _reap(process: subprocess.Popen[str], deadline: float) -> tuple[int, Any, bool, int]:
+    killed, peak_kib = False, 0
     while True:
+        peak_kib = max(peak_kib, _high_water_kib(process.pid))
         pid, status, usage = os.wait4(process.pid, os.WNOHANG)
         if pid:
-            return status, usage, killed
+            return status, usage, killed, peak_kib
         if not killed and time.monotonic() > deadline:
             process.kill()
             killed = True

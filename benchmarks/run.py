@@ -208,6 +208,7 @@ class Result:
     # the strict suite's measures (see the module docstring)
     wall_s: float = 0.0  # the client process's, start-up included
     complete: bool = False  # every input row came back
+    rows_answered: int = 0  # rows in requests the server answered 200 (even if the client died)
     timed_out: bool = False  # killed at the scenario's budget: stalled
     capacity_rows_per_s: float | None = None  # averaged over the client's wall time
     fraction_of_capacity: float | None = None
@@ -352,6 +353,7 @@ def _strict_measures(
     result.wall_s = round(usage.wall_s, 2)
     result.timed_out = usage.timed_out
     result.complete = usage.exit_code == 0 and result.rows == scenario.rows
+    result.rows_answered = result.requests_ok * scenario.batch_rows
     total = int(final["requests_total"])
     result.share_429 = round(result.requests_429 / total, 4) if total else 0.0
     result.throttled_by_cause = {
@@ -405,12 +407,13 @@ def table(results: list[Result], titles: dict[str, str], limited: set[str]) -> s
 
 def strict_table(results: list[Result], titles: dict[str, str]) -> str:
     lines = [
-        "| scenario | client | rows | all rows back | wall s (start-up incl.) | rows/s over wall "
+        "| scenario | client | rows | all rows back | rows answered 200 (server) "
+        "| wall s (start-up incl.) | rows/s over wall "
         "| capacity rows/s | fraction of capacity | 429 share (rate/conc/random) "
         "| step up: s to 0.9·new | step down: s to 429s < 5% | vs no faults | other errors "
         "| hung | exit |",
-        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: "
-        "| ---: | --- |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: "
+        "| ---: | ---: | --- |",
     ]
     for r in results:
         causes = "/".join(str(r.throttled_by_cause.get(c, 0)) for c in ("rate", "concurrency",
@@ -420,6 +423,7 @@ def strict_table(results: list[Result], titles: dict[str, str]) -> str:
         exit_text = "stalled (killed)" if r.timed_out else str(r.exit_code)
         lines.append(
             f"| {titles[r.scenario]} | {r.client} | {r.rows:,} | {'yes' if r.complete else 'NO'} "
+            f"| {r.rows_answered:,} "
             f"| {r.wall_s:.1f} | {r.rows / r.wall_s if r.wall_s else 0:,.0f} "
             f"| {_number(r.capacity_rows_per_s, ',.0f')} "
             f"| {_number(r.fraction_of_capacity, '.2f')} "

@@ -81,14 +81,10 @@ def capacity_requests(
     if origin is None:
         return schedule[0][1] * max(0.0, t1 - t0)
     edges = sorted({t0, t1, *(origin + at for at, _ in schedule if t0 < origin + at < t1)})
-    return sum(
-        limit_at(schedule, a - origin) * (b - a) for a, b in itertools.pairwise(edges)
-    )
+    return sum(limit_at(schedule, a - origin) * (b - a) for a, b in itertools.pairwise(edges))
 
 
-def seconds_to_reach(
-    series: list[tuple[float, float]], after: float, level: float
-) -> float | None:
+def seconds_to_reach(series: list[tuple[float, float]], after: float, level: float) -> float | None:
     """Seconds from ``after`` until the series first reaches ``level`` (None: never)."""
     return next((t - after for t, value in series if t >= after and value >= level), None)
 

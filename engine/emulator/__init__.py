@@ -12,9 +12,11 @@ Example:
 
 from engine.emulator.clock import Clock, FakeClock, Sleep
 from engine.emulator.config import (
+    KEEP,
     EmulatorConfig,
     EndpointConfig,
     Faults,
+    LimitStep,
     ServicePrincipal,
     TokenFaults,
 )
@@ -23,6 +25,7 @@ from engine.emulator.server import Emulator, EmulatorThread
 from engine.emulator.signature import ColumnSpec, ParamSpec, Signature
 
 __all__ = [
+    "KEEP",
     "POISON_TEXT",
     "POISON_VALUE",
     "Clock",
@@ -33,6 +36,7 @@ __all__ = [
     "EndpointConfig",
     "FakeClock",
     "Faults",
+    "LimitStep",
     "Model",
     "ParamSpec",
     "ServicePrincipal",
