@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
-from engine.auth import Token, TokenRefresher
+from engine.auth import OAuthClient, Token, TokenRefresher
 from engine.config import Credentials
-from engine.errors import UsageError
+from engine.errors import AuthError, EngineError, UsageError
+from engine.transport import Response
 
 
 class Clock:
@@ -148,3 +150,58 @@ async def test_background_refresh_replaces_token_before_it_is_unusable() -> None
     # each background refresh happened while the previous token was still usable
     assert slept[0] == pytest.approx(first.refresh_at - first.issued_at)
     assert first.issued_at + slept[0] < first.usable_until
+
+
+class ScriptedTokenEndpoint:
+    """Answers token requests from a script; records how many came."""
+
+    def __init__(self, *answers: Response) -> None:
+        self.answers = list(answers)
+        self.requests = 0
+
+    async def request(self, method: str, url: str, **_: object) -> Response:
+        self.requests += 1
+        return self.answers.pop(0)
+
+
+def token_answer(expires_in: float) -> Response:
+    return Response(200, json.dumps({"access_token": "t", "expires_in": expires_in}).encode(), {})
+
+
+def oauth_client(transport: ScriptedTokenEndpoint, clock: FakeSleepClock) -> OAuthClient:
+    creds = Credentials(host="http://127.0.0.1:1", client_id="abc", client_secret="xyz-secret")
+    return OAuthClient(transport, creds, clock=clock, sleep=clock.sleep)  # type: ignore[arg-type]
+
+
+class FakeSleepClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def test_a_token_endpoint_answering_html_is_retried() -> None:
+    clock = FakeSleepClock()
+    endpoint = ScriptedTokenEndpoint(Response(200, b"<html>proxy</html>", {}), token_answer(3600))
+    token = await oauth_client(endpoint, clock).workspace_token()
+    assert token.lifetime_s == 3600 and endpoint.requests == 2
+
+
+async def test_the_token_endpoint_is_retried_for_about_a_minute() -> None:
+    clock = FakeSleepClock()
+    endpoint = ScriptedTokenEndpoint(*[Response(503, b"{}", {})] * 100)
+    with pytest.raises(EngineError, match="kept failing"):
+        await oauth_client(endpoint, clock).workspace_token()
+    assert 20.0 <= clock.now <= 60.0
+    assert endpoint.requests >= 6
+
+
+async def test_a_token_lifetime_under_the_refusal_margin_is_said_as_such() -> None:
+    clock = FakeSleepClock()
+    endpoint = ScriptedTokenEndpoint(token_answer(20))
+    with pytest.raises(AuthError, match="valid for 20 s"):
+        await oauth_client(endpoint, clock).workspace_token()

@@ -304,3 +304,26 @@ async def test_after_stop_no_waiting_request_is_sent() -> None:
     assert sent <= 1  # at most the one whose turn had come
     assert sum(isinstance(r, SendingStopped) for r in results) == 5 - sent
     await dispatcher.pacer.aclose()
+
+
+async def test_a_malformed_200_is_retried_like_a_5xx() -> None:
+    answers = [Response(200, b"<html><body>502 Bad Gateway</body></html>", {})]
+    clock = FakeClock()
+
+    def handler(headers: dict[str, str], body: dict) -> Response:
+        return answers.pop(0) if answers else doubling_model(headers, body)
+
+    dispatcher, stats = make_dispatcher(FakeTransport(handler), clock)
+    result = await dispatcher.score(batch_of([1.0, 2.0]))
+    assert result.predictions.to_pylist() == [2.0, 4.0]
+    assert stats.retries["malformed"] == 1
+
+
+async def test_a_body_that_stays_malformed_fails_the_batch_quoting_its_start() -> None:
+    clock = FakeClock()
+    transport = FakeTransport(lambda headers, body: Response(200, b'{"predictions": [1.0', {}))
+    dispatcher, _ = make_dispatcher(transport, clock, policy=RetryPolicy(max_attempts=3))
+    with pytest.raises(BatchFailed) as caught:
+        await dispatcher.score(batch_of([1.0, 2.0]))
+    assert len(transport.sent) == 3
+    assert '{"predictions": [1.0' in str(caught.value)
