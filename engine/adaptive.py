@@ -68,11 +68,11 @@ LOSS_MARGIN = 0.10
 MIN_LOSSES = 3
 LOSS_SIGMAS = 2.5
 #: Startup (unpaced) ends on a round with more than this share refused: noise stays below.
-STARTUP_LOSS_SHARE = 0.3
+STARTUP_LOSS_SHARE = 0.15
 #: Startup's overrun is measured over at least this span.
 STARTUP_MIN_SPAN_S = 0.1
 #: The usual share of answers accepted (1 - noise) is never taken as lower than this.
-MIN_ACCEPT_RATIO = 0.5
+MIN_ACCEPT_RATIO = 0.92
 #: How often the paced phase probes above the measured capacity, and its first excess.
 PROBE_INTERVAL_S = 2.0
 PROBE_EVERY_ROUNDS = 3
@@ -228,7 +228,7 @@ class RateController:
         if sent_round is not None:
             sent_round.throttled += 1
             sent_round.first_loss_sent_at = min(sent_round.first_loss_sent_at, sent_at)
-            if self.capacity is None and self._startup_overrun(sent_round):
+            if self.capacity is None and self._startup_overrun(sent_round, now):
                 self._leave_startup(sent_round, now)
         self._advance(now)
 
@@ -277,12 +277,15 @@ class RateController:
             self._rounds.popleft()
             self._judge(oldest, now)
 
-    def _startup_overrun(self, current: _Round) -> bool:
-        """Unpaced and refused far more than noise: stop the storm before the round ends."""
-        # Against what was *sent*: 429s come back faster than answers, so early in a round
-        # they outnumber the acceptances even when they are rare.
+    def _startup_overrun(self, current: _Round, now: float) -> bool:
+        """Unpaced and refused far more than noise: stop the storm before the round ends.
+
+        Only once the round is a round trip old: 429s come back faster than acceptances, so
+        early in a round they outnumber them even when they are rare noise.
+        """
         return (
-            current.throttled >= MIN_LOSSES
+            now - current.started_at >= (self.base_latency() or 0.0)
+            and current.throttled >= MIN_LOSSES
             and current.throttled > current.accepted
             and current.throttled > STARTUP_LOSS_SHARE * current.sent
         )
@@ -330,12 +333,10 @@ class RateController:
         self._set_rate()
 
     def _end_drain_round(self, done: _Round, app_limited: bool) -> None:
-        """Under the limit by a margin, what is refused is noise: learn its share. Cruise
-        rounds refused more than that since the last drain: the capacity was overestimated
-        (a bucket's burst made a probe look good): lower it by the excess share."""
-        if not app_limited:
-            self.accept_ratio += 0.3 * (done.accept_ratio() - self.accept_ratio)
-            self.accept_ratio = max(MIN_ACCEPT_RATIO, self.accept_ratio)
+        """Cruise rounds refused more than the usual (noise) share since the last drain: the
+        capacity was overestimated (a bucket's burst made a probe look good): lower it by the
+        excess share. Otherwise, under the limit by a margin, what the drain round had refused
+        is noise: learn its share."""
         answers, throttled = self._cruise_answers, self._cruise_throttled
         self._cruise_answers = self._cruise_throttled = 0
         usual = 1.0 - self.accept_ratio
@@ -347,6 +348,10 @@ class RateController:
             over = throttled / answers - usual
             self.capacity = max(self.min_rate, self.capacity * (1.0 - over))
             self.cuts += 1
+            return  # the drain ran under an overestimate: it says nothing about noise
+        if not app_limited:
+            self.accept_ratio += 0.3 * (done.accept_ratio() - self.accept_ratio)
+            self.accept_ratio = max(MIN_ACCEPT_RATIO, self.accept_ratio)
 
     def _start_probe(self) -> None:
         if self.rate < self.max_rate:
@@ -385,6 +390,7 @@ class RateController:
             self.in_flight_limit = float(self.max_in_flight)
         self.capacity = max(self.min_rate, capacity)
         self._excess = 0.0
+        self._draining = True  # the next round measures noise below the new pace
         self._probe_ended_at = now
         self._rounds_since_probe = 0
         self._set_rate()
