@@ -246,3 +246,25 @@ async def test_changed_input_redoes_only_the_batches_that_changed(emulator: Emul
     assert summary.rows_scored == 100 and summary.rows_skipped == 1_900
     result = read_output(str(tmp_path / "b.arrow"))
     assert result.column("prediction").to_pylist() == expected_predictions(emulator, ENDPOINT, changed)
+
+
+async def test_after_sigint_no_paced_request_leaves(emulator: Emulator, tmp_path) -> None:
+    # --qps 5 keeps most batches waiting for their turn in the pacer: none of them is sent
+    # after the signal (the emulator once counted 70), only those already in flight finish.
+    emulator.set_faults(ENDPOINT, Faults(latency_ms=100.0))
+    table = regressor_table(emulator, 20_000, seed=17)
+    src, out = tmp_path / "in.parquet", tmp_path / "out.arrow"
+    pq.write_table(table, src)
+    cmd, env = _engine_cmd(emulator, src, out)
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, "--qps", "5", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    while emulator.accounting(ENDPOINT)["requests_total"] < 5:
+        assert proc.returncode is None
+        await asyncio.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    sent_at_signal = emulator.accounting(ENDPOINT)["requests_total"]
+    _, stderr = await asyncio.wait_for(proc.communicate(), timeout=120)
+    assert proc.returncode == 130, stderr.decode()[-2000:]
+    sent_after = emulator.accounting(ENDPOINT)["requests_total"] - sent_at_signal
+    assert sent_after <= 2, f"{sent_after} requests left after SIGINT"
