@@ -21,7 +21,7 @@ from typing import Protocol
 import orjson
 
 from engine.aio import Clock, Sleep
-from engine.calls import call, config_error, error_outcome, malformed
+from engine.calls import Caller, HostCheck, error_outcome, malformed
 from engine.config import SDK_AUTH, Credentials
 from engine.errors import AuthError, EngineError, TransportError
 from engine.retry import Outcome, RetryPolicy, Tally
@@ -40,9 +40,7 @@ USABLE_MARGIN_S = 40.0
 TOKEN_RETRY_POLICY = RetryPolicy(
     max_attempts=12, base_delay_s=0.5, max_delay_s=10.0, max_elapsed_s=60.0
 )
-#: Connection failures that say the host is misconfigured (DNS, refused, TLS) before it is
-#: taken for a configuration error (exit 2), when the host never answered.
-MISCONFIGURED_TRIES = 2
+
 #: Refresh in the background this long before expiry at most (databricks-sdk: min(TTL/2, 20 min)).
 MAX_REFRESH_LEAD_S = 20 * 60.0
 #: ...and this long before the token becomes unusable (or half its usable life, if shorter).
@@ -240,8 +238,7 @@ class OAuthClient:
         self._rng = rng or random.Random()
         self._host = host or credentials.host
         self.token_url = f"{self._host}/oidc/v1/token"
-        self._reached = False  # has the host ever answered?
-        self._misconfigured = 0
+        self._check = HostCheck(self._host)
 
     @property
     def host(self) -> str:
@@ -322,9 +319,9 @@ class OAuthClient:
                     "POST", self.token_url, headers=headers, form=form, timeout_s=self._timeout_s
                 )
             except TransportError as exc:
-                self._refuse_misconfigured_host(exc)
+                self._check.failed(exc)
                 raise
-            self._reached = True
+            self._check.answered = True
             return response
 
         async def judge(response: Response) -> Token | Outcome:
@@ -344,26 +341,8 @@ class OAuthClient:
                 f"attempts; last: {outcome.message or outcome.brief}); try again later"
             )
 
-        return await call(
-            send,
-            judge,
-            policy=self._policy,
-            give_up=give_up,
-            rng=self._rng,
-            clock=self._clock,
-            sleep=self._sleep,
-            on_retry=on_retry,
-        )
-
-    def _refuse_misconfigured_host(self, exc: TransportError) -> None:
-        """A host that never answered and fails as a typo, a wrong port or http-vs-https
-        would: say so after a second try, not after a minute of retries."""
-        error = None if self._reached else config_error(exc, self._host)
-        if error is None:
-            return
-        self._misconfigured += 1
-        if self._misconfigured >= MISCONFIGURED_TRIES:
-            raise error from exc
+        caller = Caller(self._policy, self._rng, self._clock, self._sleep)
+        return await caller.call(send, judge, give_up=give_up, on_retry=on_retry)
 
 
 def _parse_token(response: Response, sent_at: float) -> Token:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -26,7 +27,15 @@ from engine.errors import TransportError, UsageError
 from engine.retry import FailureKind, Outcome, RetryPolicy, Tally, parse_retry_after
 from engine.transport import Response
 
-__all__ = ["call", "config_error", "error_outcome", "malformed", "transport_outcome"]
+__all__ = [
+    "Caller",
+    "HostCheck",
+    "call",
+    "config_error",
+    "error_outcome",
+    "malformed",
+    "transport_outcome",
+]
 
 T = TypeVar("T")
 
@@ -75,6 +84,61 @@ async def call(
             await on_retry(outcome, delay, tally)
         if delay > 0:
             await sleep(delay)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """What every call of one client shares: its policy, randomness, clock and sleep."""
+
+    policy: RetryPolicy
+    rng: random.Random
+    clock: Clock
+    sleep: Sleep
+
+    async def call(
+        self,
+        send: Callable[[], Awaitable[Response]],
+        judge: Callable[[Response], Awaitable[T | Outcome]],
+        *,
+        give_up: Callable[[Outcome, Tally], BaseException],
+        on_retry: OnRetry | None = None,
+    ) -> T:
+        """:func:`call` with this client's settings."""
+        return await call(
+            send,
+            judge,
+            policy=self.policy,
+            give_up=give_up,
+            rng=self.rng,
+            clock=self.clock,
+            sleep=self.sleep,
+            on_retry=on_retry,
+        )
+
+
+#: Connection failures that say the host is misconfigured (DNS, refused, TLS) before they are
+#: taken for a configuration error (exit 2), when the host never answered.
+MISCONFIGURED_TRIES = 2
+
+
+@dataclass(slots=True)
+class HostCheck:
+    """Tells a misconfigured workspace host (a typo, a wrong port, https against http) from a
+    passing failure: a host that never answered and fails that way is a configuration error
+    after a second try, not after a minute of retries."""
+
+    host: str
+    answered: bool = False
+    _misconfigured: int = field(default=0, repr=False)
+
+    def failed(self, exc: TransportError) -> None:
+        """Raises UsageError when ``exc`` says the host is misconfigured (a second time)."""
+        error = None if self.answered else config_error(exc, self.host)
+        if error is None:
+            return
+        self._misconfigured += 1
+        if self._misconfigured >= MISCONFIGURED_TRIES:
+            raise error from exc
 
 
 def transport_outcome(exc: TransportError) -> Outcome:

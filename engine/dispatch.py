@@ -30,7 +30,7 @@ from engine.adaptive import HangBound, RateController
 from engine.aio import Clock, Sleep, cancel_quietly
 from engine.auth import Token, TokenRefresher
 from engine.batching import RequestBatch
-from engine.calls import call, error_outcome, malformed
+from engine.calls import Caller, error_outcome, malformed
 from engine.codec import ResponseFormatError, concat_predictions, decode_predictions
 from engine.errors import BatchFailed, EngineError, SchemaError, TransportError
 from engine.logs import emit
@@ -349,16 +349,8 @@ class Dispatcher:
                 server_message=message,
             )
 
-        return await call(
-            send,
-            judge,
-            policy=self._policy,
-            give_up=give_up,
-            rng=self._rng,
-            clock=self._clock,
-            sleep=self._sleep,
-            on_retry=on_retry,
-        )
+        caller = Caller(self._policy, self._rng, self._clock, self._sleep)
+        return await caller.call(send, judge, give_up=give_up, on_retry=on_retry)
 
     def _note_retry(self, batch_id: int, outcome: Outcome, delay_s: float, tally: Tally) -> None:
         """Count, log and (for a long Retry-After) share a retry before its wait."""

@@ -20,8 +20,8 @@ from urllib.parse import quote, urlsplit
 import orjson
 
 from engine.aio import Clock, Sleep
-from engine.auth import MISCONFIGURED_TRIES, Token, TokenRefresher, WorkspaceAuth
-from engine.calls import call, config_error, error_outcome, malformed
+from engine.auth import Token, TokenRefresher, WorkspaceAuth
+from engine.calls import Caller, HostCheck, error_outcome, malformed
 from engine.errors import EndpointError, EngineError, HTTPStatusError, TransportError
 from engine.retry import FailureKind, Outcome, Reason, RetryPolicy, Tally
 from engine.transport import Response, Transport
@@ -162,8 +162,7 @@ class Workspace:
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
-        self._reached = False  # has the host ever answered?
-        self._misconfigured = 0
+        self._check = HostCheck(self.host)  # a PAT's first call is a control-plane call
 
     async def _get(self, path: str, *, method: str = "GET") -> Any:
         url = f"{self.host}{path}"
@@ -184,9 +183,9 @@ class Workspace:
                     timeout_s=CONTROL_PLANE_TIMEOUT_S,
                 )
             except TransportError as exc:
-                self._refuse_misconfigured_host(exc)
+                self._check.failed(exc)
                 raise
-            self._reached = True
+            self._check.answered = True
             return response
 
         async def judge(response: Response) -> Any:
@@ -212,25 +211,8 @@ class Workspace:
                 f"{outcome.message or outcome.brief})"
             )
 
-        return await call(
-            send,
-            judge,
-            policy=self._policy,
-            give_up=give_up,
-            rng=self._rng,
-            clock=self._clock,
-            sleep=self._sleep,
-        )
-
-    def _refuse_misconfigured_host(self, exc: TransportError) -> None:
-        """See :meth:`engine.auth.OAuthClient._refuse_misconfigured_host` (a PAT's first
-        call is a control-plane call)."""
-        error = None if self._reached else config_error(exc, self.host)
-        if error is None:
-            return
-        self._misconfigured += 1
-        if self._misconfigured >= MISCONFIGURED_TRIES:
-            raise error from exc
+        caller = Caller(self._policy, self._rng, self._clock, self._sleep)
+        return await caller.call(send, judge, give_up=give_up)
 
     async def get_endpoint(self, name: str) -> EndpointInfo:
         """GET the endpoint; a missing one is an :class:`EndpointError` naming the fix."""
