@@ -215,7 +215,7 @@ class _RunState:
             token_refreshes=self.scorer.tokens.fetches if self.scorer is not None else 0,
             exit_code=exc.exit_code,
             error=str(exc),
-            model=self.scorer.endpoint.model_version_key if self.scorer is not None else None,
+            model=self.scorer.model_version if self.scorer is not None else None,
         )
         return exc
 

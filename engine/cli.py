@@ -165,6 +165,12 @@ def _add_score(commands: Any) -> None:
         "--keep", metavar="COL,...", help="input columns copied to the output (default: all)"
     )
     score.add_argument(
+        "--served-model",
+        metavar="NAME",
+        help="send every request to this served model of the endpoint, not through its "
+        "traffic split (names: engine describe ENDPOINT)",
+    )
+    score.add_argument(
         "--max-error-rows",
         type=int,
         metavar="N",
@@ -338,6 +344,7 @@ def _score_config(args: argparse.Namespace) -> ScoreConfig:
         qps=args.qps,
         encoders=args.encoders,
         keep=keep,
+        served_model=args.served_model,
         params=params,
         retry=RetryPolicy(max_attempts=args.max_attempts, max_retry_after_s=args.max_retry_after),
         request_timeout_s=args.request_timeout,

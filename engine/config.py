@@ -236,6 +236,9 @@ class ScoreConfig:
             fails at once, or with ``start_if_stopped`` waits up to 30 minutes.
         progress: "auto" (bar on a terminal, log lines otherwise), "bar", "log" or "off".
         grace_s: on a stop signal, how long in-flight requests may take to finish.
+        served_model: send every request to this served model of the endpoint
+            (``/served-models/NAME/invocations``, ``--served-model``); None: the endpoint's
+            traffic split decides.
         request_timeout_s: the longest one request may take (``--request-timeout``).
         hang_floor_s: a request is abandoned as hung after 10 × the endpoint's p99 latency,
             but never sooner than this.
@@ -253,6 +256,7 @@ class ScoreConfig:
     params: Mapping[str, Any] | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    served_model: str | None = None
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     hang_floor_s: float = HANG_FLOOR_S
     token_timeout_s: float = DEFAULT_TOKEN_TIMEOUT_S

@@ -123,6 +123,16 @@ class Scorer:
     #: the input's schema as read (CSV columns typed by ``read_types``)
     input_schema: pa.Schema | None = None
 
+    @property
+    def invocation_url(self) -> str:
+        """Where requests go: route-optimized or workspace URL, one served model or all."""
+        return self.endpoint.invocation_url(self.workspace.host, self.config.served_model)
+
+    @property
+    def model_version(self) -> str:
+        """What serves the predictions (part of every checkpoint key)."""
+        return self.endpoint.model_version_for(self.config.served_model)
+
     def encode(self, rows: pa.RecordBatch) -> bytes:
         return encode_dataframe_split(self.cast.apply(rows), params=self.config.params)
 
@@ -148,12 +158,14 @@ async def prepare(
     ``clock`` and ``sleep`` drive every timing decision (token expiry, backoff, pacing); tests
     inject a faster clock to live through token lifetimes in seconds.
     """
-    credentials.require_oauth()  # a PAT alone cannot query a route-optimized endpoint
     auth = await connect(
         transport, credentials, timeout_s=config.token_timeout_s, clock=clock, sleep=sleep
     )
     workspace = Workspace(transport, auth, clock=clock, sleep=sleep)
     endpoint = await _ready_endpoint(workspace, config, start_if_stopped)
+    _check_served_model(endpoint, config.served_model)
+    if endpoint.endpoint_url:
+        credentials.require_oauth()  # a PAT cannot query a route-optimized endpoint
     doc = await workspace.get_openapi(config.endpoint)
     model = parse_openapi(doc) if doc else None
     if model is None:
@@ -168,13 +180,22 @@ async def prepare(
     kept = _kept_columns(input_schema, config.keep)
     wanted = set(cast.columns) | set(kept)
     read_columns = tuple(name for name in input_schema.names if name in wanted)
-    authorization = endpoint.data_plane_authorization_details()
-    tokens = TokenRefresher(
-        lambda: auth.data_plane_token(authorization, config.endpoint),
-        clock=clock,
-        sleep=sleep,
-        name="data-plane token",
-    )
+    if endpoint.endpoint_url:
+        authorization = endpoint.data_plane_authorization_details()
+        tokens = TokenRefresher(
+            lambda: auth.data_plane_token(authorization, config.endpoint),
+            clock=clock,
+            sleep=sleep,
+            name="data-plane token",
+        )
+    else:
+        log.warning(
+            "endpoint '%s' is not route-optimized: scoring through the workspace URL, which "
+            "Databricks documents at about 200 queries/s per workspace; a route-optimized "
+            "endpoint is faster",
+            config.endpoint,
+        )
+        tokens = workspace.tokens  # the workspace token (OAuth or a PAT) queries it
     await tokens.get()  # refuse bad credentials or a missing CAN_QUERY before any row is read
     return Scorer(
         config,
@@ -208,12 +229,6 @@ async def _ready_endpoint(
     workspace: Workspace, config: ScoreConfig, start_if_stopped: bool
 ) -> EndpointInfo:
     info = await workspace.get_endpoint(config.endpoint)
-    if not info.endpoint_url:
-        raise EndpointError(
-            f"endpoint '{config.endpoint}' is not route-optimized (it has no endpoint_url); "
-            "this engine queries route-optimized endpoints only: create the endpoint with "
-            "route_optimized=true"
-        )
     if info.is_ready:
         return info
     if not (config.wait_ready_s > 0 or start_if_stopped):
@@ -256,6 +271,15 @@ def _not_ready_message(config: ScoreConfig, start_if_stopped: bool, timeout_s: f
 
 def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
+
+
+def _check_served_model(endpoint: EndpointInfo, served_model: str | None) -> None:
+    names = endpoint.served_names()
+    if served_model is not None and served_model not in names:
+        raise UsageError(
+            f"endpoint '{endpoint.name}' serves no model named '{served_model}'; it serves: "
+            f"{', '.join(names) or 'nothing'} (see `engine describe {endpoint.name}`)"
+        )
 
 
 def _kept_columns(schema: pa.Schema, keep: Sequence[str] | None) -> tuple[str, ...]:
@@ -329,7 +353,7 @@ async def run(
         output=None if path == "<memory>" else path,
         token_refreshes=scorer.tokens.fetches,
         exit_code=3 if stats.rows_rejected else 0,
-        model=scorer.endpoint.model_version_key,
+        model=scorer.model_version,
     )
 
 
@@ -350,7 +374,7 @@ def _dispatcher(scorer: Scorer, transport: Transport) -> Dispatcher:
     return Dispatcher(
         transport=transport,
         tokens=scorer.tokens,
-        endpoint_url=str(scorer.endpoint.endpoint_url),
+        endpoint_url=scorer.invocation_url,
         encode=scorer.encode,
         policy=config.retry,
         stats=scorer.stats,
@@ -528,7 +552,7 @@ class _Stages:
             params=scorer.config.params,
             max_request_bytes=scorer.config.max_request_bytes,
             endpoint=scorer.config.endpoint,
-            model_version=scorer.endpoint.model_version_key,
+            model_version=scorer.model_version,
             keyed=self.checkpoint is not None,
         )
 

@@ -82,6 +82,30 @@ class EndpointInfo:
         )
         return ",".join(served) or self.id
 
+    def served_names(self) -> tuple[str, ...]:
+        """The served entities' names (what ``--served-model`` takes)."""
+        return tuple(entity.name for entity in self.served_entities)
+
+    def model_version_for(self, served_model: str | None) -> str:
+        """:attr:`model_version_key`, or only ``served_model``'s when one is targeted."""
+        if served_model is None:
+            return self.model_version_key
+        for entity in self.served_entities:
+            if entity.name == served_model:
+                return f"{entity.entity_name or entity.name}@{entity.entity_version or '?'}"
+        return served_model
+
+    def invocation_url(self, host: str, served_model: str | None = None) -> str:
+        """Where to send requests: the route-optimized URL when the endpoint has one, else
+        the workspace URL (``{host}/serving-endpoints/{name}/invocations``); with
+        ``served_model``, that served entity's own path on either."""
+        name = quote(self.name, safe="")
+        base = self.endpoint_url or f"{host}/serving-endpoints/{name}/invocations"
+        if served_model is None:
+            return base
+        prefix = base.removesuffix("/invocations")
+        return f"{prefix}/served-models/{quote(served_model, safe='')}/invocations"
+
     def data_plane_authorization_details(self) -> str:
         """``authorization_details`` verbatim from the endpoint, or built from its id (seed 000)."""
         if self.authorization_details:

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from engine.emulator.apierror import ApiError
 from engine.emulator.config import Faults, ServicePrincipal
-from engine.emulator.dataplane import invoke
+from engine.emulator.dataplane import check_served, invoke
 from engine.emulator.openapi import openapi_document
 from engine.emulator.runtime import EmulatorState, EndpointRuntime
 from engine.emulator.tokens import authorization_details
@@ -37,6 +37,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(_API + "/{name}/served-models/{served}/build-logs", build_logs)
     app.router.add_get("/api/2.0/permissions/serving-endpoints/{id}", get_permissions)
     app.router.add_post("/serving-endpoints/{name}/invocations", workspace_invocations)
+    app.router.add_post(
+        "/serving-endpoints/{name}/served-models/{served}/invocations", workspace_invocations
+    )
     app.router.add_get("/debug/accounting", debug_accounting)
     app.router.add_post("/debug/reset", debug_reset)
     app.router.add_post("/debug/faults/{name}", debug_faults)
@@ -182,12 +185,7 @@ async def start_endpoint(request: web.Request) -> web.Response:
 def _served(request: web.Request) -> tuple[EmulatorState, EndpointRuntime, str]:
     state, runtime, _ = _authorized(request, "CAN_VIEW")
     served = request.match_info["served"]
-    if served != runtime.config.served_entity_name():
-        raise ApiError(
-            404,
-            "RESOURCE_DOES_NOT_EXIST",
-            f"Served model {served} does not exist on {runtime.name}.",
-        )
+    check_served(runtime, served)
     return state, runtime, served
 
 
@@ -242,9 +240,11 @@ async def get_permissions(request: web.Request) -> web.Response:
 
 
 async def workspace_invocations(request: web.Request) -> web.StreamResponse:
-    """``POST /serving-endpoints/{name}/invocations``: refused for route-optimized endpoints."""
+    """``POST /serving-endpoints/{name}[/served-models/{served}]/invocations``: refused for
+    route-optimized endpoints."""
     state = _state(request)
     runtime = state.endpoint(request.match_info["name"])
+    check_served(runtime, request.match_info.get("served"))
     if runtime.config.route_optimized:
         raise ApiError(
             403,

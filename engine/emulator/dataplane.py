@@ -58,6 +58,20 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(
         "/{workspace_id}/serving-endpoints/{name}/invocations", data_plane_invocations
     )
+    app.router.add_post(
+        "/{workspace_id}/serving-endpoints/{name}/served-models/{served}/invocations",
+        data_plane_invocations,
+    )
+
+
+def check_served(runtime: EndpointRuntime, served: str | None) -> None:
+    """A ``/served-models/{served}/`` path must name the endpoint's served entity."""
+    if served is not None and served != runtime.config.served_entity_name():
+        raise ApiError(
+            404,
+            "RESOURCE_DOES_NOT_EXIST",
+            f"Served model {served} does not exist in endpoint {runtime.name}.",
+        )
 
 
 async def data_plane_invocations(request: web.Request) -> web.StreamResponse:
@@ -66,6 +80,7 @@ async def data_plane_invocations(request: web.Request) -> web.StreamResponse:
     if request.match_info["workspace_id"] != state.config.workspace_id:
         raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", "No such workspace on this data plane.")
     runtime = state.endpoint(request.match_info["name"])
+    check_served(runtime, request.match_info.get("served"))
     if not runtime.config.route_optimized:
         raise ApiError(
             404,
