@@ -278,6 +278,7 @@ class _Worker:
             while (table := sink.results.get()) is not None:
                 yield from table.to_batches()
         except GeneratorExit:  # Spark stopped reading (a limit, a cancelled task): stop too
+            sink.closed.set()
             self._loop.call_soon_threadsafe(stop.request, "task end")
             with contextlib.suppress(Interrupted):
                 done.result()
@@ -294,14 +295,33 @@ def _chain(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> Iterator[pa
     yield from rest
 
 
+#: Result tables a task's thread may hold unread (each one request batch's rows).
+RESULT_QUEUE_TABLES = 8
+#: How often a blocked hand-over checks whether the task stopped reading, in seconds.
+PUT_POLL_S = 0.05
+
+
 class _QueueSink:
     """Hands results to the task's thread in batch order, cast to the declared schema."""
 
-    def __init__(self, schema: pa.Schema) -> None:
+    def __init__(self, schema: pa.Schema, *, max_tables: int = RESULT_QUEUE_TABLES) -> None:
         self._schema = schema
         self._pending: dict[int, pa.Table] = {}
         self._next = 0
-        self.results: queue.Queue[pa.Table | None] = queue.Queue()
+        self.results: queue.Queue[pa.Table | None] = queue.Queue(maxsize=max_tables)
+        #: set by the task's thread when Spark stops reading: nothing more is handed over
+        self.closed = threading.Event()
+
+    def _put(self, item: pa.Table | None) -> None:
+        """Hand over one result, waiting while Spark is slower than the endpoint: the engine
+        (its reader and its requests) waits with it, so memory stays flat; gives up once the
+        task stopped reading."""
+        while not self.closed.is_set():
+            try:
+                self.results.put(item, timeout=PUT_POLL_S)
+                return
+            except queue.Full:
+                continue
 
     def add(self, batch_id: int, table: pa.Table) -> int:
         self._pending[batch_id] = table
@@ -309,7 +329,7 @@ class _QueueSink:
         while self._next in self._pending:
             table = self._pending.pop(self._next)
             try:
-                self.results.put(table.cast(self._schema))
+                self._put(table.cast(self._schema))
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
                 raise EngineError(
                     f"batch {self._next}'s results do not fit the declared output schema: {exc}"
@@ -319,8 +339,8 @@ class _QueueSink:
         return released
 
     def finish(self) -> str:
-        self.results.put(None)
+        self._put(None)
         return "<spark>"
 
     def abort(self) -> None:
-        self.results.put(None)
+        self._put(None)
