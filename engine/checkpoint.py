@@ -27,6 +27,7 @@ import pyarrow.ipc as ipc
 import xxhash
 
 from engine.codec import concat_predictions
+from engine.durable import fsync_path
 from engine.errors import UsageError, storage_error
 
 __all__ = ["Checkpoint", "batch_key"]
@@ -188,9 +189,9 @@ class Checkpoint:
         tmp = final.with_suffix(".tmp")
         with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
-        _fsync_path(tmp)
+        fsync_path(tmp)
         os.replace(tmp, final)
-        _fsync_path(final.parent)
+        fsync_path(final.parent)
 
     def _append_manifest(self, name: str, pending: list[tuple[str, pa.Array, pa.Array]]) -> None:
         lines, entries, start = [], {}, 0
@@ -213,11 +214,3 @@ class Checkpoint:
 
     def remove(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

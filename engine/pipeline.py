@@ -44,6 +44,7 @@ from engine.errors import (
     StorageError,
     UsageError,
 )
+from engine.ordering import InOrder
 from engine.progress import Progress, make_progress, report_every
 from engine.schema import CastPlan, ModelSchema, parse_openapi, plan_cast
 from engine.source import Source, read_errors
@@ -77,24 +78,19 @@ class MemorySink:
     """Collects result tables in batch order (for ``score_table``)."""
 
     def __init__(self) -> None:
-        self._pending: dict[int, pa.Table] = {}
+        self._order: InOrder[pa.Table] = InOrder()
         self._done: list[pa.Table] = []
-        self.next_batch_id = 0
 
     def add(self, batch_id: int, table: pa.Table) -> int:
-        self._pending[batch_id] = table
-        written = 0
-        while self.next_batch_id in self._pending:
-            self._done.append(self._pending.pop(self.next_batch_id))
-            self.next_batch_id += 1
-            written += 1
-        return written
+        ready = self._order.add(batch_id, table)
+        self._done.extend(table for _, table in ready)
+        return len(ready)
 
     def finish(self) -> str:
         return "<memory>"
 
     def abort(self) -> None:
-        self._pending.clear()
+        self._order.clear()
 
     def table(self) -> pa.Table:
         tables = self._done

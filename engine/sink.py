@@ -62,7 +62,9 @@ import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from engine.durable import fsync_directory, fsync_path
 from engine.errors import EngineError, InputError, OutputExistsError, UsageError, storage_error
+from engine.ordering import InOrder
 from engine.source import Location, is_uri, locate
 
 __all__ = [
@@ -263,8 +265,7 @@ class OrderedWriter:
         self._prediction_type = prediction_type
         self._declared_type = prediction_type is not None
         self._kept = kept_schema
-        self._pending: dict[int, pa.Table] = {}
-        self._next_batch_id = 0
+        self._order: InOrder[pa.Table] = InOrder()
         self._rows_written = 0
         self._decided_by: int | None = None
         self._out: _Output | None = None
@@ -276,12 +277,12 @@ class OrderedWriter:
     @property
     def next_batch_id(self) -> int:
         """The id the writer is waiting for."""
-        return self._next_batch_id
+        return self._order.next_id
 
     @property
     def pending(self) -> int:
         """How many out-of-order results are waiting for an earlier id."""
-        return len(self._pending)
+        return len(self._order)
 
     @property
     def rows_written(self) -> int:
@@ -308,18 +309,13 @@ class OrderedWriter:
             EngineError: the table's columns or types do not fit the output.
         """
         self._require_open()
-        if batch_id < self._next_batch_id or batch_id in self._pending:
-            raise ValueError(f"batch {batch_id} was already added")
         if isinstance(table, pa.RecordBatch):
             table = pa.Table.from_batches([table])
-        self._pending[batch_id] = self._checked(batch_id, table)
-        written = 0
+        ready = self._order.add(batch_id, self._checked(batch_id, table))
         with self._storage("write"):
-            while self._next_batch_id in self._pending:
-                self._emit(self._next_batch_id, self._pending.pop(self._next_batch_id))
-                self._next_batch_id += 1
-                written += 1
-        return written
+            for ready_id, ready_table in ready:
+                self._emit(ready_id, ready_table)
+        return len(ready)
 
     @contextlib.contextmanager
     def _storage(self, action: str) -> Iterator[None]:
@@ -363,10 +359,10 @@ class OrderedWriter:
             return self.spec.path
         out.close(flush=True)
         assert self._tmp is not None
-        _fsync_path(self._tmp)
+        fsync_path(self._tmp)
         _publish(self._tmp, self.spec.path, overwrite=self.spec.overwrite)
         self._state = "finished"
-        _fsync_directory(os.path.dirname(os.path.abspath(self.spec.path)))
+        fsync_directory(os.path.dirname(os.path.abspath(self.spec.path)))
         return self.spec.path
 
     def abort(self) -> None:
@@ -377,7 +373,7 @@ class OrderedWriter:
         if self._state != "open":
             return
         self._state = "aborted"
-        self._pending.clear()
+        self._order.clear()
         if self._out is not None:
             with contextlib.suppress(Exception):
                 self._out.close(flush=False)
@@ -502,17 +498,20 @@ class OrderedWriter:
         return self._out
 
     def _check_complete(self, expected_batches: int | None) -> None:
-        last = max(self._pending, default=self._next_batch_id - 1)
-        end = last + 1 if expected_batches is None else expected_batches
-        missing = [i for i in range(self._next_batch_id, end) if i not in self._pending]
-        extra = [i for i in sorted(self._pending) if expected_batches is not None and i >= end]
+        waiting = self._order.waiting()
+        next_id = self._order.next_id
+        end = (waiting[-1] if waiting else next_id - 1) + 1
+        if expected_batches is not None:
+            end = expected_batches
+        missing = [i for i in range(next_id, end) if i not in set(waiting)]
+        extra = [i for i in waiting if expected_batches is not None and i >= end]
         if missing or extra:
             problem = f"batches {_id_list(missing)} never arrived" if missing else ""
             if extra:
                 problem += ("; " if problem else "") + f"unexpected batches {_id_list(extra)}"
             raise EngineError(
                 f"cannot finish {self.spec.path}: {problem} "
-                f"({len(self._pending)} later results were waiting); nothing was written there"
+                f"({len(waiting)} later results were waiting); nothing was written there"
             )
 
 
@@ -760,25 +759,6 @@ def _publish(tmp: str, path: str, *, overwrite: bool) -> None:
     os.unlink(tmp)
 
 
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_directory(directory: str) -> None:
-    """Make the rename durable; skipped where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _id_list(ids: list[int]) -> str:

@@ -49,6 +49,7 @@ import pyarrow as pa
 
 from engine.config import Credentials, ScoreConfig
 from engine.errors import EngineError, Interrupted, UsageError
+from engine.ordering import InOrder
 from engine.pipeline import Scorer, StopSignal, prepare, run
 from engine.schema import parse_openapi, plan_cast
 from engine.source import open_source
@@ -306,8 +307,7 @@ class _QueueSink:
 
     def __init__(self, schema: pa.Schema, *, max_tables: int = RESULT_QUEUE_TABLES) -> None:
         self._schema = schema
-        self._pending: dict[int, pa.Table] = {}
-        self._next = 0
+        self._order: InOrder[pa.Table] = InOrder()
         self.results: queue.Queue[pa.Table | None] = queue.Queue(maxsize=max_tables)
         #: set by the task's thread when Spark stops reading: nothing more is handed over
         self.closed = threading.Event()
@@ -324,19 +324,15 @@ class _QueueSink:
                 continue
 
     def add(self, batch_id: int, table: pa.Table) -> int:
-        self._pending[batch_id] = table
-        released = 0
-        while self._next in self._pending:
-            table = self._pending.pop(self._next)
+        ready = self._order.add(batch_id, table)
+        for ready_id, ready_table in ready:
             try:
-                self._put(table.cast(self._schema))
+                self._put(ready_table.cast(self._schema))
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
                 raise EngineError(
-                    f"batch {self._next}'s results do not fit the declared output schema: {exc}"
+                    f"batch {ready_id}'s results do not fit the declared output schema: {exc}"
                 ) from exc
-            self._next += 1
-            released += 1
-        return released
+        return len(ready)
 
     def finish(self) -> str:
         self._put(None)
