@@ -9,7 +9,7 @@ from engine.auth import connect
 from engine.config import Credentials
 from engine.errors import SchemaError
 from engine.pipeline import csv_read_types
-from engine.schema import CastPlan, ModelSchema, format_schema, parse_openapi, plan_cast
+from engine.schema import CastPlan, ModelSchema, format_schema, plan_cast
 from engine.source import READ_ERROR_COLUMN, Source, open_source
 from engine.transport import Transport
 from engine.workspace import EndpointInfo, Workspace
@@ -60,8 +60,8 @@ async def adescribe(endpoint: str, credentials: Credentials) -> Description:
     async with Transport() as transport:
         workspace = await _workspace(transport, credentials)
         info = await workspace.get_endpoint(endpoint)
-        doc = await workspace.get_openapi(endpoint) if info.is_ready else None
-    return Description(info, parse_openapi(doc) if doc else None)
+        model = await workspace.get_model(endpoint) if info.is_ready else None
+    return Description(info, model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +96,7 @@ async def avalidate(
     async with Transport() as transport:
         workspace = await _workspace(transport, credentials)
         await workspace.get_endpoint(endpoint)  # a missing endpoint is its own clear error
-        doc = await workspace.get_openapi(endpoint)
-    model = parse_openapi(doc) if doc else None
+        model = await workspace.get_model(endpoint)
     read_types = csv_read_types(source, model)
     plan = plan_cast(source.typed_as(read_types), model)
     if not read_types:

@@ -46,7 +46,7 @@ from engine.errors import (
 )
 from engine.ordering import InOrder
 from engine.progress import Progress, make_progress, report_every
-from engine.schema import CastPlan, ModelSchema, parse_openapi, plan_cast
+from engine.schema import CastPlan, ModelSchema, plan_cast
 from engine.source import Source, read_errors
 from engine.stats import RunStats, Summary
 from engine.transport import Transport
@@ -162,8 +162,7 @@ async def prepare(
     _check_served_model(endpoint, config.served_model)
     if endpoint.endpoint_url:
         credentials.require_oauth()  # a PAT cannot query a route-optimized endpoint
-    doc = await workspace.get_openapi(config.endpoint)
-    model = parse_openapi(doc) if doc else None
+    model = await workspace.get_model(config.endpoint)
     if model is None:
         log.warning(
             "endpoint '%s' publishes no input schema (no model signature?): "

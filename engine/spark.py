@@ -51,7 +51,7 @@ from engine.config import Credentials, ScoreConfig
 from engine.errors import EngineError, Interrupted, UsageError
 from engine.ordering import InOrder
 from engine.pipeline import Scorer, StopSignal, prepare, run
-from engine.schema import parse_openapi, plan_cast
+from engine.schema import plan_cast
 from engine.source import open_source
 from engine.stats import RunStats
 from engine.transport import Transport
@@ -182,8 +182,7 @@ async def _prediction_type(
     async with Transport() as transport:
         workspace = Workspace(transport, await connect(transport, credentials))
         await workspace.get_endpoint(config.endpoint)
-        doc = await workspace.get_openapi(config.endpoint)
-    model = parse_openapi(doc) if doc else None
+        model = await workspace.get_model(config.endpoint)
     plan_cast(schema, model)  # raises SchemaError listing every problem
     return model.prediction_type if model else None
 

@@ -24,6 +24,7 @@ from engine.auth import Token, TokenRefresher, WorkspaceAuth
 from engine.calls import Caller, HostCheck, error_outcome, malformed
 from engine.errors import EndpointError, EngineError, HTTPStatusError, TransportError
 from engine.retry import FailureKind, Outcome, Reason, RetryPolicy, Tally
+from engine.schema import ModelSchema, parse_openapi
 from engine.transport import Response, Transport
 
 __all__ = ["EndpointInfo", "Workspace"]
@@ -256,6 +257,12 @@ class Workspace:
                 return None
             raise
         return doc if isinstance(doc, dict) else None
+
+    async def get_model(self, name: str) -> ModelSchema | None:
+        """The endpoint's input and prediction schema, from its OpenAPI document (None when
+        it publishes none: no model signature logged)."""
+        doc = await self.get_openapi(name)
+        return parse_openapi(doc) if doc else None
 
     async def start_endpoint(self, name: str) -> None:
         await self._get(
