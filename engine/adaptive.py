@@ -242,10 +242,10 @@ class RateController:
                 return current
             # A round spans its length, not the idle time until the next send.
             current.ended_at = min(now, current.started_at + length)
+            if current.drain:  # the drain ran its whole round at the drain pace: done
+                self._draining = False
+                self._set_rate()
         fresh = _Round(started_at=now, rate=self.rate, excess=self._excess, drain=self._draining)
-        if self._draining:
-            self._draining = False  # one round
-            self._set_rate()
         self._rounds.append(fresh)
         while len(self._rounds) > KEPT_ROUNDS:
             self._rounds.popleft()
@@ -401,8 +401,11 @@ class RateController:
         if done.excess != self._excess:
             return  # a step of this probe already judged
         if taken and not app_limited:
-            # The endpoint took the extra at its usual ratio: look twice as far.
-            self.capacity = max(self.capacity or 0.0, done.rate)
+            # The endpoint took the extra at its usual ratio: look twice as far. What it took,
+            # not the pace asked for (a round held back by the in-flight limit sends less).
+            span = done.ended_at - done.started_at
+            delivered = done.accepted / span / self.accept_ratio if span > 0 else done.rate
+            self.capacity = max(self.capacity or 0.0, min(done.rate, delivered))
             self._excess = min(MAX_PROBE_EXCESS, self._excess * 2.0)
             return
         self._excess = 0.0
@@ -471,6 +474,8 @@ class RateController:
 HANG_P99_FACTOR = 10.0
 #: ...but never sooner than this (a model may be slow now and then), in seconds.
 HANG_FLOOR_S = 30.0
+#: Answers seen before the p99 is trusted (until then a request may take the whole timeout).
+HANG_MIN_SAMPLES = 20
 #: Latencies kept for the p99, and how often it is recomputed.
 HANG_SAMPLES = 512
 HANG_RECOMPUTE_EVERY = 64
@@ -498,16 +503,22 @@ class HangBound:
     _since: int = field(default=0, init=False, repr=False)
 
     def record(self, latency_s: float) -> None:
-        """An answer came after ``latency_s``."""
+        """An accepted answer came after ``latency_s`` (only answers that ran the model say
+        how long the model takes: a 429 comes back at once), or a request was abandoned
+        after waiting ``latency_s`` (so an endpoint that became slow raises the bound
+        instead of having every request abandoned)."""
         self._recent.append(latency_s)
         self._since += 1
-        if self.p99_s is None or self._since >= HANG_RECOMPUTE_EVERY:
+        if len(self._recent) >= HANG_MIN_SAMPLES and (
+            self.p99_s is None or self._since >= HANG_RECOMPUTE_EVERY
+        ):
             self._since = 0
             ordered = sorted(self._recent)
             self.p99_s = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
     def deadline_s(self) -> float:
-        """Seconds the next request may take before it is abandoned."""
+        """Seconds a request may take before it is abandoned: the request timeout until
+        ``HANG_MIN_SAMPLES`` answers are known."""
         if self.p99_s is None:
             return self.ceiling_s
         return min(self.ceiling_s, max(self.floor_s, self.factor * self.p99_s))

@@ -8,7 +8,6 @@ passed in by the caller, so tests can run time fast (or virtually) instead of sl
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,7 +20,12 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 async def cancel_quietly(task: asyncio.Future[Any]) -> None:
-    """Cancel ``task`` and wait for it to end, swallowing its cancellation."""
+    """Cancel ``task`` and wait for it to end, swallowing *its* cancellation, never the
+    caller's: a caller cancelled meanwhile (a TaskGroup shutting down) still is."""
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    try:
         await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise

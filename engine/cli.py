@@ -122,7 +122,8 @@ def _add_tuning_flags(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=10,
         metavar="N",
-        help="attempts per request before the batch fails (default 10)",
+        help="attempts per request before the batch fails (default 10); 429/503 answers, the "
+        "endpoint's pace, have their own bound of 100 and wait longer each time",
     )
     group.add_argument(
         "--request-timeout",

@@ -32,7 +32,7 @@ from engine.auth import Token, TokenRefresher
 from engine.batching import RequestBatch
 from engine.calls import Caller, error_outcome, malformed
 from engine.codec import ResponseFormatError, concat_predictions, decode_predictions
-from engine.errors import BatchFailed, EngineError, SchemaError, TransportError
+from engine.errors import AuthError, BatchFailed, EngineError, SchemaError, TransportError
 from engine.logs import emit
 from engine.retry import (
     BadRequestKind,
@@ -176,8 +176,8 @@ class Pacer:
             interval = 1.0 / self.controller.rate
             # A late wake-up (timer granularity, a busy loop) is made up: every turn that is
             # due goes now, up to CATCH_UP_S late, so the paced rate is the rate asked for
-            # even above the timer's ~1 ms resolution.
-            self._next_at = max(now - max(interval, CATCH_UP_S), self._next_at)
+            # even above the timer's ~1 ms resolution; after an idle gap, no burst.
+            self._next_at = max(now - CATCH_UP_S, self._next_at)
             while self._queue and self._next_at <= now:
                 turn = self._queue.popleft()
                 if turn.done():  # its task was cancelled while waiting
@@ -309,6 +309,7 @@ class Dispatcher:
         EngineError (a schema the endpoint refuses).
         """
         token: Token | None = None
+        refused: Token | None = None  # the last token the endpoint refused
 
         async def send() -> Response:
             nonlocal token
@@ -316,6 +317,7 @@ class Dispatcher:
             return response
 
         async def judge(response: Response) -> pa.Array | Outcome:
+            nonlocal refused
             if response.ok:
                 try:
                     return decode_predictions(
@@ -325,6 +327,9 @@ class Dispatcher:
                     return malformed(response, f"the endpoint's answer could not be used: {exc}")
             outcome = error_outcome(response)
             if outcome.status in (401, 403) and token is not None:
+                if refused is not None:  # a fresh token refused too: a permission, not staleness
+                    raise _refusal(outcome)
+                refused = token
                 self._tokens.invalidate(token)  # a stale token is ours to fix
                 return replace(outcome, reason=Reason.STALE_TOKEN)
             if outcome.status == 400:
@@ -423,7 +428,8 @@ class Dispatcher:
         finally:
             self.pacer.release()
         latency = self._clock() - started
-        self.hang.record(latency)
+        if response.ok:
+            self.hang.record(latency)
         self.pacer.record(response.status, latency)
         self._stats.record_request(response.status, latency)
         return response, token
@@ -446,6 +452,7 @@ class Dispatcher:
                 if remaining <= 0:
                     self._stats.requests_abandoned += 1
                     waited = self._clock() - started
+                    self.hang.record(waited)  # many of these and the bound rises
                     raise TransportError(
                         f"no answer after {waited:.0f} s (the endpoint's p99 latency is "
                         f"{(self.hang.p99_s or 0.0) * 1000:.0f} ms): abandoned, sent again",
@@ -453,9 +460,11 @@ class Dispatcher:
                         url=self.endpoint_url,
                     )
                 check = asyncio.ensure_future(self._sleep(min(remaining, HANG_CHECK_S)))
-                await asyncio.wait({request, check}, return_when=asyncio.FIRST_COMPLETED)
-                if request.done():
+                try:
+                    await asyncio.wait({request, check}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
                     check.cancel()
+                if request.done():
                     return request.result()
         finally:
             if not request.done():
@@ -481,6 +490,16 @@ class Dispatcher:
                 "run `engine validate` and fix the input before scoring"
             )
         raise _BadRows(400, error.message)
+
+
+def _refusal(outcome: Outcome) -> AuthError:
+    return AuthError(
+        f"the endpoint refused a freshly issued token (HTTP {outcome.status} "
+        f"{outcome.error_code or ''}: {outcome.message}); grant the principal CAN_QUERY on "
+        "the endpoint (Serving > endpoint > Permissions)",
+        status=outcome.status,
+        error=outcome.error_code,
+    )
 
 
 def _cause(outcome: Outcome) -> str:

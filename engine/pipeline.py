@@ -461,9 +461,14 @@ class _Stages:
             group.result()
             failed = False
         finally:
-            for task in (*background, stopped, producer, group, committer):
-                await cancel_quietly(task)
-            await self._final_flush(failed=failed)
+            tasks = (*background, stopped, producer, group, committer)
+            for task in tasks:
+                task.cancel()
+            try:
+                for task in tasks:
+                    await cancel_quietly(task)
+            finally:  # even when this run is itself being cancelled
+                await self._final_flush(failed=failed)
 
     async def _final_flush(self, *, failed: bool) -> None:
         """Persist what finished; if the run is already failing, a flush failure is logged

@@ -353,8 +353,7 @@ class RetryPolicy:
             if tally.throttled > self.max_throttled:
                 delay = None
             else:
-                step = max(1, min(tally.throttled, self.max_attempts - 1))
-                delay = max(self._backoff(step, rng), self._server_floor(outcome))
+                delay = max(self._backoff(tally.throttled, rng), self._server_floor(outcome))
         else:
             delay = self.next_delay(max(1, tally.failures), outcome, rng)
         budget = self.max_elapsed_s

@@ -106,7 +106,8 @@ class Transport:
                 method, url, headers=headers, data=body, **options
             ) as resp:
                 payload = await resp.read()
-                return Response(resp.status, payload, dict(resp.headers))
+                # The headers as aiohttp has them: case-insensitive (proxies send retry-after).
+                return Response(resp.status, payload, resp.headers)
         except aiohttp.ClientConnectorError as exc:
             raise TransportError(
                 f"cannot connect to {_origin(url)}: {exc.os_error}",

@@ -170,7 +170,7 @@ class _Sim:
         self.tick_pending = False
         interval = 1.0 / self.controller.rate
         # As the pacer: every turn that is due goes now (lateness made up, up to CATCH_UP_S).
-        self.next_at = max(now - max(interval, CATCH_UP_S), self.next_at)
+        self.next_at = max(now - CATCH_UP_S, self.next_at)
         while self.paced and self.next_at <= now:
             self.send(now, self.paced.pop(0))
             self.next_at += interval

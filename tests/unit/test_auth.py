@@ -205,3 +205,23 @@ async def test_a_token_lifetime_under_the_refusal_margin_is_said_as_such() -> No
     endpoint = ScriptedTokenEndpoint(token_answer(20))
     with pytest.raises(AuthError, match="valid for 20 s"):
         await oauth_client(endpoint, clock).workspace_token()
+
+
+async def test_cancel_quietly_keeps_the_callers_own_cancellation() -> None:
+    from engine.aio import cancel_quietly
+
+    child = asyncio.ensure_future(asyncio.Event().wait())
+
+    async def cleaner() -> str:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await cancel_quietly(child)
+        return "finished"
+
+    task = asyncio.ensure_future(cleaner())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert child.cancelled()

@@ -16,7 +16,7 @@ from engine.auth import Token, TokenRefresher
 from engine.batching import RequestBatch
 from engine.codec import encode_dataframe_split
 from engine.dispatch import Dispatcher, ReadyGate, SendingStopped
-from engine.errors import BatchFailed, SchemaError, TransportError
+from engine.errors import AuthError, BatchFailed, SchemaError, TransportError
 from engine.retry import RetryPolicy
 from engine.stats import RunStats
 from engine.transport import Response
@@ -327,3 +327,61 @@ async def test_a_body_that_stays_malformed_fails_the_batch_quoting_its_start() -
         await dispatcher.score(batch_of([1.0, 2.0]))
     assert len(transport.sent) == 3
     assert '{"predictions": [1.0' in str(caught.value)
+
+
+async def test_a_fast_refusal_does_not_teach_the_hang_bound() -> None:
+    answers = [error(429, "REQUEST_LIMIT_EXCEEDED", "slow down")] * 25
+    clock = FakeClock()
+
+    def handler(headers: dict[str, str], body: dict) -> Response:
+        return answers.pop(0) if answers else doubling_model(headers, body)
+
+    dispatcher, _ = make_dispatcher(
+        FakeTransport(handler), clock, policy=RetryPolicy(max_attempts=3, max_throttled=30)
+    )
+    await dispatcher.score(batch_of([1.0]))
+    assert dispatcher.hang.p99_s is None  # one 2xx: fewer than the 20 answers it needs
+
+
+async def test_a_fresh_token_refused_too_is_a_permission_error() -> None:
+    clock = FakeClock()
+    refuse = FakeTransport(lambda h, b: error(403, "PERMISSION_DENIED", "no CAN_QUERY"))
+    dispatcher, _ = make_dispatcher(refuse, clock)
+    with pytest.raises(AuthError, match="CAN_QUERY"):
+        await dispatcher.score(batch_of([1.0]))
+    assert len(refuse.sent) == 2  # the stale-token retry, then the refusal is believed
+
+
+async def test_a_lowercase_retry_after_is_honoured() -> None:
+    from multidict import CIMultiDict
+
+    headers = CIMultiDict({"retry-after": "7"})
+    answers = [Response(429, b'{"error_code": "REQUEST_LIMIT_EXCEEDED"}', headers)]
+    clock = FakeClock()
+
+    def handler(h: dict[str, str], body: dict) -> Response:
+        return answers.pop(0) if answers else doubling_model(h, body)
+
+    dispatcher, _ = make_dispatcher(FakeTransport(handler), clock)
+    await dispatcher.score(batch_of([1.0]))
+    assert max(clock.slept) >= 7.0
+
+
+async def test_the_pacer_sends_no_burst_after_an_idle_gap() -> None:
+    clock = FakeClock()
+    controller = RateController(max_rate=2.0)
+    transport = FakeTransport(doubling_model)
+    sent_at: list[float] = []
+    original = transport.request
+
+    async def timed(*args, **kwargs):
+        sent_at.append(clock.now)
+        return await original(*args, **kwargs)
+
+    transport.request = timed  # type: ignore[method-assign]
+    dispatcher, _ = make_dispatcher(transport, clock, controller=controller)
+    clock.now = 100.0  # long idle before the first request
+    await asyncio.gather(*(dispatcher.score(batch_of([float(i)])) for i in range(3)))
+    gaps = [b - a for a, b in zip(sent_at, sent_at[1:])]
+    assert all(gap >= 0.49 for gap in gaps), gaps
+    await dispatcher.pacer.aclose()

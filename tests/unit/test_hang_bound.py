@@ -28,3 +28,22 @@ def test_the_request_timeout_is_never_exceeded() -> None:
     for _ in range(100):
         bound.record(20.0)
     assert bound.deadline_s() == 60.0
+
+
+def test_until_twenty_answers_are_known_a_request_may_take_the_whole_timeout() -> None:
+    bound = HangBound(ceiling_s=300.0, floor_s=30.0)
+    for _ in range(19):
+        bound.record(0.01)
+    assert bound.deadline_s() == 300.0
+    bound.record(0.01)
+    assert bound.deadline_s() == 30.0
+
+
+def test_abandoned_waits_raise_the_bound_for_an_endpoint_that_became_slow() -> None:
+    bound = HangBound(ceiling_s=300.0, floor_s=30.0)
+    for _ in range(100):
+        bound.record(0.5)
+    assert bound.deadline_s() == 30.0
+    for _ in range(64):  # every request now takes longer than the bound: each abandoned wait
+        bound.record(30.0)
+    assert bound.deadline_s() == 300.0
