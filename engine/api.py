@@ -20,7 +20,8 @@ import pyarrow as pa
 
 from engine.checkpoint import Checkpoint
 from engine.config import Credentials, ScoreConfig
-from engine.delta import RunTransaction, TableRead, TableSink, TableWrite, input_snapshot
+from engine.delta import TableRead
+from engine.delta_sink import RunTransaction, TableSink, TableWrite, input_snapshot
 from engine.errors import EngineError, StorageError
 from engine.pipeline import MemorySink, Scorer, StopSignal, prepare, run
 from engine.runlock import RunLock, lock_path

@@ -1,80 +1,58 @@
-"""Delta tables in and out, with delta-rs (the ``deltalake`` package, imported only here).
+"""Delta tables in, with delta-rs (the ``deltalake`` package, imported only when used).
 
-Reading: a directory or URI holding ``_delta_log/`` is a Delta table. :func:`open_table`
-loads one snapshot (the latest, or ``TableRead.version`` / ``TableRead.timestamp``) and
-returns a :class:`~engine.source.Source` like any other input: the table's files are read as
-a pyarrow dataset with only the run's columns, in a stable order (commit time, then path),
-one file at a time. ``TableRead.where`` is a SQL predicate: delta-rs prunes the files it
-cannot match (exactly on partition columns, by min/max statistics on others) and each batch
-is then filtered row by row with polars' SQL, so the rows read are exactly those matching.
+A directory or URI holding ``_delta_log/`` is a Delta table. :func:`open_table` loads one
+snapshot (the latest, or ``TableRead.version`` / ``TableRead.timestamp``) and returns a
+:class:`~engine.source.Source` like any other input: the table's files are read as a pyarrow
+dataset with only the run's columns, in a stable order (commit time, then path), one file at a
+time. ``TableRead.where`` is a SQL predicate: delta-rs prunes the files it cannot match
+(exactly on partition columns, by min/max statistics on others) and each batch is then
+filtered row by row with polars' SQL, so the rows read are exactly those matching.
 ``--shard I/N`` deals the table's files into N contiguous runs of about equal rows, as
 :mod:`engine.source` deals Parquet row groups. A table delta-rs cannot read correctly
 (deletion vectors, column mapping, reader features it lacks) is refused before anything is
 sent, with the reason and what to do instead.
 
-Writing: :class:`TableSink` takes results in batch order like any sink, stages them in a
-local Arrow IPC file (through :class:`~engine.sink.OrderedWriter`, so ordering and typing are
-the file outputs' own), and at ``finish`` writes them to the table in one commit: readers see
-the whole run or nothing. The commit carries an application transaction
-(:class:`RunTransaction`) whose id is a hash of the run's identity (the input snapshot, the
-endpoint, served model and model version, params, kept columns, shard and output table).
-Before anything is sent, a run whose transaction the table already holds (a task retried
-after its commit, a rerun after a crash between the commit and the exit) writes nothing and
-says so; ``resume=False`` (``--no-resume``) writes again.
+Writing Delta tables is :mod:`engine.delta_sink`'s; the helpers both need are here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import pyarrow as pa
-import pyarrow.ipc as ipc
 
-from engine.errors import InputError, OutputExistsError, StorageError, UsageError
-from engine.sink import RESULT_COLUMNS, OrderedWriter, OutputSpec
+from engine.errors import InputError, UsageError
 from engine.source import Source, deal, is_uri, locate
 
 if TYPE_CHECKING:
     import pyarrow.dataset as pds
 
 __all__ = [
-    "MODES",
-    "OUTPUT_FORMATS",
-    "RunTransaction",
     "TableRead",
-    "TableSink",
-    "TableWrite",
+    "deltalake_module",
+    "display_name",
+    "first_line",
     "is_table",
     "open_table",
+    "storage_options",
     "table_root",
+    "table_uri",
 ]
 
 log = logging.getLogger("engine.delta")
 
 DELTA_LOG = "_delta_log"
 INSTALL = "pip install 'databricks-batch-engine[delta]'"
-MODES = ("error", "append", "overwrite")
-OUTPUT_FORMATS = ("auto", "delta")
 #: Reader features delta-rs's Arrow reader applies; a table needing another is refused.
 READABLE_FEATURES = frozenset({"timestampNtz", "variantType", "variantType-preview"})
-#: Prefix of the application transaction ids the engine commits with.
-APP_ID_PREFIX = "databricks-batch-engine-"
-#: Commit metadata key holding the app id, so a skipped rerun can name the version.
-APP_ID_KEY = "engine.app_id"
-#: How many commits back a skipped rerun looks for the version its transaction made.
-HISTORY_LOOKBACK = 1000
 _SPARK_HINT = "or score it with engine.spark.score, which reads Delta natively"
 
 
-def _deltalake() -> Any:
+def deltalake_module() -> Any:
     """The ``deltalake`` module, or a UsageError saying how to install it."""
     try:
         import deltalake
@@ -83,7 +61,6 @@ def _deltalake() -> Any:
             f"Delta tables need the deltalake package: {INSTALL} (pip install deltalake)"
         ) from None
     return deltalake
-
 
 # --- reading ------------------------------------------------------------------------------
 
@@ -176,7 +153,7 @@ def open_table(root: str, read: TableRead, *, shard: tuple[int, int] | None = No
             missing.
     """
     table = _load(root, read)
-    name = _display_name(root)
+    name = display_name(root)
     _check_readable(table, name)
     schema = pa.schema(table.schema().to_arrow())
     row_filter = _RowFilter.parse(read.where, schema) if read.where else None
@@ -196,12 +173,12 @@ def open_table(root: str, read: TableRead, *, shard: tuple[int, int] | None = No
 
 
 def _load(root: str, read: TableRead) -> Any:
-    deltalake = _deltalake()
-    name = _display_name(root)
+    deltalake = deltalake_module()
+    name = display_name(root)
     try:
-        table = deltalake.DeltaTable(_table_uri(root), storage_options=_storage_options(root))
+        table = deltalake.DeltaTable(table_uri(root), storage_options=storage_options(root))
     except deltalake.exceptions.DeltaError as exc:
-        raise InputError(f"cannot open Delta table {name}: {_first_line(exc)}") from exc
+        raise InputError(f"cannot open Delta table {name}: {first_line(exc)}") from exc
     if read.version is None and read.timestamp is None:
         return table
     latest = int(table.version())
@@ -215,7 +192,7 @@ def _load(root: str, read: TableRead) -> Any:
     except (deltalake.exceptions.DeltaError, ValueError) as exc:
         what = f"version {read.version}" if read.version is not None else read.timestamp
         raise InputError(
-            f"cannot load Delta table {name} at {what}: {_first_line(exc)} (versions still "
+            f"cannot load Delta table {name} at {what}: {first_line(exc)} (versions still "
             f"in the log: see DESCRIBE HISTORY; a timestamp is RFC 3339, e.g. "
             f"2025-01-31T00:00:00Z)"
         ) from exc
@@ -252,7 +229,7 @@ def _check_readable(table: Any, name: str) -> None:
 def _dataset(table: Any, where: str | None, name: str) -> pds.FileSystemDataset:
     """The snapshot's files as a dataset; ``where`` prunes files when delta-rs can parse it
     (rows are filtered exactly afterwards either way)."""
-    deltalake = _deltalake()
+    deltalake = deltalake_module()
     if where is not None:
         try:
             return table.to_pyarrow_dataset(file_pruning_predicate=where)
@@ -261,7 +238,7 @@ def _dataset(table: Any, where: str | None, name: str) -> pds.FileSystemDataset:
     try:
         return table.to_pyarrow_dataset()
     except (deltalake.exceptions.DeltaError, pa.ArrowException, OSError) as exc:
-        raise InputError(f"cannot read Delta table {name}: {_first_line(exc)}") from exc
+        raise InputError(f"cannot read Delta table {name}: {first_line(exc)}") from exc
 
 
 def _ordered_fragments(
@@ -321,7 +298,7 @@ class _RowFilter:
             row_filter.mask(pa.RecordBatch.from_pylist([], schema=schema))
         except Exception as exc:
             raise UsageError(
-                f"--where {text!r} cannot be evaluated: {_first_line(exc)}"
+                f"--where {text!r} cannot be evaluated: {first_line(exc)}"
             ) from None
         return row_filter
 
@@ -361,286 +338,25 @@ class _TableBatches:
                     batch = batch.filter(self.row_filter.mask(batch))
                 yield batch
         except (pa.ArrowException, OSError) as exc:
-            raise InputError(f"cannot read Delta table {self.name}: {_first_line(exc)}") from exc
-
-
-# --- writing ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class TableWrite:
-    """Where and how scored rows are written as a Delta table.
-
-    Attributes:
-        uri: the table's directory or URI (created if missing).
-        mode: ``"error"`` (the default: refuse an existing table), ``"append"`` or
-            ``"overwrite"`` (``--mode``).
-        partition_by: output columns to partition by (``--partition-by``); for an append,
-            empty means the table's own.
-    """
-
-    uri: str
-    mode: str = "error"
-    partition_by: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise UsageError(f"--mode {self.mode!r}: choose one of {', '.join(MODES)}")
-        if len(set(self.partition_by)) != len(self.partition_by):
-            raise UsageError(f"--partition-by names a column twice: {self.partition_by}")
-
-    @classmethod
-    def chosen(
-        cls,
-        output: str,
-        *,
-        output_format: str | None,
-        mode: str | None,
-        partition_by: Sequence[str] | str | None,
-        overwrite: bool,
-    ) -> TableWrite | None:
-        """The Delta output ``output`` is, or ``None`` for a file output.
-
-        A Delta table when ``output_format`` is ``"delta"`` or ``output`` already is one.
-
-        Raises:
-            UsageError: an unknown format or mode, or Delta-only options for a file output.
-        """
-        if (output_format or "auto") not in OUTPUT_FORMATS:
-            raise UsageError(
-                f"--output-format {output_format!r}: choose one of {', '.join(OUTPUT_FORMATS)}"
-                " (auto: a Parquet or Arrow file by extension, or the Delta table already there)"
-            )
-        columns = _column_list(partition_by)
-        if output_format == "delta" or is_table(output):
-            chosen_mode = mode or ("overwrite" if overwrite else "error")
-            return cls(uri=output, mode=chosen_mode, partition_by=columns)
-        if columns or mode == "append":
-            flag = "--partition-by" if columns else "--mode append"
-            raise UsageError(
-                f"{flag} applies to Delta outputs; {output} is a file: pass --output-format "
-                "delta to write a Delta table there"
-            )
-        if mode is not None and mode not in MODES:
-            raise UsageError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
-        return None
-
-    def check(self) -> None:
-        """Refuse an output that cannot be written in this mode, before anything is sent.
-
-        Raises:
-            OutputExistsError: the table exists and ``mode`` is ``"error"``.
-            UsageError: the path is a file or a directory that is not a Delta table.
-        """
-        exists = is_table(self.uri)
-        if exists and self.mode == "error":
-            raise OutputExistsError(
-                f"Delta table {_display_name(self.uri)} already exists; pass --mode append "
-                "to add the scored rows, or --mode overwrite to replace its contents"
-            )
-        if exists or (is_uri(self.uri) and not self.uri.lower().startswith("file://")):
-            return
-        path = locate(self.uri).path
-        if os.path.isfile(path):
-            raise UsageError(
-                f"output {self.uri} is a file; a Delta table is a directory: name a new one"
-            )
-        if os.path.isdir(path) and os.listdir(path):
-            raise UsageError(
-                f"output {self.uri} is a directory with files in it but no {DELTA_LOG}/: not a "
-                "Delta table; name a new or empty directory"
-            )
-
-    def check_columns(self, kept: Sequence[str]) -> None:
-        """Refuse partition columns the output will not have, and an append whose columns
-        differ from the table's, before anything is sent."""
-        names = [*kept, *RESULT_COLUMNS]
-        missing = [c for c in self.partition_by if c not in kept]
-        if missing:
-            raise UsageError(
-                f"--partition-by {', '.join(missing)}: not among the output's input columns "
-                f"({', '.join(kept) or 'none'}); add them with --keep, or partition by those"
-            )
-        if self.mode != "append" or not is_table(self.uri):
-            return
-        existing = _open_output(self.uri)
-        columns = list(pa.schema(existing.schema().to_arrow()).names)
-        if sorted(columns) != sorted(names):
-            raise UsageError(
-                f"--mode append: Delta table {_display_name(self.uri)} has columns "
-                f"{', '.join(columns)}, the output would have {', '.join(names)}; choose "
-                "--keep to match, or --mode overwrite"
-            )
-        partitions = list(existing.metadata().partition_columns)
-        if self.partition_by and list(self.partition_by) != partitions:
-            raise UsageError(
-                f"--partition-by {','.join(self.partition_by)}: Delta table "
-                f"{_display_name(self.uri)} is partitioned by {','.join(partitions) or 'nothing'}"
-                "; drop --partition-by to append with the table's own"
-            )
-
-
-@dataclass(frozen=True, kw_only=True)
-class RunTransaction:
-    """The application transaction a run's commit carries (Delta's ``txn`` action).
-
-    Attributes:
-        app_id: ``databricks-batch-engine-<hash of the run's identity>``.
-        identity: what was hashed, for logs.
-    """
-
-    app_id: str
-    identity: Mapping[str, Any]
-    version: int = 1
-
-    @classmethod
-    def for_run(cls, identity: Mapping[str, Any]) -> RunTransaction:
-        """The transaction named by ``identity`` (any JSON-able mapping)."""
-        digest = hashlib.sha256(orjson.dumps(identity, option=orjson.OPT_SORT_KEYS))
-        return cls(app_id=APP_ID_PREFIX + digest.hexdigest()[:32], identity=dict(identity))
-
-    def committed_in(self, write: TableWrite) -> int | None:
-        """The table version in which this run's rows were committed, or ``None``.
-
-        For an overwrite, only when that commit is still the table's latest: a later commit
-        changed what the overwrite left, and the rerun must overwrite again. ``-1`` when the
-        transaction is there but its commit is beyond ``HISTORY_LOOKBACK``.
-        """
-        if not is_table(write.uri):
-            return None
-        table = _open_output(write.uri)
-        if table.transaction_version(self.app_id) is None:
-            return None
-        latest = int(table.version())
-        for commit in table.history(HISTORY_LOOKBACK):
-            if commit.get(APP_ID_KEY) == self.app_id:
-                version = int(commit["version"])
-                return None if write.mode == "overwrite" and version != latest else version
-        return None if write.mode == "overwrite" else -1
-
-
-def input_snapshot(source: Source) -> str | None:
-    """What names this input's content: a Delta snapshot, or each file's size and mtime;
-    ``None`` for in-memory data (which has no name to find it by on a rerun)."""
-    if source.snapshot is not None:
-        return source.snapshot
-    if not source.paths:
-        return None
-    parts = []
-    for path in source.paths:
-        info = locate(path).info()
-        parts.append(f"{path}:{info.size}:{info.mtime_ns}")
-    return "files:" + "|".join(parts)
-
-
-class TableSink:
-    """Stages ordered results in a local Arrow IPC file; ``finish`` commits them to the
-    Delta table in one commit with the run's transaction (see the module docstring).
-
-    Args:
-        write: the table and mode.
-        staging: the local file to stage in (replaced if a crash left one).
-        transaction: the run's transaction, or ``None`` (in-memory input: no identity).
-        prediction_type, kept_schema: as :class:`~engine.sink.OrderedWriter`.
-    """
-
-    def __init__(
-        self,
-        write: TableWrite,
-        staging: Path,
-        transaction: RunTransaction | None,
-        *,
-        prediction_type: pa.DataType | None,
-        kept_schema: pa.Schema,
-    ) -> None:
-        self.write = write
-        self.transaction = transaction
-        self.version: int | None = None
-        self._staged = OrderedWriter(
-            OutputSpec(path=str(staging), overwrite=True),
-            prediction_type=prediction_type,
-            kept_schema=kept_schema,
-        )
-
-    def add(self, batch_id: int, table: pa.Table) -> int:
-        return self._staged.add(batch_id, table)
-
-    def finish(self) -> str:
-        staged = self._staged.finish()
-        try:
-            self.version = _commit(self.write, staged, self.transaction)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(staged)
-        return self.write.uri
-
-    def abort(self) -> None:
-        self._staged.abort()
-
-
-def _commit(write: TableWrite, staged: str, transaction: RunTransaction | None) -> int:
-    """Write the staged rows as one commit; return the table version it made."""
-    deltalake = _deltalake()
-    properties = None
-    if transaction is not None:
-        properties = deltalake.CommitProperties(
-            custom_metadata={APP_ID_KEY: transaction.app_id},
-            app_transactions=[deltalake.Transaction(transaction.app_id, transaction.version)],
-        )
-    name = _display_name(write.uri)
-    with pa.memory_map(staged) as source:
-        file = ipc.open_file(source)
-        rows = pa.RecordBatchReader.from_batches(
-            file.schema, (file.get_batch(i) for i in range(file.num_record_batches))
-        )
-        try:
-            deltalake.write_deltalake(
-                _table_uri(write.uri), rows, mode=write.mode,
-                partition_by=list(write.partition_by) or None,
-                commit_properties=properties, storage_options=_storage_options(write.uri),
-            )
-        except deltalake.exceptions.DeltaError as exc:
-            raise StorageError(
-                f"cannot commit the scored rows to Delta table {name}: {_first_line(exc)}; "
-                "nothing was committed: rerun the same command to retry from the checkpoint",
-                path=write.uri,
-            ) from exc
-    version = int(_open_output(write.uri).version())
-    log.info("committed the scored rows to Delta table %s as version %d", name, version)
-    return version
-
-
-def _open_output(uri: str) -> Any:
-    deltalake = _deltalake()
-    try:
-        return deltalake.DeltaTable(_table_uri(uri), storage_options=_storage_options(uri))
-    except deltalake.exceptions.DeltaError as exc:
-        raise UsageError(f"cannot open Delta table {_display_name(uri)}: {exc}") from exc
+            raise InputError(f"cannot read Delta table {self.name}: {first_line(exc)}") from exc
 
 
 # --- shared ---------------------------------------------------------------------------------
 
 
-def _column_list(columns: Sequence[str] | str | None) -> tuple[str, ...]:
-    if columns is None:
-        return ()
-    if isinstance(columns, str):
-        columns = columns.split(",")
-    return tuple(c.strip() for c in columns if c.strip())
-
-
-def _table_uri(root: str) -> str:
+def table_uri(root: str) -> str:
     """What delta-rs opens: a local absolute path, or the URI as given."""
     if is_uri(root) and not root.lower().startswith("file://"):
         return root
     return locate(root).path
 
 
-def _display_name(root: str) -> str:
+def display_name(root: str) -> str:
+    """The table as messages show it: an absolute path, or the URI without credentials."""
     return locate(root).name if is_uri(root) else os.path.abspath(root)
 
 
-def _storage_options(root: str) -> dict[str, str] | None:
+def storage_options(root: str) -> dict[str, str] | None:
     """delta-rs reads the store's usual environment variables itself; an S3-compatible
     server over plain http (MinIO, tests) also needs it allowed."""
     endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
@@ -649,6 +365,7 @@ def _storage_options(root: str) -> dict[str, str] | None:
     return None
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An error's first line (delta-rs and polars messages run on for many lines)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -304,7 +304,7 @@ async def test_bad_delta_outputs_are_refused_before_anything_is_sent(
 
 _CRASH_AFTER_COMMIT = """
 import os, sys
-import engine.delta as delta
+import engine.delta_sink as delta
 real_commit = delta._commit
 def commit_then_crash(*args, **kwargs):
     real_commit(*args, **kwargs)
