@@ -161,7 +161,11 @@ async def ascore(
     else:
         table.check()
     default_dir = checkpoint is None
-    checkpoint_dir = Path(checkpoint) if checkpoint else _default_checkpoint(spec.path)
+    # Shards appending to one Delta table each keep their own checkpoint (and run lock).
+    table_shard = shard if table is not None else None
+    checkpoint_dir = (
+        Path(checkpoint) if checkpoint else _default_checkpoint(spec.path, table_shard)
+    )
     # Before anything is sent: a second run on this output is refused at once.
     with RunLock.acquire(lock_path(checkpoint_dir), output=spec.path):
         run_state = _RunState(cfg.endpoint, checkpoint_dir)
@@ -334,15 +338,17 @@ def _shard_share(config: ScoreConfig, shard: tuple[int, int] | None) -> ScoreCon
     return replace(config, qps=config.qps / shard[1])
 
 
-def _default_checkpoint(output: str) -> Path:
+def _default_checkpoint(output: str, shard: tuple[int, int] | None = None) -> Path:
     """Beside a local output; for an object-store output, a local folder named after it
-    (the checkpoint needs fsync and rename, which object stores do not offer)."""
+    (the checkpoint needs fsync and rename, which object stores do not offer). With
+    ``shard`` (shards sharing one Delta table), one folder per shard."""
+    part = "" if shard is None else f".shard-{shard[0]}-of-{shard[1]}"
     if is_uri(output) and not output.startswith("file://"):
         digest = hashlib.sha256(output.encode()).hexdigest()[:16]
         name = output.rstrip("/").rsplit("/", 1)[-1]
-        return Path.cwd() / f".{name}.{digest}.checkpoint"
-    path = Path(output.removeprefix("file://"))
-    return path.parent / f".{path.name}.checkpoint"
+        return Path.cwd() / f".{name}{part}.{digest}.checkpoint"
+    path = Path(output.removeprefix("file://").rstrip("/"))
+    return path.parent / f".{path.name}{part}.checkpoint"
 
 
 @contextlib.contextmanager

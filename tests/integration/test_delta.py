@@ -381,3 +381,25 @@ def test_without_deltalake_the_error_names_the_extra(
     monkeypatch.setitem(sys.modules, "deltalake", None)
     with pytest.raises(UsageError, match=r"pip install 'databricks-batch-engine\[delta\]'"):
         open_source(tmp_path / "t")
+
+
+async def test_shards_appending_to_one_new_table_each_commit_once(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    root = tmp_path / "in"
+    for i in range(4):
+        part = _with_day(regressor_table(emulator, 250, seed=100 + i), f"2025-02-0{i + 1}")
+        deltalake.write_deltalake(str(root), part, mode="append")
+    out = tmp_path / "scored"
+    runs = [
+        run_cli(emulator, tmp_path, "score", str(root), "--shard", f"{index}/2", "-o", str(out),
+                "--output-format", "delta", "--mode", "append", *COMMON)
+        for index in range(2)
+    ]
+    for code, printed in await asyncio.gather(*runs):
+        assert code == 0, printed.decode()[-2000:]
+
+    table = deltalake.DeltaTable(str(out))
+    assert table.version() == 1  # two commits: one per shard
+    assert _read_table(out).num_rows == 1_000
+    assert not list(tmp_path.glob(".scored*.checkpoint"))  # each shard removed its own
