@@ -272,12 +272,11 @@ def _already_committed(
 ) -> Summary:
     """The summary of a run whose rows the table already holds: nothing sent or written."""
     assert transaction is not None
-    where = f"version {version}" if version >= 0 else "an earlier version"
     log.warning(
         "Delta table %s already holds this run's rows (committed in %s with application "
         "transaction %s): nothing was sent and nothing appended; pass --no-resume "
         "(resume=False) to score and write them again",
-        table.uri, where, transaction.app_id,
+        table.uri, f"version {version}", transaction.app_id,
     )
     summary = scorer.stats.summary(
         endpoint=scorer.config.endpoint,
@@ -286,7 +285,7 @@ def _already_committed(
         exit_code=0,
         model=scorer.model_version,
     )
-    return replace(summary, output_version=version if version >= 0 else None)
+    return replace(summary, output_version=version)
 
 
 def _table_name(uri: str) -> str:

@@ -110,7 +110,9 @@ def is_table(text: str) -> bool:
     try:
         import pyarrow.fs as pafs
 
-        return bool(locate(text).below(DELTA_LOG).info().type == pafs.FileType.Directory)
+        root = locate(text)
+        log_dir = root.below(f"{root.path.rstrip('/')}/{DELTA_LOG}")
+        return bool(log_dir.info().type == pafs.FileType.Directory)
     except (InputError, pa.ArrowException, OSError):
         return False
 

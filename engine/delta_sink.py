@@ -54,10 +54,8 @@ MODES = ("error", "append", "overwrite")
 OUTPUT_FORMATS = ("auto", "delta")
 #: Prefix of the application transaction ids the engine commits with.
 APP_ID_PREFIX = "databricks-batch-engine-"
-#: Commit metadata key holding the app id, so a skipped rerun can name the version.
+#: Commit metadata key holding the app id (DESCRIBE HISTORY shows which run wrote what).
 APP_ID_KEY = "engine.app_id"
-#: How many commits back a skipped rerun looks for the version its transaction made.
-HISTORY_LOOKBACK = 1000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,8 +194,7 @@ class RunTransaction:
         """The table version in which this run's rows were committed, or ``None``.
 
         For an overwrite, only when that commit is still the table's latest: a later commit
-        changed what the overwrite left, and the rerun must overwrite again. ``-1`` when the
-        transaction is there but its commit is beyond ``HISTORY_LOOKBACK``.
+        changed what the overwrite left, and the rerun must overwrite again.
         """
         if not is_table(write.uri):
             return None
@@ -205,11 +202,33 @@ class RunTransaction:
         if table.transaction_version(self.app_id) is None:
             return None
         latest = int(table.version())
-        for commit in table.history(HISTORY_LOOKBACK):
-            if commit.get(APP_ID_KEY) == self.app_id:
-                version = int(commit["version"])
-                return None if write.mode == "overwrite" and version != latest else version
-        return None if write.mode == "overwrite" else -1
+        version = self._first_version_holding(write.uri, latest)
+        return None if write.mode == "overwrite" and version != latest else version
+
+    def _first_version_holding(self, uri: str, latest: int) -> int:
+        """Bisect the table's versions for the commit that added this transaction (a txn
+        stays in every later snapshot). Not ``history()``: delta-rs holds the GIL there."""
+        low, high = 0, latest
+        while low < high:
+            middle = (low + high) // 2
+            if _holds(uri, middle, self.app_id):
+                high = middle
+            else:
+                low = middle + 1
+        return high
+
+
+def _holds(uri: str, version: int, app_id: str) -> bool:
+    """True when ``uri`` at ``version`` holds ``app_id``'s transaction (False when that
+    version can no longer be loaded: its log was cleaned up)."""
+    deltalake = deltalake_module()
+    try:
+        table = deltalake.DeltaTable(
+            table_uri(uri), version=version, storage_options=storage_options(uri)
+        )
+    except deltalake.exceptions.DeltaError:
+        return False
+    return table.transaction_version(app_id) is not None
 
 
 def input_snapshot(source: Source) -> str | None:
