@@ -17,6 +17,7 @@ Writing Delta tables is :mod:`engine.delta_sink`'s; the helpers both need are he
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 from collections.abc import Iterator
@@ -189,16 +190,45 @@ def _load(root: str, read: TableRead) -> Any:
             f"Delta table {name} has no version {read.version}: its latest is {latest}; "
             f"pass --input-version 0..{latest}"
         )
+    when = None if read.timestamp is None else _instant(read.timestamp)
     try:
-        table.load_as_version(read.version if read.version is not None else read.timestamp)
+        table.load_as_version(read.version if when is None else when)
     except (deltalake.exceptions.DeltaError, ValueError) as exc:
-        what = f"version {read.version}" if read.version is not None else read.timestamp
+        what = f"version {read.version}" if when is None else read.timestamp
         raise InputError(
-            f"cannot load Delta table {name} at {what}: {first_line(exc)} (versions still "
-            f"in the log: see DESCRIBE HISTORY; a timestamp is RFC 3339, e.g. "
-            f"2025-01-31T00:00:00Z)"
+            f"cannot load Delta table {name} at {what}: {first_line(exc)} (see DESCRIBE "
+            "HISTORY for the versions still in the log)"
         ) from exc
+    if when is not None:
+        _check_existed(root, int(table.version()), when)
     return table
+
+
+def _instant(text: str) -> datetime.datetime:
+    """``--input-timestamp`` as an aware datetime (UTC when it names no offset)."""
+    try:
+        when = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(
+            f"--input-timestamp {text!r} is not an RFC 3339 / ISO 8601 time; e.g. "
+            "2025-01-31T00:00:00Z or 2025-01-31 08:00:00+01:00"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=datetime.UTC)
+
+
+def _check_existed(root: str, version: int, when: datetime.datetime) -> None:
+    """delta-rs answers a time before the oldest commit with that commit; refuse it instead
+    (the table did not hold those rows then). Commit times are the log files' mtimes, as
+    delta-rs reads them."""
+    commit = locate(root)
+    log_file = commit.below(f"{commit.path.rstrip('/')}/{DELTA_LOG}/{version:020d}.json")
+    mtime = log_file.info().mtime
+    if mtime is not None and mtime > when:
+        raise InputError(
+            f"Delta table {display_name(root)} has no version as of {when.isoformat()}: "
+            f"its oldest version in the log, {version}, was committed at "
+            f"{mtime.astimezone(datetime.UTC).isoformat()}; give a later --input-timestamp"
+        )
 
 
 def _check_readable(table: Any, name: str) -> None:

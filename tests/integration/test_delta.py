@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import os
 import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,7 +15,7 @@ import pytest
 
 import engine
 from engine.emulator import Emulator
-from engine.errors import OutputExistsError, UsageError
+from engine.errors import InputError, OutputExistsError, UsageError
 from engine.sink import read_output
 from engine.source import open_source
 from tests.helpers import credentials_for, expected_predictions, regressor_table
@@ -91,6 +93,34 @@ async def test_input_version_reads_that_snapshot_only(emulator: Emulator, tmp_pa
     assert result.column("prediction").to_pylist() == expected_predictions(
         emulator, ENDPOINT, _model_rows(first)
     )
+
+
+async def test_input_timestamp_reads_the_version_current_then(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    root = tmp_path / "table"
+    first = regressor_table(emulator, 400, seed=86)
+    deltalake.write_deltalake(str(root), first)
+    between = datetime.datetime.now(datetime.UTC)
+    time.sleep(0.05)
+    deltalake.write_deltalake(str(root), regressor_table(emulator, 200, seed=87), mode="append")
+    options = dict(endpoint=ENDPOINT, credentials=credentials_for(emulator), progress="off")
+
+    then = await engine.ascore(
+        root, output=tmp_path / "then.parquet", input_timestamp=between.isoformat(), **options
+    )
+
+    assert then.rows_scored == 400
+    assert read_output(tmp_path / "then.parquet").column("prediction").to_pylist() == (
+        expected_predictions(emulator, ENDPOINT, first)
+    )
+    with pytest.raises(InputError, match="has no version as of 2000-01-01"):
+        await engine.ascore(root, output=tmp_path / "x.parquet",
+                            input_timestamp="2000-01-01T00:00:00Z", **options)
+    with pytest.raises(UsageError, match="not an RFC 3339"):
+        await engine.ascore(root, output=tmp_path / "x.parquet", input_timestamp="yesterday",
+                            **options)
+    assert _requests(emulator) == 1  # the first run only: 400 rows in one request
 
 
 async def test_where_on_a_partition_and_a_data_column_scores_exactly_the_matching_rows(
