@@ -31,6 +31,8 @@ Rules a reader of the code should know:
   with the CSV reader's rules (trimmed, its null markers, its true/false words), so only the
   bad values are found. Lines are counted as the file's lines, header first, assuming no
   blank lines (the CSV reader skips those).
+* Delta tables: a directory or URI holding ``_delta_log/`` is one snapshot of a table, read
+  by :mod:`engine.delta` (time travel, ``--where``, shards by file) into the same ``Source``.
 * Memory: Parquet is streamed row group by row group (``ParquetFile.iter_batches``), CSV block
   by block (``pyarrow.csv.open_csv``); no file is ever read whole.
 
