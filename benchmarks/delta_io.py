@@ -31,7 +31,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=500_000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "delta.json")
+    results = Path(__file__).parent / "results"
+    parser.add_argument("--out", type=Path, default=results / "delta.json")
     args = parser.parse_args()
     from deltalake import write_deltalake
 
