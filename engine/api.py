@@ -130,7 +130,7 @@ async def ascore(
             already at ``output`` as ``mode`` says.
         mode: for a Delta output, ``"error"`` (default), ``"append"`` or ``"overwrite"``;
             the rows are one commit carrying the run's transaction, so a rerun of a run
-            that committed writes nothing twice (see :mod:`engine.delta`).
+            that committed writes nothing twice (see :mod:`engine.delta_sink`).
         partition_by: Delta output columns to partition by.
 
     Returns:

@@ -8,9 +8,10 @@ time. ``TableRead.where`` is a SQL predicate: delta-rs prunes the files it canno
 (exactly on partition columns, by min/max statistics on others) and each batch is then
 filtered row by row with polars' SQL, so the rows read are exactly those matching.
 ``--shard I/N`` deals the table's files into N contiguous runs of about equal rows, as
-:mod:`engine.source` deals Parquet row groups. A table delta-rs cannot read correctly
-(deletion vectors, column mapping, reader features it lacks) is refused before anything is
-sent, with the reason and what to do instead.
+:mod:`engine.source` deals Parquet row groups. Deletion vectors are applied: delta-rs gives
+each marked file's live-row mask, and the rows it deletes are dropped as the file is read. A
+table delta-rs cannot read correctly (column mapping, reader features it lacks) is refused
+before anything is sent, with the reason and what to do instead.
 
 Writing Delta tables is :mod:`engine.delta_sink`'s; the helpers both need are here.
 """
@@ -23,6 +24,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import pyarrow as pa
 
@@ -165,10 +167,12 @@ def open_table(root: str, read: TableRead, *, shard: tuple[int, int] | None = No
     if shard is not None:
         chosen = deal([r if r is not None else 0 for r in rows], shard)
         fragments, rows = [fragments[i] for i in chosen], [rows[i] for i in chosen]
-    known = None if row_filter is not None or None in rows else sum(r or 0 for r in rows)
+    kept = _deletion_vectors(table, name)
+    deleted = sum(len(kept[f.path]) - kept[f.path].true_count for f in fragments if f.path in kept)
+    known = None if row_filter is not None or None in rows else sum(r or 0 for r in rows) - deleted
     version = int(table.version())
     snapshot = f"delta:{name}@{version}" + (f" where {read.where}" if read.where else "")
-    reader = _TableBatches(name, dataset, tuple(fragments), schema, row_filter)
+    reader = _TableBatches(name, dataset, tuple(fragments), schema, row_filter, kept)
     return Source(
         schema=schema, paths=(f"{name}@v{version}",), num_rows=known, snapshot=snapshot,
         _batches=reader,
@@ -232,23 +236,17 @@ def _check_existed(root: str, version: int, when: datetime.datetime) -> None:
 
 
 def _check_readable(table: Any, name: str) -> None:
-    """Refuse what delta-rs's Arrow reader would read wrongly or not at all."""
+    """Refuse what delta-rs's Arrow reader would read wrongly or not at all (deletion
+    vectors are not among them: :func:`_deletion_vectors` applies them)."""
     protocol = table.protocol()
     features = set(protocol.reader_features or ())
     mapping = table.metadata().configuration.get("delta.columnMapping.mode", "none")
-    if "deletionVectors" in features:
-        raise InputError(
-            f"Delta table {name} uses deletion vectors, which delta-rs cannot apply when it "
-            "reads files (deleted rows would be scored): purge them first (REORG TABLE ... "
-            "APPLY (PURGE) in Databricks), or set delta.enableDeletionVectors=false and "
-            f"OPTIMIZE, {_SPARK_HINT}"
-        )
     if "columnMapping" in features or mapping != "none":
         raise InputError(
             f"Delta table {name} uses column mapping (mode {mapping}), which delta-rs's Arrow "
             f"reader does not apply: export it to Parquet first, {_SPARK_HINT}"
         )
-    unsupported = sorted(features - READABLE_FEATURES)
+    unsupported = sorted(features - READABLE_FEATURES - {"deletionVectors"})
     if protocol.min_reader_version > 3 or unsupported:
         raise InputError(
             f"Delta table {name} needs reader version {protocol.min_reader_version}"
@@ -264,13 +262,44 @@ def _dataset(table: Any, where: str | None, name: str) -> pds.FileSystemDataset:
     deltalake = deltalake_module()
     if where is not None:
         try:
-            return table.to_pyarrow_dataset(file_pruning_predicate=where)
+            return _files(table, where)
         except (deltalake.exceptions.DeltaError, ValueError, pa.ArrowException) as exc:
             log.info("delta-rs cannot prune files by --where (%s): reading every file", exc)
     try:
-        return table.to_pyarrow_dataset()
+        return _files(table, None)
     except (deltalake.exceptions.DeltaError, pa.ArrowException, OSError) as exc:
         raise InputError(f"cannot read Delta table {name}: {first_line(exc)}") from exc
+
+
+def _files(table: Any, predicate: str | None) -> Any:
+    if "deletionVectors" in (table.protocol().reader_features or ()):
+        return _dataset_ignoring_deletion_vectors(table, predicate)
+    return table.to_pyarrow_dataset(file_pruning_predicate=predicate)
+
+
+def _dataset_ignoring_deletion_vectors(table: Any, predicate: str | None) -> Any:
+    """``to_pyarrow_dataset`` without its refusal of the deletionVectors feature, built the
+    way it builds its dataset (deltalake 1.x). Its files are read whole, so the deleted
+    rows are dropped by :class:`_TableBatches` with :func:`_deletion_vectors`' masks."""
+    import pyarrow.dataset as pds
+    import pyarrow.fs as pafs
+    from deltalake.fs import DeltaStorageHandler
+
+    raw = table._table  # deltalake's own internals: pinned by the deltalake>=1.0,<2 range
+    filesystem = pafs.PyFileSystem(
+        DeltaStorageHandler.from_table(raw, table._storage_options, raw.get_add_file_sizes())
+    )
+    file_format = pds.ParquetFileFormat(
+        default_fragment_scan_options=pds.ParquetFragmentScanOptions(pre_buffer=True)
+    )
+    schema = pa.schema(table.schema().to_arrow())
+    fragments = [
+        file_format.make_fragment(file, filesystem=filesystem, partition_expression=expression)
+        for file, expression in raw.dataset_partitions(
+            schema, table._encode_file_pruning_predicate(predicate)
+        )
+    ]
+    return pds.FileSystemDataset(fragments, schema, file_format, filesystem)
 
 
 def _ordered_fragments(
@@ -343,6 +372,42 @@ class _RowFilter:
         return matched.cast(pa.bool_())
 
 
+def _deletion_vectors(table: Any, name: str) -> dict[str, pa.BooleanArray]:
+    """Each file with a deletion vector (by its path in the log): which of its rows are
+    live, in file order. Rows past the end of a mask are live (the Delta protocol's rule).
+
+    Raises:
+        InputError: a deletion vector names a file that is not in the snapshot.
+    """
+    if "deletionVectors" not in (table.protocol().reader_features or ()):
+        return {}
+    vectors = pa.RecordBatchReader.from_stream(table.deletion_vectors()).read_all()
+    if not vectors.num_rows:
+        return {}
+    logged = pa.table(table.get_add_actions(flatten=True)).column("path").to_pylist()
+    by_suffix = {"/" + unquote(path).lstrip("/"): path for path in logged}
+    kept: dict[str, pa.BooleanArray] = {}
+    for uri, mask in zip(
+        vectors.column("filepath").to_pylist(), vectors.column("selection_vector"), strict=True
+    ):
+        path = next((p for suffix, p in by_suffix.items() if unquote(uri).endswith(suffix)), None)
+        if path is None:
+            raise InputError(
+                f"Delta table {name}: a deletion vector names {uri}, which is not one of the "
+                f"snapshot's files; {_SPARK_HINT}"
+            )
+        kept[path] = pa.array(mask.values, pa.bool_())
+    return kept
+
+
+def _live(keep: pa.BooleanArray, start: int, rows: int) -> pa.BooleanArray:
+    """``keep`` for rows ``start .. start + rows`` of a file, live past its end."""
+    piece = keep.slice(start, rows)
+    if len(piece) < rows:
+        piece = pa.concat_arrays([piece, pa.array([True] * (rows - len(piece)), pa.bool_())])
+    return piece
+
+
 @dataclass(frozen=True, slots=True)
 class _TableBatches:
     """Reads a snapshot's chosen files in order; a ``BatchFactory`` for :class:`Source`."""
@@ -352,25 +417,52 @@ class _TableBatches:
     fragments: tuple[pds.Fragment, ...]
     schema: pa.Schema
     row_filter: _RowFilter | None
+    #: live-row masks of the files with deletion vectors, by path
+    kept: dict[str, pa.BooleanArray] = field(default_factory=dict)
 
     def __call__(self, columns: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
-        import pyarrow.dataset as pds
-
         read = list(columns) or self.schema.names[:1]
         if self.row_filter is not None:
             read += [name for name in self.row_filter.columns if name not in read]
-        chosen = pds.FileSystemDataset(
-            list(self.fragments), self.dataset.schema, self.dataset.format,
-            self.dataset.filesystem,
-        )
-        scanner = chosen.scanner(columns=read, batch_size=batch_rows, use_threads=True)
         try:
-            for batch in scanner.to_batches():
-                if self.row_filter is not None:
-                    batch = batch.filter(self.row_filter.mask(batch))
-                yield batch
+            for run, keep in self._runs():
+                yield from self._scan(run, keep, read, batch_rows)
         except (pa.ArrowException, OSError) as exc:
             raise InputError(f"cannot read Delta table {self.name}: {first_line(exc)}") from exc
+
+    def _runs(self) -> Iterator[tuple[list[pds.Fragment], pa.BooleanArray | None]]:
+        """Consecutive files without deletion vectors as one scan; each other file alone."""
+        run: list[pds.Fragment] = []
+        for fragment in self.fragments:
+            keep = self.kept.get(fragment.path)
+            if keep is None:
+                run.append(fragment)
+                continue
+            if run:
+                yield run, None
+                run = []
+            yield [fragment], keep
+        if run:
+            yield run, None
+
+    def _scan(
+        self, fragments: list[pds.Fragment], keep: pa.BooleanArray | None, read: list[str],
+        batch_rows: int,
+    ) -> Iterator[pa.RecordBatch]:
+        import pyarrow.dataset as pds
+
+        dataset = pds.FileSystemDataset(
+            fragments, self.dataset.schema, self.dataset.format, self.dataset.filesystem
+        )
+        position = 0  # the row's place in its file, which is what a deletion vector counts
+        for batch in dataset.scanner(columns=read, batch_size=batch_rows).to_batches():
+            if keep is not None:
+                live = _live(keep, position, batch.num_rows)
+                position += batch.num_rows
+                batch = batch.filter(live)
+            if self.row_filter is not None:
+                batch = batch.filter(self.row_filter.mask(batch))
+            yield batch
 
 
 # --- shared ---------------------------------------------------------------------------------

@@ -187,7 +187,8 @@ class RunTransaction:
     @classmethod
     def for_run(cls, identity: Mapping[str, Any]) -> RunTransaction:
         """The transaction named by ``identity`` (any JSON-able mapping)."""
-        digest = hashlib.sha256(orjson.dumps(identity, option=orjson.OPT_SORT_KEYS))
+        text = orjson.dumps(identity, option=orjson.OPT_SORT_KEYS, default=str)
+        digest = hashlib.sha256(text)
         return cls(app_id=APP_ID_PREFIX + digest.hexdigest()[:32], identity=dict(identity))
 
     def committed_in(self, write: TableWrite) -> int | None:

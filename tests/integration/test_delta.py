@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import os
+import struct
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -102,7 +103,7 @@ async def test_input_timestamp_reads_the_version_current_then(
     first = regressor_table(emulator, 400, seed=86)
     deltalake.write_deltalake(str(root), first)
     between = datetime.datetime.now(datetime.UTC)
-    time.sleep(0.05)
+    await asyncio.sleep(0.05)
     deltalake.write_deltalake(str(root), regressor_table(emulator, 200, seed=87), mode="append")
     options = dict(endpoint=ENDPOINT, credentials=credentials_for(emulator), progress="off")
 
@@ -193,13 +194,74 @@ async def test_a_rerun_resumes_and_an_appended_version_scores_only_its_new_rows(
     assert _requests(emulator) == 3
 
 
-async def test_deletion_vectors_are_refused_before_anything_is_sent(
+def _delete_rows_with_a_deletion_vector(root: Path, rows: list[int]) -> None:
+    """Commit a deletion vector marking ``rows`` of the table's one file deleted, as
+    Databricks does (delta-rs itself deletes by rewriting files): an inline vector, a
+    RoaringBitmapArray (magic, one 32-bit bitmap of one array container) in Z85."""
+    log = root / "_delta_log"
+    add = next(
+        entry["add"] for line in (log / f"{0:020d}.json").read_text().splitlines()
+        if "add" in (entry := json.loads(line))
+    )
+    bitmap = struct.pack("<IIHH", 12346, 1, 0, len(rows) - 1) + struct.pack("<I", 16)
+    bitmap += b"".join(struct.pack("<H", row) for row in sorted(rows))
+    vector = struct.pack("<IqI", 1681511377, 1, 0) + bitmap
+    vector += b"\0" * (-len(vector) % 4)
+    remove = {"path": add["path"], "deletionTimestamp": 1, "dataChange": True,
+              "extendedFileMetadata": True, "partitionValues": {}, "size": add["size"]}
+    marked = {**add, "deletionVector": {"storageType": "i", "pathOrInlineDv": _z85(vector),
+                                        "sizeInBytes": len(vector), "cardinality": len(rows)}}
+    entries = [{"commitInfo": {"timestamp": 1, "operation": "DELETE"}}, {"remove": remove},
+               {"add": marked}]
+    (log / f"{1:020d}.json").write_text("".join(json.dumps(e) + "\n" for e in entries))
+
+
+def _z85(data: bytes) -> str:
+    alphabet = (
+        "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+    )
+    out = []
+    for start in range(0, len(data), 4):
+        value = int.from_bytes(data[start : start + 4], "big")
+        out.append("".join(alphabet[value // 85**power % 85] for power in range(4, -1, -1)))
+    return "".join(out)
+
+
+async def test_rows_a_deletion_vector_deletes_are_not_scored(
     emulator: Emulator, tmp_path: Path
 ) -> None:
     root = tmp_path / "dv"
+    table = regressor_table(emulator, 500, seed=84)
     deltalake.write_deltalake(
-        str(root), regressor_table(emulator, 50, seed=84),
-        configuration={"delta.enableDeletionVectors": "true"},
+        str(root), table, configuration={"delta.enableDeletionVectors": "true"}
+    )
+    deleted = [0, 7, 250, 499]
+    _delete_rows_with_a_deletion_vector(root, deleted)
+    out = tmp_path / "o.parquet"
+
+    code, printed = await run_cli(
+        emulator, tmp_path, "score", str(root), "-o", str(out), *COMMON, "--batch-rows", "64"
+    )
+
+    assert code == 0, printed.decode()[-2000:]
+    live = table.filter(pa.array([i not in deleted for i in range(500)]))
+    result = read_output(out)
+    assert result.num_rows == 496
+    assert result.column("prediction").to_pylist() == expected_predictions(emulator, ENDPOINT, live)
+    assert emulator.accounting(ENDPOINT)["rows_delivered"] and _rows_sent(emulator) == 496
+
+
+def _rows_sent(emulator: Emulator) -> int:
+    return sum(emulator.accounting(ENDPOINT)["rows_delivered"].values())
+
+
+async def test_column_mapping_is_refused_before_anything_is_sent(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    root = tmp_path / "mapped"
+    deltalake.write_deltalake(
+        str(root), regressor_table(emulator, 50, seed=85),
+        configuration={"delta.columnMapping.mode": "name"},
     )
 
     code, printed = await run_cli(
@@ -208,7 +270,7 @@ async def test_deletion_vectors_are_refused_before_anything_is_sent(
 
     text = printed.decode()
     assert code == 2, text
-    assert "deletion vectors" in text and "engine.spark.score" in text and "PURGE" in text
+    assert "column mapping" in text and "engine.spark.score" in text
     assert "Traceback" not in text
     assert _requests(emulator) == 0
 
