@@ -65,6 +65,7 @@ def deltalake_module() -> Any:
         ) from None
     return deltalake
 
+
 # --- reading ------------------------------------------------------------------------------
 
 
