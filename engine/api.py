@@ -253,11 +253,13 @@ async def _score_locked(
         output.table.check_columns(scorer.kept)
         transaction = output.transaction(source, scorer)
         committed = transaction.committed_in(output.table) if transaction else None
+        staging = state.checkpoint_dir.with_name(state.checkpoint_dir.name + ".staged.arrow")
         if committed is not None and resume:
+            staging.unlink(missing_ok=True)  # left by a crash between the commit and the exit
             return _already_committed(output.table, transaction, committed, scorer)
         sink = TableSink(
             output.table,
-            state.checkpoint_dir.with_name(state.checkpoint_dir.name + ".staged.arrow"),
+            staging,
             transaction,
             prediction_type=prediction_type,
             kept_schema=kept_schema,

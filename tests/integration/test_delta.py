@@ -435,6 +435,7 @@ async def test_a_rerun_after_a_crash_between_commit_and_exit_appends_nothing_twi
     code, printed = await _cli(emulator, tmp_path, *args, crash=True)
     assert code == 137, printed[-2000:]
     assert _read_table(out).num_rows == 1_600  # committed before the crash
+    assert (tmp_path / ".scored.checkpoint.staged.arrow").exists()  # the crash left it
     emulator.reset_accounting()
 
     code, printed = await _cli(emulator, tmp_path, *args, crash=False)
@@ -444,6 +445,7 @@ async def test_a_rerun_after_a_crash_between_commit_and_exit_appends_nothing_twi
     assert _read_table(out).num_rows == 1_600
     assert deltalake.DeltaTable(str(out)).version() == 0
     assert _requests(emulator) == 0  # nothing sent either
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
 async def test_another_input_version_is_another_run_and_no_resume_writes_again(
