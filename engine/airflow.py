@@ -109,10 +109,12 @@ def _has_port(host: str) -> bool:
 
 
 class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
-    """Score Parquet/CSV files with a Databricks serving endpoint into one output file.
+    """Score Parquet/CSV files or a Delta table with a Databricks serving endpoint into one
+    output file or Delta table.
 
     Args:
-        input: paths, directories or globs of Parquet/CSV files (templated).
+        input: paths, directories or globs of Parquet/CSV files, or a Delta table's
+            directory or URI (templated).
         output: the output file: Arrow IPC, or Parquet when it ends in ``.parquet``
             (templated; held as ``output_path``, as ``output`` is Airflow's XCom reference).
             Mapped tasks need one each: put ``{{ ti.map_index }}`` in it.
@@ -130,10 +132,24 @@ class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
             some rows, instead of succeeding with their errors in the output.
         score_options: :class:`~engine.ScoreConfig` fields, e.g. ``{"batch_rows": 500,
             "qps": 20}``; ``progress_interval_s`` defaults to 5 s here.
+        input_version: read this version of a Delta table input (templated, e.g.
+            ``"{{ params.version }}"``; an int or its text, empty for the latest).
+        input_timestamp: read the Delta table input as of this RFC 3339 time (templated).
+        where: a SQL predicate the Delta table input's rows must match (templated, e.g.
+            ``"day = '{{ ds }}'"``).
+        output_format: ``"delta"`` to write ``output`` as a Delta table.
+        mode: for a Delta output: ``"error"`` (default), ``"append"`` or ``"overwrite"``.
+            The commit carries the run's transaction, so a retry of a task whose run had
+            committed appends nothing twice. XCom ``delta_version`` (and the summary's
+            ``output_version``) is the table version holding the rows.
+        partition_by: Delta output columns to partition by.
         **kwargs: :class:`BaseOperator` arguments (``task_id``, ``retries``, ...).
     """
 
-    template_fields: Sequence[str] = ("input", "output_path", "endpoint", "shard", "checkpoint")
+    template_fields: Sequence[str] = (
+        "input", "output_path", "endpoint", "shard", "checkpoint", "input_version",
+        "input_timestamp", "where",
+    )
     ui_color = "#fde8e4"
 
     def __init__(
@@ -149,9 +165,21 @@ class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
         resume: bool = True,
         fail_on_rejected_rows: bool = False,
         score_options: Mapping[str, Any] | None = None,
+        input_version: int | str | None = None,
+        input_timestamp: str | None = None,
+        where: str | None = None,
+        output_format: str | None = None,
+        mode: str | None = None,
+        partition_by: Sequence[str] | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.input_version = input_version
+        self.input_timestamp = input_timestamp
+        self.where = where
+        self.output_format = output_format
+        self.mode = mode
+        self.partition_by = partition_by
         self.input = input
         self.output_path = output
         self.endpoint = endpoint
@@ -178,6 +206,14 @@ class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
             checkpoint=self.checkpoint,
             resume=self.resume,
             shard=self.shard or None,
+            delta={
+                "input_version": _version(self.input_version),
+                "input_timestamp": self.input_timestamp or None,
+                "where": self.where or None,
+                "output_format": self.output_format,
+                "mode": self.mode,
+                "partition_by": self.partition_by,
+            },
         )
         self.log.info(
             "scoring %s%s into %s with endpoint '%s'",
@@ -308,8 +344,25 @@ class _EngineRun:
 
 
 def _push_summary(context: Context, summary: Summary) -> None:
-    """XCom ``summary``, on every exit: the same document as ``engine score --summary``."""
+    """XCom ``summary``, on every exit: the same document as ``engine score --summary``;
+    and ``delta_version``, the Delta table version holding the rows, for a Delta output."""
     context["ti"].xcom_push(key="summary", value=summary.to_dict())
+    if summary.output_version is not None:
+        context["ti"].xcom_push(key="delta_version", value=summary.output_version)
+
+
+def _version(value: int | str | None) -> int | None:
+    """A templated ``input_version``: rendered templates are text; empty means the latest."""
+    if value is None or isinstance(value, int):
+        return value
+    text = str(value).strip()
+    if text in ("", "None"):
+        return None
+    if not text.isdigit():
+        raise AirflowFailException(
+            f"input_version {value!r} is not a table version (a whole number 0 or more)"
+        )
+    return int(text)
 
 
 def _failure_summary(endpoint: str, exc: EngineError) -> Summary:
@@ -330,6 +383,7 @@ async def _score(
     checkpoint: str | None,
     resume: bool,
     shard: str | None,
+    delta: Mapping[str, Any],
 ) -> Summary:
     """:func:`engine.ascore`, with a stop signal the operator can reach from another thread."""
     return await ascore(
@@ -342,4 +396,5 @@ async def _score(
         resume=resume,
         stop=stop,
         shard=shard,
+        **delta,
     )

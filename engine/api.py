@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +20,8 @@ import pyarrow as pa
 
 from engine.checkpoint import Checkpoint
 from engine.config import Credentials, ScoreConfig
+from engine.delta import TableRead
+from engine.delta_sink import RunTransaction, TableSink, TableWrite, input_snapshot
 from engine.errors import EngineError, StorageError
 from engine.pipeline import MemorySink, Scorer, StopSignal, prepare, run
 from engine.runlock import RunLock, lock_path
@@ -39,8 +42,6 @@ def _config(
 ) -> ScoreConfig:
     if config is not None:
         if options:
-            from dataclasses import replace
-
             return replace(config, **options)
         return config
     return ScoreConfig(endpoint=endpoint or "", **options)
@@ -88,9 +89,15 @@ async def ascore(
     handle_signals: bool = False,
     stop: StopSignal | None = None,
     shard: tuple[int, int] | str | None = None,
+    input_version: int | None = None,
+    input_timestamp: str | None = None,
+    where: str | None = None,
+    output_format: str | None = None,
+    mode: str | None = None,
+    partition_by: Sequence[str] | str | None = None,
     **options: Any,
 ) -> Summary:
-    """Score Parquet/CSV files (paths, directories, globs) or in-memory data into ``output``.
+    """Score Parquet/CSV files, a Delta table or in-memory data into ``output``.
 
     Args:
         inputs: paths, directories, globs, or a pyarrow/polars/pandas table.
@@ -113,7 +120,18 @@ async def ascore(
             gracefully itself (e.g. an Airflow task's ``on_kill``).
         shard: ``(i, n)`` or ``"i/n"``: score only shard ``i`` of ``n`` of the input files
             (by row group; CSV by file), so ``n`` tasks cover every row exactly once. ``qps``
-            is then the total across the shards: this one takes ``qps / n``.
+            is then the total across the shards: this one takes ``qps / n``. A Delta
+            table is split by its files.
+        input_version: read this version of a Delta table input (time travel).
+        input_timestamp: read the Delta table input as of this RFC 3339 time.
+        where: a SQL predicate the Delta table input's rows must match.
+        output_format: ``"delta"`` to write ``output`` as a Delta table; ``"auto"`` (the
+            default) writes a file by extension, or appends to / overwrites a Delta table
+            already at ``output`` as ``mode`` says.
+        mode: for a Delta output, ``"error"`` (default), ``"append"`` or ``"overwrite"``;
+            the rows are one commit carrying the run's transaction, so a rerun of a run
+            that committed writes nothing twice (see :mod:`engine.delta_sink`).
+        partition_by: Delta output columns to partition by.
 
     Returns:
         The run's :class:`Summary`; ``summary.exit_code`` is 3 when some rows were rejected.
@@ -127,21 +145,34 @@ async def ascore(
         credentials, host=host, client_id=client_id, client_secret=client_secret,
         profile=profile, auth=auth,
     )
-    source = open_source(inputs, shard=shard)
+    table_read = TableRead(version=input_version, timestamp=input_timestamp, where=where)
+    source = open_source(inputs, shard=shard, table=table_read)
     if shard is not None:
         rows = "?" if source.num_rows is None else f"{source.num_rows:,}"
         share = f", a qps share of {cfg.qps:g}" if cfg.qps else ""
         log.info("shard %d/%d: %s rows%s", shard[0], shard[1], rows, share)
-    spec = OutputSpec(path=os.fspath(output), overwrite=overwrite)
-    check_output(spec)
+    table = TableWrite.chosen(
+        os.fspath(output), output_format=output_format, mode=mode,
+        partition_by=partition_by, overwrite=overwrite,
+    )
+    spec = OutputSpec(path=os.fspath(output), overwrite=overwrite or mode == "overwrite")
+    if table is None:
+        check_output(spec)
+    else:
+        table.check()
     default_dir = checkpoint is None
-    checkpoint_dir = Path(checkpoint) if checkpoint else _default_checkpoint(spec.path)
+    # Shards appending to one Delta table each keep their own checkpoint (and run lock).
+    table_shard = shard if table is not None else None
+    checkpoint_dir = (
+        Path(checkpoint) if checkpoint else _default_checkpoint(spec.path, table_shard)
+    )
     # Before anything is sent: a second run on this output is refused at once.
     with RunLock.acquire(lock_path(checkpoint_dir), output=spec.path):
         run_state = _RunState(cfg.endpoint, checkpoint_dir)
+        output_plan = _Output(spec, table, shard)
         try:
             summary = await _score_locked(
-                source, spec, cfg, creds, run_state, start_if_stopped=start_if_stopped,
+                source, output_plan, cfg, creds, run_state, start_if_stopped=start_if_stopped,
                 resume=resume, handle_signals=handle_signals, stop=stop or StopSignal(),
             )
         except EngineError as exc:
@@ -154,9 +185,41 @@ async def ascore(
     return summary
 
 
+@dataclass(frozen=True)
+class _Output:
+    """Where a run writes: a file (``spec``), or the Delta ``table`` when there is one."""
+
+    spec: OutputSpec
+    table: TableWrite | None
+    shard: tuple[int, int] | None
+
+    def transaction(self, source: Source, scorer: Scorer) -> RunTransaction | None:
+        """The run's Delta transaction, named by everything that decides its rows."""
+        snapshot = input_snapshot(source)
+        if self.table is None or snapshot is None:
+            if self.table is not None:
+                log.warning(
+                    "in-memory input: the Delta commit carries no run transaction, so a "
+                    "rerun after it commits appends the rows again"
+                )
+            return None
+        config = scorer.config
+        identity = {
+            "input": snapshot,
+            "shard": list(self.shard) if self.shard else None,
+            "endpoint": config.endpoint,
+            "served_model": config.served_model,
+            "model_version": scorer.model_version,
+            "params": dict(config.params) if config.params else None,
+            "kept": list(scorer.kept),
+            "output": _table_name(self.table.uri),
+        }
+        return RunTransaction.for_run(identity)
+
+
 async def _score_locked(
     source: Source,
-    spec: OutputSpec,
+    output: _Output,
     cfg: ScoreConfig,
     creds: Credentials,
     state: _RunState,
@@ -174,16 +237,61 @@ async def _score_locked(
         state.store = Checkpoint.open(state.checkpoint_dir, fresh=not resume)
         if len(state.store):
             log.info("resuming: %d finished batches in %s", len(state.store), state.checkpoint_dir)
-        writer = OrderedWriter(
-            spec,
-            prediction_type=scorer.model.prediction_type if scorer.model else None,
-            # Declared up front so an output with no rows (an empty shard) has every column.
-            kept_schema=pa.schema(
-                [(scorer.input_schema or source.schema).field(name) for name in scorer.kept]
-            ),
+        prediction_type = scorer.model.prediction_type if scorer.model else None
+        # Declared up front so an output with no rows (an empty shard) has every column.
+        kept_schema = pa.schema(
+            [(scorer.input_schema or source.schema).field(name) for name in scorer.kept]
+        )
+        if output.table is None:
+            writer = OrderedWriter(
+                output.spec, prediction_type=prediction_type, kept_schema=kept_schema
+            )
+            with _signals_to(stop, enabled=handle_signals):
+                return await run(
+                    source, writer, scorer, transport, checkpoint=state.store, stop=stop
+                )
+        output.table.check_columns(scorer.kept)
+        transaction = output.transaction(source, scorer)
+        committed = transaction.committed_in(output.table) if transaction else None
+        staging = state.checkpoint_dir.with_name(state.checkpoint_dir.name + ".staged.arrow")
+        if committed is not None and resume:
+            staging.unlink(missing_ok=True)  # left by a crash between the commit and the exit
+            return _already_committed(output.table, transaction, committed, scorer)
+        sink = TableSink(
+            output.table,
+            staging,
+            transaction,
+            prediction_type=prediction_type,
+            kept_schema=kept_schema,
         )
         with _signals_to(stop, enabled=handle_signals):
-            return await run(source, writer, scorer, transport, checkpoint=state.store, stop=stop)
+            summary = await run(source, sink, scorer, transport, checkpoint=state.store, stop=stop)
+        return replace(summary, output_version=sink.version)
+
+
+def _already_committed(
+    table: TableWrite, transaction: RunTransaction | None, version: int, scorer: Scorer
+) -> Summary:
+    """The summary of a run whose rows the table already holds: nothing sent or written."""
+    assert transaction is not None
+    log.warning(
+        "Delta table %s already holds this run's rows (committed in %s with application "
+        "transaction %s): nothing was sent and nothing appended; pass --no-resume "
+        "(resume=False) to score and write them again",
+        table.uri, f"version {version}", transaction.app_id,
+    )
+    summary = scorer.stats.summary(
+        endpoint=scorer.config.endpoint,
+        output=table.uri,
+        token_refreshes=scorer.tokens.fetches,
+        exit_code=0,
+        model=scorer.model_version,
+    )
+    return replace(summary, output_version=version)
+
+
+def _table_name(uri: str) -> str:
+    return uri.rstrip("/") if is_uri(uri) else os.path.abspath(uri)
 
 
 class _RunState:
@@ -228,20 +336,20 @@ def _shard_share(config: ScoreConfig, shard: tuple[int, int] | None) -> ScoreCon
     """``qps`` is the total across all shards: each of the ``n`` takes an equal share."""
     if shard is None or config.qps is None:
         return config
-    from dataclasses import replace
-
     return replace(config, qps=config.qps / shard[1])
 
 
-def _default_checkpoint(output: str) -> Path:
+def _default_checkpoint(output: str, shard: tuple[int, int] | None = None) -> Path:
     """Beside a local output; for an object-store output, a local folder named after it
-    (the checkpoint needs fsync and rename, which object stores do not offer)."""
+    (the checkpoint needs fsync and rename, which object stores do not offer). With
+    ``shard`` (shards sharing one Delta table), one folder per shard."""
+    part = "" if shard is None else f".shard-{shard[0]}-of-{shard[1]}"
     if is_uri(output) and not output.startswith("file://"):
         digest = hashlib.sha256(output.encode()).hexdigest()[:16]
         name = output.rstrip("/").rsplit("/", 1)[-1]
-        return Path.cwd() / f".{name}.{digest}.checkpoint"
-    path = Path(output.removeprefix("file://"))
-    return path.parent / f".{path.name}.checkpoint"
+        return Path.cwd() / f".{name}{part}.{digest}.checkpoint"
+    path = Path(output.removeprefix("file://").rstrip("/"))
+    return path.parent / f".{path.name}{part}.checkpoint"
 
 
 @contextlib.contextmanager

@@ -146,20 +146,24 @@ def _add_tuning_flags(parser: argparse.ArgumentParser) -> None:
 def _add_score(commands: Any) -> None:
     score = commands.add_parser(
         "score",
-        help="score Parquet/CSV files with a serving endpoint",
+        help="score Parquet/CSV files or a Delta table with a serving endpoint",
         description="Read INPUT (files, directories, globs), send it to a route-optimized "
         "serving endpoint in dataframe_split batches and write every prediction next to its "
         "input row. Exit codes: 0 all rows scored, 3 some rows rejected, 1 failed, "
         "2 usage/config/auth/schema error (nothing was sent).",
     )
-    score.add_argument("inputs", nargs="+", metavar="INPUT", help="Parquet/CSV files, dirs, globs")
+    score.add_argument(
+        "inputs", nargs="+", metavar="INPUT",
+        help="Parquet/CSV files, dirs, globs, or a Delta table's directory or URI",
+    )
     score.add_argument("--endpoint", required=True, metavar="NAME", help="serving endpoint name")
     score.add_argument(
         "--output",
         "-o",
         required=True,
         metavar="OUT",
-        help="output file: Arrow IPC, or Parquet when it ends in .parquet",
+        help="output file: Arrow IPC, or Parquet when it ends in .parquet; or a Delta table "
+        "(--output-format delta)",
     )
     score.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     score.add_argument(
@@ -215,10 +219,50 @@ def _add_score(commands: Any) -> None:
         action="store_true",
         help="ignore and discard an existing checkpoint; start clean",
     )
+    _add_delta_flags(score)
     _add_connection_flags(score)
     _add_tuning_flags(score)
     _add_output_flags(score)
     score.set_defaults(run=_run_score)
+
+
+def _add_delta_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "Delta tables (pip install 'databricks-batch-engine[delta]')"
+    )
+    group.add_argument(
+        "--input-version",
+        type=int,
+        metavar="N",
+        help="read version N of the input Delta table (default: the latest)",
+    )
+    group.add_argument(
+        "--input-timestamp",
+        metavar="T",
+        help="read the input Delta table as of time T (RFC 3339, e.g. 2025-01-31T00:00:00Z)",
+    )
+    group.add_argument(
+        "--where",
+        metavar="EXPR",
+        help="score only the input Delta table's rows matching this SQL predicate, e.g. "
+        "\"day = '2025-01-31' AND amount > 0\" (partition filters skip whole files)",
+    )
+    group.add_argument(
+        "--output-format",
+        choices=["auto", "delta"],
+        default="auto",
+        help="delta: write OUT as a Delta table, in one commit (default auto: a file by "
+        "extension, or the Delta table already at OUT)",
+    )
+    group.add_argument(
+        "--mode",
+        choices=["error", "append", "overwrite"],
+        help="for a Delta output: error (default) if the table exists, append, or overwrite; "
+        "a rerun of a run that committed appends nothing twice",
+    )
+    group.add_argument(
+        "--partition-by", metavar="COL,...", help="partition the Delta output by these columns"
+    )
 
 
 def _add_output_flags(parser: argparse.ArgumentParser) -> None:
@@ -391,6 +435,12 @@ def _run_score(args: argparse.Namespace) -> int:
             resume=not args.no_resume,
             handle_signals=True,
             shard=shard,
+            input_version=args.input_version,
+            input_timestamp=args.input_timestamp,
+            where=args.where,
+            output_format=args.output_format,
+            mode=args.mode,
+            partition_by=args.partition_by,
         )
     )
     return _report(summary, args.summary, json_logs=args.log_format == "json")

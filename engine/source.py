@@ -31,6 +31,8 @@ Rules a reader of the code should know:
   with the CSV reader's rules (trimmed, its null markers, its true/false words), so only the
   bad values are found. Lines are counted as the file's lines, header first, assuming no
   blank lines (the CSV reader skips those).
+* Delta tables: a directory or URI holding ``_delta_log/`` is one snapshot of a table, read
+  by :mod:`engine.delta` (time travel, ``--where``, shards by file) into the same ``Source``.
 * Memory: Parquet is streamed row group by row group (``ParquetFile.iter_batches``), CSV block
   by block (``pyarrow.csv.open_csv``); no file is ever read whole.
 
@@ -84,6 +86,8 @@ if TYPE_CHECKING:
     import pandas as pd
     import polars as pl
 
+    from engine.delta import TableRead
+
 __all__ = [
     "CSV_BLOCK_BYTES",
     "FORMATS",
@@ -92,6 +96,7 @@ __all__ = [
     "Location",
     "Source",
     "check_shard",
+    "deal",
     "is_uri",
     "locate",
     "open_source",
@@ -130,11 +135,14 @@ class Source:
             credentials); for a shard, only the files it reads; empty for in-memory data.
         num_rows: the row count when cheaply known (Parquet footers, in-memory data; a
             shard's own rows), else ``None`` (CSV, record batch readers).
+        snapshot: what names this exact input when its paths alone do not (a Delta table:
+            its URI, version and filter); ``None`` otherwise.
     """
 
     schema: pa.Schema
     paths: tuple[str, ...] = ()
     num_rows: int | None = None
+    snapshot: str | None = None
     _batches: BatchFactory = field(
         default=lambda columns, batch_rows: iter(()), repr=False, compare=False
     )
@@ -207,7 +215,11 @@ class Source:
 
 
 def open_source(
-    inputs: Inputs, *, format: str | None = None, shard: tuple[int, int] | None = None
+    inputs: Inputs,
+    *,
+    format: str | None = None,
+    shard: tuple[int, int] | None = None,
+    table: TableRead | None = None,
 ) -> Source:
     """Open any supported input as a :class:`Source`.
 
@@ -220,6 +232,9 @@ def open_source(
             (paths only).
         shard: ``(i, n)`` to read only shard ``i`` of ``n`` (``0 <= i < n``; file inputs
             only); see the module docstring for how units are dealt.
+        table: for a Delta table (a directory or URI holding ``_delta_log/``), which
+            snapshot and rows to read (:class:`engine.delta.TableRead`); a Delta table is
+            read by :mod:`engine.delta` (needs the ``deltalake`` package).
 
     Returns:
         The opened source; file footers / CSV headers have been read, no data yet.
@@ -233,6 +248,19 @@ def open_source(
         raise InputError(f"unsupported format {format!r}; choose one of: {', '.join(FORMATS)}")
     if shard is not None:
         shard = check_shard(shard)
+    from engine import delta  # not at the top: engine.delta builds on this module
+
+    table_root = delta.table_root(inputs)
+    if table_root is not None:
+        if format is not None:
+            raise InputError(f"{table_root} is a Delta table; format= applies to files only")
+        return delta.open_table(table_root, table or delta.TableRead(), shard=shard)
+    if table is not None and table.chosen:
+        raise UsageError(
+            f"{table.flags()} appl{'y' if ',' in table.flags() else 'ies'} to Delta tables, "
+            f"and the input is not one (no _delta_log/ in it): drop the flag, or name the "
+            "table's directory"
+        )
     if isinstance(inputs, str | os.PathLike):
         return _file_source([inputs], format, shard)
     in_memory = _in_memory_source(inputs)
@@ -760,16 +788,26 @@ def _dealt(units: Sequence[_Unit], shard: tuple[int, int]) -> list[_Unit]:
     A unit belongs to the shard its weight's midpoint falls in, so every unit has exactly one
     shard, shards are in input order, and each differs from the ideal by under one unit.
     """
+    return [units[i] for i in deal([unit.weight for unit in units], shard)]
+
+
+def deal(weights: Sequence[int], shard: tuple[int, int]) -> list[int]:
+    """The positions of the units shard ``i`` of ``n`` reads, given each unit's weight.
+
+    ``n`` contiguous runs of about equal weight: a unit belongs to the shard its weight's
+    midpoint falls in (all weights zero: dealt by position). Pure; :mod:`engine.delta` deals
+    a Delta table's files with it as this module deals Parquet row groups.
+    """
     index, count = shard
-    weights = [unit.weight for unit in units]
+    weights = list(weights)
     if sum(weights) == 0:  # nothing to balance (empty files): deal by position
-        weights = [1] * len(units)
+        weights = [1] * len(weights)
     total, before, mine = sum(weights), 0, []
-    for unit, weight in zip(units, weights, strict=True):
+    for position, weight in enumerate(weights):
         owner = min(count - 1, (2 * before + weight) * count // (2 * total))
         before += weight
         if owner == index:
-            mine.append(unit)
+            mine.append(position)
     return mine
 
 

@@ -47,6 +47,9 @@ class Summary:
     bound: str | None = None
     #: the endpoint's capacity the controller measured, requests/s (None: no limit met)
     capacity_rps: float | None = None
+    #: for a Delta output, the table version holding the run's rows (the commit it made, or
+    #: the earlier one a rerun found its transaction in)
+    output_version: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,7 +80,10 @@ class Summary:
             f"p99 {lat.get('p99', 0):.0f} ms",
         ]
         if self.output:
-            out.append(f"output         {self.output}")
+            version = (
+                "" if self.output_version is None else f" (Delta version {self.output_version})"
+            )
+            out.append(f"output         {self.output}{version}")
         if self.error:
             out.append(f"error          {self.error}")
         return out

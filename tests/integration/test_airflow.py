@@ -128,6 +128,26 @@ with DAG("failures", schedule=None, start_date=START, catchup=False) as failures
         databricks_conn_id="databricks_wrong",
     )
     [rejected_ok, rejected_strict, wrong_secret] >> record_failures()
+
+
+@task
+def record_delta(summary, ti=None):
+    version = ti.xcom_pull(task_ids="to_delta", key="delta_version")
+    (DATA / "delta.json").write_text(json.dumps({"summary": summary, "version": version}))
+
+
+with DAG("delta", schedule=None, start_date=START, catchup=False) as delta:
+    to_delta = ServingBatchOperator(
+        task_id="to_delta",
+        input=str(DATA / "table"),
+        input_version="{{ 0 }}",
+        output=str(DATA / "scored_table"),
+        output_format="delta",
+        mode="append",
+        endpoint="demo-regressor",
+        score_options=OPTIONS,
+    )
+    record_delta(to_delta.output)
 '''
 
 RUN_DAG = '''
@@ -359,3 +379,23 @@ print(sorted(bag.dag_ids))
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "['score_daily', 'score_daily_sharded']" in done.stdout
+
+
+def test_a_delta_task_reads_the_templated_version_and_pushes_the_version_it_wrote(
+    airflow: Airflow,
+) -> None:
+    deltalake = pytest.importorskip("deltalake")
+    first = MODEL.sample(700, seed=11)
+    deltalake.write_deltalake(str(airflow.data / "table"), first)
+    deltalake.write_deltalake(str(airflow.data / "table"), MODEL.sample(300, seed=12), mode="append")
+    deltalake.write_deltalake(str(airflow.data / "scored_table"), MODEL.sample(0, seed=13).append_column(
+        "prediction", pa.array([], pa.float64())).append_column("error", pa.array([], pa.string())))
+
+    states, log = airflow.test("delta")
+
+    assert set(states.values()) == {"success"}, (states, log[-3000:])
+    recorded = json.loads((airflow.data / "delta.json").read_text())
+    assert recorded["version"] == recorded["summary"]["output_version"] == 1
+    assert recorded["summary"]["rows_scored"] == 700
+    written = pa.table(deltalake.DeltaTable(str(airflow.data / "scored_table")).to_pyarrow_table())
+    assert sorted(written.column("prediction").to_pylist()) == sorted(expected(first))

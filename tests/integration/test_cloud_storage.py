@@ -344,3 +344,33 @@ async def test_score_reads_an_s3_prefix_and_writes_an_s3_output(
     )
     written = [key for key in s3.keys(bucket) if "/out/" in key]
     assert written == [f"{bucket}/out/predictions.parquet"]  # no temporary object left
+
+
+# --- Delta tables on S3 -------------------------------------------------------------------
+
+
+async def test_a_delta_table_on_s3_is_scored_into_a_delta_table_on_s3_exactly_once(
+    s3: S3, emulator: Emulator
+) -> None:
+    deltalake = pytest.importorskip("deltalake")
+    bucket = s3.new_bucket()
+    options = {"AWS_ENDPOINT_URL": s3.endpoint_url, "AWS_ALLOW_HTTP": "true"}
+    first, second = (regressor_table(emulator, n, seed=s) for n, s in ((400, 1), (300, 2)))
+    deltalake.write_deltalake(f"s3://{bucket}/in", first, storage_options=options)
+    deltalake.write_deltalake(f"s3://{bucket}/in", second, mode="append", storage_options=options)
+    run = dict(
+        output=f"s3://{bucket}/scored", endpoint=ENDPOINT, credentials=credentials_for(emulator),
+        progress="off", output_format="delta", mode="append", input_version=0,
+    )
+
+    summary = await engine.ascore(f"s3://{bucket}/in", **run)
+    again = await engine.ascore(f"s3://{bucket}/in", **run)
+
+    assert (summary.rows_scored, summary.output_version) == (400, 0)
+    assert (again.rows_scored, again.requests, again.output_version) == (0, 0, 0)
+    scored = deltalake.DeltaTable(f"s3://{bucket}/scored", storage_options=options)
+    written = pa.table(scored.to_pyarrow_table())
+    assert scored.version() == 0 and written.num_rows == 400
+    assert sorted(written.column("prediction").to_pylist()) == sorted(
+        expected_predictions(emulator, ENDPOINT, first)
+    )
