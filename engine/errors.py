@@ -15,6 +15,7 @@ ever carries a secret or a token.
     │   └── SchemaError              2   input columns do not fit the endpoint's signature
     ├── AuthError                    2   token endpoint refused us (bad secret, no CAN_QUERY)
     ├── EndpointError                2   endpoint missing, not route-optimized, not ready
+    │   └── EndpointNotReady         2   not READY within the time waited
     ├── TransportError               -   a request did not complete (reset, timeout); retried
     ├── HTTPStatusError              -   the server answered with an error status; may be retried
     ├── BatchFailed                  1   a batch gave up after its attempts, with the last cause
@@ -40,6 +41,7 @@ __all__ = [
     "AuthError",
     "BatchFailed",
     "EndpointError",
+    "EndpointNotReady",
     "EngineError",
     "HTTPStatusError",
     "InputError",
@@ -110,6 +112,10 @@ class EndpointError(EngineError):
     """The serving endpoint is missing, not route-optimized, or not ready."""
 
     exit_code = 2
+
+
+class EndpointNotReady(EndpointError):
+    """The endpoint did not become READY within the time the engine waited for it."""
 
 
 class TransportError(EngineError):

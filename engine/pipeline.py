@@ -38,6 +38,7 @@ from engine.dispatch import BatchResult, Dispatcher, ReadyGate, SendingStopped
 from engine.encoders import EncoderPool, EncodeSpec, default_encoders
 from engine.errors import (
     EndpointError,
+    EndpointNotReady,
     EngineError,
     Interrupted,
     RunAborted,
@@ -245,10 +246,8 @@ async def _ready_endpoint(
     )
     try:
         return await workspace.wait_ready(config.endpoint, timeout_s=timeout_s)
-    except EndpointError as exc:
-        if "after waiting" not in str(exc):
-            raise
-        raise EndpointError(_not_ready_message(config, start_if_stopped, timeout_s)) from exc
+    except EndpointNotReady as exc:
+        raise EndpointNotReady(_not_ready_message(config, start_if_stopped, timeout_s)) from exc
 
 
 def _not_ready_message(config: ScoreConfig, start_if_stopped: bool, timeout_s: float) -> str:

@@ -22,7 +22,13 @@ import orjson
 from engine.aio import Clock, Sleep
 from engine.auth import Token, TokenRefresher, WorkspaceAuth
 from engine.calls import Caller, HostCheck, error_outcome, malformed
-from engine.errors import EndpointError, EngineError, HTTPStatusError, TransportError
+from engine.errors import (
+    EndpointError,
+    EndpointNotReady,
+    EngineError,
+    HTTPStatusError,
+    TransportError,
+)
 from engine.retry import FailureKind, Outcome, Reason, RetryPolicy, Tally
 from engine.schema import ModelSchema, parse_openapi
 from engine.transport import Response, Transport
@@ -270,7 +276,7 @@ class Workspace:
         )
 
     async def wait_ready(self, name: str, *, timeout_s: float) -> EndpointInfo:
-        """Poll until the endpoint is READY, with backoff; EndpointError after ``timeout_s``."""
+        """Poll until the endpoint is READY, with backoff; EndpointNotReady after ``timeout_s``."""
         deadline = self._clock() + timeout_s
         delay = POLL_MIN_S
         while True:
@@ -278,7 +284,7 @@ class Workspace:
             if info.is_ready:
                 return info
             if self._clock() + delay > deadline:
-                raise EndpointError(
+                raise EndpointNotReady(
                     f"endpoint '{name}' is not ready ({info.state_text}) after waiting "
                     f"{timeout_s:.0f} s; start it in the Serving UI or pass --start-if-stopped, "
                     "and raise --wait-ready SECONDS"
