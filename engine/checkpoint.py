@@ -78,7 +78,6 @@ class Checkpoint:
     directory: Path
     _entries: dict[str, _Entry] = field(default_factory=dict, init=False, repr=False)
     _pending: list[tuple[str, pa.Array, pa.Array]] = field(default_factory=list, init=False)
-    _last_flush: float = field(default=0.0, init=False)
     _parts: dict[str, pa.Table] = field(default_factory=dict, init=False, repr=False)
     #: the manifest ends mid-line (a kill or a full disk during an append)
     _torn: bool = field(default=False, init=False, repr=False)
@@ -138,10 +137,9 @@ class Checkpoint:
             piece.column("error").combine_chunks(),
         )
 
-    def add(self, key: str, predictions: pa.Array, errors: pa.Array) -> bool:
-        """Queue one finished batch; returns True when a flush is due."""
+    def add(self, key: str, predictions: pa.Array, errors: pa.Array) -> None:
+        """Queue one finished batch (the pipeline's group commit writes the queue)."""
         self._pending.append((key, predictions, errors))
-        return self.flush_due()
 
     @property
     def has_pending(self) -> bool:
@@ -152,15 +150,8 @@ class Checkpoint:
         """Finished batches queued and not yet handed to :meth:`write`."""
         return len(self._pending)
 
-    def flush_due(self) -> bool:
-        if not self._pending:
-            return False
-        waited = time.monotonic() - self._last_flush
-        return len(self._pending) >= FLUSH_BATCHES or waited >= FLUSH_INTERVAL_S
-
     def take_pending(self) -> list[tuple[str, pa.Array, pa.Array]]:
         pending, self._pending = self._pending, []
-        self._last_flush = time.monotonic()
         return pending
 
     def write(self, pending: list[tuple[str, pa.Array, pa.Array]]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from engine.checkpoint import MANIFEST, Checkpoint, batch_key
+from engine.checkpoint import FLUSH_BATCHES, MANIFEST, Checkpoint, batch_key
 
 
 def test_key_depends_on_content_endpoint_and_model_version() -> None:
@@ -53,12 +53,14 @@ def test_fresh_discards_what_was_there(tmp_path) -> None:
     assert len(Checkpoint.open(tmp_path / "ck", fresh=True)) == 0
 
 
-def test_flush_is_due_after_enough_batches(tmp_path) -> None:
+def test_finished_batches_queue_until_taken(tmp_path) -> None:
+    # the pipeline's group commit writes at once when FLUSH_BATCHES are queued
     store = Checkpoint.open(tmp_path / "ck")
-    store.take_pending()  # start the interval now
-    due = [store.add(f"k{i}", pa.array([i]), pa.nulls(1, pa.string())) for i in range(64)]
-    assert due[-1] is True
-    assert not any(due[:10])
+    for i in range(FLUSH_BATCHES):
+        store.add(f"k{i}", pa.array([i]), pa.nulls(1, pa.string()))
+    assert store.pending_batches == FLUSH_BATCHES and store.has_pending
+    assert [key for key, _, _ in store.take_pending()] == [f"k{i}" for i in range(FLUSH_BATCHES)]
+    assert store.pending_batches == 0 and not store.has_pending
 
 
 def test_a_directory_removed_mid_run_is_a_storage_error_naming_it(tmp_path) -> None:
