@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +25,7 @@ from engine.delta_sink import RunTransaction, TableSink, TableWrite, input_snaps
 from engine.errors import EngineError, StorageError
 from engine.pipeline import MemorySink, Scorer, StopSignal, prepare, run
 from engine.runlock import RunLock, lock_path
+from engine.runrecord import RunRecorder
 from engine.sink import OrderedWriter, OutputSpec, check_output
 from engine.source import Source, is_uri, open_source, parse_shard
 from engine.stats import RunStats, Summary
@@ -95,6 +96,9 @@ async def ascore(
     output_format: str | None = None,
     mode: str | None = None,
     partition_by: Sequence[str] | str | None = None,
+    report: str | os.PathLike[str] | None = None,
+    mlflow_experiment: str | None = None,
+    mlflow_tracking_uri: str | None = None,
     **options: Any,
 ) -> Summary:
     """Score Parquet/CSV files, a Delta table or in-memory data into ``output``.
@@ -132,6 +136,13 @@ async def ascore(
             the rows are one commit carrying the run's transaction, so a rerun of a run
             that committed writes nothing twice (see :mod:`engine.delta_sink`).
         partition_by: Delta output columns to partition by.
+        report: write the run report, one self-contained HTML file, here (also for a
+            stopped or failed run; see :mod:`engine.report`).
+        mlflow_experiment: log the run (params, metrics, the timeline, the summary and the
+            report) to this MLflow experiment, created when missing; a failure to log is a
+            warning (see :mod:`engine.tracking`).
+        mlflow_tracking_uri: the tracking server: ``databricks`` (the run's workspace, the
+            default unless MLFLOW_TRACKING_URI says otherwise) or an ``http(s)://`` server.
 
     Returns:
         The run's :class:`Summary`; ``summary.exit_code`` is 3 when some rows were rejected.
@@ -160,6 +171,13 @@ async def ascore(
         check_output(spec)
     else:
         table.check()
+    recorder = RunRecorder.create(
+        credentials=creds,
+        settings=_settings(inputs, spec.path, cfg, shard, table_read, table, overwrite, resume),
+        report=report,
+        mlflow_experiment=mlflow_experiment,
+        mlflow_tracking_uri=mlflow_tracking_uri,
+    )
     default_dir = checkpoint is None
     # Shards appending to one Delta table each keep their own checkpoint (and run lock).
     table_shard = shard if table is not None else None
@@ -174,12 +192,20 @@ async def ascore(
             summary = await _score_locked(
                 source, output_plan, cfg, creds, run_state, start_if_stopped=start_if_stopped,
                 resume=resume, handle_signals=handle_signals, stop=stop or StopSignal(),
+                recorder=recorder,
             )
         except EngineError as exc:
             failure = run_state.failed(exc)
+            if recorder is not None and failure.summary is not None:
+                await recorder.finish(failure.summary, failure)
             if failure is exc:
                 raise
             raise failure from exc
+        finally:
+            if recorder is not None:
+                recorder.stop_sampling()
+        if recorder is not None:
+            await recorder.finish(summary)
         if default_dir:
             run_state.remove_checkpoint()
     return summary
@@ -228,12 +254,15 @@ async def _score_locked(
     resume: bool,
     handle_signals: bool,
     stop: StopSignal,
+    recorder: RunRecorder | None = None,
 ) -> Summary:
     async with _transport(cfg) as transport:
         state.scorer = await prepare(
             source, creds, cfg, transport, start_if_stopped=start_if_stopped
         )
         scorer = state.scorer
+        if recorder is not None:
+            recorder.attach(scorer)
         state.store = Checkpoint.open(state.checkpoint_dir, fresh=not resume)
         if len(state.store):
             log.info("resuming: %d finished batches in %s", len(state.store), state.checkpoint_dir)
@@ -288,6 +317,57 @@ def _already_committed(
         model=scorer.model_version,
     )
     return replace(summary, output_version=version)
+
+
+def _settings(
+    inputs: Inputs,
+    output: str,
+    config: ScoreConfig,
+    shard: tuple[int, int] | None,
+    table_read: TableRead,
+    table: TableWrite | None,
+    overwrite: bool,
+    resume: bool,
+) -> dict[str, Any]:
+    """How the run is set up, for its report and MLflow params (no credentials)."""
+    flags = {
+        name: value
+        for name, value in _flat(asdict(config)).items()
+        if name != "endpoint" and value is not None
+    }
+    return {
+        "endpoint": config.endpoint,
+        "input": _describe_inputs(inputs),
+        "output": output,
+        "output_format": "delta" if table is not None else "file",
+        "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
+        "input_version": table_read.version,
+        "input_timestamp": table_read.timestamp,
+        "where": table_read.where,
+        "overwrite": overwrite,
+        "resume": resume,
+        **flags,
+    }
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for name, value in values.items():
+        if isinstance(value, dict) and name != "params":
+            flat.update(_flat(value, f"{prefix}{name}."))
+        else:
+            flat[f"{prefix}{name}"] = value
+    return flat
+
+
+def _describe_inputs(inputs: Inputs) -> str | list[str]:
+    if isinstance(inputs, (str, os.PathLike)):
+        return os.fspath(inputs)
+    if isinstance(inputs, Sequence) and all(isinstance(i, (str, os.PathLike)) for i in inputs):
+        return [os.fspath(i) for i in inputs]
+    rows = getattr(inputs, "num_rows", None) or getattr(inputs, "height", None)
+    kind = f"{type(inputs).__module__}.{type(inputs).__qualname__}"
+    return f"in-memory {kind}" + (f" ({rows:,} rows)" if isinstance(rows, int) else "")
 
 
 def _table_name(uri: str) -> str:

@@ -223,7 +223,31 @@ def _add_score(commands: Any) -> None:
     _add_connection_flags(score)
     _add_tuning_flags(score)
     _add_output_flags(score)
+    _add_record_flags(score)
     score.set_defaults(run=_run_score)
+
+
+def _add_record_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("run record")
+    group.add_argument(
+        "--report",
+        metavar="PATH.html",
+        help="write a self-contained HTML report of the run (charts over time, rejected rows "
+        "by message, retries, settings, summary), also for a stopped or failed run",
+    )
+    group.add_argument(
+        "--mlflow-experiment",
+        metavar="PATH",
+        help="log the run to this MLflow experiment (created when missing), e.g. "
+        "/Users/me@example.com/nightly-scoring: params, metrics, the timeline, the summary "
+        "and the report; a failure to log is a warning",
+    )
+    group.add_argument(
+        "--mlflow-tracking-uri",
+        metavar="URI",
+        help="the MLflow tracking server (MLFLOW_TRACKING_URI; default: databricks, the "
+        "workspace the run uses, with its credentials), e.g. http://127.0.0.1:5000",
+    )
 
 
 def _add_delta_flags(parser: argparse.ArgumentParser) -> None:
@@ -441,6 +465,9 @@ def _run_score(args: argparse.Namespace) -> int:
             output_format=args.output_format,
             mode=args.mode,
             partition_by=args.partition_by,
+            report=args.report,
+            mlflow_experiment=args.mlflow_experiment,
+            mlflow_tracking_uri=args.mlflow_tracking_uri,
         )
     )
     return _report(summary, args.summary, json_logs=args.log_format == "json")

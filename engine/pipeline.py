@@ -365,7 +365,7 @@ def _dispatcher(scorer: Scorer, transport: Transport) -> Dispatcher:
         max_rate=config.qps or math.inf,
     )
     scorer.stats.controller = controller
-    return Dispatcher(
+    dispatcher = Dispatcher(
         transport=transport,
         tokens=scorer.tokens,
         endpoint_url=scorer.invocation_url,
@@ -382,6 +382,8 @@ def _dispatcher(scorer: Scorer, transport: Transport) -> Dispatcher:
         sleep=scorer.sleep,
         rng=random.Random(),
     )
+    scorer.stats.in_flight = lambda: dispatcher.pacer.in_flight
+    return dispatcher
 
 
 def _hard_cap(qps: float | None) -> AsyncLimiter | None:
@@ -614,6 +616,8 @@ class _Stages:
             stats.rows_skipped += batch.num_rows
         else:
             stats.rows_rejected += result.rejected_rows
+            if result.rejected_rows:
+                stats.rejects.add(result.errors, row_offset=batch.row_offset)
             stats.rows_scored += batch.num_rows - result.rejected_rows
             if self.checkpoint is not None and key:
                 self.checkpoint.add(key, result.predictions, result.errors)

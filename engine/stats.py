@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from engine.adaptive import RateController
+from engine.timeline import RejectGroups
 
 __all__ = ["RunStats", "Summary"]
 
@@ -108,6 +110,10 @@ class RunStats:
     latencies_s: list[float] = field(default_factory=list)
     #: the dispatcher's adaptive controller, read for progress lines and the summary
     controller: RateController | None = None
+    #: rejected rows by error message, with example row numbers (for the run report)
+    rejects: RejectGroups = field(default_factory=RejectGroups)
+    #: requests in flight now (the dispatcher's pacer sets it)
+    in_flight: Callable[[], int] = lambda: 0
 
     @property
     def throttled_share(self) -> float:
