@@ -29,6 +29,10 @@ How a task maps onto a run:
   checkpoint sits beside the output (``.<output name>.checkpoint``), and the output path comes
   from templates that are the same on every try, so the next try resumes where this one
   stopped. It must be on storage the next try can see.
+* ``report="/reports/{{ ds }}/score.html"`` writes the run report (templated), also for a
+  stopped or failed try, and logs its path as a ``file://`` link in the task log; XCom
+  ``report`` holds the path. ``mlflow_experiment`` logs the run to MLflow (see
+  :mod:`engine.tracking`).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import os
 import threading
 import urllib.parse
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.api import ascore
@@ -143,12 +148,17 @@ class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
             committed appends nothing twice. XCom ``delta_version`` (and the summary's
             ``output_version``) is the table version holding the rows.
         partition_by: Delta output columns to partition by.
+        report: write the run's HTML report here (templated); also for a stopped or failed
+            try. Its path is logged as a link and pushed as XCom ``report``.
+        mlflow_experiment: log the run to this MLflow experiment (templated), on the
+            workspace's tracking server unless ``mlflow_tracking_uri`` names another.
+        mlflow_tracking_uri: ``databricks`` or an ``http(s)://`` tracking server.
         **kwargs: :class:`BaseOperator` arguments (``task_id``, ``retries``, ...).
     """
 
     template_fields: Sequence[str] = (
         "input", "output_path", "endpoint", "shard", "checkpoint", "input_version",
-        "input_timestamp", "where",
+        "input_timestamp", "where", "report", "mlflow_experiment",
     )
     ui_color = "#fde8e4"
 
@@ -171,9 +181,15 @@ class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
         output_format: str | None = None,
         mode: str | None = None,
         partition_by: Sequence[str] | str | None = None,
+        report: str | None = None,
+        mlflow_experiment: str | None = None,
+        mlflow_tracking_uri: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.report = report
+        self.mlflow_experiment = mlflow_experiment
+        self.mlflow_tracking_uri = mlflow_tracking_uri
         self.input_version = input_version
         self.input_timestamp = input_timestamp
         self.where = where
@@ -214,6 +230,11 @@ class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
                 "mode": self.mode,
                 "partition_by": self.partition_by,
             },
+            record={
+                "report": self.report or None,
+                "mlflow_experiment": self.mlflow_experiment or None,
+                "mlflow_tracking_uri": self.mlflow_tracking_uri,
+            },
         )
         self.log.info(
             "scoring %s%s into %s with endpoint '%s'",
@@ -222,7 +243,10 @@ class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
             self.output_path,
             self.endpoint,
         )
-        summary = self._run(job, context)
+        try:
+            summary = self._run(job, context)
+        finally:
+            self._link_report(context)
         for line in summary.lines():
             self.log.info(line)
         _push_summary(context, summary)
@@ -233,6 +257,14 @@ class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
                 f"{summary.output}"
             )
         return summary.to_dict()
+
+    def _link_report(self, context: Context) -> None:
+        """Say where the run report is (a link in the task log; XCom ``report``)."""
+        if not self.report or not os.path.exists(self.report):
+            return
+        path = os.path.abspath(self.report)
+        self.log.info("run report: %s", Path(path).as_uri())
+        context["ti"].xcom_push(key="report", value=path)
 
     def on_kill(self) -> None:
         """Stop the run gracefully and wait for it, so the next try resumes from the checkpoint.
@@ -384,6 +416,7 @@ async def _score(
     resume: bool,
     shard: str | None,
     delta: Mapping[str, Any],
+    record: Mapping[str, Any],
 ) -> Summary:
     """:func:`engine.ascore`, with a stop signal the operator can reach from another thread."""
     return await ascore(
@@ -397,4 +430,5 @@ async def _score(
         stop=stop,
         shard=shard,
         **delta,
+        **record,
     )

@@ -74,7 +74,9 @@ def record_one(summary):
 def record_failures(ti=None):
     tasks = ("rejected_ok", "rejected_strict", "wrong_secret")
     summaries = {name: ti.xcom_pull(task_ids=name, key="summary") for name in tasks}
+    reports = {name: ti.xcom_pull(task_ids=name, key="report") for name in tasks}
     (DATA / "failures.json").write_text(json.dumps(summaries))
+    (DATA / "reports.json").write_text(json.dumps(reports))
 
 
 with DAG("plain_and_mapped", schedule=None, start_date=START, catchup=False) as plain_and_mapped:
@@ -111,6 +113,7 @@ with DAG("failures", schedule=None, start_date=START, catchup=False) as failures
         output=str(DATA / "scored" / "rejected_ok.arrow"),
         endpoint="demo-regressor",
         score_options=OPTIONS,
+        report=str(DATA / "rejected_ok-{{ ds }}.html"),
     )
     rejected_strict = ServingBatchOperator(
         task_id="rejected_strict",
@@ -126,6 +129,7 @@ with DAG("failures", schedule=None, start_date=START, catchup=False) as failures
         output=str(DATA / "scored" / "wrong_secret.arrow"),
         endpoint="demo-regressor",
         databricks_conn_id="databricks_wrong",
+        report=str(DATA / "wrong_secret-{{ ds }}.html"),
     )
     [rejected_ok, rejected_strict, wrong_secret] >> record_failures()
 
@@ -353,7 +357,18 @@ def test_rejected_rows_pass_by_default_fail_when_strict_and_engine_errors_fail_t
     )
     errors = read_output(airflow.data / "scored" / "rejected_ok.arrow").column("error")
     assert [i for i, e in enumerate(errors.to_pylist()) if e is not None] == [7]
+    # The templated report paths, written on success and on failure, linked in the log.
+    reports = json.loads((airflow.data / "reports.json").read_text())
+    ok_report = airflow.data / f"rejected_ok-{DS}.html"
+    failed_report = airflow.data / f"wrong_secret-{DS}.html"
+    assert reports["rejected_ok"] == str(ok_report)
+    assert reports["wrong_secret"] == str(failed_report)
+    ok_html = ok_report.read_text()
+    assert 'data-status="finished"' in ok_html and 'class="reject" data-rows="1"' in ok_html
+    failed_html = failed_report.read_text()
+    assert 'data-status="failed"' in failed_html and "refused the OAuth client" in failed_html
     if TASK_LOGS_SHOWN:
+        assert f"run report: {ok_report.as_uri()}" in log
         assert "the endpoint rejected 1 of 1,000 rows (fail_on_rejected_rows=True)" in log
         assert f"refused the OAuth client '{airflow.client_id}'" in log, log[-3000:]
 
