@@ -82,7 +82,8 @@ def render_html(record: RunRecord) -> str:
         _rejects_section(record.rejects, summary.rows_rejected),
         _settings_section(record.settings),
     ]
-    data = orjson.dumps(record.data(), default=jsonable).decode().replace("</", "<\\/")
+    # "<" as its JSON escape: no text in the data can close the script element early.
+    data = orjson.dumps(record.data(), default=jsonable).decode().replace("<", "\\u003c")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{_e(title)}</title><meta name=\"viewport\" content=\"width=device-width\">"
