@@ -284,7 +284,8 @@ def _line_chart(
             f"<i style=\"background:{color}\"></i>{_e(name)} <b>{shown}</b></span>"
         )
     attributes = "".join(f" data-{key}=\"{_e(value)}\"" for key, value in data.items())
-    values_json = _e(orjson.dumps({"x": list(xs), "series": {n: list(v) for n, v in series}}))
+    values = {"x": list(xs), "series": {name: list(ys) for name, ys in series}}
+    values_json = _e(orjson.dumps(values).decode())
     return (
         f"<figure class=\"chart\" id=\"chart-{chart_id}\"{attributes} "
         f"data-values=\"{values_json}\">"

@@ -118,6 +118,7 @@ class RunRecorder:
         self.settings["model_version"] = scorer.model_version
         self.settings["invocation_url"] = scorer.invocation_url
         self._sampler = Sampler(scorer.stats, self.timeline, clock=scorer.clock)
+        self._sampler.sample()  # the start, at 0 s: every chart has a line, however short the run
         self._task = asyncio.create_task(
             sample_every(self._sampler, interval_s=self.interval_s, sleep=scorer.sleep)
         )

@@ -218,6 +218,6 @@ class RejectGroups:
     def groups(self) -> list[dict[str, Any]]:
         """``[{"message", "rows", "examples"}]``, the most frequent first."""
         return [
-            {"message": message, "rows": count, "examples": list(self.rows[message])}
+            {"message": message, "rows": count, "examples": sorted(self.rows[message])}
             for message, count in self.counts.most_common()
         ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pyarrow as pa
 
@@ -86,11 +87,9 @@ def test_sample_every_samples_once_per_interval_of_the_injected_sleep() -> None:
             raise asyncio.CancelledError
 
     async def main() -> None:
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await sample_every(Sampler(stats, timeline, clock=clock), interval_s=1.0,
                                sleep=fake_sleep)
-        except asyncio.CancelledError:
-            pass
 
     asyncio.run(main())
     assert [p.t_s for p in timeline.all_points()] == [1.0, 2.0, 3.0, 4.0]
