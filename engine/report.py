@@ -284,8 +284,8 @@ def _line_chart(
             f"<i style=\"background:{color}\"></i>{_e(name)} <b>{shown}</b></span>"
         )
     attributes = "".join(f" data-{key}=\"{_e(value)}\"" for key, value in data.items())
-    values = {"x": list(xs), "series": {name: list(ys) for name, ys in series}}
-    values_json = _e(orjson.dumps(values).decode())
+    plotted = {"x": list(xs), "series": {name: list(ys) for name, ys in series}}
+    values_json = _e(orjson.dumps(plotted).decode())
     return (
         f"<figure class=\"chart\" id=\"chart-{chart_id}\"{attributes} "
         f"data-values=\"{values_json}\">"
