@@ -206,7 +206,8 @@ def _charts(record: RunRecord) -> str:
             {"p99-max": round(max((p.p99_ms or 0.0) for p in points), 1)},
         ),
     ]
-    step = f"one point per {points[0].span_s:.0f} s" if len(points) > 1 else "one point"
+    widest = max(point.span_s for point in points)
+    step = f"one point per {widest:.0f} s" if len(points) > 1 else "one point"
     return (
         f"<section id=\"charts\"><h2>Over time</h2><p class=\"sub\">{len(points)} points "
         f"({_e(step)}; long runs are merged into fewer, wider points)</p>"
@@ -310,7 +311,7 @@ def _retries_section(retries: Mapping[str, int]) -> str:
     )
     return (
         "<section id=\"retries\"><h2>Retries by cause</h2><table><thead><tr><th>cause</th>"
-        f"<th>retries</th><th></th></tr></thead><tbody>{rows}</tbody></table></section>"
+        f"<th class=\"n\">retries</th><th></th></tr></thead><tbody>{rows}</tbody></table></section>"
     )
 
 
@@ -331,7 +332,8 @@ def _rejects_section(groups: Sequence[Mapping[str, Any]], rows_rejected: int) ->
     return (
         f"{head}<p class=\"sub\">Grouped by the endpoint's message; example rows are input "
         "row numbers (0-based, in the order read).</p><table><thead><tr><th>message</th>"
-        f"<th>rows</th><th>example rows</th></tr></thead><tbody>{rows}</tbody></table></section>"
+        f"<th class=\"n\">rows</th><th>example rows</th></tr></thead><tbody>{rows}</tbody>"
+        "</table></section>"
     )
 
 
@@ -366,9 +368,9 @@ h1{font-size:22px;margin:0 0 8px}h2{font-size:17px;margin:28px 0 8px;border-bott
 .ok{background:#dcfce7;color:#14532d}.warn{background:#fef3c7;color:#78350f}
 .bad{background:#fee2e2;color:#7f1d1d}
 .tiles{display:flex;flex-wrap:wrap;gap:8px}.tile{border:1px solid #e5e7eb;border-radius:6px;
-padding:8px 12px;min-width:104px}.tile .v{font-size:18px;font-weight:600}.tile .k{color:#6b7280;
-font-size:12px}pre{background:#f9fafb;border:1px solid #e5e7eb;padding:8px;overflow:auto;
-font-size:12px}
+padding:8px 12px;min-width:96px;flex:1}.tile .v{font-size:18px;font-weight:600}
+.tile .k{color:#6b7280;font-size:12px}
+pre{background:#f9fafb;border:1px solid #e5e7eb;padding:8px;white-space:pre-wrap;font-size:12px}
 .chart{margin:14px 0 22px}.chart figcaption{font-weight:600}.unit{font-weight:400;color:#6b7280}
 .chart svg{width:100%;height:auto;display:block}.legend{font-size:12px;margin:2px 0}
 .key{margin-right:14px;white-space:nowrap}.key i{display:inline-block;width:10px;height:10px;

@@ -134,7 +134,7 @@ class RunRecorder:
             await cancel_quietly(self._task)
         stats: RunStats | None = self._sampler.stats if self._sampler else None
         if self._sampler is not None:
-            self._sampler.sample()
+            self._sampler.sample(fold_under_s=self.interval_s / 2)
         status = "finished" if error is None else (
             "stopped" if isinstance(error, Interrupted) else "failed"
         )

@@ -121,6 +121,16 @@ class Timeline:
         self.points = merged
         self.stride *= 2
 
+    def fold_into_last(self, point: Point) -> None:
+        """Merge ``point`` into the newest point: a last sample taken moments after the one
+        before would otherwise show a rate over a sliver of a second."""
+        if self._pending is not None:
+            self._pending = self._pending.merged(point)
+        elif len(self.points) > 1:  # never into the start, the sample at 0 s
+            self.points[-1] = self.points[-1].merged(point)
+        else:
+            self.add(point)
+
     def all_points(self) -> list[Point]:
         """Every point, the samples not yet merged into a full point included."""
         return self.points + ([self._pending] if self._pending is not None else [])
@@ -143,8 +153,9 @@ class Sampler:
         self._last_t = 0.0
         self._seen = 0  # latencies already summarised
 
-    def sample(self) -> Point:
-        """Take one sample now and add it to the timeline."""
+    def sample(self, *, fold_under_s: float = 0.0) -> Point:
+        """Take one sample now and add it to the timeline; one less than ``fold_under_s``
+        after the previous is merged into it instead."""
         stats = self.stats
         t_s = self._clock() - self._started
         latencies = stats.latencies_s[self._seen :]
@@ -172,7 +183,10 @@ class Sampler:
             retries=dict(stats.retries),
         )
         self._last_t = t_s
-        self.timeline.add(point)
+        if point.span_s < fold_under_s:
+            self.timeline.fold_into_last(point)
+        else:
+            self.timeline.add(point)
         return point
 
 

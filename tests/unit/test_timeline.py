@@ -114,3 +114,21 @@ def test_messages_beyond_the_limit_are_counted_together() -> None:
     counted = {g["message"]: g["rows"] for g in groups.groups()}
     assert len(counted) == 4 and counted[OTHER_MESSAGES] == 7
     assert groups.total == 10
+
+
+def test_a_last_sample_moments_after_the_one_before_is_folded_into_it() -> None:
+    stats = RunStats()
+    clock = FakeClock()
+    timeline = Timeline()
+    sampler = Sampler(stats, timeline, clock=clock)
+    sampler.sample()  # the start
+    for _ in range(3):
+        clock.now += 1.0
+        stats.rows_scored += 1_000
+        sampler.sample(fold_under_s=0.5)
+    clock.now += 0.01  # the run ended just after a sample
+    stats.rows_scored += 10
+    sampler.sample(fold_under_s=0.5)
+    points = timeline.all_points()
+    assert [p.t_s for p in points] == [0.0, 1.0, 2.0, 3.01]
+    assert points[-1].rows_done == 3_010 and points[-1].span_s == 1.01
