@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,7 +25,7 @@ from engine.delta_sink import RunTransaction, TableSink, TableWrite, input_snaps
 from engine.errors import EngineError, StorageError
 from engine.pipeline import MemorySink, Scorer, StopSignal, prepare, run
 from engine.runlock import RunLock, lock_path
-from engine.runrecord import RunRecorder
+from engine.runrecord import RunRecorder, run_settings
 from engine.sink import OrderedWriter, OutputSpec, check_output
 from engine.source import Source, is_uri, open_source, parse_shard
 from engine.stats import RunStats, Summary
@@ -173,7 +173,10 @@ async def ascore(
         table.check()
     recorder = RunRecorder.create(
         credentials=creds,
-        settings=_settings(inputs, spec.path, cfg, shard, table_read, table, overwrite, resume),
+        settings=run_settings(
+            inputs, spec.path, cfg, shard=shard, table_read=table_read,
+            delta_output=table is not None, overwrite=overwrite, resume=resume,
+        ),
         report=report,
         mlflow_experiment=mlflow_experiment,
         mlflow_tracking_uri=mlflow_tracking_uri,
@@ -317,57 +320,6 @@ def _already_committed(
         model=scorer.model_version,
     )
     return replace(summary, output_version=version)
-
-
-def _settings(
-    inputs: Inputs,
-    output: str,
-    config: ScoreConfig,
-    shard: tuple[int, int] | None,
-    table_read: TableRead,
-    table: TableWrite | None,
-    overwrite: bool,
-    resume: bool,
-) -> dict[str, Any]:
-    """How the run is set up, for its report and MLflow params (no credentials)."""
-    flags = {
-        name: value
-        for name, value in _flat(asdict(config)).items()
-        if name != "endpoint" and value is not None
-    }
-    return {
-        "endpoint": config.endpoint,
-        "input": _describe_inputs(inputs),
-        "output": output,
-        "output_format": "delta" if table is not None else "file",
-        "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
-        "input_version": table_read.version,
-        "input_timestamp": table_read.timestamp,
-        "where": table_read.where,
-        "overwrite": overwrite,
-        "resume": resume,
-        **flags,
-    }
-
-
-def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for name, value in values.items():
-        if isinstance(value, dict) and name != "params":
-            flat.update(_flat(value, f"{prefix}{name}."))
-        else:
-            flat[f"{prefix}{name}"] = value
-    return flat
-
-
-def _describe_inputs(inputs: Inputs) -> str | list[str]:
-    if isinstance(inputs, (str, os.PathLike)):
-        return os.fspath(inputs)
-    if isinstance(inputs, Sequence) and all(isinstance(i, (str, os.PathLike)) for i in inputs):
-        return [os.fspath(i) for i in inputs]
-    rows = getattr(inputs, "num_rows", None) or getattr(inputs, "height", None)
-    kind = f"{type(inputs).__module__}.{type(inputs).__qualname__}"
-    return f"in-memory {kind}" + (f" ({rows:,} rows)" if isinstance(rows, int) else "")
 
 
 def _table_name(uri: str) -> str:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,8 @@ import orjson
 
 from engine.aio import cancel_quietly
 from engine.auth import connect
-from engine.config import Credentials
+from engine.config import Credentials, ScoreConfig
+from engine.delta import TableRead
 from engine.errors import EngineError, Interrupted, UsageError
 from engine.report import RunRecord, jsonable, render_html, write_report
 from engine.stats import RunStats, Summary
@@ -40,7 +42,7 @@ from engine.transport import Transport
 if TYPE_CHECKING:
     from engine.pipeline import Scorer
 
-__all__ = ["RunRecorder", "check_report_path"]
+__all__ = ["RunRecorder", "check_report_path", "run_settings"]
 
 log = logging.getLogger("engine.record")
 
@@ -214,6 +216,59 @@ class RunRecorder:
             metrics=summary_metrics(summary, now_ms()) + timeline_metrics(record, start_ms),
             artifacts=artifacts,
         )
+
+
+def run_settings(
+    inputs: Any,
+    output: str,
+    config: ScoreConfig,
+    *,
+    shard: tuple[int, int] | None,
+    table_read: TableRead,
+    delta_output: bool,
+    overwrite: bool,
+    resume: bool,
+) -> dict[str, Any]:
+    """How the run is set up, for its report and MLflow params (never credentials)."""
+    flags = {
+        name: value
+        for name, value in _flat(asdict(config)).items()
+        if name != "endpoint" and value is not None
+    }
+    return {
+        "endpoint": config.endpoint,
+        "input": _describe_inputs(inputs),
+        "output": output,
+        "output_format": "delta" if delta_output else "file",
+        "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
+        "input_version": table_read.version,
+        "input_timestamp": table_read.timestamp,
+        "where": table_read.where,
+        "overwrite": overwrite,
+        "resume": resume,
+        **flags,
+    }
+
+
+def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings (the retry policy) as ``retry.max_attempts``; model params stay whole."""
+    flat: dict[str, Any] = {}
+    for name, value in values.items():
+        if isinstance(value, dict) and name != "params":
+            flat.update(_flat(value, f"{prefix}{name}."))
+        else:
+            flat[f"{prefix}{name}"] = value
+    return flat
+
+
+def _describe_inputs(inputs: Any) -> str | list[str]:
+    if isinstance(inputs, (str, os.PathLike)):
+        return os.fspath(inputs)
+    if isinstance(inputs, Sequence) and all(isinstance(i, (str, os.PathLike)) for i in inputs):
+        return [os.fspath(i) for i in inputs]
+    rows = getattr(inputs, "num_rows", None) or getattr(inputs, "height", None)
+    kind = f"{type(inputs).__module__}.{type(inputs).__qualname__}"
+    return f"in-memory {kind}" + (f" ({rows:,} rows)" if isinstance(rows, int) else "")
 
 
 def params_of(settings: Mapping[str, Any]) -> dict[str, str]:
