@@ -50,6 +50,7 @@ with DAG(
         overwrite=True,  # clearing a finished run scores the day again
         score_options={"batch_rows": 1000, "max_error_rows": 100},
         execution_timeout=timedelta(hours=6),  # on timeout the checkpoint is kept for a retry
+        report=SCORED + "/{{ ds }}.report.html",  # linked in the task log, also on failure
     )
 
 
