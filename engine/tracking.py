@@ -27,9 +27,11 @@ and 1000 entities in one ``log-batch``; param values up to 6000 characters, tag 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import os
+import random
 import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,7 +41,9 @@ from urllib.parse import quote, urlsplit
 
 import orjson
 
+from engine.calls import Caller, error_outcome
 from engine.errors import UsageError
+from engine.retry import Outcome, RetryPolicy, Tally
 from engine.transport import Response, Transport
 
 __all__ = ["MlflowTarget", "TrackingError", "log_run"]
@@ -179,23 +183,60 @@ def log_batches(
         yield body
 
 
+#: Retries of a tracking call: only answers that say the request was not processed (429,
+#: 503) are sent again, so a retry never creates a second run or logs a metric twice.
+TRACKING_RETRY = RetryPolicy(
+    max_attempts=4,
+    retry_statuses=frozenset({429, 503}),
+    max_throttled=6,
+    max_delay_s=10.0,
+    max_retry_after_s=30.0,
+    max_elapsed_s=120.0,
+)
+
+
 class TrackingClient:
     """The few MLflow REST calls a run record needs."""
 
-    def __init__(self, transport: Transport, base_url: str, headers: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        base_url: str,
+        headers: Mapping[str, str],
+        *,
+        caller: Caller | None = None,
+    ) -> None:
         self._transport = transport
         self.base_url = base_url
         self._headers = dict(headers)
+        self._caller = caller or Caller(
+            TRACKING_RETRY, random.Random(), time.monotonic, asyncio.sleep
+        )
+
+    async def _send(
+        self, method: str, url: str, data: bytes | None, content_type: str
+    ) -> Response:
+        """One request, retried on throttling; raises TrackingError when it fails."""
+        headers = {**self._headers, "Content-Type": content_type}
+
+        async def send() -> Response:
+            return await self._transport.request(
+                method, url, headers=headers, data=data, timeout_s=TRACKING_TIMEOUT_S
+            )
+
+        async def judge(response: Response) -> Response | Outcome:
+            return response if response.ok else error_outcome(response)
+
+        def give_up(outcome: Outcome, tally: Tally) -> TrackingError:
+            where = f"{method} {url.removeprefix(self.base_url)}"
+            return TrackingError(f"{where}: {outcome.brief}: {outcome.message}")
+
+        return await self._caller.call(send, judge, give_up=give_up)
 
     async def _call(self, method: str, path: str, body: Any = None) -> Any:
         url = f"{self.base_url}/api/2.0/mlflow/{path}"
-        headers = {**self._headers, "Content-Type": "application/json"}
         data = None if body is None else orjson.dumps(body)
-        response = await self._transport.request(
-            method, url, headers=headers, data=data, timeout_s=TRACKING_TIMEOUT_S
-        )
-        if not response.ok:
-            raise TrackingError(f"{method} {path}: {_describe(response)}")
+        response = await self._send(method, url, data, "application/json")
         return orjson.loads(response.body or b"{}")
 
     async def experiment_id(self, name: str) -> str:
@@ -241,23 +282,8 @@ class TrackingClient:
             rest = "/" + rest[2:].split("/", 1)[-1]
         path = f"{rest.strip('/')}/{name}"
         url = f"{self.base_url}/api/2.0/mlflow-artifacts/artifacts/{quote(path)}"
-        response = await self._transport.request(
-            "PUT", url, headers={**self._headers, "Content-Type": content_type}, data=data,
-            timeout_s=TRACKING_TIMEOUT_S,
-        )
-        if not response.ok:
-            raise TrackingError(f"upload {name}: {_describe(response)}")
+        await self._send("PUT", url, data, content_type)
         return True
-
-
-def _describe(response: Response) -> str:
-    try:
-        doc = orjson.loads(response.body)
-    except orjson.JSONDecodeError:
-        return f"HTTP {response.status}: {response.body[:200].decode(errors='replace')}"
-    if isinstance(doc, dict) and "message" in doc:
-        return f"HTTP {response.status} {doc.get('error_code', '')}: {doc['message']}"
-    return f"HTTP {response.status}"
 
 
 @dataclass(frozen=True, kw_only=True)

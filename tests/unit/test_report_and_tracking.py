@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import html.parser
 import json
-from typing import Any
+import random
+from typing import Any, cast
 
 import pytest
 
+from engine.calls import Caller
 from engine.errors import UsageError
 from engine.report import RunRecord, render_html
 from engine.runrecord import params_of, summary_metrics, timeline_metrics
@@ -17,10 +20,14 @@ from engine.tracking import (
     MAX_METRICS_PER_BATCH,
     MAX_PARAM_VALUE_CHARS,
     MAX_PARAMS_TAGS_PER_BATCH,
+    TRACKING_RETRY,
     Metric,
     MlflowTarget,
+    TrackingClient,
+    TrackingError,
     log_batches,
 )
+from engine.transport import Response, Transport
 
 
 def make_points(n: int) -> list[Point]:
@@ -163,3 +170,43 @@ def test_the_tracking_uri_comes_from_the_flag_then_the_environment_then_the_work
     assert workspace.uses_workspace("https://ws.example.com")
     with pytest.raises(UsageError, match="experiment name"):
         MlflowTarget.create("  ", None, env={})
+
+
+class ScriptedTransport:
+    """Answers requests from a script, recording what was sent (no sockets)."""
+
+    def __init__(self, *answers: tuple[int, dict[str, Any]]) -> None:
+        self.answers = list(answers)
+        self.sent: list[tuple[str, str]] = []
+
+    async def request(self, method: str, url: str, **_: Any) -> Response:
+        self.sent.append((method, url))
+        status, body = self.answers.pop(0)
+        return Response(status, json.dumps(body).encode(), {"Retry-After": "2"})
+
+
+def scripted_client(transport: ScriptedTransport, slept: list[float]) -> TrackingClient:
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    caller = Caller(TRACKING_RETRY, random.Random(1), lambda: 0.0, sleep)
+    return TrackingClient(cast(Transport, transport), "http://mlflow", {}, caller=caller)
+
+
+def test_a_throttled_tracking_call_is_sent_again_after_the_servers_wait() -> None:
+    transport = ScriptedTransport(
+        (429, {"error_code": "REQUEST_LIMIT_EXCEEDED", "message": "slow down"}), (200, {})
+    )
+    slept: list[float] = []
+    asyncio.run(scripted_client(transport, slept).log_batch("r1", {"metrics": []}))
+    assert len(transport.sent) == 2 and slept and slept[0] >= 2.0  # Retry-After honoured
+
+
+def test_a_failed_tracking_call_that_may_have_been_processed_is_not_sent_again() -> None:
+    transport = ScriptedTransport((500, {"error_code": "INTERNAL_ERROR", "message": "oops"}))
+    slept: list[float] = []
+    with pytest.raises(TrackingError, match="HTTP 500 INTERNAL_ERROR: oops"):
+        asyncio.run(
+            scripted_client(transport, slept).create_run("1", run_name="x", start_ms=0)
+        )
+    assert len(transport.sent) == 1 and not slept  # a second run is never created
