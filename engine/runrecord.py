@@ -86,6 +86,8 @@ class RunRecorder:
         self.interval_s = interval_s
         self.timeline = timeline or Timeline()
         self.started_at = datetime.now(UTC)
+        #: wall-clock time of the timeline's 0 s (the endpoint known, the first row not sent)
+        self.sampling_from = self.started_at
         self._sampler: Sampler | None = None
         self._task: asyncio.Task[None] | None = None
         self.record: RunRecord | None = None
@@ -120,6 +122,7 @@ class RunRecorder:
         self.settings["model_version"] = scorer.model_version
         self.settings["invocation_url"] = scorer.invocation_url
         self._sampler = Sampler(scorer.stats, self.timeline, clock=scorer.clock)
+        self.sampling_from = datetime.now(UTC)
         self._sampler.sample()  # the start, at 0 s: every chart has a line, however short the run
         self._task = asyncio.create_task(
             sample_every(self._sampler, interval_s=self.interval_s, sleep=scorer.sleep)
@@ -165,12 +168,10 @@ class RunRecorder:
             async with Transport(max_connections=2) as transport:
                 client = await self._client(transport, target)
                 logged = await log_run(client, target.experiment, self._content(record))
-            log.info(
-                "MLflow run %s in experiment %s (%s)",
-                logged.run_id,
-                target.experiment,
-                f"{client.base_url}/#/experiments/{logged.experiment_id}/runs/{logged.run_id}",
+            where = "" if target.tracking_uri == "databricks" else (
+                f" ({client.base_url}/#/experiments/{logged.experiment_id}/runs/{logged.run_id})"
             )
+            log.info("MLflow run %s in experiment %s%s", logged.run_id, target.experiment, where)
         except Exception as exc:  # a run record never fails the run it records
             log.warning(
                 "the run was not logged to MLflow experiment %s at %s: %s",
@@ -213,7 +214,8 @@ class RunRecorder:
             status=MLFLOW_STATUS[record.status],
             params=params_of(record.settings),
             tags=tags,
-            metrics=summary_metrics(summary, now_ms()) + timeline_metrics(record, start_ms),
+            metrics=summary_metrics(summary, now_ms())
+            + timeline_metrics(record, int(self.sampling_from.timestamp() * 1000)),
             artifacts=artifacts,
         )
 
