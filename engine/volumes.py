@@ -34,7 +34,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -281,9 +281,16 @@ class FilesApi:
     401 once with a fresh token.
     """
 
-    def __init__(self, tokens: WorkspaceTokens, *, timeout_s: float = REQUEST_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        tokens: WorkspaceTokens,
+        *,
+        timeout_s: float = REQUEST_TIMEOUT_S,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.tokens = tokens
         self.timeout_s = timeout_s
+        self._sleep = sleep
         parts = urllib.parse.urlsplit(tokens.host)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UsageError(
@@ -385,7 +392,7 @@ class FilesApi:
                 self._drop_connection()
                 if attempt == MAX_ATTEMPTS or not _may_resend(method, target):
                     raise OSError(f"Files API {method} {path}: {exc}") from exc
-                time.sleep(_backoff_s(attempt))
+                self._sleep(_backoff_s(attempt))
                 continue
             if response.status < 300:
                 return response
@@ -395,7 +402,7 @@ class FilesApi:
                 self.tokens.invalidate(token)
                 continue
             if response.status in _RETRY_STATUSES and attempt < MAX_ATTEMPTS:
-                time.sleep(_retry_after_s(response) or _backoff_s(attempt))
+                self._sleep(_retry_after_s(response) or _backoff_s(attempt))
                 continue
             raise _os_error(response.status, error, method, path)
         raise AssertionError("unreachable")  # pragma: no cover

@@ -157,7 +157,7 @@ async def test_a_principal_that_may_only_read_is_refused_before_any_row_is_sent(
     emulator: Emulator, served: Path
 ) -> None:
     pq.write_table(regressor_table(emulator, 100, seed=63), _local(served, f"{VOLUME}/in.parquet"))
-    with pytest.raises(UsageError, match="WRITE VOLUME ON VOLUME main.default.data"):
+    with pytest.raises(UsageError, match=r"WRITE VOLUME ON VOLUME main\.default\.data"):
         await _score(
             emulator, f"{VOLUME}/in.parquet", f"{VOLUME}/out/o.parquet",
             credentials=_principal(emulator, READER),
@@ -210,7 +210,7 @@ async def test_a_delta_table_in_an_unmounted_volume_is_refused_with_the_ways_rou
     deltalake.write_deltalake(
         str(_local(served, f"{VOLUME}/table")), regressor_table(emulator, 10, seed=65)
     )
-    with pytest.raises(UsageError, match="cluster.*s3://"):
+    with pytest.raises(UsageError, match=r"cluster.*s3://"):
         await _score(emulator, f"{VOLUME}/table", f"{VOLUME}/out.parquet")
     assert _requests(emulator) == 0
 
@@ -243,7 +243,7 @@ async def test_a_run_into_a_volume_stopped_by_sigterm_resumes_scoring_no_row_twi
     _, stderr = await proc.communicate()
     assert proc.returncode == 143, stderr.decode()[-2000:]
     assert not _local(served, f"{VOLUME}/scored.parquet").exists()
-    assert list(tmp_path.glob(".scored.parquet.*.checkpoint"))  # local: the Files API has no fsync
+    assert _checkpoints(tmp_path)  # kept locally: the Files API has no fsync or rename
 
     emulator.set_faults(ENDPOINT, Faults())
     rerun = await asyncio.create_subprocess_exec(
@@ -257,7 +257,11 @@ async def test_a_run_into_a_volume_stopped_by_sigterm_resumes_scoring_no_row_twi
     )
     scored = emulator.accounting(ENDPOINT)["rows_scored"]
     assert len(scored) == rows and sum(count - 1 for count in scored.values()) == 0
-    assert not list(tmp_path.glob(".scored.parquet.*.checkpoint"))  # removed after success
+    assert not _checkpoints(tmp_path)  # removed after success
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    return list(folder.glob(".scored.parquet.*.checkpoint"))
 
 
 # --- the emulator's Files API on the wire -------------------------------------------------
