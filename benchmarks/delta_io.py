@@ -1,9 +1,11 @@
 """Delta in/out against Parquet in/out: the same rows, ``engine score`` as a whole process.
 
 Writes ``--rows`` rows of demo-regressor's columns once as a Parquet file and once as a Delta
-table (the same data), starts the emulator with no faults in its own
-process, then runs ``engine score`` for each pairing (parquet->parquet, delta->parquet,
-parquet->delta, delta->delta), ``--repeats`` times in rotating order, and prints the median
+table (the same data), and the Parquet file again into a Unity Catalog Volume the emulator
+serves through its Files API (``--volumes-root``), starts the emulator with no faults in its
+own process, then runs ``engine score`` for each pairing (parquet->parquet, delta->parquet,
+parquet->delta, delta->delta, and volume->volume: ``/Volumes/...`` in and out through the
+Files API, not mounted), ``--repeats`` times in rotating order, and prints the median
 wall-clock rows/s (interpreter start-up, imports, reading, scoring, writing and, for Delta,
 the commit included), the engine's own rows/s from its summary, CPU seconds and peak RSS.
 
@@ -24,7 +26,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from common import ENDPOINT, EmulatorProcess, run_child, write_input
 
-PAIRS = (("parquet", "parquet"), ("delta", "parquet"), ("parquet", "delta"), ("delta", "delta"))
+PAIRS = (
+    ("parquet", "parquet"),
+    ("delta", "parquet"),
+    ("parquet", "delta"),
+    ("delta", "delta"),
+    ("volume", "volume"),
+)
+VOLUME = "/Volumes/main/default/bench"
 
 
 def main() -> None:
@@ -37,9 +46,15 @@ def main() -> None:
     from deltalake import write_deltalake
 
     work = Path(tempfile.mkdtemp(prefix="engine-delta-bench-"))
-    emulator = EmulatorProcess.start()
+    served = work / "served"
+    (served / "main" / "default" / "bench").mkdir(parents=True)
+    emulator = EmulatorProcess.start("--volumes-root", str(served))
     try:
-        inputs = {"parquet": write_input(work / "in.parquet", args.rows)}
+        inputs: dict[str, Path | str] = {
+            "parquet": write_input(work / "in.parquet", args.rows)
+        }
+        shutil.copy(inputs["parquet"], served / "main" / "default" / "bench" / "in.parquet")
+        inputs["volume"] = f"{VOLUME}/in.parquet"
         inputs["delta"] = work / "in_delta"
         parquet = pq.ParquetFile(inputs["parquet"])
         batches = pa.RecordBatchReader.from_batches(parquet.schema_arrow, parquet.iter_batches())
@@ -62,15 +77,18 @@ def main() -> None:
 
 
 def _run(
-    emulator: EmulatorProcess, source: Path, target: str, work: Path, rows: int
+    emulator: EmulatorProcess, source: Path | str, target: str, work: Path, rows: int
 ) -> dict[str, float]:
-    output = work / ("out.parquet" if target == "parquet" else "out_delta")
+    output = work / ("out_delta" if target == "delta" else "out.parquet")
+    if target == "volume":
+        output = work / "served" / "main" / "default" / "bench" / "out.parquet"
     shutil.rmtree(output, ignore_errors=True)
     output.unlink(missing_ok=True)
+    named = f"{VOLUME}/out.parquet" if target == "volume" else str(output)
     summary_path = work / "summary.json"
     cmd = [
         sys.executable, "-m", "engine", "score", str(source), "--endpoint", ENDPOINT,
-        "-o", str(output), "--progress", "off", "--summary", str(summary_path),
+        "-o", named, "--progress", "off", "--summary", str(summary_path),
     ]
     if target == "delta":
         cmd += ["--output-format", "delta"]

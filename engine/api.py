@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
+from engine import volumes
 from engine.checkpoint import Checkpoint
 from engine.config import Credentials, ScoreConfig
 from engine.delta import TableRead
@@ -156,6 +157,8 @@ async def ascore(
         credentials, host=host, client_id=client_id, client_secret=client_secret,
         profile=profile, auth=auth,
     )
+    output = volumes.local_path(os.fspath(output))  # a mounted Volume: a local path
+    volumes.use(creds)  # a Volume outside a cluster: this run's credentials (this task)
     table_read = TableRead(version=input_version, timestamp=input_timestamp, where=where)
     source = open_source(inputs, shard=shard, table=table_read)
     if shard is not None:
@@ -166,6 +169,8 @@ async def ascore(
         os.fspath(output), output_format=output_format, mode=mode,
         partition_by=partition_by, overwrite=overwrite,
     )
+    if table is not None:
+        volumes.refuse_remote_table(table.uri, "output")
     spec = OutputSpec(path=os.fspath(output), overwrite=overwrite or mode == "overwrite")
     if table is None:
         check_output(spec)

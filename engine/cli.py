@@ -250,7 +250,8 @@ def _add_record_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_delta_flags(parser: argparse.ArgumentParser) -> None:
+def _add_table_read_flags(parser: argparse.ArgumentParser) -> Any:
+    """--input-version, --input-timestamp, --where: which rows of an input Delta table."""
     group = parser.add_argument_group(
         "Delta tables (pip install 'databricks-batch-engine[delta]')"
     )
@@ -271,6 +272,11 @@ def _add_delta_flags(parser: argparse.ArgumentParser) -> None:
         help="score only the input Delta table's rows matching this SQL predicate, e.g. "
         "\"day = '2025-01-31' AND amount > 0\" (partition filters skip whole files)",
     )
+    return group
+
+
+def _add_delta_flags(parser: argparse.ArgumentParser) -> None:
+    group = _add_table_read_flags(parser)
     group.add_argument(
         "--output-format",
         choices=["auto", "delta"],
@@ -334,6 +340,7 @@ def _add_validate(commands: Any) -> None:
         help="CSV: check every value against the endpoint's types (default: the first rows; "
         "later values are checked as they are read while scoring)",
     )
+    _add_table_read_flags(validate)
     _add_connection_flags(validate)
     _add_debug_flag(validate)
     validate.set_defaults(run=_run_validate)
@@ -361,9 +368,15 @@ def _credentials(args: argparse.Namespace) -> Credentials:
 
 
 def _run_validate(args: argparse.Namespace) -> int:
+    from engine.delta import TableRead
     from engine.describe import avalidate
 
-    plan = asyncio.run(avalidate(args.inputs, args.endpoint, _credentials(args), full=args.full))
+    table = TableRead(
+        version=args.input_version, timestamp=args.input_timestamp, where=args.where
+    )
+    plan = asyncio.run(
+        avalidate(args.inputs, args.endpoint, _credentials(args), full=args.full, table=table)
+    )
     print(f"OK: the input fits endpoint '{args.endpoint}'")
     for line in plan.describe():
         print(f"  {line}")

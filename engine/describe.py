@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from engine import volumes
 from engine.auth import connect
 from engine.config import Credentials
+from engine.delta import TableRead
 from engine.errors import SchemaError
 from engine.pipeline import csv_read_types
 from engine.schema import CastPlan, ModelSchema, format_schema, plan_cast
@@ -80,19 +82,26 @@ MAX_LISTED_VALUES = 10
 
 
 async def avalidate(
-    inputs: Any, endpoint: str, credentials: Credentials, *, full: bool = False
+    inputs: Any,
+    endpoint: str,
+    credentials: Credentials,
+    *,
+    full: bool = False,
+    table: TableRead | None = None,
 ) -> Validation:
     """Check ``inputs`` against the endpoint's schema, sending no rows.
 
     Parquet's types are in its footers, so the check is complete. CSV columns are read as
     the endpoint's types, so without reading every value only a sample can be checked:
-    the first read batch; ``full`` reads every row.
+    the first read batch; ``full`` reads every row. ``table`` picks the version, time or
+    rows of a Delta table input (``--input-version``, ``--input-timestamp``, ``--where``).
 
     Raises:
         SchemaError: listing every missing or incompatible column, or (CSV) every value
             found that does not parse as its column's type (the first ten, and the count).
     """
-    source = open_source(inputs)
+    volumes.use(credentials)  # a Volume outside a cluster is read with these
+    source = open_source(inputs, table=table)
     async with Transport() as transport:
         workspace = await _workspace(transport, credentials)
         await workspace.get_endpoint(endpoint)  # a missing endpoint is its own clear error

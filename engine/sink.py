@@ -44,6 +44,11 @@ bucket lifecycle rule). The costs: S3 copies at most 5 GiB in one request, so a 
 output fails at ``finish`` (split the run with ``--shard``), and object stores have no
 atomic create-if-absent here, so the "never replace" check is made just before the copy,
 not with it. Results held for their type spill to the local temporary directory.
+
+Unity Catalog Volumes (``/Volumes/...``) are local files where they are mounted (a cluster),
+written as above. Elsewhere the Files API has no rename, so the output is written to a local
+temporary file and published by one ``PUT`` (``overwrite=false`` unless ``overwrite``, so the
+server refuses to replace a file atomically); see :mod:`engine.volumes`.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from engine import volumes
 from engine.durable import fsync_directory, fsync_path
 from engine.errors import EngineError, InputError, OutputExistsError, UsageError, storage_error
 from engine.ordering import InOrder
@@ -124,7 +130,10 @@ def check_output(spec: OutputSpec) -> None:
     path = spec.path
     _check_format(path)
     if _remote(path):
-        _check_remote_output(locate(path), overwrite=spec.overwrite)
+        location = locate(path)
+        _check_remote_output(location, overwrite=spec.overwrite)
+        if volumes.is_volume_filesystem(location.filesystem):
+            volumes.check_writable(location.filesystem, location.path)
         return
     if os.path.isdir(path):
         example = os.path.join(path, "predictions.parquet")
@@ -273,6 +282,7 @@ class OrderedWriter:
         self._state = "open"
         # Created with the first write, so a writer that is never used leaves nothing behind.
         self._tmp: str | None = None
+        self._spooled = False  # True: self._tmp is a local file bound for a Volume
 
     @property
     def next_batch_id(self) -> int:
@@ -351,6 +361,8 @@ class OrderedWriter:
             self._release_held(pa.null())
         schema = self._output_schema(self._prediction_type or pa.null())
         out = self._out or self._open_output(schema)
+        if self._remote is not None and volumes.is_volume_filesystem(self._remote.filesystem):
+            return self._publish_to_volume(out)
         if self._remote is not None:
             _close_remote(out, self._remote)
             assert self._tmp is not None
@@ -363,6 +375,20 @@ class OrderedWriter:
         _publish(self._tmp, self.spec.path, overwrite=self.spec.overwrite)
         self._state = "finished"
         fsync_directory(os.path.dirname(os.path.abspath(self.spec.path)))
+        return self.spec.path
+
+    def _publish_to_volume(self, out: _Output) -> str:
+        """Close the local file and upload it whole (see :mod:`engine.volumes`)."""
+        assert self._remote is not None and self._tmp is not None
+        out.close(flush=True)
+        try:
+            volumes.publish(
+                self._tmp, _remote_filesystem(self._remote), self._remote.path,
+                overwrite=self.spec.overwrite,
+            )
+        finally:
+            os.unlink(self._tmp)
+        self._state = "finished"
         return self.spec.path
 
     def abort(self) -> None:
@@ -379,7 +405,7 @@ class OrderedWriter:
                 self._out.close(flush=False)
         if self._held is not None:
             self._held.discard()
-        if self._tmp is not None and self._remote is not None:
+        if self._tmp is not None and self._remote is not None and not self._spooled:
             with contextlib.suppress(Exception):  # best effort: it is hidden, and not the output
                 _remote_filesystem(self._remote).delete_file(self._tmp)
         elif self._tmp is not None:
@@ -487,8 +513,12 @@ class OrderedWriter:
 
     def _open_output(self, schema: pa.Schema) -> _Output:
         output_type = _ParquetOutput if self.spec.is_parquet else _IpcOutput
-        if self._remote is None:
-            self._tmp = _temp_beside(self.spec.path)
+        # A Volume through the Files API (no rename): finish locally, then one PUT.
+        self._spooled = self._remote is not None and volumes.is_volume_filesystem(
+            self._remote.filesystem
+        )
+        if self._remote is None or self._spooled:
+            self._tmp = _temp_beside(None if self._spooled else self.spec.path)
             # Buffered: one write call per MiB instead of several per result.
             sink = pa.BufferedOutputStream(pa.OSFile(self._tmp, "wb"), buffer_size=1 << 20)
         else:

@@ -80,6 +80,7 @@ import pyarrow.csv as pcsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from engine import volumes
 from engine.errors import InputError, UsageError
 
 if TYPE_CHECKING:
@@ -254,6 +255,7 @@ def open_source(
     if table_root is not None:
         if format is not None:
             raise InputError(f"{table_root} is a Delta table; format= applies to files only")
+        volumes.refuse_remote_table(table_root, "input")
         return delta.open_table(table_root, table or delta.TableRead(), shard=shard)
     if table is not None and table.chosen:
         raise UsageError(
@@ -417,8 +419,9 @@ _CONTAINER_IN_USERINFO = ("abfs", "abfss")
 
 
 def is_uri(text: str) -> bool:
-    """True when ``text`` is a URI (``scheme://...``) rather than a local path."""
-    return _SCHEME.match(text) is not None
+    """True when ``text`` is a URI (``scheme://...``) rather than a local path; so is a
+    Unity Catalog Volume path not mounted here (:mod:`engine.volumes`)."""
+    return _SCHEME.match(text) is not None or volumes.is_remote(text)
 
 
 def locate(text: str) -> Location:
@@ -430,8 +433,12 @@ def locate(text: str) -> Location:
     Raises:
         InputError: the URI cannot be parsed, or no filesystem handles its scheme.
     """
+    if volumes.is_remote(text):
+        volume = volumes.parse(text)
+        assert volume is not None
+        return Location(text.rstrip("/"), volume.path, volumes.filesystem())
     if not is_uri(text):
-        path = os.path.abspath(text)
+        path = os.path.abspath(volumes.local_path(text))
         return Location(path, path)
     name = _display(text)
     if text.lower().startswith("file://"):
@@ -503,7 +510,7 @@ def _find_files(items: Sequence[str | os.PathLike[str]], format: str | None) -> 
 def _expand(item: str, format: str | None) -> list[Location]:
     if is_uri(item) and not item.lower().startswith("file://"):
         return _expand_uri(item, format)
-    local = locate(item).path if is_uri(item) else item
+    local = locate(item).path if is_uri(item) else volumes.local_path(item)
     return [Location(path, path) for path in _expand_local(local, format)]
 
 

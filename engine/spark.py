@@ -123,8 +123,8 @@ def score(
         ``df``'s columns + ``prediction`` + ``error``, one row per input row.
 
     Raises:
-        EngineError: a missing endpoint, bad credentials, or a schema that does not fit
-            (every problem listed); nothing has been sent.
+        EngineError: a missing endpoint or ``served_model``, bad credentials, or a schema
+            that does not fit (every problem listed); nothing has been sent.
     """
     from engine.api import _config, resolve_credentials
 
@@ -177,11 +177,13 @@ async def _prediction_type(
 ) -> pa.DataType | None:
     """Read the endpoint's schema on the driver and check ``schema`` against it."""
     from engine.auth import connect
+    from engine.pipeline import _check_served_model
     from engine.workspace import Workspace
 
     async with Transport() as transport:
         workspace = Workspace(transport, await connect(transport, credentials))
-        await workspace.get_endpoint(config.endpoint)
+        endpoint = await workspace.get_endpoint(config.endpoint)
+        _check_served_model(endpoint, config.served_model)  # on the driver, not in each task
         model = await workspace.get_model(config.endpoint)
     plan_cast(schema, model)  # raises SchemaError listing every problem
     return model.prediction_type if model else None

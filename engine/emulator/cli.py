@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from dataclasses import replace
@@ -98,6 +99,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how long config:start takes",
     )
     models.add_argument("--config", metavar="FILE", help="JSON file of extra settings (see docs)")
+    parser.add_argument(
+        "--volumes-root",
+        metavar="DIR",
+        help="serve DIR as /Volumes through the Files API (/api/2.0/fs/...): "
+        "DIR/<catalog>/<schema>/<volume>/... (default: no Volumes, 404)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON line, then serve")
     parser.add_argument(
         "--no-row-accounting",
@@ -273,7 +280,14 @@ def _build(args: argparse.Namespace, file: dict[str, Any]) -> EmulatorConfig:
         data_plane_port=args.data_plane_port,
         workspace_id=str(file.get("workspace_id", DEFAULT_WORKSPACE_ID)),
         track_rows=not args.no_row_accounting,
+        volumes_root=_volumes_root(args.volumes_root),
     )
+
+
+def _volumes_root(path: str | None) -> str | None:
+    if path is not None and not os.path.isdir(path):
+        raise UsageError(f"--volumes-root {path} is not a directory: create it, or name one")
+    return path
 
 
 def _file_endpoint(entry: dict[str, Any], faults: Faults) -> EndpointConfig:

@@ -238,6 +238,8 @@ class ServicePrincipal:
         personal_access_token: a PAT acting as this principal (None: none). Like on Databricks,
             it works on the control plane only: the data plane and the jwt-bearer exchange
             refuse it.
+        volume_privileges: its Unity Catalog privileges on every Volume the Files API serves
+            (``READ VOLUME``, ``WRITE VOLUME``); without one, the call gets 403.
     """
 
     client_id: str = DEFAULT_CLIENT_ID
@@ -245,6 +247,7 @@ class ServicePrincipal:
     default_permission: PermissionLevel | None = "CAN_MANAGE"
     permissions: Mapping[str, PermissionLevel] = field(default_factory=dict)
     personal_access_token: str | None = DEFAULT_PERSONAL_ACCESS_TOKEN
+    volume_privileges: frozenset[str] = frozenset({"READ VOLUME", "WRITE VOLUME"})
 
     def level(self, endpoint: str) -> PermissionLevel | None:
         """This principal's permission level on ``endpoint``."""
@@ -315,6 +318,8 @@ class EmulatorConfig:
         max_payload_bytes: the data plane's request size limit (413 above it).
         track_rows: keep per-row ``rows_scored``/``rows_delivered`` counters (memory grows
             with distinct rows; turn off for very long runs).
+        volumes_root: a local directory served as ``/Volumes`` by the Files API
+            (``DIR/<catalog>/<schema>/<volume>/...``); None: the Files API answers 404.
     """
 
     endpoints: tuple[EndpointConfig, ...] = field(default_factory=_default_endpoints)
@@ -327,6 +332,7 @@ class EmulatorConfig:
     data_plane_port: int = 0
     max_payload_bytes: int = MAX_PAYLOAD_BYTES
     track_rows: bool = True
+    volumes_root: str | None = None
 
     def __post_init__(self) -> None:
         names = [e.name for e in self.endpoints]

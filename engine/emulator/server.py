@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from engine.emulator import control, dataplane, oauth
+from engine.emulator import control, dataplane, files, oauth
 from engine.emulator.clock import Clock, Sleep
 from engine.emulator.config import EmulatorConfig, Faults, TokenFaults
 from engine.emulator.models import Model
@@ -44,6 +44,7 @@ def _application(
 def _control_routes(app: web.Application) -> None:
     oauth.add_routes(app)
     control.add_routes(app)
+    files.add_routes(app)
 
 
 async def _start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:

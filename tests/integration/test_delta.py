@@ -497,3 +497,24 @@ async def test_shards_appending_to_one_new_table_each_commit_once(
     assert table.version() == 1  # two commits: one per shard
     assert _read_table(out).num_rows == 1_000
     assert not list(tmp_path.glob(".scored*.checkpoint"))  # each shard removed its own
+
+
+async def test_validate_checks_the_delta_version_it_is_given(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    root = tmp_path / "table"
+    table = regressor_table(emulator, 50, seed=84)
+    deltalake.write_deltalake(str(root), table)
+    broken = table.drop_columns(["x0"])
+    deltalake.write_deltalake(str(root), broken, mode="overwrite", schema_mode="overwrite")
+    validate = ("validate", str(root), "--endpoint", ENDPOINT)
+
+    code, printed = await _cli(emulator, tmp_path, *validate, "--input-version", "0", crash=False)
+    assert code == 0 and "OK" in printed, printed[-2000:]
+    code, printed = await _cli(emulator, tmp_path, *validate, crash=False)
+    assert code == 2 and "x0" in printed, printed[-2000:]
+    code, printed = await _cli(
+        emulator, tmp_path, *validate, "--input-timestamp", "2000-01-01T00:00:00Z", crash=False
+    )
+    assert code == 2 and "2000-01-01" in printed and "Traceback" not in printed
+    assert _requests(emulator) == 0

@@ -97,6 +97,7 @@ def test_human_output_has_exports_and_a_score_command() -> None:
         ["--error-503-rate", "2"],
         ["--model", "no_such_module:fn"],
         ["--retry-after", "x"],
+        ["--volumes-root", "/nonexistent/volumes-root"],
     ],
 )
 def test_bad_flags_are_one_line_exit_2_without_traceback(flags: list[str]) -> None:

@@ -28,7 +28,7 @@ from engine.emulator import (  # noqa: E402
     Faults,
 )
 from engine.emulator.models import builtin_model  # noqa: E402
-from engine.errors import SchemaError  # noqa: E402
+from engine.errors import SchemaError, UsageError  # noqa: E402
 from engine.spark import score  # noqa: E402
 
 ENDPOINT = "demo-regressor"
@@ -154,3 +154,22 @@ def test_jobs_with_different_columns_in_the_same_workers_each_keep_their_own(
         result = pa.Table.from_pandas(scored.toPandas())
         assert result.column_names == [*table.column_names, "prediction", "error"]
         assert result.column("error").null_count == 2_000
+
+
+def test_served_model_targets_one_served_model_and_an_unknown_one_fails_on_the_driver(
+    spark: SparkSession, emulator: EmulatorThread
+) -> None:
+    served = next(e for e in emulator.config.endpoints if e.name == ENDPOINT).served_entity_name()
+    table = MODEL.sample(3_000, seed=8)
+    df = spark.createDataFrame(table.to_pandas()).coalesce(2)
+    scored = score(df, endpoint=ENDPOINT, credentials=credentials(emulator), served_model=served)
+    result = pa.Table.from_pandas(scored.toPandas())
+    assert result.column("error").null_count == 3_000
+    assert sorted(result.column("prediction").to_pylist()) == sorted(
+        pa.array(MODEL.predict(table)).to_pylist()
+    )
+
+    before = sum(emulator.accounting(ENDPOINT)["requests_by_status"].values())
+    with pytest.raises(UsageError, match="serves no model named 'nope'"):
+        score(df, endpoint=ENDPOINT, credentials=credentials(emulator), served_model="nope")
+    assert sum(emulator.accounting(ENDPOINT)["requests_by_status"].values()) == before
