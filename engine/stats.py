@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -89,6 +89,12 @@ class Summary:
         return out
 
 
+class RequestObserver(Protocol):
+    """Told of every request as it ends (the telemetry's per-request hook)."""
+
+    def __call__(self, status: int | None, latency_s: float, error_type: str | None) -> None: ...
+
+
 @dataclass
 class RunStats:
     """Mutable counters; only the event loop thread touches them."""
@@ -108,6 +114,10 @@ class RunStats:
     latencies_s: list[float] = field(default_factory=list)
     #: the dispatcher's adaptive controller, read for progress lines and the summary
     controller: RateController | None = None
+    #: data-plane requests sent and not yet answered
+    active_requests: int = 0
+    #: told of each request as it ends (None: no telemetry configured)
+    observer: RequestObserver | None = None
 
     @property
     def throttled_share(self) -> float:
@@ -123,7 +133,13 @@ class RunStats:
             "pacing_rps": round(controller.rate, 2) if controller.paced else None,
         }
 
-    def record_request(self, status: int | None, latency_s: float) -> None:
+    def record_request(
+        self, status: int | None, latency_s: float, error_type: str | None = None
+    ) -> None:
+        """Count one answered (``status``) or failed request; ``error_type``: how a request
+        with no answer failed (the transport's kind: connect, timeout, reset...)."""
+        if self.observer is not None:
+            self.observer(status, latency_s, error_type)
         self.requests += 1
         if status is not None and 200 <= status < 300:
             self.requests_ok += 1
