@@ -69,11 +69,7 @@ class PushgatewayExporter:
         with self._lock:
             if self._finished:
                 return
-            registry = self._registry(view.summary(), view.stats.limits(), final=False)
-            with self._warn.guard():
-                pushadd_to_gateway(
-                    self.url, self.job, registry, self.grouping, timeout=PUSH_TIMEOUT_S
-                )
+            self._push("POST", self._registry(view.summary(), view.stats.limits(), final=False))
 
     def finish(self, summary: Summary) -> None:
         view = self.view
@@ -84,12 +80,14 @@ class PushgatewayExporter:
             )
         with self._lock:
             self._finished = True
-            registry = self._registry(summary, limits, final=True)
-            push = (
-                push_to_gateway if summary.exit_code in FINISHED_EXIT_CODES else pushadd_to_gateway
-            )
-            with self._warn.guard():
-                push(self.url, self.job, registry, self.grouping, timeout=PUSH_TIMEOUT_S)
+            finished = summary.exit_code in FINISHED_EXIT_CODES
+            self._push("PUT" if finished else "POST", self._registry(summary, limits, final=True))
+
+    def _push(self, method: str, registry: CollectorRegistry) -> None:
+        """PUT replaces the group's metrics; POST replaces only those of the same names."""
+        send = push_to_gateway if method == "PUT" else pushadd_to_gateway
+        with self._warn.guard():
+            send(self.url, self.job, registry, self.grouping, timeout=PUSH_TIMEOUT_S)
 
     def _registry(
         self, summary: Summary, limits: Mapping[str, float | None], *, final: bool

@@ -58,16 +58,19 @@ class OtlpReceiver:
         return 200
 
     def last_points(self) -> dict[str, list[tuple[dict[str, Any], Any]]]:
-        """Each metric's data points in the last export that carried it."""
-        points: dict[str, list[tuple[dict[str, Any], Any]]] = {}
+        """Each metric's data points, the last exported of each attribute set (cumulative
+        temporality: the last is the total)."""
+        points: dict[str, dict[tuple[Any, ...], tuple[dict[str, Any], Any]]] = {}
         for export in self.metrics:
             for resource_metrics in export.resource_metrics:
                 for scope in resource_metrics.scope_metrics:
                     for metric in scope.metrics:
                         kind = metric.WhichOneof("data")
-                        data = getattr(metric, kind).data_points
-                        points[metric.name] = [(attrs(p.attributes), p) for p in data]
-        return points
+                        for point in getattr(metric, kind).data_points:
+                            labels = attrs(point.attributes)
+                            key = tuple(sorted(labels.items()))
+                            points.setdefault(metric.name, {})[key] = (labels, point)
+        return {name: list(by_labels.values()) for name, by_labels in points.items()}
 
     def resource(self) -> dict[str, Any]:
         return attrs(self.metrics[-1].resource_metrics[0].resource.attributes)
