@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -206,8 +207,9 @@ class OtelExporter:
         threads = [threading.Thread(target=close, daemon=True) for close in closing]
         for thread in threads:
             thread.start()
+        deadline = time.monotonic() + FINISH_TIMEOUT_S
         for thread in threads:
-            thread.join(FINISH_TIMEOUT_S)
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     # -- observable callbacks: read on the reader's thread --------------------------------
 

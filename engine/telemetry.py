@@ -149,10 +149,14 @@ class Telemetry:
             exporter.on_request(status, latency_s, error_type)
 
     async def _push_every(self, interval_s: float) -> None:
+        """Each exporter's periodic push, on a thread (a push is blocking HTTP)."""
         while True:
             await asyncio.sleep(interval_s)
             for exporter in self.exporters:
-                await asyncio.to_thread(exporter.push)
+                try:
+                    await asyncio.to_thread(exporter.push)
+                except Exception as exc:  # metrics never fail a run
+                    log.debug("periodic metrics push failed: %s", exc)
 
     def finish(self, summary: Summary) -> None:
         """Export the run's last figures and flush, whatever the run's end (once).

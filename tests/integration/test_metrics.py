@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
 from collections import defaultdict
@@ -241,3 +242,39 @@ async def test_a_bad_pushgateway_url_is_a_usage_error(emulator: Emulator, tmp_pa
     assert code == 2 and "--pushgateway" in printed and "http://" in printed
     assert "Traceback" not in printed
 
+
+
+async def test_a_run_stopped_by_sigterm_flushes_its_metrics_to_both_receivers(
+    emulator: Emulator, otlp: OtlpReceiver, pushgateway: Pushgateway, tmp_path: Path
+) -> None:
+    emulator.set_faults(ENDPOINT, Faults(latency_ms=100.0))
+    args = _score_args(emulator, tmp_path, 6_000, seed=67)
+    checkpoint = tmp_path / "ckpt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABRICKS_", "OTEL_"))}
+    env.update(
+        DATABRICKS_HOST=emulator.host, DATABRICKS_CLIENT_ID=emulator.client_id,
+        DATABRICKS_CLIENT_SECRET=emulator.client_secret,
+        DATABRICKS_CONFIG_FILE="/nonexistent/databrickscfg", OTEL_EXPORTER_OTLP_ENDPOINT=otlp.url,
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "engine", *args, "--concurrency", "2", "--checkpoint",
+        str(checkpoint), "--pushgateway", pushgateway.url, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    manifest = checkpoint / "manifest.jsonl"
+    while not (manifest.exists() and manifest.stat().st_size):  # some batches are done
+        assert proc.returncode is None, "the run ended before it could be stopped"
+        await asyncio.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    printed, _ = await proc.communicate()
+    assert proc.returncode == 143, printed.decode()[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert 0 < summary["rows_scored"] < 6_000
+    group = {"job": "databricks_batch_engine", "shard": "0/1"}
+    pushed = pushgateway.scrape()
+    assert sample_value(pushed, "batch_engine_exit_code", **group) == 143
+    assert sample_value(pushed, "batch_engine_rows_scored_total", **group) == summary["rows_scored"]
+    points = otlp.last_points()
+    assert point_value(points["batch_engine.rows.scored"], shard="0/1") == summary["rows_scored"]
+    [span] = otlp.spans()
+    assert span.status.code == 2 and "SIGTERM" in span.status.message

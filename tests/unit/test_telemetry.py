@@ -145,3 +145,28 @@ def test_a_push_after_the_final_one_is_skipped() -> None:
     exporter.finish(stats.summary(endpoint="e", output=None, token_refreshes=1, exit_code=0))
     exporter.push()
     assert pushed == ["POST", "PUT"]
+
+
+async def test_every_exporter_is_pushed_each_interval_and_a_failing_push_does_not_stop_it() -> None:
+    import asyncio
+
+    pushes: list[str] = []
+    enough = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    class Exporter:
+        def __init__(self, name: str, fails: bool) -> None:
+            self.name, self.fails = name, fails
+
+        def push(self) -> None:
+            pushes.append(self.name)
+            if len(pushes) == 6:  # pushes run on a thread
+                loop.call_soon_threadsafe(enough.set)
+            if self.fails:
+                raise RuntimeError("unreachable")
+
+    telemetry = Telemetry([Exporter("a", True), Exporter("b", False)])  # type: ignore[list-item]
+    task = asyncio.create_task(telemetry._push_every(0.0))
+    await enough.wait()
+    task.cancel()
+    assert pushes[:6] == ["a", "b", "a", "b", "a", "b"]
