@@ -97,7 +97,8 @@ class RequestObserver(Protocol):
 
 @dataclass
 class RunStats:
-    """Mutable counters; only the event loop thread touches them."""
+    """Mutable counters; only the event loop thread changes them (metrics exporters read
+    them from their own threads)."""
 
     started_at: float = field(default_factory=time.monotonic)
     rows_total: int = 0

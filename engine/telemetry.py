@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from engine.config import ScoreConfig
@@ -110,19 +111,20 @@ class Telemetry:
         labels = RunLabels(config.endpoint, shard=_shard_text(shard))
         exporters: list[Exporter] = []
         if metrics.otel_enabled():
-            with _needs("otel", "opentelemetry", asked=metrics.otel is True):
-                from engine.otel import OtelExporter
-
-                exporters.append(OtelExporter(labels, forced=metrics.otel is True))
+            forced = metrics.otel is True
+            otel = _exporter_module("engine.otel", "otel", "opentelemetry", asked=forced)
+            if otel is not None:
+                _add(exporters, "OpenTelemetry", lambda: otel.OtelExporter(labels, forced=forced))
         if metrics.pushgateway_url:
-            with _needs("prometheus", "prometheus_client", asked=True):
-                from engine.pushgateway import PushgatewayExporter
+            push = _exporter_module(
+                "engine.pushgateway", "prometheus", "prometheus_client", asked=True
+            )
+            url, job = metrics.pushgateway_url, metrics.pushgateway_job
             grouping = {**metrics.pushgateway_grouping, "shard": labels.shard}
-            exporters.append(
-                PushgatewayExporter(
-                    metrics.pushgateway_url, job=metrics.pushgateway_job, grouping=grouping,
-                    labels=labels,
-                )
+            _add(
+                exporters,
+                "the Pushgateway",
+                lambda: push.PushgatewayExporter(url, job=job, grouping=grouping, labels=labels),
             )
         return cls(exporters, interval_s=config.progress_interval_s)
 
@@ -176,12 +178,20 @@ class Telemetry:
                 log.warning("could not export the run's metrics (%s): %s", type(exc).__name__, exc)
 
 
-@contextlib.contextmanager
-def _needs(extra: str, package: str, *, asked: bool) -> Iterator[None]:
-    """A missing optional package: a usage error when the user asked for the exporter, a
-    warning when only the environment (an OTEL_* variable) turned it on."""
+def _add(exporters: list[Exporter], name: str, make: Callable[[], Exporter]) -> None:
+    """Set up one exporter; one that cannot be (say, a malformed OTEL_* variable) is a
+    warning: metrics never stop a run."""
     try:
-        yield
+        exporters.append(make())
+    except Exception as exc:
+        log.warning("metrics are not exported to %s: %s: %s", name, type(exc).__name__, exc)
+
+
+def _exporter_module(name: str, extra: str, package: str, *, asked: bool) -> Any:
+    """The exporter's module, importing its optional package. Missing: a usage error when
+    the user asked for the exporter, a warning (and None) when only an OTEL_* variable did."""
+    try:
+        return importlib.import_module(name)
     except ImportError as exc:
         if not (exc.name or "").startswith(package):
             raise
@@ -195,6 +205,7 @@ def _needs(extra: str, package: str, *, asked: bool) -> Iterator[None]:
             package,
             fix,
         )
+        return None
 
 
 def _shard_text(shard: tuple[int, int] | None) -> str:

@@ -170,3 +170,21 @@ async def test_every_exporter_is_pushed_each_interval_and_a_failing_push_does_no
     await enough.wait()
     task.cancel()
     assert pushes[:6] == ["a", "b", "a", "b", "a", "b"]
+
+
+def test_a_missing_package_is_a_usage_error_when_asked_for_and_a_warning_when_only_the_env_set_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for module in ("engine.otel", "engine.pushgateway"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    pushed = ScoreConfig(endpoint="e", metrics=MetricsConfig(pushgateway_url="http://pgw:9091"))
+    with pytest.raises(UsageError, match=r"pip install 'databricks-batch-engine\[prometheus\]'"):
+        Telemetry.open(pushed)
+    with pytest.raises(UsageError, match=r"databricks-batch-engine\[otel\]"):
+        Telemetry.open(ScoreConfig(endpoint="e", metrics=MetricsConfig(otel=True)))
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
+    telemetry = Telemetry.open(ScoreConfig(endpoint="e"))
+    assert telemetry.exporters == []
+    assert "opentelemetry is not installed" in caplog.text and "--no-otel" in caplog.text
