@@ -12,7 +12,7 @@ given. See ``engine score --help`` for the command line.
 """
 
 from engine.api import ascore, ascore_table, score, score_table
-from engine.config import Credentials, ScoreConfig
+from engine.config import Credentials, MetricsConfig, ScoreConfig
 from engine.errors import (
     AuthError,
     BatchFailed,
@@ -35,6 +35,7 @@ __all__ = [
     "EndpointError",
     "EngineError",
     "InputError",
+    "MetricsConfig",
     "OutputExistsError",
     "RetryPolicy",
     "RunAborted",

@@ -50,8 +50,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.api import ascore
-from engine.config import Credentials, ScoreConfig
-from engine.errors import EngineError, Interrupted
+from engine.config import DEFAULT_PUSHGATEWAY_JOB, Credentials, MetricsConfig, ScoreConfig
+from engine.errors import EngineError, Interrupted, UsageError
 from engine.pipeline import StopSignal
 from engine.stats import RunStats, Summary
 
@@ -153,12 +153,22 @@ class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
         mlflow_experiment: log the run to this MLflow experiment (templated), on the
             workspace's tracking server unless ``mlflow_tracking_uri`` names another.
         mlflow_tracking_uri: ``databricks`` or an ``http(s)://`` tracking server.
+        pushgateway: a Prometheus Pushgateway URL to push the run's figures to every
+            progress interval and at the end (templated, e.g. ``"{{ var.value.pushgateway }}"``).
+            See ``--pushgateway``.
+        pushgateway_job: the pushed group's ``job`` label (templated; default
+            ``databricks_batch_engine``).
+        pushgateway_labels: more grouping labels, e.g. ``{"instance": "{{ dag.dag_id }}"}``
+            (templated); a mapped, sharded task adds its ``shard``.
+        otel: OpenTelemetry metrics and a run span: None (default) when the worker's
+            environment sets ``OTEL_EXPORTER_OTLP_ENDPOINT``; True or False to force.
         **kwargs: :class:`BaseOperator` arguments (``task_id``, ``retries``, ...).
     """
 
     template_fields: Sequence[str] = (
         "input", "output_path", "endpoint", "shard", "checkpoint", "input_version",
-        "input_timestamp", "where", "report", "mlflow_experiment",
+        "input_timestamp", "where", "report", "mlflow_experiment", "pushgateway",
+        "pushgateway_job", "pushgateway_labels",
     )
     ui_color = "#fde8e4"
 
@@ -184,12 +194,20 @@ class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
         report: str | None = None,
         mlflow_experiment: str | None = None,
         mlflow_tracking_uri: str | None = None,
+        pushgateway: str | None = None,
+        pushgateway_job: str = DEFAULT_PUSHGATEWAY_JOB,
+        pushgateway_labels: Mapping[str, str] | None = None,
+        otel: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.report = report
         self.mlflow_experiment = mlflow_experiment
         self.mlflow_tracking_uri = mlflow_tracking_uri
+        self.pushgateway = pushgateway
+        self.pushgateway_job = pushgateway_job
+        self.pushgateway_labels = dict(pushgateway_labels or {})
+        self.otel = otel
         self.input_version = input_version
         self.input_timestamp = input_timestamp
         self.where = where
@@ -206,18 +224,24 @@ class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
         self.resume = resume
         self.fail_on_rejected_rows = fail_on_rejected_rows
         self.score_options = dict(score_options or {})
-        self._score_config()  # a wrong option fails when the DAG is parsed, not at run time
+        # A wrong option fails when the DAG is parsed, not at run time (the metrics settings
+        # are templated: checked once rendered).
+        self._score_config(MetricsConfig())
         self._engine_run: _EngineRun | None = None
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Score the input; return the run's summary (pushed to XCom)."""
         connection = BaseHook.get_connection(self.databricks_conn_id)
+        try:
+            config = self._score_config()
+        except UsageError as exc:  # a rendered template that is not a setting: no retry helps
+            raise AirflowFailException(str(exc)) from None
         job = functools.partial(
             _score,
             inputs=self.input,
             output=os.fspath(self.output_path),
             credentials=credentials_from_connection(connection),
-            config=self._score_config(),
+            config=config,
             overwrite=self.overwrite,
             checkpoint=self.checkpoint,
             resume=self.resume,
@@ -311,13 +335,22 @@ class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
                 wait_s,
             )
 
-    def _score_config(self) -> ScoreConfig:
+    def _score_config(self, metrics: MetricsConfig | None = None) -> ScoreConfig:
         options: dict[str, Any] = {
             "progress": "log",
             "progress_interval_s": DEFAULT_PROGRESS_INTERVAL_S,
+            "metrics": metrics or self._metrics_config(),
             **self.score_options,
         }
         return ScoreConfig(endpoint=self.endpoint, **options)
+
+    def _metrics_config(self) -> MetricsConfig:
+        return MetricsConfig(
+            otel=self.otel,
+            pushgateway_url=self.pushgateway or None,  # a template that rendered empty: off
+            pushgateway_job=self.pushgateway_job or DEFAULT_PUSHGATEWAY_JOB,
+            pushgateway_grouping={str(k): str(v) for k, v in self.pushgateway_labels.items()},
+        )
 
 
 class _EngineRun:

@@ -30,6 +30,7 @@ from engine.runrecord import RunRecorder, run_settings
 from engine.sink import OrderedWriter, OutputSpec, check_output
 from engine.source import Source, is_uri, open_source, parse_shard
 from engine.stats import RunStats, Summary
+from engine.telemetry import Telemetry
 from engine.transport import Transport
 
 __all__ = ["ascore", "score", "score_table"]
@@ -196,22 +197,28 @@ async def ascore(
     with RunLock.acquire(lock_path(checkpoint_dir), output=spec.path):
         run_state = _RunState(cfg.endpoint, checkpoint_dir)
         output_plan = _Output(spec, table, shard)
+        telemetry = Telemetry.open(cfg, shard=shard)  # imports nothing unless configured
         try:
             summary = await _score_locked(
                 source, output_plan, cfg, creds, run_state, start_if_stopped=start_if_stopped,
                 resume=resume, handle_signals=handle_signals, stop=stop or StopSignal(),
-                recorder=recorder,
+                recorder=recorder, telemetry=telemetry,
             )
         except EngineError as exc:
             failure = run_state.failed(exc)
+            telemetry.finish(failure.summary or run_state.summary(str(failure), 1))
             if recorder is not None and failure.summary is not None:
                 await recorder.finish(failure.summary, failure)
             if failure is exc:
                 raise
             raise failure from exc
+        except BaseException as exc:  # cancelled, or a second Ctrl-C: still flush the metrics
+            telemetry.finish(run_state.summary(f"interrupted ({type(exc).__name__})", 130))
+            raise
         finally:
             if recorder is not None:
                 recorder.stop_sampling()
+        telemetry.finish(summary)
         if recorder is not None:
             await recorder.finish(summary)
         if default_dir:
@@ -262,6 +269,7 @@ async def _score_locked(
     resume: bool,
     handle_signals: bool,
     stop: StopSignal,
+    telemetry: Telemetry,
     recorder: RunRecorder | None = None,
 ) -> Summary:
     async with _transport(cfg) as transport:
@@ -269,6 +277,7 @@ async def _score_locked(
             source, creds, cfg, transport, start_if_stopped=start_if_stopped
         )
         scorer = state.scorer
+        telemetry.start(scorer, shard=output.shard)
         if recorder is not None:
             recorder.attach(scorer)
         state.store = Checkpoint.open(state.checkpoint_dir, fresh=not resume)
@@ -354,15 +363,20 @@ class _RunState:
         stats = self.scorer.stats if self.scorer is not None else RunStats()
         if exc.exit_code == 2 and stats.requests:
             exc.exit_code = 1  # exit 2 promises that nothing was sent
-        exc.summary = stats.summary(
+        exc.summary = self.summary(str(exc), exc.exit_code)
+        return exc
+
+    def summary(self, error: str, exit_code: int) -> Summary:
+        """The summary of a run that ended with ``error``: what it counted so far."""
+        stats = self.scorer.stats if self.scorer is not None else RunStats()
+        return stats.summary(
             endpoint=self.endpoint,
             output=None,
             token_refreshes=self.scorer.tokens.fetches if self.scorer is not None else 0,
-            exit_code=exc.exit_code,
-            error=str(exc),
+            exit_code=exit_code,
+            error=error,
             model=self.scorer.model_version if self.scorer is not None else None,
         )
-        return exc
 
     def remove_checkpoint(self) -> None:
         if self.store is not None:

@@ -18,8 +18,10 @@ from engine.config import (
     DEFAULT_BATCH_ROWS,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_PUSHGATEWAY_JOB,
     DEFAULT_REQUEST_TIMEOUT_S,
     Credentials,
+    MetricsConfig,
     ScoreConfig,
 )
 from engine.errors import EngineError, UsageError, storage_error
@@ -224,6 +226,7 @@ def _add_score(commands: Any) -> None:
     _add_tuning_flags(score)
     _add_output_flags(score)
     _add_record_flags(score)
+    _add_metrics_flags(score)
     score.set_defaults(run=_run_score)
 
 
@@ -247,6 +250,40 @@ def _add_record_flags(parser: argparse.ArgumentParser) -> None:
         metavar="URI",
         help="the MLflow tracking server (MLFLOW_TRACKING_URI; default: databricks, the "
         "workspace the run uses, with its credentials), e.g. http://127.0.0.1:5000",
+    )
+
+
+def _add_metrics_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "metrics (pip install 'databricks-batch-engine[otel]' or '[prometheus]')"
+    )
+    group.add_argument(
+        "--otel",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="export OpenTelemetry metrics and a span over OTLP/HTTP (default: on when "
+        "OTEL_EXPORTER_OTLP_ENDPOINT or _METRICS_/_TRACES_ENDPOINT is set; --otel without one "
+        "sends to http://localhost:4318); OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES apply",
+    )
+    group.add_argument(
+        "--pushgateway",
+        metavar="URL",
+        help="push the run's figures to this Prometheus Pushgateway every progress interval "
+        "and at the end, e.g. http://pushgateway:9091",
+    )
+    group.add_argument(
+        "--pushgateway-job",
+        default=DEFAULT_PUSHGATEWAY_JOB,
+        metavar="NAME",
+        help=f"the pushed group's job label (default {DEFAULT_PUSHGATEWAY_JOB})",
+    )
+    group.add_argument(
+        "--pushgateway-label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another grouping label, e.g. instance=nightly (repeatable; a sharded run adds "
+        "shard=I/N)",
     )
 
 
@@ -433,6 +470,25 @@ def _score_config(args: argparse.Namespace) -> ScoreConfig:
         max_error_rows=args.max_error_rows,
         wait_ready_s=args.wait_ready,
         progress=args.progress,
+        metrics=_metrics_config(args),
+    )
+
+
+def _metrics_config(args: argparse.Namespace) -> MetricsConfig:
+    grouping: dict[str, str] = {}
+    for pair in args.pushgateway_label:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip() or not value:
+            raise UsageError(
+                f"--pushgateway-label {pair!r} is not KEY=VALUE, e.g. --pushgateway-label "
+                "instance=nightly"
+            )
+        grouping[key.strip()] = value
+    return MetricsConfig(
+        otel=args.otel,
+        pushgateway_url=args.pushgateway,
+        pushgateway_job=args.pushgateway_job,
+        pushgateway_grouping=grouping,
     )
 
 

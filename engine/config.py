@@ -17,7 +17,7 @@ from engine.adaptive import HANG_FLOOR_S
 from engine.errors import UsageError
 from engine.retry import RetryPolicy
 
-__all__ = ["Credentials", "ScoreConfig"]
+__all__ = ["Credentials", "MetricsConfig", "ScoreConfig"]
 
 #: Databricks rejects request bodies over 16 MB; stay well clear of it (JSON overhead varies).
 DEFAULT_MAX_REQUEST_BYTES = 12 * 1024 * 1024
@@ -35,6 +35,15 @@ DEFAULT_TOKEN_TIMEOUT_S = 30.0
 DEFAULT_GRACE_S = 20.0
 
 ProgressMode = Literal["auto", "bar", "log", "off"]
+
+#: The Pushgateway ``job`` label when ``--pushgateway-job`` is not given.
+DEFAULT_PUSHGATEWAY_JOB = "databricks_batch_engine"
+#: OTEL_* variables that name where OTLP data goes: any of them set turns OpenTelemetry on.
+OTEL_ENDPOINT_VARS = (
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+)
 
 
 def _mask(secret: str) -> str:
@@ -216,6 +225,57 @@ def _profile_section(profile: str | None, env: Mapping[str, str]) -> dict[str, s
 
 
 @dataclass(frozen=True, kw_only=True)
+class MetricsConfig:
+    """Where a run's metrics go; nothing is imported or sent unless one is configured.
+
+    Attributes:
+        otel: OpenTelemetry metrics and a span for the run, exported over OTLP/HTTP as the
+            standard ``OTEL_*`` variables say. None (the default): on when an
+            ``OTEL_EXPORTER_OTLP_*ENDPOINT`` variable is set (and ``OTEL_SDK_DISABLED`` is
+            not ``true``); True: on (``--otel``), to ``http://localhost:4318`` unless a
+            variable says otherwise; False: off.
+        pushgateway_url: a Prometheus Pushgateway to push the run's figures to, every
+            progress interval and at the end (``--pushgateway URL``).
+        pushgateway_job: the ``job`` label of the pushed group (``--pushgateway-job``).
+        pushgateway_grouping: more grouping labels, e.g. ``{"instance": "nightly"}``
+            (``--pushgateway-label KEY=VALUE``); a sharded run adds ``shard``.
+    """
+
+    otel: bool | None = None
+    pushgateway_url: str | None = None
+    pushgateway_job: str = DEFAULT_PUSHGATEWAY_JOB
+    pushgateway_grouping: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        url = self.pushgateway_url
+        if url is not None and not (url.startswith(("http://", "https://")) and len(url) > 8):
+            raise UsageError(
+                f"--pushgateway {url!r} is not an http(s) URL; give the Pushgateway's address, "
+                "e.g. --pushgateway http://pushgateway:9091"
+            )
+        if not self.pushgateway_job:
+            raise UsageError("--pushgateway-job must not be empty, e.g. nightly_scoring")
+        reserved = sorted({"job", "shard"} & set(self.pushgateway_grouping))
+        if reserved:
+            raise UsageError(
+                f"--pushgateway-label cannot set {', '.join(reserved)}: use --pushgateway-job "
+                "for the job (a sharded run adds its shard label itself)"
+            )
+
+    def otel_enabled(self, env: Mapping[str, str] | None = None) -> bool:
+        """Whether OpenTelemetry is on, without importing it."""
+        env = os.environ if env is None else env
+        if self.otel is not None:
+            return self.otel
+        if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+            return False
+        return any(env.get(name, "").strip() for name in OTEL_ENDPOINT_VARS)
+
+    def enabled(self, env: Mapping[str, str] | None = None) -> bool:
+        return self.pushgateway_url is not None or self.otel_enabled(env)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ScoreConfig:
     """How to score: batching, concurrency, rate, retries, timeouts, output shape.
 
@@ -244,6 +304,7 @@ class ScoreConfig:
             but never sooner than this.
         encoders: processes that encode and key request bodies off the event loop
             (``--encoders``); 0 or None (the default) encodes on the loop.
+        metrics: OpenTelemetry and Pushgateway export (see :class:`MetricsConfig`).
     """
 
     endpoint: str
@@ -267,6 +328,7 @@ class ScoreConfig:
     progress: ProgressMode = "auto"
     progress_interval_s: float = 10.0
     grace_s: float = DEFAULT_GRACE_S
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [

@@ -421,9 +421,13 @@ class Dispatcher:
                 "Accept": "application/json",
             }
             started = self._clock()
-            response = await self._bounded_request(headers, body, started)
-        except TransportError:
-            self._stats.record_request(None, self._clock() - started)
+            self._stats.active_requests += 1
+            try:
+                response = await self._bounded_request(headers, body, started)
+            finally:
+                self._stats.active_requests -= 1
+        except TransportError as exc:
+            self._stats.record_request(None, self._clock() - started, exc.kind)
             raise
         finally:
             self.pacer.release()

@@ -382,7 +382,6 @@ def _dispatcher(scorer: Scorer, transport: Transport) -> Dispatcher:
         sleep=scorer.sleep,
         rng=random.Random(),
     )
-    scorer.stats.in_flight = lambda: dispatcher.pacer.in_flight
     return dispatcher
 
 

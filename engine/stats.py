@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -91,9 +90,16 @@ class Summary:
         return out
 
 
+class RequestObserver(Protocol):
+    """Told of every request as it ends (the telemetry's per-request hook)."""
+
+    def __call__(self, status: int | None, latency_s: float, error_type: str | None) -> None: ...
+
+
 @dataclass
 class RunStats:
-    """Mutable counters; only the event loop thread touches them."""
+    """Mutable counters; only the event loop thread changes them (metrics exporters read
+    them from their own threads)."""
 
     started_at: float = field(default_factory=time.monotonic)
     rows_total: int = 0
@@ -112,8 +118,11 @@ class RunStats:
     controller: RateController | None = None
     #: rejected rows by error message, with example row numbers (for the run report)
     rejects: RejectGroups = field(default_factory=RejectGroups)
-    #: requests in flight now (the dispatcher's pacer sets it)
-    in_flight: Callable[[], int] = lambda: 0
+    #: data-plane requests sent and not yet answered (the report's "in flight", OTel's
+    #: http.client.active_requests)
+    active_requests: int = 0
+    #: told of each request as it ends (None: no telemetry configured)
+    observer: RequestObserver | None = None
 
     @property
     def throttled_share(self) -> float:
@@ -129,7 +138,13 @@ class RunStats:
             "pacing_rps": round(controller.rate, 2) if controller.paced else None,
         }
 
-    def record_request(self, status: int | None, latency_s: float) -> None:
+    def record_request(
+        self, status: int | None, latency_s: float, error_type: str | None = None
+    ) -> None:
+        """Count one answered (``status``) or failed request; ``error_type``: how a request
+        with no answer failed (the transport's kind: connect, timeout, reset...)."""
+        if self.observer is not None:
+            self.observer(status, latency_s, error_type)
         self.requests += 1
         if status is not None and 200 <= status < 300:
             self.requests_ok += 1

@@ -173,7 +173,7 @@ class Sampler:
             rows_rejected=stats.rows_rejected,
             requests=stats.requests,
             throttled_429=stats.throttled_429,
-            in_flight=stats.in_flight(),
+            in_flight=stats.active_requests,
             in_flight_limit=limits["in_flight_limit"],
             pacing_rps=limits["pacing_rps"],
             window_requests=len(latencies),

@@ -27,6 +27,7 @@ import pytest
 from engine.emulator import POISON_VALUE, EmulatorConfig, EmulatorThread, EndpointConfig, Faults
 from engine.emulator.models import builtin_model
 from engine.sink import read_output
+from tests.receivers import otlp_receiver, point_value, running_pushgateway, sample_value
 
 if importlib.util.find_spec("airflow") is None:  # importing it here would configure Airflow
     pytest.skip("needs apache-airflow: pip install -e '.[airflow]'", allow_module_level=True)
@@ -152,6 +153,25 @@ with DAG("delta", schedule=None, start_date=START, catchup=False) as delta:
         score_options=OPTIONS,
     )
     record_delta(to_delta.output)
+
+
+@task
+def record_measured(summaries):
+    (DATA / "measured.json").write_text(json.dumps(list(summaries)))
+
+
+with DAG("metrics", schedule=None, start_date=START, catchup=False) as metrics:
+    measured = ServingBatchOperator.partial(
+        task_id="measured",
+        input=str(DATA / "measured.parquet"),
+        output=str(DATA / "scored" / "measured-{{ ti.map_index }}.arrow"),
+        endpoint="demo-regressor",
+        score_options=OPTIONS,
+        pushgateway="{{ var.value.pushgateway }}",
+        pushgateway_job="{{ dag.dag_id }}",
+        pushgateway_labels={"instance": "{{ ds }}"},
+    ).expand(shard=["0/2", "1/2"])
+    record_measured(measured.output)
 '''
 
 RUN_DAG = '''
@@ -414,3 +434,30 @@ def test_a_delta_task_reads_the_templated_version_and_pushes_the_version_it_wrot
     assert recorded["summary"]["rows_scored"] == 700
     written = pa.table(deltalake.DeltaTable(str(airflow.data / "scored_table")).to_pyarrow_table())
     assert sorted(written.column("prediction").to_pylist()) == sorted(expected(first))
+
+
+def test_operator_pushes_each_shards_figures_and_exports_them_over_otlp(
+    airflow: Airflow, tmp_path: Path
+) -> None:
+    sample(airflow.data / "measured.parquet", 2_000, seed=6, row_group=500)
+    with running_pushgateway(tmp_path) as pushgateway, otlp_receiver() as otlp:
+        airflow.env["AIRFLOW_VAR_PUSHGATEWAY"] = pushgateway.url  # {{ var.value.pushgateway }}
+        airflow.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp.url
+        states, _ = airflow.test("metrics")
+        assert set(states.values()) == {"success"}, states
+        pushed = pushgateway.scrape()
+        points = otlp.last_points()
+    summaries = json.loads((airflow.data / "measured.json").read_text())
+    assert [s["rows_scored"] for s in summaries] == [1_000, 1_000]
+    for shard, summary in zip(("0/2", "1/2"), summaries, strict=True):
+        group = {"job": "metrics", "instance": DS, "shard": shard, "endpoint": "demo-regressor"}
+        for name, key in [
+            ("batch_engine_rows_scored_total", "rows_scored"),
+            ("batch_engine_requests_total", "requests"),
+            ("batch_engine_exit_code", "exit_code"),
+        ]:
+            assert sample_value(pushed, name, **group) == summary[key], (shard, name)
+        run = {"endpoint": "demo-regressor", "shard": shard, "model_version": summary["model"]}
+        assert point_value(points["batch_engine.rows.scored"], **run) == summary["rows_scored"]
+        durations = [p for a, p in points["http.client.request.duration"] if a["shard"] == shard]
+        assert sum(p.count for p in durations) == summary["requests"]

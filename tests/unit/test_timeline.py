@@ -56,7 +56,7 @@ def test_merging_keeps_the_later_counters_weights_p50_and_keeps_the_worse_p99() 
 
 def test_the_sampler_reads_counters_limits_and_only_the_new_latencies() -> None:
     stats = RunStats()
-    stats.in_flight = lambda: 7
+    stats.active_requests = 7
     clock = FakeClock()
     sampler = Sampler(stats, Timeline(), clock=clock)
     for latency in (0.010, 0.020, 0.030):
