@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from engine.config import (
     MetricsConfig,
     ScoreConfig,
 )
+from engine.durable import check_writable_file
 from engine.errors import EngineError, UsageError, storage_error
 from engine.logs import emit, setup_logging
 from engine.retry import DEFAULT_MAX_RETRY_AFTER_S, RetryPolicy
@@ -494,19 +494,8 @@ def _metrics_config(args: argparse.Namespace) -> MetricsConfig:
 
 def _check_summary_path(path: str | None) -> None:
     """Refuse a --summary file that could not be written, before anything is sent."""
-    if not path:
-        return
-    target = Path(path)
-    directory = target.parent
-    if target.is_dir():
-        raise UsageError(f"--summary {path} is a directory; give a file, e.g. {path}/summary.json")
-    if not directory.is_dir():
-        raise UsageError(
-            f"--summary {path}: directory {directory} does not exist; create it or choose "
-            "another path"
-        )
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise UsageError(f"--summary {path}: cannot write in {directory} (permission denied)")
+    if path:
+        check_writable_file(path, "--summary", "summary.json")
 
 
 def _run_score(args: argparse.Namespace) -> int:

@@ -24,7 +24,8 @@ from engine.aio import cancel_quietly
 from engine.auth import connect
 from engine.config import Credentials, ScoreConfig
 from engine.delta import TableRead
-from engine.errors import EngineError, Interrupted, UsageError
+from engine.durable import check_writable_file
+from engine.errors import EngineError, Interrupted
 from engine.report import RunRecord, jsonable, render_html, write_report
 from engine.stats import RunStats, Summary
 from engine.timeline import DEFAULT_INTERVAL_S, Sampler, Timeline, sample_every
@@ -52,18 +53,7 @@ MLFLOW_STATUS = {"finished": "FINISHED", "stopped": "KILLED", "failed": "FAILED"
 
 def check_report_path(path: str | os.PathLike[str]) -> Path:
     """Refuse a report path that could not be written, before anything is sent."""
-    target = Path(path)
-    if target.is_dir():
-        raise UsageError(f"--report {path} is a directory; give a file, e.g. {path}/run.html")
-    directory = target.parent
-    if not directory.is_dir():
-        raise UsageError(
-            f"--report {path}: directory {directory} does not exist; create it or choose "
-            "another path"
-        )
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise UsageError(f"--report {path}: cannot write in {directory} (permission denied)")
-    return target
+    return check_writable_file(path, "--report", "run.html")
 
 
 class RunRecorder:
