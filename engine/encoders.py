@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import itertools
-import multiprocessing
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -26,6 +24,9 @@ from engine.checkpoint import batch_key
 from engine.codec import encode_dataframe_split
 from engine.schema import CastPlan
 from engine.source import read_errors
+
+if TYPE_CHECKING:
+    import concurrent.futures
 
 __all__ = ["EncodeSpec", "EncoderPool", "KeyedPiece", "default_encoders"]
 
@@ -114,6 +115,9 @@ class EncoderPool:
         self.workers = workers
         self._executor: concurrent.futures.ProcessPoolExecutor | None = None
         if workers > 0:
+            import concurrent.futures  # only with --encoders: the process pool's imports
+            import multiprocessing
+
             self._executor = concurrent.futures.ProcessPoolExecutor(
                 max_workers=workers,
                 # spawn: forking a process that runs threads and an event loop is unsafe
@@ -128,7 +132,12 @@ class EncoderPool:
         """(chunks, their pieces) for each group, in the order the groups came."""
         if self._executor is None:
             async for chunks in groups:
-                yield chunks, self.spec.pieces(chunks)
+                for chunk in chunks:
+                    yield [chunk], self.spec.pieces([chunk])
+                    # Let the loop send what is queued before the next chunk is encoded: a
+                    # 16k-row read is 16 requests, and the first should not wait for all 16
+                    # (embeddings: 0.18 s before the first request).
+                    await asyncio.sleep(0)
             return
         loop = asyncio.get_running_loop()
         in_flight: collections.deque[tuple[list[pa.RecordBatch], asyncio.Future[Any]]]
