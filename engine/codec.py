@@ -2,7 +2,9 @@
 
 Requests are ``{"dataframe_split": {"columns": [...], "data": [[...], ...]}}``, built by
 orjson from column lists that pyarrow materialises in C++ (``to_pylist``), zipped into rows in
-C: no per-cell Python bytecode. Exactness rules:
+C: no per-cell Python bytecode. Runs of 8 or more adjacent double (or int64) columns skip the
+Python values: orjson writes them from one 2-D numpy array, and each row gets its part as one
+``orjson.Fragment`` (the same bytes; a property test compares). Exactness rules:
 
 * int64 stays integral at any magnitude; floats are written in their shortest round-trip
   form, float32 in *its* shortest form (``0.1``, not ``0.10000000149011612``);
@@ -19,17 +21,20 @@ server may emit bare ``NaN``), then built straight into an Arrow array.
 from __future__ import annotations
 
 import base64
+import contextlib
 import decimal
+import gc
 import itertools
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
+
+from engine.lazy import pc
 
 __all__ = [
     "ResponseFormatError",
@@ -222,18 +227,39 @@ def _unmark(payload: bytes) -> bytes:
     return payload.replace(prefix + b'Infinity"', b"Infinity")
 
 
+@contextlib.contextmanager
+def _no_gc_pauses() -> Iterator[None]:
+    """Cyclic GC off while a body's values and row tuples are alive.
+
+    A 1000-row request makes 1000 row tuples (GC-tracked) and a value per cell; every 700 new
+    tracked objects start a collection that walks them all, although none can be in a cycle
+    and all are freed, by reference count, when the body is done. On the wide table (50
+    columns) that was 22% of encoding's CPU. The collector is only paused, never tuned: it
+    runs again as soon as the body is built.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def encode_dataframe_split(
     batch: pa.RecordBatch | pa.Table, *, params: Mapping[str, Any] | None = None
 ) -> bytes:
     """``batch`` as a ``dataframe_split`` request body (plus ``params`` when given)."""
-    marked = False
-    columns = []
-    for column in batch.columns:
-        if isinstance(column, pa.ChunkedArray):
-            column = column.combine_chunks()
-        values, used = _column_values(column)
-        columns.append(values)
-        marked = marked or used
+    with _no_gc_pauses():
+        return _encode_dataframe_split(batch, params)
+
+
+def _encode_dataframe_split(
+    batch: pa.RecordBatch | pa.Table, params: Mapping[str, Any] | None
+) -> bytes:
+    arrays = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in batch.columns]
+    columns, marked = _row_parts(arrays)
     rows = list(zip(*columns, strict=True)) if columns else []
     document: dict[str, Any] = {
         "dataframe_split": {"columns": list(batch.schema.names), "data": rows}
@@ -242,6 +268,69 @@ def encode_dataframe_split(
         document["params"] = dict(params)
     payload = orjson.dumps(document, default=_default, option=orjson.OPT_SERIALIZE_NUMPY)
     return _unmark(payload) if marked else payload
+
+
+# --- runs of numeric columns: one 2-D numpy array, one pre-written fragment per row ---
+
+#: Column types whose runs orjson writes from one 2-D numpy array (the same number formatting
+#: as for Python floats and ints, so the same bytes).
+_RUN_DTYPES: dict[pa.DataType, Any] = {pa.float64(): np.float64, pa.int64(): np.int64}
+
+#: Fewest adjacent columns worth a run. Measured on the wide table (30 double + 10 int64 +
+#: 10 short strings, 1000-row requests): 3.5 -> 2.2 ms per request with runs of 8 or more.
+_MIN_RUN = 8
+
+_LEFT, _RIGHT = ord("["), ord("]")
+
+
+def _row_parts(arrays: list[pa.Array]) -> tuple[list[list[Any]], bool]:
+    """What each row holds, part by part: one list per column (its values), except that a run
+    of ``_MIN_RUN`` or more null-free, finite numeric columns of one type is one list of
+    ``orjson.Fragment`` (each row's numbers of the run, already written); whether markers
+    were used for non-finite floats."""
+    parts: list[list[Any]] = []
+    marked = False
+    index = 0
+    while index < len(arrays):
+        stop = _run_end(arrays, index)
+        fragments = _run_fragments(arrays[index:stop]) if stop - index >= _MIN_RUN else None
+        if fragments is not None:
+            parts.append(fragments)
+            index = stop
+            continue
+        for array in arrays[index : max(stop, index + 1)]:
+            values, used = _column_values(array)
+            parts.append(values)
+            marked = marked or used
+        index = max(stop, index + 1)
+    return parts, marked
+
+
+def _run_end(arrays: list[pa.Array], start: int) -> int:
+    """Where the run of same-typed, null-free run-type columns from ``start`` ends."""
+    kind = arrays[start].type
+    if kind not in _RUN_DTYPES:
+        return start
+    stop = start
+    while stop < len(arrays) and arrays[stop].type == kind and arrays[stop].null_count == 0:
+        stop += 1
+    return stop
+
+
+def _run_fragments(run: list[pa.Array]) -> list[Any] | None:
+    """Each row's values of ``run`` as one fragment, ``1.5,-2,3e-07``; None when a float
+    is NaN or infinite (those are written as bare tokens, column by column)."""
+    dtype = _RUN_DTYPES[run[0].type]
+    matrix = np.column_stack([_leaf_view(array, dtype) for array in run])  # C order: rows
+    if matrix.dtype.kind == "f" and not np.isfinite(matrix).all():
+        return None
+    text = orjson.dumps(matrix, option=orjson.OPT_SERIALIZE_NUMPY)  # [[1.5,-2.0],[...]]
+    # Numbers hold no brackets: row i is between the (i+1)-th "[" and the i-th "]".
+    raw = np.frombuffer(text, dtype=np.uint8)
+    starts = (np.flatnonzero(raw == _LEFT)[1:] + 1).tolist()
+    ends = np.flatnonzero(raw == _RIGHT)[:-1].tolist()
+    fragment = orjson.Fragment
+    return [fragment(text[a:b]) for a, b in zip(starts, ends, strict=True)]
 
 
 def _parse(body: bytes) -> Any:

@@ -22,9 +22,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
-from aiolimiter import AsyncLimiter
 
 from engine.adaptive import HangBound, RateController
 from engine.aio import Clock, Sleep, cancel_quietly
@@ -46,6 +46,9 @@ from engine.retry import (
 )
 from engine.stats import RunStats
 from engine.transport import Response, Transport
+
+if TYPE_CHECKING:  # imported where --qps is set: importlib.metadata makes it 12 ms
+    from aiolimiter import AsyncLimiter
 
 __all__ = ["BatchResult", "Dispatcher", "Pacer", "PauseGate", "ReadyGate", "SendingStopped"]
 

@@ -20,12 +20,10 @@ import random
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-from aiolimiter import AsyncLimiter
 
 from engine.adaptive import HangBound, RateController
 from engine.aio import Clock, Sleep, cancel_quietly
@@ -45,6 +43,7 @@ from engine.errors import (
     StorageError,
     UsageError,
 )
+from engine.lazy import pc
 from engine.ordering import InOrder
 from engine.progress import Progress, make_progress, report_every
 from engine.schema import CastPlan, ModelSchema, plan_cast
@@ -52,6 +51,9 @@ from engine.source import Source, read_errors
 from engine.stats import RunStats, Summary
 from engine.transport import Transport
 from engine.workspace import EndpointInfo, Workspace
+
+if TYPE_CHECKING:
+    from aiolimiter import AsyncLimiter
 
 __all__ = ["MemorySink", "ResultSink", "Scorer", "StopSignal", "prepare", "run"]
 
@@ -391,6 +393,8 @@ def _hard_cap(qps: float | None) -> AsyncLimiter | None:
     :func:`_prime` fills it first: no start-up burst."""
     if not qps:
         return None
+    from aiolimiter import AsyncLimiter  # 12 ms of imports (importlib.metadata): --qps only
+
     burst = max(2.0, qps * 0.05)
     return AsyncLimiter(burst, burst / qps)
 
@@ -585,8 +589,9 @@ class _Stages:
             predictions, errors, rejected = scored.predictions, scored.errors, scored.rejected_rows
         else:
             model = self.scorer.model
-            predictions = pa.nulls(0, model.prediction_type if model and model.prediction_type
-                                   else pa.null())
+            predictions = pa.nulls(
+                0, model.prediction_type if model and model.prediction_type else pa.null()
+            )
             errors, rejected = pa.nulls(0, pa.string()), 0
         mask = readable.to_numpy(zero_copy_only=False)
         # position of each readable row among the scored ones; unreadable rows take the null

@@ -43,9 +43,9 @@ from types import MappingProxyType
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from engine.errors import SchemaError
+from engine.lazy import pc
 
 __all__ = [
     "CastPlan",

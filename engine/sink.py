@@ -553,12 +553,17 @@ class _Output(Protocol):
     def close(self, *, flush: bool) -> None: ...
 
 
+#: Results are ~1000 rows: handing their buffers to Arrow's thread pool costs more than it
+#: saves (wide table, 51 columns: 0.44 ms per result serially, 0.7-1.3 ms threaded).
+_SERIAL_IPC = ipc.IpcWriteOptions(use_threads=False)
+
+
 class _IpcOutput:
     """An uncompressed Arrow IPC file; each result is written as it comes."""
 
     def __init__(self, sink: pa.NativeFile, schema: pa.Schema) -> None:
         self._sink = sink
-        self._writer = ipc.new_file(self._sink, schema)
+        self._writer = ipc.new_file(self._sink, schema, options=_SERIAL_IPC)
 
     def write(self, table: pa.Table) -> None:
         self._writer.write_table(table)
@@ -609,7 +614,7 @@ class _Spill:
     def __init__(self, path: str, schema: pa.Schema) -> None:
         self.path = path
         self._sink = pa.OSFile(path, "wb")
-        self._writer = ipc.new_stream(self._sink, schema)
+        self._writer = ipc.new_stream(self._sink, schema, options=_SERIAL_IPC)
 
     def add(self, table: pa.Table) -> None:
         self._writer.write_table(table)

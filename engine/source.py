@@ -75,13 +75,13 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import urlsplit
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from engine import volumes
 from engine.errors import InputError, UsageError
+from engine.lazy import pc
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -28,8 +28,9 @@ async def _groups(groups: list[list[pa.RecordBatch]]) -> AsyncIterator[list[pa.R
 
 
 async def _collect(pool: EncoderPool, groups: list[list[pa.RecordBatch]]) -> list:
+    """Each chunk's pieces, in input order (inline, the first group comes chunk by chunk)."""
     try:
-        return [pieces async for _, pieces in pool.map(_groups(groups))]
+        return [chunk async for _, pieces in pool.map(_groups(groups)) for chunk in pieces]
     finally:
         pool.close()
 
@@ -45,7 +46,41 @@ def test_worker_processes_give_the_inline_results_in_order() -> None:
     inline = asyncio.run(_collect(EncoderPool(_spec(), workers=0), groups))
     pooled = asyncio.run(_collect(EncoderPool(_spec(), workers=2), groups))
     assert pooled == inline
-    pieces = [piece for group in inline for chunk in group for piece in chunk]
+    assert len(inline) == len(pooled) == 12  # one entry per chunk
+    pieces = [piece for chunk in inline for piece in chunk]
     assert sum(length for _, length, *_ in pieces) == 3000
     assert all(len(body) <= 2048 and key.startswith("x3") for _, _, body, _, key in pieces)
     assert len({key for *_, key in pieces}) == len(pieces)
+
+
+def test_inline_encoding_hands_over_each_chunk_before_encoding_the_next() -> None:
+    """The first request of the first read is sent before the rest of the read is encoded;
+    later reads are encoded whole (a loop turn per request costs CPU)."""
+    encoded: list[int] = []
+
+    class Counting:
+        def pieces(self, chunks: list[pa.RecordBatch]) -> list[list[tuple]]:
+            encoded.append(len(chunks))
+            return [[(0, chunk.num_rows, b"{}", False, "")] for chunk in chunks]
+
+    source = pa.record_batch({"x": pa.array(range(400), pa.float64())})
+    chunks = [source.slice(i, 100) for i in range(0, 400, 100)]
+
+    async def first() -> tuple[list[pa.RecordBatch], list[int]]:
+        pool = EncoderPool(Counting(), workers=0)  # type: ignore[arg-type]
+        async for got, _ in pool.map(_groups([chunks])):
+            return got, list(encoded)
+        raise AssertionError("nothing was yielded")
+
+    got, encoded_by_then = asyncio.run(first())
+    assert got == [chunks[0]]
+    assert encoded_by_then == [1]
+
+    encoded.clear()
+
+    async def groups() -> list[int]:
+        pool = EncoderPool(Counting(), workers=0)  # type: ignore[arg-type]
+        return [len(got) async for got, _ in pool.map(_groups([chunks, chunks]))]
+
+    assert asyncio.run(groups()) == [1, 1, 1, 1, 4]
+    assert encoded == [1, 1, 1, 1, 4]

@@ -1,0 +1,62 @@
+"""``engine score`` imports only what a run needs before its first request.
+
+Every module here costs start-up time that a user pays before the first row is sent (issue 12:
+the first request within ~0.3 s of interpreter start). Each is imported where it is used.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: module -> where it belongs instead
+HEAVY = {
+    "pyarrow.compute": "first use (engine.lazy.pc): ~30 ms of kernel wrappers",
+    "aiolimiter": "--qps only: importlib.metadata makes it ~12 ms",
+    "multiprocessing": "--encoders N only",
+    "concurrent.futures.process": "--encoders N only",
+    "pandas": "pandas input only",
+    "polars": "Delta --where only",
+    "deltalake": "Delta input or output only",
+    "rich": "a progress display on a terminal only",
+    "databricks.sdk": "--auth sdk only",
+    "airflow": "the Airflow operator only",
+    "pyspark": "the Spark integration only",
+    "engine.emulator": "engine emulate only",
+    "aiohttp.web": "the emulator only",
+}
+
+_PROBE = """
+import json, sys
+from engine.cli import build_parser
+import engine.api, engine.pipeline  # everything `score` runs before its first request
+args = build_parser("score").parse_args(["score", "in.parquet", "--endpoint", "e", "--output", "o.arrow"])
+print(json.dumps(sorted(m for m in sys.modules)))
+"""
+
+
+def test_score_imports_no_heavy_module() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    loaded = set(json.loads(result.stdout))
+    imported = {name: why for name, why in HEAVY.items() if name in loaded}
+    assert not imported, f"imported by `engine score` before any request: {imported}"
+
+
+def test_lazy_module_imports_on_first_use_and_keeps_what_it_read() -> None:
+    from engine.lazy import LazyModule
+
+    lazy = LazyModule("json.decoder")
+    assert "JSONDecodeError" not in vars(lazy)
+    assert lazy.JSONDecodeError is json.JSONDecodeError
+    assert vars(lazy)["JSONDecodeError"] is json.JSONDecodeError  # later reads skip the import
