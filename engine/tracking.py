@@ -14,11 +14,18 @@ Where the record goes:
   token if it is the workspace's host, else MLFLOW_TRACKING_TOKEN (bearer) or
   MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (basic), else no credentials.
 
-Artifacts (the summary JSON and the report) are uploaded when the run's artifact store is the
-tracking server's proxy (``mlflow-artifacts:``, what ``mlflow server`` serves by default).
-Other stores (Databricks' ``dbfs:/databricks/mlflow-tracking/...``, S3 written directly) need
-the cloud upload of the MLflow client: the engine then says so in a warning and records the
-report's local path as the tag ``engine.report_path``.
+Artifacts (the summary JSON and the report) go where the run's ``artifact_uri`` says:
+
+* ``mlflow-artifacts:`` (what ``mlflow server`` serves by default): through the tracking
+  server's artifact proxy;
+* ``dbfs:/databricks/mlflow-tracking/<exp>/<run>/...`` (a Databricks workspace): the Files API,
+  else the signed cloud URLs of ``credentials-for-write``, as MLflow's client does
+  (:mod:`engine.mlflow_artifacts`);
+* anything else (e.g. S3 written directly with the client's own cloud credentials): not
+  uploaded; a warning says so and the tag ``engine.report_path`` holds the report's local path.
+
+An artifact that cannot be stored is a warning naming it and the cause; the run record still
+completes (its params, metrics and end are logged).
 
 Limits respected (MLflow's ``utils/validation.py``): at most 1000 metrics, 100 params + tags
 and 1000 entities in one ``log-batch``; param values up to 6000 characters, tag values up to
@@ -43,6 +50,7 @@ import orjson
 
 from engine.calls import Caller, error_outcome
 from engine.errors import UsageError
+from engine.mlflow_artifacts import ArtifactUploadError, DatabricksArtifacts, RunArtifactRoot
 from engine.retry import Outcome, RetryPolicy, Tally
 from engine.transport import Response, Transport
 
@@ -205,6 +213,7 @@ class TrackingClient:
         headers: Mapping[str, str],
         *,
         caller: Caller | None = None,
+        storage_caller: Caller | None = None,
     ) -> None:
         self._transport = transport
         self.base_url = base_url
@@ -212,8 +221,11 @@ class TrackingClient:
         self._caller = caller or Caller(
             TRACKING_RETRY, random.Random(), time.monotonic, asyncio.sleep
         )
+        self._databricks = DatabricksArtifacts(
+            transport, base_url, self.send, caller=storage_caller
+        )
 
-    async def _send(
+    async def send(
         self, method: str, url: str, data: bytes | None, content_type: str
     ) -> Response:
         """One request, retried on throttling; raises TrackingError when it fails."""
@@ -236,7 +248,7 @@ class TrackingClient:
     async def _call(self, method: str, path: str, body: Any = None) -> Any:
         url = f"{self.base_url}/api/2.0/mlflow/{path}"
         data = None if body is None else orjson.dumps(body)
-        response = await self._send(method, url, data, "application/json")
+        response = await self.send(method, url, data, "application/json")
         return orjson.loads(response.body or b"{}")
 
     async def experiment_id(self, name: str) -> str:
@@ -273,17 +285,33 @@ class TrackingClient:
         )
 
     async def upload(self, artifact_uri: str, name: str, data: bytes, content_type: str) -> bool:
-        """PUT one artifact through the server's artifact proxy; False when the run's store
-        is not the proxy (nothing sent)."""
-        if not artifact_uri.startswith("mlflow-artifacts:"):
+        """Store one artifact of the run whose store is ``artifact_uri``; False when the
+        engine cannot write to that store (nothing sent).
+
+        Raises:
+            TrackingError: the artifact proxy refused it.
+            ArtifactUploadError: a Databricks store refused it both ways.
+        """
+        if artifact_uri.startswith("mlflow-artifacts:"):
+            await self._upload_proxied(artifact_uri, name, data, content_type)
+            return True
+        root = RunArtifactRoot.parse(artifact_uri)
+        if root is None:
             return False
+        how = await self._databricks.upload(root, name, data)
+        log.debug("MLflow artifact %s stored through %s", name, how)
+        return True
+
+    async def _upload_proxied(
+        self, artifact_uri: str, name: str, data: bytes, content_type: str
+    ) -> None:
+        """PUT one artifact through the tracking server's artifact proxy."""
         rest = artifact_uri.removeprefix("mlflow-artifacts:")
         if rest.startswith("//"):  # mlflow-artifacts://host:port/path
             rest = "/" + rest[2:].split("/", 1)[-1]
         path = f"{rest.strip('/')}/{name}"
         url = f"{self.base_url}/api/2.0/mlflow-artifacts/artifacts/{quote(path)}"
-        await self._send("PUT", url, data, content_type)
-        return True
+        await self.send("PUT", url, data, content_type)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -315,19 +343,37 @@ async def log_run(client: TrackingClient, experiment: str, content: RunContent) 
     )
     for body in log_batches(content.metrics, content.params, content.tags):
         await client.log_batch(run_id, body)
-    uploaded = True
-    for name, (data, content_type) in content.artifacts.items():
-        uploaded = await client.upload(artifact_uri, name, data, content_type) and uploaded
-    if not uploaded:
-        log.warning(
-            "MLflow run %s: artifacts not uploaded: its artifact store %s is not the tracking "
-            "server's proxy (mlflow-artifacts:), which needs the MLflow client's cloud upload; "
-            "the report's local path is in the run's tag engine.report_path",
-            run_id,
-            artifact_uri or "(none given)",
-        )
+    uploaded = await upload_artifacts(client, run_id, artifact_uri, content.artifacts)
     await client.end_run(run_id, status=content.status, end_ms=content.end_ms)
     return LoggedRun(run_id, experiment_id, uploaded)
+
+
+async def upload_artifacts(
+    client: TrackingClient,
+    run_id: str,
+    artifact_uri: str,
+    artifacts: Mapping[str, tuple[bytes, str]],
+) -> bool:
+    """Store each artifact; one that fails is a warning naming it, and the others still go.
+    True when every one was stored."""
+    stored, unsupported = 0, False
+    for name, (data, content_type) in artifacts.items():
+        try:
+            if await client.upload(artifact_uri, name, data, content_type):
+                stored += 1
+            else:
+                unsupported = True
+        except (TrackingError, ArtifactUploadError) as exc:
+            log.warning("MLflow run %s: artifact %s was not uploaded: %s", run_id, name, exc)
+    if unsupported:
+        log.warning(
+            "MLflow run %s: artifacts not uploaded: the engine writes to the tracking server's "
+            "proxy (mlflow-artifacts:) and to Databricks (dbfs:/databricks/mlflow-tracking/), "
+            "not to %s; the report's local path is in the run's tag engine.report_path",
+            run_id,
+            artifact_uri or "(no artifact store given)",
+        )
+    return stored == len(artifacts)
 
 
 def now_ms() -> int:
