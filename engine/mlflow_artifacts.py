@@ -410,7 +410,8 @@ class DatabricksArtifacts:
 
         def give_up(outcome: Outcome, tally: Tally) -> StorageRefused:
             where = f"{request.what} {without_query(request.url)}"
-            tries = f" after {tally.attempts} attempts" if tally.attempts > 1 else ""
+            sent = tally.attempts - 1  # the tally already counts the retry it refused
+            tries = f" after {sent} attempts" if sent > 1 else ""
             return StorageRefused(
                 f"{where}: {outcome.brief}: {outcome.message}{tries}", outcome.status
             )

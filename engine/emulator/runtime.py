@@ -16,6 +16,7 @@ from engine.emulator.clock import Clock, Sleep
 from engine.emulator.config import EmulatorConfig, EndpointConfig, Faults, ServicePrincipal
 from engine.emulator.gate import ConcurrencyGate
 from engine.emulator.lifecycle import EndpointState, Lifecycle
+from engine.emulator.mlflow import MlflowStore
 from engine.emulator.models import Model
 from engine.emulator.plan import Limits, TokenBucket, limits_at
 from engine.emulator.tokens import IssuedToken, TokenStore, TokenVerdict, bearer, verdict_error
@@ -168,6 +169,7 @@ class EmulatorState:
         self.data_plane_host = ""
         self.endpoints = {e.name: self._runtime(e) for e in config.endpoints}
         self.by_id = {r.endpoint_id: r for r in self.endpoints.values()}
+        self.mlflow = MlflowStore()
 
     def _runtime(self, config: EndpointConfig) -> EndpointRuntime:
         lifecycle = Lifecycle(

@@ -14,9 +14,10 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from engine.emulator import control, dataplane, files, oauth
+from engine.emulator import control, dataplane, files, mlflow, oauth
 from engine.emulator.clock import Clock, Sleep
 from engine.emulator.config import EmulatorConfig, Faults, TokenFaults
+from engine.emulator.mlflow import MlflowStore
 from engine.emulator.models import Model
 from engine.emulator.runtime import EmulatorState, EndpointRuntime
 from engine.emulator.web import STATE_KEY, error_middleware
@@ -44,6 +45,7 @@ def _application(
 def _control_routes(app: web.Application) -> None:
     oauth.add_routes(app)
     control.add_routes(app)
+    mlflow.add_routes(app)  # before files: its artifact paths are more specific
     files.add_routes(app)
 
 
@@ -165,6 +167,12 @@ class Emulator:
     def set_faults(self, name: str, faults: Faults) -> None:
         """Change ``name``'s faults from now on."""
         self._runtime(name).set_faults(faults, self._state.clock())
+
+    @property
+    def mlflow(self) -> MlflowStore:
+        """The MLflow tracking data the workspace holds, and how it lets artifacts be written
+        (see :mod:`engine.emulator.mlflow`)."""
+        return self._state.mlflow
 
     def set_token_faults(self, faults: TokenFaults) -> None:
         """Change the token endpoint's faults from now on."""
