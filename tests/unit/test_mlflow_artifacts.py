@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from engine.calls import Caller
+from engine.errors import TransportError
 from engine.mlflow_artifacts import (
     CLOUD_RETRY,
     ArtifactUploadError,
@@ -212,6 +213,23 @@ def test_a_refused_files_api_falls_back_to_a_signed_url_without_the_workspace_to
     storage_headers = transport.sent[3][2]
     assert storage_headers == {"x-amz-acl": "private"}  # the credential's headers, no token
     assert len(slept) == 1  # the 503 was retried after a computed wait
+
+
+def test_a_dropped_connection_to_storage_is_sent_again() -> None:
+    class Dropping(Scripted):
+        async def request(self, method: str, url: str, **options: Any) -> Response:
+            if url.startswith(BUCKET) and not any(u.startswith(BUCKET) for _, u, _, _ in self.sent):
+                self.sent.append((method, url, {}, None))
+                raise TransportError("connection reset", kind="reset", url=url)
+            return await super().request(method, url, **options)
+
+    transport = Dropping({
+        FILES: [DENIED], CREDENTIALS: [presigned(BUCKET + "k?sig=s")], BUCKET: [(200, b"")],
+    })
+    slept: list[float] = []
+    assert asyncio.run(client_for(transport, slept).upload(RUN_URI, "a", b"1", "x"))
+    assert [u for _, u, _, _ in transport.sent if u.startswith(BUCKET)] == [BUCKET + "k?sig=s"] * 2
+    assert len(slept) == 1
 
 
 def test_storage_that_keeps_failing_gives_up_within_the_bound_and_hides_the_signature() -> None:
