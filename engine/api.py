@@ -24,11 +24,12 @@ from engine.config import Credentials, ScoreConfig
 from engine.delta import TableRead
 from engine.delta_sink import RunTransaction, TableSink, TableWrite, input_snapshot
 from engine.errors import EngineError, StorageError
+from engine.location import is_uri
 from engine.pipeline import MemorySink, Scorer, StopSignal, prepare, run
 from engine.runlock import RunLock, lock_path
 from engine.runrecord import RunRecorder, run_settings
 from engine.sink import OrderedWriter, OutputSpec, check_output
-from engine.source import Source, is_uri, open_source, parse_shard
+from engine.source import Source, open_source, parse_shard
 from engine.stats import RunStats, Summary
 from engine.telemetry import Telemetry
 from engine.transport import Transport

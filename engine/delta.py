@@ -28,8 +28,9 @@ from urllib.parse import unquote
 
 import pyarrow as pa
 
-from engine.errors import InputError, UsageError
-from engine.source import Source, deal, is_uri, locate
+from engine.errors import InputError, UsageError, first_line
+from engine.location import is_uri, locate
+from engine.source import Source, deal
 
 if TYPE_CHECKING:
     import pyarrow.dataset as pds
@@ -38,7 +39,6 @@ __all__ = [
     "TableRead",
     "deltalake_module",
     "display_name",
-    "first_line",
     "is_table",
     "open_table",
     "storage_options",
@@ -488,9 +488,3 @@ def storage_options(root: str) -> dict[str, str] | None:
     if root.startswith(("s3://", "s3a://")) and endpoint.startswith("http://"):
         return {"AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true"}
     return None
-
-
-def first_line(exc: BaseException) -> str:
-    """An error's first line (delta-rs and polars messages run on for many lines)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -70,8 +70,8 @@ import pyarrow.parquet as pq
 from engine import volumes
 from engine.durable import fsync_directory, fsync_path
 from engine.errors import EngineError, InputError, OutputExistsError, UsageError, storage_error
+from engine.location import Location, is_uri, locate
 from engine.ordering import InOrder
-from engine.source import Location, is_uri, locate
 
 __all__ = [
     "PARQUET_COMPRESSION",
