@@ -30,7 +30,8 @@ import pyarrow as pa
 
 from engine.errors import InputError, UsageError, first_line
 from engine.location import is_uri, locate
-from engine.source import Source, deal
+from engine.source.base import Source
+from engine.source.shards import deal
 
 if TYPE_CHECKING:
     import pyarrow.dataset as pds
