@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import hashlib
 import logging
@@ -11,7 +10,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +18,7 @@ from typing import Any, TypeVar
 import pyarrow as pa
 
 from engine import volumes
+from engine.aio import run_sync
 from engine.checkpoint import Checkpoint
 from engine.config import Credentials, ScoreConfig
 from engine.delta import TableRead
@@ -463,7 +463,7 @@ async def ascore_table(
 
 def score(inputs: Inputs, **kwargs: Any) -> Summary:
     """Blocking form of :func:`ascore` (runs its own event loop)."""
-    return _run_sync(lambda: ascore(inputs, **kwargs))
+    return run_sync(lambda: ascore(inputs, **kwargs))
 
 
 def score_table(data: Any, **kwargs: Any) -> pa.Table:
@@ -472,14 +472,5 @@ def score_table(data: Any, **kwargs: Any) -> pa.Table:
     Returns the kept input columns + ``prediction`` + ``error`` as a pyarrow Table, one row per
     input row, in input order. Takes the same keyword arguments as :func:`ascore` but ``output``.
     """
-    return _run_sync(lambda: ascore_table(data, **kwargs))
+    return run_sync(lambda: ascore_table(data, **kwargs))
 
-
-def _run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(make())
-    # Called from inside an event loop (a notebook, an async framework): run on a worker thread.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(lambda: asyncio.run(make())).result()

@@ -20,8 +20,8 @@ from typing import Protocol
 
 import orjson
 
-from engine.aio import Clock, Sleep
 from engine.calls import Caller, HostCheck, error_outcome, malformed
+from engine.clock import Clock, Sleep
 from engine.config import SDK_AUTH, Credentials
 from engine.errors import AuthError, EngineError, TransportError
 from engine.retry import Outcome, RetryPolicy, Tally

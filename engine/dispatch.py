@@ -27,10 +27,11 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from engine.adaptive import HangBound, RateController
-from engine.aio import Clock, Sleep, cancel_quietly
+from engine.aio import cancel_quietly
 from engine.auth import Token, TokenRefresher
 from engine.batching import RequestBatch
 from engine.calls import Caller, error_outcome, malformed
+from engine.clock import Clock, Sleep
 from engine.codec import ResponseFormatError, concat_predictions, decode_predictions
 from engine.errors import AuthError, BatchFailed, EngineError, SchemaError, TransportError
 from engine.logs import emit

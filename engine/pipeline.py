@@ -26,10 +26,11 @@ import numpy as np
 import pyarrow as pa
 
 from engine.adaptive import HangBound, RateController
-from engine.aio import Clock, Sleep, cancel_quietly
+from engine.aio import cancel_quietly
 from engine.auth import TokenRefresher, connect
 from engine.batching import Batcher, RequestBatch
 from engine.checkpoint import FLUSH_BATCHES, FLUSH_INTERVAL_S, Checkpoint
+from engine.clock import Clock, Sleep
 from engine.codec import encode_dataframe_split
 from engine.config import Credentials, ScoreConfig
 from engine.dispatch import BatchResult, Dispatcher, ReadyGate, SendingStopped

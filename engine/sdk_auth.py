@@ -15,8 +15,8 @@ import asyncio
 import time
 from typing import Any
 
-from engine.aio import Clock
 from engine.auth import OAuthClient, Token, Who
+from engine.clock import Clock
 from engine.config import PAT_ONLY_MESSAGE, Credentials
 from engine.errors import AuthError, UsageError
 

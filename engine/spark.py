@@ -34,19 +34,18 @@ How a job maps onto the engine:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
 import math
 import queue
 import threading
-from collections.abc import Callable, Coroutine, Iterator
-from concurrent.futures import Future
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 
+from engine.aio import LoopThread, run_sync
 from engine.config import Credentials, ScoreConfig
 from engine.errors import EngineError, Interrupted, UsageError
 from engine.ordering import InOrder
@@ -136,7 +135,7 @@ def score(
     )
     creds.require_oauth()
     arrow_schema = spark_arrow.to_arrow_schema(df.schema)
-    declared = _run_sync(lambda: _prediction_type(arrow_schema, config, creds))
+    declared = run_sync(lambda: _prediction_type(arrow_schema, config, creds))
     kind = prediction_type or declared
     if kind is None:
         raise UsageError(
@@ -189,12 +188,6 @@ async def _prediction_type(
     return model.prediction_type if model else None
 
 
-def _run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    from engine.api import _run_sync as run_sync
-
-    return run_sync(make)
-
-
 class _Secret:
     """Credentials that do not show themselves in a repr, a log line or a plan."""
 
@@ -232,11 +225,7 @@ class _Worker:
     _instance: _Worker | None = None
 
     def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="engine-spark", daemon=True
-        )
-        self._thread.start()
+        self._loop = LoopThread("engine-spark")
         self._transport = Transport()
         self._scorers: dict[tuple[str, ...], Scorer] = {}
 
@@ -246,9 +235,6 @@ class _Worker:
             if cls._instance is None:
                 cls._instance = cls()
             return cls._instance
-
-    def _call(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     def _scorer(self, job: _Job, input_schema: pa.Schema) -> Scorer:
         creds = job.secret.value
@@ -260,7 +246,7 @@ class _Worker:
         scorer = self._scorers.get(key)
         if scorer is None:
             empty = open_source(input_schema.empty_table())
-            scorer = self._call(prepare(empty, creds, job.config, self._transport)).result()
+            scorer = self._loop.submit(prepare(empty, creds, job.config, self._transport)).result()
             self._scorers[key] = scorer
         # Tokens and the endpoint are shared; counters are per task.
         return dataclasses.replace(scorer, stats=RunStats())
@@ -275,13 +261,13 @@ class _Worker:
         reader = pa.RecordBatchReader.from_batches(first.schema, _chain(first, batches))
         sink = _QueueSink(job.schema)
         stop = StopSignal()
-        done = self._call(run(open_source(reader), sink, scorer, self._transport, stop=stop))
+        done = self._loop.submit(run(open_source(reader), sink, scorer, self._transport, stop=stop))
         try:
             while (table := sink.results.get()) is not None:
                 yield from table.to_batches()
         except GeneratorExit:  # Spark stopped reading (a limit, a cancelled task): stop too
             sink.closed.set()
-            self._loop.call_soon_threadsafe(stop.request, "task end")
+            self._loop.call_soon(stop.request, "task end")
             with contextlib.suppress(Interrupted):
                 done.result()
             raise

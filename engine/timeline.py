@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from engine.aio import Clock, Sleep
+from engine.clock import Clock, Sleep
 
 if TYPE_CHECKING:
     from engine.stats import RunStats

@@ -19,9 +19,9 @@ from urllib.parse import quote, urlsplit
 
 import orjson
 
-from engine.aio import Clock, Sleep
 from engine.auth import Token, TokenRefresher, WorkspaceAuth
 from engine.calls import Caller, HostCheck, error_outcome, malformed
+from engine.clock import Clock, Sleep
 from engine.errors import (
     EndpointError,
     EndpointNotReady,
