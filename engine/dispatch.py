@@ -28,7 +28,6 @@ import pyarrow as pa
 
 from engine.adaptive import HangBound, RateController
 from engine.aio import cancel_quietly
-from engine.auth import Token, TokenRefresher
 from engine.batching import RequestBatch
 from engine.calls import Caller, error_outcome, malformed
 from engine.clock import Clock, Sleep
@@ -46,6 +45,7 @@ from engine.retry import (
     pause_until,
 )
 from engine.stats import RunStats
+from engine.tokens import Token, TokenRefresher
 from engine.transport import Response, Transport
 
 if TYPE_CHECKING:  # imported where --qps is set: importlib.metadata makes it 12 ms

@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from engine.adaptive import HangBound, RateController
 from engine.aio import cancel_quietly
-from engine.auth import TokenRefresher, connect
+from engine.auth import connect
 from engine.batching import Batcher, RequestBatch
 from engine.checkpoint import FLUSH_BATCHES, FLUSH_INTERVAL_S, Checkpoint
 from engine.clock import Clock, Sleep
@@ -50,6 +50,7 @@ from engine.progress import Progress, make_progress, report_every
 from engine.schema import CastPlan, ModelSchema, plan_cast
 from engine.source import Source, read_errors
 from engine.stats import RunStats, Summary
+from engine.tokens import TokenRefresher
 from engine.transport import Transport
 from engine.workspace import EndpointInfo, Workspace
 

@@ -41,9 +41,10 @@ from typing import IO, Any
 import orjson
 import pyarrow.fs as pafs
 
-from engine.auth import Token, connect
+from engine.auth import connect
 from engine.config import Credentials
 from engine.errors import EngineError, OutputExistsError, UsageError
+from engine.tokens import Token
 
 __all__ = [
     "MAX_UPLOAD_BYTES",
