@@ -46,8 +46,9 @@ from engine.errors import (
 )
 from engine.lazy import pc
 from engine.ordering import InOrder
+from engine.prepare import check_served_model, plan_input
 from engine.progress import Progress, make_progress, report_every
-from engine.schema import CastPlan, ModelSchema, plan_cast
+from engine.schema import CastPlan, ModelSchema
 from engine.source import Source, read_errors
 from engine.stats import RunStats, Summary
 from engine.tokens import TokenRefresher
@@ -164,22 +165,19 @@ async def prepare(
     )
     workspace = Workspace(transport, auth, clock=clock, sleep=sleep)
     endpoint = await _ready_endpoint(workspace, config, start_if_stopped)
-    _check_served_model(endpoint, config.served_model)
+    check_served_model(endpoint, config.served_model)
     if endpoint.endpoint_url:
         credentials.require_oauth()  # a PAT cannot query a route-optimized endpoint
-    model = await workspace.get_model(config.endpoint)
-    if model is None:
+    plan = await plan_input(workspace, config.endpoint, source)
+    if plan.model is None:
         log.warning(
             "endpoint '%s' publishes no input schema (no model signature?): "
             "sending the input columns as they are",
             config.endpoint,
         )
-    read_types = csv_read_types(source, model)
-    input_schema = source.typed_as(read_types)
-    cast = plan_cast(input_schema, model)
-    kept = _kept_columns(input_schema, config.keep)
-    wanted = set(cast.columns) | set(kept)
-    read_columns = tuple(name for name in input_schema.names if name in wanted)
+    kept = _kept_columns(plan.input_schema, config.keep)
+    wanted = set(plan.cast.columns) | set(kept)
+    read_columns = tuple(name for name in plan.input_schema.names if name in wanted)
     if endpoint.endpoint_url:
         authorization = endpoint.data_plane_authorization_details()
         tokens = TokenRefresher(
@@ -200,29 +198,17 @@ async def prepare(
     return Scorer(
         config,
         endpoint,
-        model,
-        cast,
+        plan.model,
+        plan.cast,
         kept,
         read_columns,
         tokens,
         workspace,
         clock=clock,
         sleep=sleep,
-        read_types=read_types,
-        input_schema=input_schema,
+        read_types=plan.read_types,
+        input_schema=plan.input_schema,
     )
-
-
-def csv_read_types(source: Source, model: ModelSchema | None) -> dict[str, pa.DataType]:
-    """For a CSV input, the endpoint's type of each model column it has: read straight as
-    that type instead of the type guessed from the first MiB (empty for other inputs)."""
-    if model is None or not source.is_csv:
-        return {}
-    return {
-        column.name: column.type
-        for column in model.columns
-        if column.type is not None and column.name in source.schema.names
-    }
 
 
 async def _ready_endpoint(
@@ -269,15 +255,6 @@ def _not_ready_message(config: ScoreConfig, start_if_stopped: bool, timeout_s: f
 
 def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
-
-
-def _check_served_model(endpoint: EndpointInfo, served_model: str | None) -> None:
-    names = endpoint.served_names()
-    if served_model is not None and served_model not in names:
-        raise UsageError(
-            f"endpoint '{endpoint.name}' serves no model named '{served_model}'; it serves: "
-            f"{', '.join(names) or 'nothing'} (see `engine describe {endpoint.name}`)"
-        )
 
 
 def _kept_columns(schema: pa.Schema, keep: Sequence[str] | None) -> tuple[str, ...]:

@@ -46,14 +46,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pyarrow as pa
 
 from engine.aio import LoopThread, run_sync
+from engine.auth import connect
 from engine.config import Credentials, ScoreConfig
 from engine.errors import EngineError, Interrupted, UsageError
 from engine.ordering import InOrder
 from engine.pipeline import Scorer, StopSignal, prepare, run
-from engine.schema import plan_cast
+from engine.prepare import check_served_model, plan_input
 from engine.source import open_source
 from engine.stats import RunStats
 from engine.transport import Transport
+from engine.workspace import Workspace
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -175,17 +177,12 @@ async def _prediction_type(
     schema: pa.Schema, config: ScoreConfig, credentials: Credentials
 ) -> pa.DataType | None:
     """Read the endpoint's schema on the driver and check ``schema`` against it."""
-    from engine.auth import connect
-    from engine.pipeline import _check_served_model
-    from engine.workspace import Workspace
-
     async with Transport() as transport:
         workspace = Workspace(transport, await connect(transport, credentials))
         endpoint = await workspace.get_endpoint(config.endpoint)
-        _check_served_model(endpoint, config.served_model)  # on the driver, not in each task
-        model = await workspace.get_model(config.endpoint)
-    plan_cast(schema, model)  # raises SchemaError listing every problem
-    return model.prediction_type if model else None
+        check_served_model(endpoint, config.served_model)  # on the driver, not in each task
+        plan = await plan_input(workspace, config.endpoint, schema)  # SchemaError: every problem
+    return plan.model.prediction_type if plan.model else None
 
 
 class _Secret:
