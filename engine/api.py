@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pyarrow as pa
 
@@ -25,6 +25,7 @@ from engine.delta import TableRead
 from engine.delta_sink import RunTransaction, TableSink, TableWrite, input_snapshot
 from engine.errors import EngineError, StorageError
 from engine.location import is_uri
+from engine.options import RunOptions
 from engine.pipeline import MemorySink, Scorer, StopSignal, prepare, run
 from engine.runlock import RunLock, lock_path
 from engine.runrecord import RunRecorder, run_settings
@@ -37,33 +38,7 @@ from engine.transport import Transport
 __all__ = ["ascore", "score", "score_table"]
 
 log = logging.getLogger("engine")
-T = TypeVar("T")
 Inputs = str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | Any
-
-
-def _config(
-    config: ScoreConfig | None, endpoint: str | None, options: dict[str, Any]
-) -> ScoreConfig:
-    if config is not None:
-        if options:
-            return replace(config, **options)
-        return config
-    return ScoreConfig(endpoint=endpoint or "", **options)
-
-
-def resolve_credentials(
-    credentials: Credentials | None,
-    *,
-    host: str | None = None,
-    client_id: str | None = None,
-    client_secret: str | None = None,
-    profile: str | None = None,
-    auth: str | None = None,
-) -> Credentials:
-    """``credentials`` if given, else :meth:`Credentials.from_env` of the other arguments."""
-    return credentials or Credentials.from_env(
-        host=host, client_id=client_id, client_secret=client_secret, profile=profile, auth=auth
-    )
 
 
 def _transport(config: ScoreConfig) -> Transport:
@@ -154,11 +129,12 @@ async def ascore(
         EngineError: with a message that names the problem and the fix.
     """
     shard = parse_shard(shard) if isinstance(shard, str) else shard
-    cfg = _shard_share(_config(config, endpoint, options), shard)
-    creds = resolve_credentials(
-        credentials, host=host, client_id=client_id, client_secret=client_secret,
-        profile=profile, auth=auth,
+    run_options = RunOptions.build(
+        endpoint=endpoint, config=config, credentials=credentials, host=host,
+        client_id=client_id, client_secret=client_secret, profile=profile, auth=auth,
+        options=options,
     )
+    cfg, creds = _shard_share(run_options.config, shard), run_options.credentials
     output = volumes.local_path(os.fspath(output))  # a mounted Volume: a local path
     volumes.use(creds)  # a Volume outside a cluster: this run's credentials (this task)
     table_read = TableRead(version=input_version, timestamp=input_timestamp, where=where)
@@ -448,11 +424,12 @@ async def ascore_table(
     **options: Any,
 ) -> pa.Table:
     """Async form of :func:`score_table`."""
-    cfg = _config(config, endpoint, {"progress": "off", **options})
-    creds = resolve_credentials(
-        credentials, host=host, client_id=client_id, client_secret=client_secret,
-        profile=profile, auth=auth,
+    run_options = RunOptions.build(
+        endpoint=endpoint, config=config, credentials=credentials, host=host,
+        client_id=client_id, client_secret=client_secret, profile=profile, auth=auth,
+        options={"progress": "off", **options},
     )
+    cfg, creds = run_options.config, run_options.credentials
     source = open_source(data)
     sink = MemorySink()
     async with _transport(cfg) as transport:

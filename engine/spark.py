@@ -41,7 +41,7 @@ import math
 import queue
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -49,6 +49,7 @@ from engine.aio import LoopThread, run_sync
 from engine.auth import connect
 from engine.config import Credentials, ScoreConfig
 from engine.errors import EngineError, Interrupted, UsageError
+from engine.options import RunOptions
 from engine.ordering import InOrder
 from engine.pipeline import Scorer, StopSignal, prepare, run
 from engine.prepare import check_served_model, plan_input
@@ -63,7 +64,6 @@ if TYPE_CHECKING:
 __all__ = ["score", "task_share"]
 
 log = logging.getLogger("engine.spark")
-T = TypeVar("T")
 
 
 def _pyspark() -> Any:
@@ -127,14 +127,13 @@ def score(
         EngineError: a missing endpoint or ``served_model``, bad credentials, or a schema
             that does not fit (every problem listed); nothing has been sent.
     """
-    from engine.api import _config, resolve_credentials
-
     spark_arrow = _pyspark()
-    config = _config(config, endpoint, options)
-    creds = resolve_credentials(
-        credentials, host=host, client_id=client_id, client_secret=client_secret,
-        profile=profile, auth=auth,
+    run_options = RunOptions.build(
+        endpoint=endpoint, config=config, credentials=credentials, host=host,
+        client_id=client_id, client_secret=client_secret, profile=profile, auth=auth,
+        options=options,
     )
+    config, creds = run_options.config, run_options.credentials
     creds.require_oauth()
     arrow_schema = spark_arrow.to_arrow_schema(df.schema)
     declared = run_sync(lambda: _prediction_type(arrow_schema, config, creds))
