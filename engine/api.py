@@ -26,7 +26,8 @@ from engine.delta_sink import RunTransaction, TableSink, TableWrite, input_snaps
 from engine.errors import EngineError, StorageError
 from engine.location import is_uri
 from engine.options import RunOptions
-from engine.pipeline import MemorySink, Scorer, StopSignal, prepare, run
+from engine.pipeline import MemorySink, Scorer, StopSignal, run
+from engine.prepare import prepare
 from engine.runlock import RunLock, lock_path
 from engine.runrecord import RunRecorder, run_settings
 from engine.sink import OrderedWriter, OutputSpec, check_output

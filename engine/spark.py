@@ -51,8 +51,8 @@ from engine.config import Credentials, ScoreConfig
 from engine.errors import EngineError, Interrupted, UsageError
 from engine.options import RunOptions
 from engine.ordering import InOrder
-from engine.pipeline import Scorer, StopSignal, prepare, run
-from engine.prepare import check_served_model, plan_input
+from engine.pipeline import Scorer, StopSignal, run
+from engine.prepare import check_served_model, plan_input, prepare
 from engine.source import open_source
 from engine.stats import RunStats
 from engine.transport import Transport
