@@ -33,6 +33,9 @@ How a task maps onto a run:
   stopped or failed try, and logs its path as a ``file://`` link in the task log; XCom
   ``report`` holds the path. ``mlflow_experiment`` logs the run to MLflow (see
   :mod:`engine.tracking`).
+
+(Over 400 lines because the operator mirrors engine.score's parameters, each templated and
+documented.)
 """
 
 from __future__ import annotations

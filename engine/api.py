@@ -1,4 +1,8 @@
-"""The Python API: ``score``, ``ascore`` and ``score_table``, over the same pipeline as the CLI."""
+"""The Python API: ``score``, ``ascore`` and ``score_table``, over the same pipeline as the CLI.
+
+(Over 400 lines because ascore documents every parameter and holds a run's life cycle (lock,
+checkpoint, output, Delta commit) in one place.)
+"""
 
 from __future__ import annotations
 

@@ -14,6 +14,9 @@ table delta-rs cannot read correctly (column mapping, reader features it lacks) 
 before anything is sent, with the reason and what to do instead.
 
 Writing Delta tables is :mod:`engine.delta_sink`'s; the helpers both need are here.
+
+(Over 400 lines because choosing a snapshot, filtering it, dealing its files and applying
+deletion vectors only make sense together.)
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@
 
 The window bounds memory: the reader never runs more than ``config.window`` batches ahead of
 the writer, whatever the input size or the order in which responses come back.
+
+(Over 400 lines because the stages and their shutdown are one TaskGroup, read as one.)
 """
 
 from __future__ import annotations
