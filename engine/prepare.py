@@ -215,10 +215,10 @@ def _kept_columns(schema: pa.Schema, keep: Sequence[str] | None) -> tuple[str, .
     missing = [name for name in keep if name not in schema.names]
     if missing:
         raise UsageError(
-            f"--keep names column(s) not in the input: {', '.join(missing)}; "
+            f"`keep` names column(s) not in the input: {', '.join(missing)}; "
             f"available: {', '.join(schema.names)}"
         )
     reserved = [name for name in keep if name in ("prediction", "error")]
     if reserved:
-        raise UsageError(f"--keep cannot include {reserved}: the output adds those columns")
+        raise UsageError(f"`keep` cannot include {reserved}: the output adds those columns")
     return tuple(keep)

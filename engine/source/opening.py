@@ -87,7 +87,7 @@ def open_source(
         if format is not None:
             raise InputError("format= applies to file inputs only; in-memory data has a schema")
         if shard is not None:
-            raise UsageError("--shard applies to file inputs only; in-memory data is not split")
+            raise UsageError("`shard` applies to file inputs only; in-memory data is not split")
         return in_memory
     if isinstance(inputs, Sequence) and not isinstance(inputs, bytes | bytearray):
         items = list(inputs)

@@ -33,7 +33,7 @@ class Unit:
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """Parse the CLI's ``--shard I/N`` into ``(i, n)``, checked as :func:`check_shard`.
+    """Parse ``"I/N"`` (the CLI's ``--shard I/N``) into ``(i, n)``, checked as :func:`check_shard`.
 
     Raises:
         UsageError: not of the form ``I/N`` with ``0 <= I < N``.
@@ -41,8 +41,8 @@ def parse_shard(text: str) -> tuple[int, int]:
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if match is None:
         raise UsageError(
-            f"--shard {text!r}: expected I/N, this task's shard I of N shards with 0 <= I < N "
-            "(e.g. --shard 0/4 ... --shard 3/4)"
+            f"`shard` {text!r}: expected I/N, this task's shard I of N shards with 0 <= I < N "
+            "(e.g. `shard` 0/4 ... `shard` 3/4)"
         )
     return check_shard((int(match[1]), int(match[2])))
 
@@ -51,17 +51,17 @@ def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
     """Return ``shard`` as ``(i, n)`` if ``0 <= i < n``.
 
     Raises:
-        UsageError: naming ``--shard``, when ``i`` or ``n`` is out of range or not an int.
+        UsageError: naming `shard`, when ``i`` or ``n`` is out of range or not an int.
     """
     try:
         index, count = shard
     except (TypeError, ValueError):
-        raise UsageError(f"--shard {shard!r}: expected I/N, a pair (i, n)") from None
+        raise UsageError(f"`shard` {shard!r}: expected I/N, a pair (i, n)") from None
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (index, count)):
-        raise UsageError(f"--shard {index!r}/{count!r}: I and N must be whole numbers")
+        raise UsageError(f"`shard` {index!r}/{count!r}: I and N must be whole numbers")
     if count < 1 or not 0 <= index < count:
         raise UsageError(
-            f"--shard {index}/{count}: expected I/N with 0 <= I < N, e.g. --shard 0/{max(count, 2)}"
+            f"`shard` {index}/{count}: expected I/N with 0 <= I < N, e.g. `shard` 0/{max(count, 2)}"
         )
     return index, count
 

@@ -47,3 +47,19 @@ def test_run_options_build_holds_the_config_and_the_credentials() -> None:
     built = RunOptions.build(endpoint="e", credentials=CREDS, options={"batch_rows": 7})
     assert built.credentials is CREDS
     assert built.config.endpoint == "e" and built.config.batch_rows == 7
+
+
+def test_a_bad_setting_names_the_parameter_and_the_cli_writes_it_as_its_flag() -> None:
+    from engine.cli import in_flags
+
+    with pytest.raises(UsageError) as caught:
+        ScoreConfig(endpoint="e", batch_rows=0)
+    assert str(caught.value) == "`batch_rows` must be at least 1, got 0"
+    assert in_flags(str(caught.value)) == "--batch-rows must be at least 1, got 0"
+
+
+def test_the_cli_leaves_backticked_names_it_has_no_flag_for() -> None:
+    from engine.cli import in_flags
+
+    message = "their `error` column holds it; `keep` and `shard` are flags"
+    assert in_flags(message) == "their `error` column holds it; --keep and --shard are flags"
