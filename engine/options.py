@@ -37,31 +37,25 @@ class RunOptions:
     def build(
         cls,
         *,
-        endpoint: str | None = None,
         config: ScoreConfig | None = None,
-        credentials: Credentials | None = None,
-        host: str | None = None,
-        client_id: str | None = None,
-        client_secret: str | None = None,
-        profile: str | None = None,
-        auth: str | None = None,
+        endpoint: str | None = None,
         options: Mapping[str, Any] | None = None,
+        credentials: Credentials | None = None,
+        **identity: str | None,
     ) -> RunOptions:
         """The run's settings from the library's keyword arguments.
+
+        Args:
+            config, endpoint, options: as :func:`score_config`.
+            credentials, identity: as :func:`resolve_credentials` (``host``, ``client_id``,
+                ``client_secret``, ``profile``, ``auth``).
 
         Raises:
             UsageError: a conflicting pair (see the module docstring), or an unknown option.
         """
         return cls(
             score_config(config, endpoint, options or {}),
-            resolve_credentials(
-                credentials,
-                host=host,
-                client_id=client_id,
-                client_secret=client_secret,
-                profile=profile,
-                auth=auth,
-            ),
+            resolve_credentials(credentials, **identity),
         )
 
 
