@@ -1,22 +1,24 @@
-"""Time and task helpers every async module shares: the injected clock and sleep, and
-cancelling a task without its CancelledError leaking out.
+"""Task and loop helpers: cancelling a task without its CancelledError leaking out, and the
+one bridge from synchronous callers into the engine's event loop.
 
-Every timing decision in the engine reads a :data:`Clock` and waits through a :data:`Sleep`
-passed in by the caller, so tests can run time fast (or virtually) instead of sleeping.
+:func:`run_sync` runs one coroutine to the end for a synchronous caller (``engine.score``,
+Spark's driver); :class:`LoopThread` keeps an event loop on a thread of its own for callers
+that stay synchronous while the engine runs (a Spark worker process, Airflow's operator, whose
+signal handlers must not land inside the loop).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any
+import concurrent.futures
+import contextlib
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
-__all__ = ["Clock", "Sleep", "cancel_quietly"]
+__all__ = ["LoopThread", "cancel_quietly", "run_sync"]
 
-#: Monotonic seconds.
-Clock = Callable[[], float]
-#: Waits that many seconds.
-Sleep = Callable[[float], Awaitable[None]]
+T = TypeVar("T")
 
 
 async def cancel_quietly(task: asyncio.Future[Any]) -> None:
@@ -29,3 +31,69 @@ async def cancel_quietly(task: asyncio.Future[Any]) -> None:
         current = asyncio.current_task()
         if current is not None and current.cancelling():
             raise
+
+
+def run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run the coroutine ``make()`` returns to the end and return its result.
+
+    In a thread with no running event loop it runs here (``asyncio.run``); called from inside
+    one (a notebook, an async framework), on a worker thread with a loop of its own.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()
+
+
+class LoopThread:
+    """An event loop running on a daemon thread of its own, usable from any thread.
+
+    The loop starts at once; :meth:`close` ends it, as ``asyncio.run`` would (tasks still
+    running are cancelled, async generators and the default executor shut down).
+    """
+
+    def __init__(self, name: str) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Run ``coro`` on the loop; its result (or error) arrives in the returned future."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def call_soon(self, callback: Callable[..., object], *args: Any) -> None:
+        """Call ``callback(*args)`` on the loop's thread; a no-op once the loop has closed."""
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def close(self) -> None:
+        """Let the loop end (it finishes the callbacks already due, then cleans up)."""
+        self.call_soon(self._loop.stop)
+
+    def join(self, timeout_s: float | None = None) -> bool:
+        """Wait up to ``timeout_s`` for the loop's thread to end; True once it has."""
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_forever()
+        finally:
+            self._shut_down()
+
+    def _shut_down(self) -> None:
+        loop = self._loop
+        try:
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()

@@ -33,22 +33,24 @@ How a task maps onto a run:
   stopped or failed try, and logs its path as a ``file://`` link in the task log; XCom
   ``report`` holds the path. ``mlflow_experiment`` logs the run to MLflow (see
   :mod:`engine.tracking`).
+
+(Over 400 lines because the operator mirrors engine.score's parameters, each templated and
+documented.)
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import functools
 import logging
 import os
-import threading
 import urllib.parse
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.aio import LoopThread
 from engine.api import ascore
 from engine.config import DEFAULT_PUSHGATEWAY_JOB, Credentials, MetricsConfig, ScoreConfig
 from engine.errors import EngineError, Interrupted, UsageError
@@ -364,18 +366,17 @@ class _EngineRun:
     def __init__(self, job: Callable[[StopSignal], Coroutine[Any, Any, Summary]]) -> None:
         self._job = job
         self._stop = StopSignal()
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop_reason: str | None = None
+        self._loop: LoopThread | None = None
         self._result: concurrent.futures.Future[Summary] = concurrent.futures.Future()
-        self._thread = threading.Thread(target=self._main, name="engine-score", daemon=True)
 
     @property
     def done(self) -> bool:
         return self._result.done()
 
     def start(self) -> None:
-        self._thread.start()
+        self._loop = LoopThread("engine-score")
+        self._result = self._loop.submit(self._job(self._stop))
+        self._result.add_done_callback(lambda _: self._loop.close() if self._loop else None)
 
     def result(self) -> Summary:
         """Wait for the run's summary; signals are still handled meanwhile."""
@@ -383,29 +384,10 @@ class _EngineRun:
 
     def stop(self, reason: str, *, timeout_s: float) -> bool:
         """Ask for a graceful stop, then wait up to ``timeout_s``; True once the run ended."""
-        with self._lock:
-            self._stop_reason = reason
-            loop = self._loop
-        if loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop has already closed
-                loop.call_soon_threadsafe(self._stop.request, reason)
-        self._thread.join(timeout_s)
-        return not self._thread.is_alive()
-
-    def _main(self) -> None:
-        try:
-            summary = asyncio.run(self._run())
-        except BaseException as exc:  # handed to the waiting thread
-            self._result.set_exception(exc)
-        else:
-            self._result.set_result(summary)
-
-    async def _run(self) -> Summary:
-        with self._lock:
-            self._loop = asyncio.get_running_loop()
-            if self._stop_reason is not None:  # stopped before the loop existed
-                self._stop.request(self._stop_reason)
-        return await self._job(self._stop)
+        if self._loop is None:
+            raise RuntimeError("the engine run was not started")
+        self._loop.call_soon(self._stop.request, reason)
+        return self._loop.join(timeout_s)
 
 
 def _push_summary(context: Context, summary: Summary) -> None:

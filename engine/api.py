@@ -1,9 +1,12 @@
-"""The Python API: ``score``, ``ascore`` and ``score_table``, over the same pipeline as the CLI."""
+"""The Python API: ``score``, ``ascore`` and ``score_table``, over the same pipeline as the CLI.
+
+(Over 400 lines because ascore documents every parameter and holds a run's life cycle (lock,
+checkpoint, output, Delta commit) in one place.)
+"""
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import hashlib
 import logging
@@ -11,24 +14,28 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pyarrow as pa
 
 from engine import volumes
+from engine.aio import run_sync
 from engine.checkpoint import Checkpoint
 from engine.config import Credentials, ScoreConfig
 from engine.delta import TableRead
 from engine.delta_sink import RunTransaction, TableSink, TableWrite, input_snapshot
 from engine.errors import EngineError, StorageError
-from engine.pipeline import MemorySink, Scorer, StopSignal, prepare, run
+from engine.location import is_uri
+from engine.options import RunOptions
+from engine.pipeline import MemorySink, Scorer, StopSignal, run
+from engine.prepare import prepare
 from engine.runlock import RunLock, lock_path
 from engine.runrecord import RunRecorder, run_settings
 from engine.sink import OrderedWriter, OutputSpec, check_output
-from engine.source import Source, is_uri, open_source, parse_shard
+from engine.source import Source, open_source, parse_shard
 from engine.stats import RunStats, Summary
 from engine.telemetry import Telemetry
 from engine.transport import Transport
@@ -36,33 +43,7 @@ from engine.transport import Transport
 __all__ = ["ascore", "score", "score_table"]
 
 log = logging.getLogger("engine")
-T = TypeVar("T")
 Inputs = str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | Any
-
-
-def _config(
-    config: ScoreConfig | None, endpoint: str | None, options: dict[str, Any]
-) -> ScoreConfig:
-    if config is not None:
-        if options:
-            return replace(config, **options)
-        return config
-    return ScoreConfig(endpoint=endpoint or "", **options)
-
-
-def resolve_credentials(
-    credentials: Credentials | None,
-    *,
-    host: str | None = None,
-    client_id: str | None = None,
-    client_secret: str | None = None,
-    profile: str | None = None,
-    auth: str | None = None,
-) -> Credentials:
-    """``credentials`` if given, else :meth:`Credentials.from_env` of the other arguments."""
-    return credentials or Credentials.from_env(
-        host=host, client_id=client_id, client_secret=client_secret, profile=profile, auth=auth
-    )
 
 
 def _transport(config: ScoreConfig) -> Transport:
@@ -153,11 +134,12 @@ async def ascore(
         EngineError: with a message that names the problem and the fix.
     """
     shard = parse_shard(shard) if isinstance(shard, str) else shard
-    cfg = _shard_share(_config(config, endpoint, options), shard)
-    creds = resolve_credentials(
-        credentials, host=host, client_id=client_id, client_secret=client_secret,
-        profile=profile, auth=auth,
+    run_options = RunOptions.build(
+        endpoint=endpoint, config=config, credentials=credentials, host=host,
+        client_id=client_id, client_secret=client_secret, profile=profile, auth=auth,
+        options=options,
     )
+    cfg, creds = _shard_share(run_options.config, shard), run_options.credentials
     output = volumes.local_path(os.fspath(output))  # a mounted Volume: a local path
     volumes.use(creds)  # a Volume outside a cluster: this run's credentials (this task)
     table_read = TableRead(version=input_version, timestamp=input_timestamp, where=where)
@@ -447,11 +429,12 @@ async def ascore_table(
     **options: Any,
 ) -> pa.Table:
     """Async form of :func:`score_table`."""
-    cfg = _config(config, endpoint, {"progress": "off", **options})
-    creds = resolve_credentials(
-        credentials, host=host, client_id=client_id, client_secret=client_secret,
-        profile=profile, auth=auth,
+    run_options = RunOptions.build(
+        endpoint=endpoint, config=config, credentials=credentials, host=host,
+        client_id=client_id, client_secret=client_secret, profile=profile, auth=auth,
+        options={"progress": "off", **options},
     )
+    cfg, creds = run_options.config, run_options.credentials
     source = open_source(data)
     sink = MemorySink()
     async with _transport(cfg) as transport:
@@ -462,7 +445,7 @@ async def ascore_table(
 
 def score(inputs: Inputs, **kwargs: Any) -> Summary:
     """Blocking form of :func:`ascore` (runs its own event loop)."""
-    return _run_sync(lambda: ascore(inputs, **kwargs))
+    return run_sync(lambda: ascore(inputs, **kwargs))
 
 
 def score_table(data: Any, **kwargs: Any) -> pa.Table:
@@ -471,14 +454,5 @@ def score_table(data: Any, **kwargs: Any) -> pa.Table:
     Returns the kept input columns + ``prediction`` + ``error`` as a pyarrow Table, one row per
     input row, in input order. Takes the same keyword arguments as :func:`ascore` but ``output``.
     """
-    return _run_sync(lambda: ascore_table(data, **kwargs))
+    return run_sync(lambda: ascore_table(data, **kwargs))
 
-
-def _run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(make())
-    # Called from inside an event loop (a notebook, an async framework): run on a worker thread.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(lambda: asyncio.run(make())).result()

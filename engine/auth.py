@@ -1,12 +1,19 @@
-"""OAuth tokens as frozen values, and one single-flight refresher per token kind.
+"""Where tokens come from: the credential flows, and the bridge to databricks-sdk.
 
-Databricks rejects a token in the last 30 s of its life, so a token is *unusable* 40 s before
-it expires (databricks-sdk's rule) and is refreshed in the background well before that, so
-that in steady state no request ever waits for a token. Fifty requests that find no usable
-token cause exactly one fetch; a request rejected with 401/403 drops the token only if it is
-still the current one, so a burst of rejections still causes one fetch.
+:func:`connect` picks the token source the credentials describe: :class:`OAuthClient` for a
+service principal (oauth-m2m: both tokens minted at ``{host}/oidc/v1/token``) or a personal
+access token (handed out as the workspace token; data-plane tokens refused), and
+:class:`SdkAuth` for ``auth="databricks-sdk"``. What a token is and when it is replaced (the
+single-flight refresher) is :mod:`engine.tokens`'.
+
+The databricks-sdk bridge: ``Credentials(auth="databricks-sdk")`` (``--auth databricks-sdk``,
+or DATABRICKS_AUTH_TYPE / a profile's ``auth_type`` naming one the engine does not handle
+itself: ``databricks-cli``, ``azure-cli``, ``external-browser``, ``github-oidc``, ...)
+resolves a ``databricks.sdk.core.Config`` from the profile and environment as the Databricks
+CLI would. Its token authenticates control-plane calls; the endpoint-scoped data-plane token
+is minted from it with the jwt-bearer exchange (the two-step flow databricks-sdk itself uses
+for route-optimized endpoints). Needs ``pip install 'databricks-batch-engine[sdk]'``.
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -14,176 +21,35 @@ import base64
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
-from engine.aio import Clock, Sleep
 from engine.calls import Caller, HostCheck, error_outcome, malformed
-from engine.config import SDK_AUTH, Credentials
-from engine.errors import AuthError, EngineError, TransportError
+from engine.clock import Clock, Sleep
+from engine.config import PAT_ONLY_MESSAGE, SDK_AUTH, Credentials
+from engine.errors import AuthError, EngineError, TransportError, UsageError
 from engine.retry import Outcome, RetryPolicy, Tally
+from engine.tokens import REFUSAL_MARGIN_S, Token, WorkspaceAuth
 from engine.transport import Response, Transport
 
-__all__ = ["OAuthClient", "Token", "TokenRefresher", "Who", "WorkspaceAuth", "connect"]
+__all__ = ["OAuthClient", "SdkAuth", "Who", "connect"]
 
 log = logging.getLogger("engine.auth")
 
-#: Databricks refuses a token in the last 30 s of its life...
-REFUSAL_MARGIN_S = 30.0
-#: ...so never send one in its last 40 s.
-USABLE_MARGIN_S = 40.0
 #: The token endpoint is retried with backoff for about a minute (an identity provider's
 #: routine blip lasts longer than a second or two).
 TOKEN_RETRY_POLICY = RetryPolicy(
     max_attempts=12, base_delay_s=0.5, max_delay_s=10.0, max_elapsed_s=60.0
 )
-
-#: Refresh in the background this long before expiry at most (databricks-sdk: min(TTL/2, 20 min)).
-MAX_REFRESH_LEAD_S = 20 * 60.0
-#: ...and this long before the token becomes unusable (or half its usable life, if shorter).
-MIN_REFRESH_HEADROOM_S = 10.0
-
 #: A personal access token does not say when it expires: hand it out again after this long.
 PAT_REUSE_S = 3600.0
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 _FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
-
-
-
-@dataclass(frozen=True, slots=True)
-class Token:
-    """An access token and when it expires, on the refresher's monotonic clock.
-
-    The token text is kept out of ``repr()`` so a token never reaches a log line by accident.
-    """
-
-    access_token: str = field(repr=False)
-    issued_at: float
-    expires_at: float
-
-    @property
-    def lifetime_s(self) -> float:
-        return self.expires_at - self.issued_at
-
-    @property
-    def usable_until(self) -> float:
-        """After this instant the token must not be sent."""
-        # Very short lifetimes (tests, odd IdPs) keep a quarter of their life usable.
-        return self.expires_at - min(USABLE_MARGIN_S, self.lifetime_s * 0.75)
-
-    @property
-    def refresh_at(self) -> float:
-        """When the background refresher should replace this token."""
-        lead = min(self.lifetime_s / 2, MAX_REFRESH_LEAD_S)
-        usable_s = self.usable_until - self.issued_at
-        headroom = min(MIN_REFRESH_HEADROOM_S, usable_s / 2)  # short tokens: not at birth
-        return min(self.expires_at - lead, self.usable_until - headroom)
-
-    def usable(self, now: float) -> bool:
-        return now < self.usable_until
-
-    @property
-    def header(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.access_token}"}
-
-
-class TokenRefresher:
-    """Hands out a usable token; one fetch at a time, refreshed ahead of expiry.
-
-    Args:
-        fetch: coroutine function returning a fresh :class:`Token`.
-        clock: monotonic seconds (injected in tests).
-        sleep: awaitable sleep (injected in tests).
-        name: what the token is for, in log lines.
-    """
-
-    def __init__(
-        self,
-        fetch: Callable[[], Awaitable[Token]],
-        *,
-        clock: Clock = time.monotonic,
-        sleep: Sleep = asyncio.sleep,
-        name: str = "token",
-    ) -> None:
-        self._fetch = fetch
-        self._clock = clock
-        self._sleep = sleep
-        self._name = name
-        self._token: Token | None = None
-        self._inflight: asyncio.Future[Token] | None = None
-        self.fetches = 0
-
-    @property
-    def current(self) -> Token | None:
-        return self._token
-
-    async def get(self) -> Token:
-        """A token usable now; fetches (once, for all waiters) when there is none."""
-        token = self._token
-        if token is not None and token.usable(self._clock()):
-            return token
-        return await self.refresh()
-
-    async def refresh(self) -> Token:
-        """Fetch a new token, joining a fetch already under way."""
-        if self._inflight is None:
-            self._inflight = asyncio.ensure_future(self._fetch_once())
-        return await asyncio.shield(self._inflight)
-
-    async def _fetch_once(self) -> Token:
-        try:
-            token = await self._fetch()
-            self._token = token
-            self.fetches += 1
-            log.log(
-                logging.INFO if self.fetches > 1 else logging.DEBUG,  # the first is no news
-                "%s refreshed; valid for %.0f s",
-                self._name,
-                token.lifetime_s,
-                extra={
-                    "event": "token_refresh",
-                    "fields": {"token": self._name, "lifetime_s": round(token.lifetime_s)},
-                },
-            )
-            return token
-        finally:
-            self._inflight = None
-
-    def invalidate(self, token: Token) -> None:
-        """Drop ``token`` after the server rejected it, unless a newer one replaced it."""
-        if self._token is token:
-            self._token = None
-
-    async def run_background(self, *, retry_after_s: float = 5.0) -> None:
-        """Keep the token fresh until cancelled. Failures are logged and retried;
-        requests that find no usable token fetch one themselves (and see the error)."""
-        while True:
-            token = self._token
-            if token is None:
-                await self._sleep(retry_after_s)
-                continue
-            await self._sleep(max(0.0, token.refresh_at - self._clock()))
-            if self._token is not token:
-                continue
-            try:
-                await self.refresh()
-            except EngineError as exc:
-                log.warning("background %s refresh failed, will retry: %s", self._name, exc)
-                await self._sleep(retry_after_s)
-
-
-class WorkspaceAuth(Protocol):
-    """Where tokens come from: one for control-plane calls, one per endpoint's data plane."""
-
-    @property
-    def host(self) -> str: ...
-
-    async def workspace_token(self) -> Token: ...
-
-    async def data_plane_token(self, authorization_details: str, endpoint: str) -> Token: ...
+#: databricks-sdk refreshes its own token and does not say when it expires: ask it again
+#: after this long (each ask is cheap while its cached token is fresh).
+SDK_TOKEN_REUSE_S = 300.0
 
 
 async def connect(
@@ -202,8 +68,6 @@ async def connect(
     oauth = OAuthClient(transport, credentials, timeout_s=timeout_s, clock=clock, sleep=sleep)
     if credentials.kind != SDK_AUTH:
         return oauth
-    from engine.sdk_auth import SdkAuth
-
     return await SdkAuth.create(credentials, oauth, clock=clock)
 
 
@@ -407,3 +271,79 @@ def _refusal_or_outcome(
         status=status,
         error=error or None,
     )
+
+
+# --- databricks-sdk ------------------------------------------------------------------------
+
+
+class SdkAuth:
+    """Workspace tokens from databricks-sdk's ``Config``; data-plane tokens by exchange."""
+
+    def __init__(self, config: Any, oauth: OAuthClient, *, clock: Clock = time.monotonic) -> None:
+        self._config = config
+        self._oauth = oauth
+        self._clock = clock
+        auth_type = str(config.auth_type or "?")
+        self._who = Who(
+            client=f"the databricks-sdk login (auth type {auth_type})",
+            principal=f"the databricks-sdk identity (auth type {auth_type})",
+            fix="check the profile or run `databricks auth login` again",
+        )
+
+    @classmethod
+    async def create(
+        cls, credentials: Credentials, oauth: OAuthClient, *, clock: Clock = time.monotonic
+    ) -> SdkAuth:
+        """Resolve the SDK's configuration (it may read files or call the network).
+
+        Raises:
+            UsageError: databricks-sdk is not installed, or cannot configure itself.
+        """
+        try:
+            from databricks.sdk.core import Config
+        except ImportError:
+            raise UsageError(
+                "--auth databricks-sdk needs databricks-sdk: "
+                "pip install 'databricks-batch-engine[sdk]'"
+            ) from None
+        try:
+            config = await asyncio.to_thread(
+                Config, host=credentials.host or None, profile=credentials.profile
+            )
+        except ValueError as exc:  # the SDK's configuration errors are ValueErrors
+            raise UsageError(f"databricks-sdk could not configure authentication: {exc}") from None
+        host = str(config.host).rstrip("/")
+        return cls(config, oauth.for_host(host), clock=clock)
+
+    @property
+    def host(self) -> str:
+        return self._oauth.host
+
+    async def workspace_token(self) -> Token:
+        """The SDK's current token (it refreshes its own)."""
+        try:
+            headers = await asyncio.to_thread(self._config.authenticate)
+        except ValueError as exc:
+            raise AuthError(f"databricks-sdk could not authenticate: {exc}") from None
+        value = str(headers.get("Authorization", ""))
+        if not value.startswith("Bearer "):
+            raise UsageError(
+                f"databricks-sdk's auth type {self._config.auth_type!r} gives no bearer token; "
+                "use an OAuth login (databricks auth login) or a service principal"
+            )
+        now = self._clock()
+        token = value.removeprefix("Bearer ")
+        return Token(token, issued_at=now, expires_at=now + SDK_TOKEN_REUSE_S)
+
+    async def data_plane_token(self, authorization_details: str, endpoint: str) -> Token:
+        """An endpoint-scoped token, exchanged for the SDK's workspace token (jwt-bearer).
+
+        Raises:
+            UsageError: the SDK's login is a personal access token, which cannot be exchanged.
+        """
+        if self._config.auth_type == "pat":
+            raise UsageError(PAT_ONLY_MESSAGE)
+        workspace = await self.workspace_token()
+        return await self._oauth.exchange(
+            workspace.access_token, authorization_details, endpoint, who=self._who
+        )

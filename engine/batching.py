@@ -78,10 +78,10 @@ class Batcher:
         encode: Callable[[pa.RecordBatch], bytes],
     ) -> None:
         if rows_per_batch < 1:
-            raise UsageError(f"--batch-rows must be at least 1, got {rows_per_batch}")
+            raise UsageError(f"`batch_rows` must be at least 1, got {rows_per_batch}")
         if max_request_bytes < 1024:
             raise UsageError(
-                f"--max-request-bytes must be at least 1024, got {max_request_bytes}"
+                f"`max_request_bytes` must be at least 1024, got {max_request_bytes}"
             )
         self._rows = rows_per_batch
         self._cap = max_request_bytes

@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import orjson
 
-from engine.aio import Clock, Sleep
+from engine.clock import Clock, Sleep
 from engine.errors import TransportError, UsageError
 from engine.retry import FailureKind, Outcome, RetryPolicy, Tally, parse_retry_after
 from engine.transport import Response

@@ -1,10 +1,14 @@
-"""Command line: argument parsing -> config objects -> the library. No logic of its own."""
+"""Command line: argument parsing -> config objects -> the library. No logic of its own.
+
+(Over 400 lines because every flag's definition and help text lives here.)
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -587,15 +591,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+#: The library's parameters and the flags that set them: its errors name a parameter in
+#: backticks (`batch_rows`), which a person at the command line knows as --batch-rows.
+FLAGS = {
+    "endpoint": "--endpoint",
+    "batch_rows": "--batch-rows",
+    "max_request_bytes": "--max-request-bytes",
+    "concurrency": "--concurrency",
+    "qps": "--qps",
+    "encoders": "--encoders",
+    "keep": "--keep",
+    "max_error_rows": "--max-error-rows",
+    "wait_ready_s": "--wait-ready",
+    "shard": "--shard",
+}
+
+
+def in_flags(message: str) -> str:
+    """``message`` with each `parameter` the CLI sets by a flag written as that flag."""
+    return re.sub(r"`(\w+)`", lambda match: FLAGS.get(match[1], match[0]), message)
+
+
 def _failed(args: argparse.Namespace, exc: EngineError, code: int, *, json_logs: bool) -> int:
     """Print the error (and the traceback with --debug), write --summary, return the code."""
     if getattr(args, "debug", False):
         traceback.print_exception(exc, file=sys.stderr)
+    message = in_flags(str(exc))
     if json_logs:
-        emit("error", str(exc), level=logging.ERROR, exit_code=code)
+        emit("error", message, level=logging.ERROR, exit_code=code)
     else:
-        print(f"error: {exc}", file=sys.stderr)
-    summary = exc.summary or _failure_summary(args, str(exc), code)
+        print(f"error: {message}", file=sys.stderr)
+    summary = exc.summary or _failure_summary(args, message, code)
     if json_logs:
         emit("summary", "run failed", **summary.to_dict())
     path = _summary_path(args)

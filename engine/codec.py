@@ -16,6 +16,9 @@ Python values: orjson writes them from one 2-D numpy array, and each row gets it
 
 Responses are parsed with orjson and, only when that fails, Python ``json`` (a real MLflow
 server may emit bare ``NaN``), then built straight into an Arrow array.
+
+(Over 400 lines because both directions and their numpy fast paths must agree byte for byte;
+they are kept side by side.)
 """
 
 from __future__ import annotations

@@ -332,27 +332,27 @@ class ScoreConfig:
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [
-            (bool(self.endpoint), "--endpoint is required: the serving endpoint's name"),
-            (self.batch_rows >= 1, f"--batch-rows must be at least 1, got {self.batch_rows}"),
+            (bool(self.endpoint), "`endpoint` is required: the serving endpoint's name"),
+            (self.batch_rows >= 1, f"`batch_rows` must be at least 1, got {self.batch_rows}"),
             (
                 self.max_request_bytes >= 1024,
-                f"--max-request-bytes must be at least 1024, got {self.max_request_bytes}",
+                f"`max_request_bytes` must be at least 1024, got {self.max_request_bytes}",
             ),
             (
                 self.concurrency is None or self.concurrency >= 1,
-                f"--concurrency must be at least 1, got {self.concurrency}",
+                f"`concurrency` must be at least 1, got {self.concurrency}",
             ),
-            (self.max_concurrency >= 1, "max_concurrency must be at least 1"),
-            (self.qps is None or self.qps > 0, f"--qps must be positive, got {self.qps}"),
+            (self.max_concurrency >= 1, "`max_concurrency` must be at least 1"),
+            (self.qps is None or self.qps > 0, f"`qps` must be positive, got {self.qps}"),
             (
                 self.encoders is None or self.encoders >= 0,
-                f"--encoders must be 0 or more, got {self.encoders}",
+                f"`encoders` must be 0 or more, got {self.encoders}",
             ),
             (
                 self.max_error_rows is None or self.max_error_rows >= 0,
-                f"--max-error-rows must be 0 or more, got {self.max_error_rows}",
+                f"`max_error_rows` must be 0 or more, got {self.max_error_rows}",
             ),
-            (self.wait_ready_s >= 0, f"--wait-ready must be 0 or more, got {self.wait_ready_s}"),
+            (self.wait_ready_s >= 0, f"`wait_ready_s` must be 0 or more, got {self.wait_ready_s}"),
             (
                 self.request_timeout_s > 0 and self.connect_timeout_s > 0,
                 "timeouts must be positive",

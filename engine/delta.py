@@ -14,6 +14,9 @@ table delta-rs cannot read correctly (column mapping, reader features it lacks) 
 before anything is sent, with the reason and what to do instead.
 
 Writing Delta tables is :mod:`engine.delta_sink`'s; the helpers both need are here.
+
+(Over 400 lines because choosing a snapshot, filtering it, dealing its files and applying
+deletion vectors only make sense together.)
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from urllib.parse import unquote
 
 import pyarrow as pa
 
-from engine.errors import InputError, UsageError
-from engine.source import Source, deal, is_uri, locate
+from engine.errors import InputError, UsageError, first_line
+from engine.location import is_uri, locate
+from engine.source.base import Source
+from engine.source.shards import deal
 
 if TYPE_CHECKING:
     import pyarrow.dataset as pds
@@ -38,7 +43,6 @@ __all__ = [
     "TableRead",
     "deltalake_module",
     "display_name",
-    "first_line",
     "is_table",
     "open_table",
     "storage_options",
@@ -488,9 +492,3 @@ def storage_options(root: str) -> dict[str, str] | None:
     if root.startswith(("s3://", "s3a://")) and endpoint.startswith("http://"):
         return {"AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true"}
     return None
-
-
-def first_line(exc: BaseException) -> str:
-    """An error's first line (delta-rs and polars messages run on for many lines)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -30,14 +30,14 @@ from engine.delta import (
     DELTA_LOG,
     deltalake_module,
     display_name,
-    first_line,
     is_table,
     storage_options,
     table_uri,
 )
-from engine.errors import OutputExistsError, StorageError, UsageError
+from engine.errors import OutputExistsError, StorageError, UsageError, first_line
+from engine.location import is_uri, locate
 from engine.sink import RESULT_COLUMNS, OrderedWriter, OutputSpec
-from engine.source import Source, is_uri, locate
+from engine.source import Source
 
 __all__ = [
     "MODES",

@@ -10,8 +10,8 @@ from engine.auth import connect
 from engine.config import Credentials
 from engine.delta import TableRead
 from engine.errors import SchemaError
-from engine.pipeline import csv_read_types
-from engine.schema import CastPlan, ModelSchema, format_schema, plan_cast
+from engine.prepare import plan_input
+from engine.schema import CastPlan, ModelSchema, format_schema
 from engine.source import READ_ERROR_COLUMN, Source, open_source
 from engine.transport import Transport
 from engine.workspace import EndpointInfo, Workspace
@@ -105,9 +105,8 @@ async def avalidate(
     async with Transport() as transport:
         workspace = await _workspace(transport, credentials)
         await workspace.get_endpoint(endpoint)  # a missing endpoint is its own clear error
-        model = await workspace.get_model(endpoint)
-    read_types = csv_read_types(source, model)
-    plan = plan_cast(source.typed_as(read_types), model)
+        planned = await plan_input(workspace, endpoint, source)
+    read_types, plan = planned.read_types, planned.cast
     if not read_types:
         return Validation(plan)
     rows, bad = _unparsable(source, plan, read_types, full=full)

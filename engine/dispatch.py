@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from engine.adaptive import HangBound, RateController
-from engine.aio import Clock, Sleep, cancel_quietly
-from engine.auth import Token, TokenRefresher
+from engine.aio import cancel_quietly
 from engine.batching import RequestBatch
 from engine.calls import Caller, error_outcome, malformed
+from engine.clock import Clock, Sleep
 from engine.codec import ResponseFormatError, concat_predictions, decode_predictions
 from engine.errors import AuthError, BatchFailed, EngineError, SchemaError, TransportError
 from engine.logs import emit
@@ -45,6 +45,7 @@ from engine.retry import (
     pause_until,
 )
 from engine.stats import RunStats
+from engine.tokens import Token, TokenRefresher
 from engine.transport import Response, Transport
 
 if TYPE_CHECKING:  # imported where --qps is set: importlib.metadata makes it 12 ms

@@ -53,6 +53,7 @@ __all__ = [
     "StorageError",
     "TransportError",
     "UsageError",
+    "first_line",
     "storage_error",
 ]
 
@@ -241,3 +242,13 @@ class Interrupted(EngineError):
         super().__init__(message)
         self.signal_name = signal_name
         self.exit_code = 143 if signal_name == "SIGTERM" else 130
+
+
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """An error's first line, cut to ``limit`` characters (pyarrow, delta-rs and polars
+    messages run on for many lines)."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    if limit is None or len(line) <= limit:
+        return line
+    return line[: limit - 3] + "..."

@@ -8,6 +8,8 @@
 
 The window bounds memory: the reader never runs more than ``config.window`` batches ahead of
 the writer, whatever the input size or the order in which responses come back.
+
+(Over 400 lines because the stages and their shutdown are one TaskGroup, read as one.)
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,36 +28,34 @@ import numpy as np
 import pyarrow as pa
 
 from engine.adaptive import HangBound, RateController
-from engine.aio import Clock, Sleep, cancel_quietly
-from engine.auth import TokenRefresher, connect
+from engine.aio import cancel_quietly
 from engine.batching import Batcher, RequestBatch
 from engine.checkpoint import FLUSH_BATCHES, FLUSH_INTERVAL_S, Checkpoint
+from engine.clock import Clock, Sleep
 from engine.codec import encode_dataframe_split
-from engine.config import Credentials, ScoreConfig
+from engine.config import ScoreConfig
 from engine.dispatch import BatchResult, Dispatcher, ReadyGate, SendingStopped
 from engine.encoders import EncoderPool, EncodeSpec, default_encoders
 from engine.errors import (
-    EndpointError,
-    EndpointNotReady,
     EngineError,
     Interrupted,
     RunAborted,
     StorageError,
-    UsageError,
 )
 from engine.lazy import pc
 from engine.ordering import InOrder
 from engine.progress import Progress, make_progress, report_every
-from engine.schema import CastPlan, ModelSchema, plan_cast
+from engine.schema import CastPlan, ModelSchema
 from engine.source import Source, read_errors
 from engine.stats import RunStats, Summary
+from engine.tokens import TokenRefresher
 from engine.transport import Transport
 from engine.workspace import EndpointInfo, Workspace
 
 if TYPE_CHECKING:
     from aiolimiter import AsyncLimiter
 
-__all__ = ["MemorySink", "ResultSink", "Scorer", "StopSignal", "prepare", "run"]
+__all__ = ["MemorySink", "ResultSink", "Scorer", "StopSignal", "run"]
 
 log = logging.getLogger("engine.pipeline")
 
@@ -65,8 +65,6 @@ READ_BATCH_ROWS = 16_384
 INITIAL_IN_FLIGHT = 4
 #: How long a mid-run pause for a not-ready endpoint may last before the run fails.
 DEFAULT_PAUSE_TIMEOUT_S = 900.0
-#: How long --start-if-stopped waits for READY unless --wait-ready says otherwise.
-DEFAULT_START_WAIT_S = 1800.0
 
 
 class ResultSink(Protocol):
@@ -140,157 +138,6 @@ class Scorer:
         columns = [rows.column(rows.schema.get_field_index(name)) for name in self.kept]
         names = [*self.kept, "prediction", "error"]
         return pa.Table.from_arrays([*columns, result.predictions, result.errors], names=names)
-
-
-async def prepare(
-    source: Source,
-    credentials: Credentials,
-    config: ScoreConfig,
-    transport: Transport,
-    *,
-    start_if_stopped: bool = False,
-    clock: Clock = time.monotonic,
-    sleep: Sleep = asyncio.sleep,
-) -> Scorer:
-    """Discover the endpoint, check the schema, fetch the first token: no row is sent yet.
-
-    ``clock`` and ``sleep`` drive every timing decision (token expiry, backoff, pacing); tests
-    inject a faster clock to live through token lifetimes in seconds.
-    """
-    auth = await connect(
-        transport, credentials, timeout_s=config.token_timeout_s, clock=clock, sleep=sleep
-    )
-    workspace = Workspace(transport, auth, clock=clock, sleep=sleep)
-    endpoint = await _ready_endpoint(workspace, config, start_if_stopped)
-    _check_served_model(endpoint, config.served_model)
-    if endpoint.endpoint_url:
-        credentials.require_oauth()  # a PAT cannot query a route-optimized endpoint
-    model = await workspace.get_model(config.endpoint)
-    if model is None:
-        log.warning(
-            "endpoint '%s' publishes no input schema (no model signature?): "
-            "sending the input columns as they are",
-            config.endpoint,
-        )
-    read_types = csv_read_types(source, model)
-    input_schema = source.typed_as(read_types)
-    cast = plan_cast(input_schema, model)
-    kept = _kept_columns(input_schema, config.keep)
-    wanted = set(cast.columns) | set(kept)
-    read_columns = tuple(name for name in input_schema.names if name in wanted)
-    if endpoint.endpoint_url:
-        authorization = endpoint.data_plane_authorization_details()
-        tokens = TokenRefresher(
-            lambda: auth.data_plane_token(authorization, config.endpoint),
-            clock=clock,
-            sleep=sleep,
-            name="data-plane token",
-        )
-    else:
-        log.warning(
-            "endpoint '%s' is not route-optimized: scoring through the workspace URL, which "
-            "Databricks documents at about 200 queries/s per workspace; a route-optimized "
-            "endpoint is faster",
-            config.endpoint,
-        )
-        tokens = workspace.tokens  # the workspace token (OAuth or a PAT) queries it
-    await tokens.get()  # refuse bad credentials or a missing CAN_QUERY before any row is read
-    return Scorer(
-        config,
-        endpoint,
-        model,
-        cast,
-        kept,
-        read_columns,
-        tokens,
-        workspace,
-        clock=clock,
-        sleep=sleep,
-        read_types=read_types,
-        input_schema=input_schema,
-    )
-
-
-def csv_read_types(source: Source, model: ModelSchema | None) -> dict[str, pa.DataType]:
-    """For a CSV input, the endpoint's type of each model column it has: read straight as
-    that type instead of the type guessed from the first MiB (empty for other inputs)."""
-    if model is None or not source.is_csv:
-        return {}
-    return {
-        column.name: column.type
-        for column in model.columns
-        if column.type is not None and column.name in source.schema.names
-    }
-
-
-async def _ready_endpoint(
-    workspace: Workspace, config: ScoreConfig, start_if_stopped: bool
-) -> EndpointInfo:
-    info = await workspace.get_endpoint(config.endpoint)
-    if info.is_ready:
-        return info
-    if not (config.wait_ready_s > 0 or start_if_stopped):
-        raise EndpointError(
-            f"endpoint '{config.endpoint}' is not ready ({info.state_text}); start it "
-            "(or pass --start-if-stopped), or wait for it with --wait-ready SECONDS"
-        )
-    if start_if_stopped and info.config_update != "IN_PROGRESS":
-        log.info("endpoint '%s' is stopped; starting it", config.endpoint)
-        await workspace.start_endpoint(config.endpoint)
-    # Starting a serving endpoint takes minutes (GPU ones, or scale-from-zero, 20 or more).
-    timeout_s = config.wait_ready_s or DEFAULT_START_WAIT_S
-    log.info(
-        "waiting up to %s for endpoint '%s' to be READY (%s)%s",
-        _duration(timeout_s),
-        config.endpoint,
-        info.state_text,
-        "" if config.wait_ready_s else "; --wait-ready SECONDS to change",
-    )
-    try:
-        return await workspace.wait_ready(config.endpoint, timeout_s=timeout_s)
-    except EndpointNotReady as exc:
-        raise EndpointNotReady(_not_ready_message(config, start_if_stopped, timeout_s)) from exc
-
-
-def _not_ready_message(config: ScoreConfig, start_if_stopped: bool, timeout_s: float) -> str:
-    """Why the wait ended and what to do, never asking for a flag that was given."""
-    what = "started it, but it" if start_if_stopped else "waited, but it"
-    fixes = [f"raise --wait-ready (waited {_duration(timeout_s)})"]
-    if not start_if_stopped:
-        fixes.insert(0, "start it in the Serving UI or pass --start-if-stopped")
-    return (
-        f"endpoint '{config.endpoint}' is still not READY: the engine {what} did not become "
-        f"ready within {_duration(timeout_s)}; check its events in the Serving UI, and "
-        + ", or ".join(fixes)
-    )
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
-
-
-def _check_served_model(endpoint: EndpointInfo, served_model: str | None) -> None:
-    names = endpoint.served_names()
-    if served_model is not None and served_model not in names:
-        raise UsageError(
-            f"endpoint '{endpoint.name}' serves no model named '{served_model}'; it serves: "
-            f"{', '.join(names) or 'nothing'} (see `engine describe {endpoint.name}`)"
-        )
-
-
-def _kept_columns(schema: pa.Schema, keep: Sequence[str] | None) -> tuple[str, ...]:
-    if keep is None:
-        return tuple(schema.names)
-    missing = [name for name in keep if name not in schema.names]
-    if missing:
-        raise UsageError(
-            f"--keep names column(s) not in the input: {', '.join(missing)}; "
-            f"available: {', '.join(schema.names)}"
-        )
-    reserved = [name for name in keep if name in ("prediction", "error")]
-    if reserved:
-        raise UsageError(f"--keep cannot include {reserved}: the output adds those columns")
-    return tuple(keep)
 
 
 class StopSignal:

@@ -25,6 +25,9 @@ A ``400`` is ambiguous on Databricks (a stopped or updating endpoint answers 400
 *not* decided by :meth:`RetryPolicy.next_delay`: the caller first runs
 :func:`classify_bad_request` and, for ``NOT_READY``, pauses and polls the endpoint's state
 instead of spending attempts.
+
+(Over 400 lines because classifying a failure, parsing Retry-After and deciding the delay are
+one decision, tested as one.)
 """
 
 from __future__ import annotations

@@ -30,6 +30,9 @@ column into the signature's type itself, so a cast here only has to keep the *va
 
 Everything else (text to numbers, floats to ints, numbers to text, ...) is refused: a cast that
 guesses is worse than an error before the first request.
+
+(Over 400 lines because parsing the OpenAPI schema and planning the casts are one contract (what
+the endpoint takes).)
 """
 
 from __future__ import annotations

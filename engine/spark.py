@@ -34,27 +34,29 @@ How a job maps onto the engine:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
 import math
 import queue
 import threading
-from collections.abc import Callable, Coroutine, Iterator
-from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from engine.aio import LoopThread, run_sync
+from engine.auth import connect
 from engine.config import Credentials, ScoreConfig
 from engine.errors import EngineError, Interrupted, UsageError
+from engine.options import RunOptions
 from engine.ordering import InOrder
-from engine.pipeline import Scorer, StopSignal, prepare, run
-from engine.schema import plan_cast
+from engine.pipeline import Scorer, StopSignal, run
+from engine.prepare import check_served_model, plan_input, prepare
 from engine.source import open_source
 from engine.stats import RunStats
 from engine.transport import Transport
+from engine.workspace import Workspace
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -62,7 +64,6 @@ if TYPE_CHECKING:
 __all__ = ["score", "task_share"]
 
 log = logging.getLogger("engine.spark")
-T = TypeVar("T")
 
 
 def _pyspark() -> Any:
@@ -126,17 +127,16 @@ def score(
         EngineError: a missing endpoint or ``served_model``, bad credentials, or a schema
             that does not fit (every problem listed); nothing has been sent.
     """
-    from engine.api import _config, resolve_credentials
-
     spark_arrow = _pyspark()
-    config = _config(config, endpoint, options)
-    creds = resolve_credentials(
-        credentials, host=host, client_id=client_id, client_secret=client_secret,
-        profile=profile, auth=auth,
+    run_options = RunOptions.build(
+        endpoint=endpoint, config=config, credentials=credentials, host=host,
+        client_id=client_id, client_secret=client_secret, profile=profile, auth=auth,
+        options=options,
     )
+    config, creds = run_options.config, run_options.credentials
     creds.require_oauth()
     arrow_schema = spark_arrow.to_arrow_schema(df.schema)
-    declared = _run_sync(lambda: _prediction_type(arrow_schema, config, creds))
+    declared = run_sync(lambda: _prediction_type(arrow_schema, config, creds))
     kind = prediction_type or declared
     if kind is None:
         raise UsageError(
@@ -176,23 +176,12 @@ async def _prediction_type(
     schema: pa.Schema, config: ScoreConfig, credentials: Credentials
 ) -> pa.DataType | None:
     """Read the endpoint's schema on the driver and check ``schema`` against it."""
-    from engine.auth import connect
-    from engine.pipeline import _check_served_model
-    from engine.workspace import Workspace
-
     async with Transport() as transport:
         workspace = Workspace(transport, await connect(transport, credentials))
         endpoint = await workspace.get_endpoint(config.endpoint)
-        _check_served_model(endpoint, config.served_model)  # on the driver, not in each task
-        model = await workspace.get_model(config.endpoint)
-    plan_cast(schema, model)  # raises SchemaError listing every problem
-    return model.prediction_type if model else None
-
-
-def _run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    from engine.api import _run_sync as run_sync
-
-    return run_sync(make)
+        check_served_model(endpoint, config.served_model)  # on the driver, not in each task
+        plan = await plan_input(workspace, config.endpoint, schema)  # SchemaError: every problem
+    return plan.model.prediction_type if plan.model else None
 
 
 class _Secret:
@@ -232,11 +221,7 @@ class _Worker:
     _instance: _Worker | None = None
 
     def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="engine-spark", daemon=True
-        )
-        self._thread.start()
+        self._loop = LoopThread("engine-spark")
         self._transport = Transport()
         self._scorers: dict[tuple[str, ...], Scorer] = {}
 
@@ -246,9 +231,6 @@ class _Worker:
             if cls._instance is None:
                 cls._instance = cls()
             return cls._instance
-
-    def _call(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     def _scorer(self, job: _Job, input_schema: pa.Schema) -> Scorer:
         creds = job.secret.value
@@ -260,7 +242,7 @@ class _Worker:
         scorer = self._scorers.get(key)
         if scorer is None:
             empty = open_source(input_schema.empty_table())
-            scorer = self._call(prepare(empty, creds, job.config, self._transport)).result()
+            scorer = self._loop.submit(prepare(empty, creds, job.config, self._transport)).result()
             self._scorers[key] = scorer
         # Tokens and the endpoint are shared; counters are per task.
         return dataclasses.replace(scorer, stats=RunStats())
@@ -275,13 +257,13 @@ class _Worker:
         reader = pa.RecordBatchReader.from_batches(first.schema, _chain(first, batches))
         sink = _QueueSink(job.schema)
         stop = StopSignal()
-        done = self._call(run(open_source(reader), sink, scorer, self._transport, stop=stop))
+        done = self._loop.submit(run(open_source(reader), sink, scorer, self._transport, stop=stop))
         try:
             while (table := sink.results.get()) is not None:
                 yield from table.to_batches()
         except GeneratorExit:  # Spark stopped reading (a limit, a cancelled task): stop too
             sink.closed.set()
-            self._loop.call_soon_threadsafe(stop.request, "task end")
+            self._loop.call_soon(stop.request, "task end")
             with contextlib.suppress(Interrupted):
                 done.result()
             raise

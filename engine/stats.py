@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from engine.adaptive import RateController
-from engine.timeline import RejectGroups
+from engine.rejects import RejectGroups
 
 __all__ = ["RunStats", "Summary"]
 

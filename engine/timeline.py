@@ -6,39 +6,26 @@ the same number of points as a ten-minute one, evenly spaced. Counters are cumul
 merged point keeps the later value); gauges (requests in flight, the in-flight limit, the
 pacing rate) keep the later reading; the window's latency percentiles are merged weighted by
 the requests each point saw (p99 keeps the larger: a merge never hides a slow second).
-
-:class:`RejectGroups` counts rejected rows by their error message, with a few example row
-numbers each, also bounded (``max_groups`` messages; the rest are counted together).
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
 
-from engine.aio import Clock, Sleep
+from engine.clock import Clock, Sleep
 
 if TYPE_CHECKING:
     from engine.stats import RunStats
 
-__all__ = ["Point", "RejectGroups", "Sampler", "Timeline", "sample_every"]
+__all__ = ["Point", "Sampler", "Timeline", "sample_every"]
 
 #: Points kept at most; at one a second, a run over this many seconds is downsampled.
 DEFAULT_MAX_POINTS = 600
 #: Seconds between samples.
 DEFAULT_INTERVAL_S = 1.0
-#: Distinct error messages kept; rows with any other message are counted as one group.
-DEFAULT_MAX_GROUPS = 50
-#: Example row numbers kept per message.
-DEFAULT_EXAMPLES = 5
-#: Longest message kept (a message quoting a whole row is cut here).
-MAX_MESSAGE_CHARS = 500
-#: The group the rows of messages beyond ``max_groups`` are counted in.
-OTHER_MESSAGES = "(other messages)"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -195,43 +182,3 @@ async def sample_every(sampler: Sampler, *, interval_s: float, sleep: Sleep) -> 
     while True:
         await sleep(interval_s)
         sampler.sample()
-
-
-class RejectGroups:
-    """Rejected rows counted by error message, with up to ``examples`` row numbers each."""
-
-    def __init__(
-        self, *, max_groups: int = DEFAULT_MAX_GROUPS, examples: int = DEFAULT_EXAMPLES
-    ) -> None:
-        self.max_groups = max_groups
-        self.examples = examples
-        self.counts: Counter[str] = Counter()
-        self.rows: dict[str, list[int]] = {}
-
-    def add(self, errors: pa.Array | pa.ChunkedArray, *, row_offset: int) -> None:
-        """Count the non-null messages of ``errors``; row ``i`` is input row ``row_offset + i``."""
-        values = errors.to_pylist()
-        for index, message in enumerate(values):
-            if message is None:
-                continue
-            self.add_one(str(message), row_offset + index)
-
-    def add_one(self, message: str, row: int) -> None:
-        key = message[:MAX_MESSAGE_CHARS]
-        if key not in self.counts and len(self.counts) >= self.max_groups:
-            key = OTHER_MESSAGES
-        self.counts[key] += 1
-        examples = self.rows.setdefault(key, [])
-        if len(examples) < self.examples:
-            examples.append(row)
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def groups(self) -> list[dict[str, Any]]:
-        """``[{"message", "rows", "examples"}]``, the most frequent first."""
-        return [
-            {"message": message, "rows": count, "examples": sorted(self.rows[message])}
-            for message, count in self.counts.most_common()
-        ]

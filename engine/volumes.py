@@ -20,6 +20,9 @@ readers see no file or all of it, and without ``--overwrite`` the ``PUT`` carrie
 holds at most 5 GiB (:data:`MAX_UPLOAD_BYTES`): a larger output is refused at the end with
 the fix (``--shard``). Delta tables in a Volume are read and written only where the Volume is
 mounted: delta-rs has no Files API backend (it needs an atomic put-if-absent for commits).
+
+(Over 400 lines because the Files API client and the fsspec filesystem over it are one
+protocol.)
 """
 
 from __future__ import annotations
@@ -41,9 +44,10 @@ from typing import IO, Any
 import orjson
 import pyarrow.fs as pafs
 
-from engine.auth import Token, connect
+from engine.auth import connect
 from engine.config import Credentials
 from engine.errors import EngineError, OutputExistsError, UsageError
+from engine.tokens import Token
 
 __all__ = [
     "MAX_UPLOAD_BYTES",

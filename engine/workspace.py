@@ -1,6 +1,6 @@
 """Control-plane calls: endpoint state, its OpenAPI schema, starting it, waiting for READY.
 
-Every call carries a workspace token from one :class:`~engine.auth.TokenRefresher`, is retried
+Every call carries a workspace token from one :class:`~engine.tokens.TokenRefresher`, is retried
 on transient failures, and turns Databricks' ``{"error_code", "message"}`` bodies into errors
 that say what is wrong and what to do.
 """
@@ -19,9 +19,8 @@ from urllib.parse import quote, urlsplit
 
 import orjson
 
-from engine.aio import Clock, Sleep
-from engine.auth import Token, TokenRefresher, WorkspaceAuth
 from engine.calls import Caller, HostCheck, error_outcome, malformed
+from engine.clock import Clock, Sleep
 from engine.errors import (
     EndpointError,
     EndpointNotReady,
@@ -31,6 +30,7 @@ from engine.errors import (
 )
 from engine.retry import FailureKind, Outcome, Reason, RetryPolicy, Tally
 from engine.schema import ModelSchema, parse_openapi
+from engine.tokens import Token, TokenRefresher, WorkspaceAuth
 from engine.transport import Response, Transport
 
 __all__ = ["EndpointInfo", "Workspace"]

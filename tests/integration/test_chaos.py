@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 from engine.config import ScoreConfig
 from engine.emulator import POISON_VALUE, Emulator, EmulatorConfig, EndpointConfig, Faults
 from engine.emulator.models import Model
-from engine.pipeline import MemorySink, prepare, run
+from engine.pipeline import MemorySink, run
+from engine.prepare import prepare
 from engine.source import open_source
 from engine.transport import Transport
 from tests.helpers import credentials_for

@@ -60,6 +60,25 @@ async def test_missing_input_is_a_usage_error_without_traceback(emulator: Emulat
     assert b"nope-*.parquet" in printed and b"Traceback" not in printed
 
 
+async def test_a_bad_setting_is_named_by_its_flag_at_the_command_line(
+    emulator: Emulator, tmp_path
+) -> None:
+    pq.write_table(regressor_table(emulator, 10, seed=34), tmp_path / "in.parquet")
+    code, printed = await run_cli(
+        emulator, tmp_path, "score", str(tmp_path / "in.parquet"), "--endpoint", ENDPOINT,
+        "--output", str(tmp_path / "o.arrow"), "--batch-rows", "0", "--shard", "0/4",
+    )
+    assert code == 2
+    assert b"error: --batch-rows must be at least 1, got 0" in printed
+    assert b"`batch_rows`" not in printed
+    code, printed = await run_cli(
+        emulator, tmp_path, "score", str(tmp_path / "in.parquet"), "--endpoint", ENDPOINT,
+        "--output", str(tmp_path / "o.arrow"), "--shard", "4/4",
+    )
+    assert code == 2
+    assert b"error: --shard 4/4: expected I/N with 0 <= I < N, e.g. --shard 0/4" in printed
+
+
 async def test_validate_passes_a_fitting_input_and_lists_every_problem_otherwise(
     emulator: Emulator, tmp_path
 ) -> None:

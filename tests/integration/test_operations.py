@@ -30,7 +30,8 @@ from engine.checkpoint import Checkpoint
 from engine.config import ScoreConfig
 from engine.emulator import Emulator, EmulatorConfig, EndpointConfig, Faults
 from engine.errors import EndpointError, RunLocked, StorageError
-from engine.pipeline import MemorySink, prepare, run
+from engine.pipeline import MemorySink, run
+from engine.prepare import prepare
 from engine.runlock import RunLock, lock_path
 from engine.sink import read_output
 from engine.source import open_source

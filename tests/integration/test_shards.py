@@ -109,7 +109,7 @@ async def test_qps_is_the_total_across_shards(
 
 
 async def test_shard_with_in_memory_data_is_refused(emulator: Emulator, tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="--shard applies to file inputs only"):
+    with pytest.raises(UsageError, match="`shard` applies to file inputs only"):
         await engine.ascore(
             regressor_table(emulator, 10, seed=71),
             output=tmp_path / "o.parquet",

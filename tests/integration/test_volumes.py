@@ -316,13 +316,13 @@ async def test_a_mounted_volume_is_local_files_and_the_output_is_renamed_into_pl
     pq.write_table(table, mount / "main" / "default" / "data" / "in.parquet")
     output = mount / "main" / "default" / "data" / "out.parquet"
     moves: list[tuple[str, str, bool]] = []
-    publish = engine.sink._publish
+    publish = engine.sink.writer.publish_local
 
     def watched(tmp: str, path: str, *, overwrite: bool) -> None:
         moves.append((tmp, path, os.path.exists(path)))
         publish(tmp, path, overwrite=overwrite)
 
-    monkeypatch.setattr(engine.sink, "_publish", watched)
+    monkeypatch.setattr(engine.sink.writer, "publish_local", watched)
     await _score(emulator, f"dbfs:{VOLUME}/in.parquet", f"{VOLUME}/out.parquet")
 
     [(tmp, path, existed)] = moves

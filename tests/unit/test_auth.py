@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from engine.auth import OAuthClient, Token, TokenRefresher
+from engine.auth import OAuthClient
+from engine.tokens import Token, TokenRefresher
 from engine.config import Credentials
 from engine.errors import AuthError, EngineError, UsageError
 from engine.transport import Response

@@ -112,13 +112,18 @@ def test_missing_config_file_with_a_named_profile_says_so() -> None:
         ("max_error_rows", -1, "--max-error-rows"),
     ],
 )
-def test_bad_settings_name_their_flag(field: str, value: object, flag: str) -> None:
-    with pytest.raises(UsageError, match=flag):
+def test_bad_settings_name_their_parameter_and_the_cli_its_flag(
+    field: str, value: object, flag: str
+) -> None:
+    from engine.cli import in_flags
+
+    with pytest.raises(UsageError, match=f"`{field}`") as caught:
         ScoreConfig(endpoint="e", **{field: value})
+    assert in_flags(str(caught.value)).startswith(f"{flag} ")
 
 
 def test_missing_endpoint_is_a_usage_error() -> None:
-    with pytest.raises(UsageError, match="--endpoint"):
+    with pytest.raises(UsageError, match="`endpoint`"):
         ScoreConfig(endpoint="")
 
 

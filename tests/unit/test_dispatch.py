@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from engine.adaptive import HangBound, RateController
-from engine.auth import Token, TokenRefresher
+from engine.tokens import Token, TokenRefresher
 from engine.batching import RequestBatch
 from engine.codec import encode_dataframe_split
 from engine.dispatch import Dispatcher, ReadyGate, SendingStopped

@@ -114,29 +114,29 @@ def test_parse_shard_reads_i_slash_n() -> None:
 
 
 @pytest.mark.parametrize("text", ["", "1", "1/", "/4", "a/b", "-1/4", "1/2/3", "1.0/2"])
-def test_parse_shard_refuses_malformed_text_naming_the_flag(text: str) -> None:
-    with pytest.raises(UsageError, match=r"--shard .*I/N"):
+def test_parse_shard_refuses_malformed_text_naming_the_parameter(text: str) -> None:
+    with pytest.raises(UsageError, match=r"`shard` .*I/N"):
         parse_shard(text)
 
 
 @pytest.mark.parametrize("shard", [(4, 4), (5, 4), (0, 0), (-1, 3), (1, -2)])
-def test_out_of_range_shard_is_a_usage_error_naming_the_flag(shard: tuple[int, int]) -> None:
-    with pytest.raises(UsageError, match=r"--shard .*0 <= I < N"):
+def test_out_of_range_shard_is_a_usage_error_naming_the_parameter(shard: tuple[int, int]) -> None:
+    with pytest.raises(UsageError, match=r"`shard` .*0 <= I < N"):
         check_shard(shard)
 
 
 def test_open_source_checks_the_shard_before_reading_anything(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="--shard 2/2"):
+    with pytest.raises(UsageError, match="`shard` 2/2"):
         open_source(tmp_path / "missing.parquet", shard=(2, 2))
 
 
 def test_non_integer_shard_is_refused() -> None:
-    with pytest.raises(UsageError, match="--shard"):
+    with pytest.raises(UsageError, match="`shard`"):
         check_shard((True, 2))
-    with pytest.raises(UsageError, match="--shard"):
+    with pytest.raises(UsageError, match="`shard`"):
         check_shard((0.5, 2))  # type: ignore[arg-type]
 
 
 def test_in_memory_data_cannot_be_sharded() -> None:
-    with pytest.raises(UsageError, match="--shard applies to file inputs"):
+    with pytest.raises(UsageError, match="`shard` applies to file inputs"):
         open_source(pa.table({"id": [1]}), shard=(0, 2))

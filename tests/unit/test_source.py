@@ -419,7 +419,7 @@ def test_file_uris_are_local_paths(tmp_path: Path) -> None:
 
 
 def test_uris_are_shown_without_credentials_or_query_options() -> None:
-    from engine.source import _display
+    from engine.location import _display
 
     assert _display("s3://KEYID:SECRET@bucket/k/x.parquet?region=eu-west-1") == (
         "s3://bucket/k/x.parquet"

@@ -8,7 +8,8 @@ import contextlib
 import pyarrow as pa
 
 from engine.stats import RunStats
-from engine.timeline import OTHER_MESSAGES, Point, RejectGroups, Sampler, Timeline, sample_every
+from engine.rejects import OTHER_MESSAGES, RejectGroups
+from engine.timeline import Point, Sampler, Timeline, sample_every
 
 
 def point(t: float, *, rows: int, requests: int = 0, p99: float | None = None,

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from engine import volumes
-from engine.auth import Token
+from engine.tokens import Token
 from engine.config import Credentials
 from engine.errors import UsageError
-from engine.source import is_uri, locate
+from engine.location import is_uri, locate
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,69 @@
+"""Parquet files: footers (schema, row-group sizes) and batches streamed row group by
+row group, never a whole file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine.errors import InputError, first_line
+from engine.location import Location
+from engine.source.schemas import unify_all
+from engine.source.shards import Unit
+
+__all__ = ["parquet_batches", "parquet_units"]
+
+
+@contextlib.contextmanager
+def _parquet_file(file: Location, **options: Any) -> Iterator[pq.ParquetFile]:
+    """A ParquetFile by path (local), or over an input file its filesystem opened."""
+    with contextlib.ExitStack() as stack:
+        source: Any = file.path
+        if file.filesystem is not None:
+            source = stack.enter_context(file.filesystem.open_input_file(file.path))
+        yield stack.enter_context(pq.ParquetFile(source, **options))
+
+
+def _parquet_footer(file: Location) -> tuple[pa.Schema, tuple[int, ...]]:
+    """The file's schema and the row count of each of its row groups."""
+    try:
+        with _parquet_file(file) as parquet:
+            meta = parquet.metadata
+            return parquet.schema_arrow, tuple(
+                meta.row_group(i).num_rows for i in range(meta.num_row_groups)
+            )
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(
+            f"cannot read {file.name} as Parquet: {first_line(exc, limit=300)}"
+        ) from exc
+
+
+def parquet_units(files: Sequence[Location], split: bool) -> tuple[pa.Schema, list[Unit]]:
+    footers = [_parquet_footer(file) for file in files]
+    pairs = list(zip(files, footers, strict=True))
+    schema = unify_all((file.name, file_schema) for file, (file_schema, _) in pairs)
+    if not split:
+        return schema, [Unit(file, rows=sum(groups)) for file, (_, groups) in pairs]
+    units = [
+        Unit(file, (group,), rows, rows)
+        for file, (_, groups) in pairs
+        for group, rows in enumerate(groups)
+    ]
+    return schema, units
+
+
+def parquet_batches(
+    unit: Unit, schema: pa.Schema, columns: list[str], batch_rows: int
+) -> Iterator[pa.RecordBatch]:
+    # pre_buffer=False: with it, pyarrow caches every row group it pre-buffered for the life
+    # of the reader, so memory grew with the file (252 MiB for a 3M-row file vs 25 MiB).
+    with _parquet_file(unit.file, pre_buffer=False, buffer_size=1 << 20) as file:
+        if not columns:  # zero columns still need row counts: read the narrowest thing
+            columns = schema.names[:1]
+        row_groups = None if unit.row_groups is None else list(unit.row_groups)
+        yield from file.iter_batches(batch_size=batch_rows, columns=columns, row_groups=row_groups)
