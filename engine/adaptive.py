@@ -49,7 +49,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-__all__ = ["HangBound", "RateController"]
+__all__ = ["HangBound", "RateController", "turns_due"]
 
 #: A round (a window of sends) lasts at least this long and two round trips, and at low rates
 #: long enough for this many requests.
@@ -88,6 +88,33 @@ LATENCY_WINDOW_S = 30.0
 MIN_LATENCY_SAMPLES = 16
 #: Rounds kept for late answers.
 KEPT_ROUNDS = 64
+#: Two paced sends are never closer than this share of the pacing interval...
+MIN_SPACING_SHARE = 0.97
+#: ...unless the interval is below the timer's resolution (~1 ms late wake-ups): then the
+#: turns that fell due while it slept go together, up to this late.
+TIMER_RESOLUTION_S = 0.001
+CATCH_UP_S = 0.002
+
+
+def turns_due(now: float, next_at: float, interval_s: float) -> tuple[int, float]:
+    """How many paced requests may leave at ``now``, and when the next one may.
+
+    A timer fires up to a millisecond late. Making the lost time up by releasing two requests
+    back to back is what a token bucket with a burst of one refuses, so above the timer's
+    resolution one request goes per wake-up and the schedule keeps its pace (``next_at +
+    interval``) only while the gap to the previous send stays at least
+    ``MIN_SPACING_SHARE`` of the interval. After an idle gap nothing is owed: no burst.
+    """
+    if next_at > now:
+        return 0, next_at
+    if interval_s >= TIMER_RESOLUTION_S:
+        return 1, max(next_at + interval_s, now + MIN_SPACING_SHARE * interval_s)
+    due = max(now - CATCH_UP_S, next_at)
+    count = 0
+    while due <= now:
+        count += 1
+        due += interval_s
+    return count, due
 
 
 @dataclass(slots=True)

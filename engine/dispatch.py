@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from engine.adaptive import HangBound, RateController
+from engine.adaptive import HangBound, RateController, turns_due
 from engine.aio import Clock, Sleep, cancel_quietly
 from engine.auth import Token, TokenRefresher
 from engine.batching import RequestBatch
@@ -59,8 +59,6 @@ log = logging.getLogger("engine.dispatch")
 HANG_CHECK_S = 5.0
 #: A wait this long before a retry is said in the log: what it waits for and until when.
 LONG_WAIT_S = 10.0
-#: How late the pacer may be and still make the lost time up (releasing several turns at once).
-CATCH_UP_S = 0.002
 #: A server-given Retry-After at least this long pauses every request, not just the one.
 SHARED_PAUSE_MIN_S = 5.0
 
@@ -124,9 +122,10 @@ class ReadyGate:
 class Pacer:
     """Applies a :class:`RateController`: an in-flight cap and evenly spaced request starts.
 
-    Paced requests wait in one FIFO; a single ticker lets one go every ``1 / rate`` seconds,
-    reading the rate *when it fires*, so a cut applies to the very next request instead of
-    after a backlog of slots reserved at the old rate.
+    Paced requests wait in one FIFO; a single ticker lets one go every ``1 / rate`` seconds
+    (:func:`~engine.adaptive.turns_due`: evenly spaced, never two back to back after a late
+    wake-up), reading the rate *when it fires*, so a cut applies to the very next request
+    instead of after a backlog of slots reserved at the old rate.
     """
 
     def __init__(self, controller: RateController, *, clock: Clock, sleep: Sleep) -> None:
@@ -176,18 +175,15 @@ class Pacer:
             if wait > 0:
                 await self._sleep(wait)
             now = self._clock()
-            interval = 1.0 / self.controller.rate
-            # A late wake-up (timer granularity, a busy loop) is made up: every turn that is
-            # due goes now, up to CATCH_UP_S late, so the paced rate is the rate asked for
-            # even above the timer's ~1 ms resolution; after an idle gap, no burst.
-            self._next_at = max(now - CATCH_UP_S, self._next_at)
-            while self._queue and self._next_at <= now:
+            due, next_at = turns_due(now, self._next_at, 1.0 / self.controller.rate)
+            while self._queue and due > 0:
                 turn = self._queue.popleft()
                 if turn.done():  # its task was cancelled while waiting
                     continue
                 turn.set_result(None)
                 self.controller.on_send(now)
-                self._next_at += interval
+                due -= 1
+            self._next_at = next_at
 
     def release(self) -> None:
         self.in_flight -= 1
