@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.unit.simulation import Endpoint, Result, simulate  # noqa: E402
+from tests.unit.simulation import Endpoint, Result, simulate
 
 WINDOW_S = 1.0
 STEP_AT_S = 8.0

@@ -12,9 +12,12 @@ Time is cut into **rounds** of at least ``ROUND_MIN_S`` (and two round trips, an
 delivered with what was sent:
 
 * **startup**: nothing is paced; requests in flight start at ``initial_in_flight`` and grow
-  by one per accepted request (doubling every round trip) up to the worker count. A round
-  with more than ``LOSS_SHARE`` of its answers throttled ends it: the capacity ``C`` is what
-  that round delivered (accepted / the round's own span, never a window that was mostly idle).
+  by one per accepted request (doubling every round trip) up to the worker count. It ends on
+  a run of ``STARTUP_REFUSALS_IN_A_ROW`` refusals, on a refused share of the requests old
+  enough to be answered far above noise, or on two rounds in a row with more than
+  ``STARTUP_LOSS_SHARE`` throttled (one such round can be noise's bad luck): the capacity
+  ``C`` is what was delivered (accepted / the round's own span, never a window that was
+  mostly idle).
 * **paced**: requests start at ``cruise_gain`` × C. About once a second (``PROBE_INTERVAL_S``,
   and at least every few rounds at low rates) one round probes at (1 + excess) × C. If the
   endpoint delivered the extra, C rises to what it delivered and the next round probes
@@ -45,6 +48,7 @@ summary. Plain values and arithmetic: the async pacer that applies it lives in d
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -69,6 +73,8 @@ MIN_LOSSES = 3
 LOSS_SIGMAS = 2.5
 #: Startup (unpaced) ends on a round with more than this share refused: noise stays below.
 STARTUP_LOSS_SHARE = 0.15
+#: ...or on this many refusals in a row (noise of a few percent almost never strings them).
+STARTUP_REFUSALS_IN_A_ROW = 5
 #: Startup's overrun is measured over at least this span.
 STARTUP_MIN_SPAN_S = 0.1
 #: The usual share of answers accepted (1 - noise) is never taken as lower than this.
@@ -90,9 +96,10 @@ MIN_LATENCY_SAMPLES = 16
 KEPT_ROUNDS = 64
 #: Two paced sends are never closer than this share of the pacing interval...
 MIN_SPACING_SHARE = 0.97
-#: ...unless the interval is below the timer's resolution (~1 ms late wake-ups): then the
-#: turns that fell due while it slept go together, up to this late.
-TIMER_RESOLUTION_S = 0.001
+#: ...unless the interval is this short: a timer fires up to ~1 ms late, so strict spacing
+#: would lose a large share of the pace; then the turns that fell due while it slept go
+#: together, up to ``CATCH_UP_S`` late.
+STRICT_SPACING_MIN_INTERVAL_S = 0.004
 CATCH_UP_S = 0.002
 
 
@@ -100,14 +107,15 @@ def turns_due(now: float, next_at: float, interval_s: float) -> tuple[int, float
     """How many paced requests may leave at ``now``, and when the next one may.
 
     A timer fires up to a millisecond late. Making the lost time up by releasing two requests
-    back to back is what a token bucket with a burst of one refuses, so above the timer's
-    resolution one request goes per wake-up and the schedule keeps its pace (``next_at +
-    interval``) only while the gap to the previous send stays at least
-    ``MIN_SPACING_SHARE`` of the interval. After an idle gap nothing is owed: no burst.
+    back to back is what a token bucket with a burst of one refuses, so at intervals of
+    ``STRICT_SPACING_MIN_INTERVAL_S`` and more one request goes per wake-up, and the
+    schedule keeps its pace (``next_at + interval``) only while the gap to the previous send
+    stays at least ``MIN_SPACING_SHARE`` of the interval. After an idle gap nothing is owed:
+    no burst.
     """
     if next_at > now:
         return 0, next_at
-    if interval_s >= TIMER_RESOLUTION_S:
+    if interval_s >= STRICT_SPACING_MIN_INTERVAL_S:
         return 1, max(next_at + interval_s, now + MIN_SPACING_SHARE * interval_s)
     due = max(now - CATCH_UP_S, next_at)
     count = 0
@@ -135,6 +143,9 @@ class _Round:
     throttled: int = 0
     first_loss_sent_at: float = math.inf
     accepted_after_loss: int = 0
+    #: while unpaced (startup): when each request and each throttled one was sent
+    send_times: list[float] = field(default_factory=list)
+    throttle_times: list[float] = field(default_factory=list)
 
     @property
     def answers(self) -> int:
@@ -200,6 +211,8 @@ class RateController:
     _latency: float = field(default=0.0, init=False, repr=False)
     _latency_samples: int = field(default=0, init=False, repr=False)
     _since_gradient: int = field(default=0, init=False, repr=False)
+    _refusals_in_a_row: int = field(default=0, init=False, repr=False)
+    _lossy_startup_rounds: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.in_flight_limit = float(min(self.initial_in_flight, self.max_in_flight))
@@ -233,10 +246,14 @@ class RateController:
 
     def on_send(self, now: float) -> None:
         """A request left (after the pacer let it go)."""
-        self._open_round(now).sent += 1
+        current = self._open_round(now)
+        current.sent += 1
+        if self.capacity is None:
+            current.send_times.append(now)
 
     def on_success(self, now: float, latency_s: float | None = None) -> None:
         """A request was accepted ``latency_s`` after it was sent."""
+        self._refusals_in_a_row = 0
         sent_round = self._round_of(now - (latency_s or 0.0))
         if sent_round is not None:
             sent_round.accepted += 1
@@ -250,11 +267,14 @@ class RateController:
     def on_throttle(self, now: float, latency_s: float | None = None) -> None:
         """The endpoint refused a request for capacity (429) ``latency_s`` after it was sent."""
         self.throttles += 1
+        self._refusals_in_a_row += 1
         sent_at = now - (latency_s or 0.0)
         sent_round = self._round_of(sent_at)
         if sent_round is not None:
             sent_round.throttled += 1
             sent_round.first_loss_sent_at = min(sent_round.first_loss_sent_at, sent_at)
+            if self.capacity is None:
+                sent_round.throttle_times.append(sent_at)
             if self.capacity is None and self._startup_overrun(sent_round, now):
                 self._leave_startup(sent_round, now)
         self._advance(now)
@@ -307,14 +327,20 @@ class RateController:
     def _startup_overrun(self, current: _Round, now: float) -> bool:
         """Unpaced and refused far more than noise: stop the storm before the round ends.
 
-        Only once the round is a round trip old: 429s come back faster than acceptances, so
-        early in a round they outnumber them even when they are rare noise.
+        Judged over the requests sent at least one and a half round trips ago, whose answers
+        are all in: a 429 comes back faster than an acceptance, so over the newest requests
+        refusals outnumber acceptances even when they are rare noise. A run of refusals
+        says it at once.
         """
-        return (
-            now - current.started_at >= (self.base_latency() or 0.0)
-            and current.throttled >= MIN_LOSSES
-            and current.throttled > current.accepted
-            and current.throttled > STARTUP_LOSS_SHARE * current.sent
+        if self._refusals_in_a_row >= STARTUP_REFUSALS_IN_A_ROW:
+            return True
+        cutoff = now - 1.5 * (self.base_latency() or 0.0)
+        settled = bisect.bisect_right(current.send_times, cutoff)
+        refused = sum(1 for sent_at in current.throttle_times if sent_at <= cutoff)
+        usual = 1.0 - self.accept_ratio
+        chance = LOSS_SIGMAS * math.sqrt(settled * max(usual, 0.02))
+        return refused >= MIN_LOSSES and refused > max(
+            STARTUP_LOSS_SHARE * settled, usual * settled + chance
         )
 
     def _leave_startup(self, current: _Round, now: float) -> None:
@@ -331,9 +357,13 @@ class RateController:
         if done.answers == 0:
             return
         if self.capacity is None:  # startup: unpaced until the endpoint shows its limit
-            if done.throttled >= MIN_LOSSES and done.throttled_share() > STARTUP_LOSS_SHARE:
+            # Two lossy rounds in a row: one can be noise's bad luck (a few percent of 429s,
+            # some fifty rounds a run); a limit refuses round after round.
+            lossy = done.throttled >= MIN_LOSSES and done.throttled_share() > STARTUP_LOSS_SHARE
+            self._lossy_startup_rounds = self._lossy_startup_rounds + 1 if lossy else 0
+            if self._lossy_startup_rounds >= 2:
                 self._on_loss(done, now)
-            elif done.answers >= ROUND_MIN_SENDS:  # what is refused at a bearable pace: noise
+            elif not lossy and done.answers >= ROUND_MIN_SENDS:  # refused when bearable: noise
                 self.accept_ratio += 0.3 * (done.accept_ratio() - self.accept_ratio)
                 self.accept_ratio = max(MIN_ACCEPT_RATIO, self.accept_ratio)
             return
