@@ -67,14 +67,21 @@ SETTLE_MIN_S = 0.5
 #: A round whose throttled share is this far above the usual (noise) share: the endpoint's
 #: limit is below the pace.
 LOSS_MARGIN = 0.10
+#: Over the cruise rounds since the last change, together, a smaller margin suffices.
+CRUISE_LOSS_MARGIN = 0.02
 #: ...and at least this many throttles, and this many standard deviations above the usual
 #: count (a few 429s in a small round are noise).
 MIN_LOSSES = 3
 LOSS_SIGMAS = 2.5
 #: Startup (unpaced) ends on a round with more than this share refused: noise stays below.
 STARTUP_LOSS_SHARE = 0.15
+#: ...or at once on this share refused of the requests old enough to be answered...
+STARTUP_STORM_SHARE = 0.3
 #: ...or on this many refusals in a row (noise of a few percent almost never strings them).
 STARTUP_REFUSALS_IN_A_ROW = 5
+#: In startup each refusal takes a slot away, down to this many (a request that waits for
+#: its answer while another is refused keeps the storm measuring the refill rate).
+STORM_MIN_IN_FLIGHT = 2.0
 #: Startup's overrun is measured over at least this span.
 STARTUP_MIN_SPAN_S = 0.1
 #: The usual share of answers accepted (1 - noise) is never taken as lower than this.
@@ -84,6 +91,16 @@ PROBE_INTERVAL_S = 2.0
 PROBE_EVERY_ROUNDS = 3
 FIRST_PROBE_EXCESS = 0.10
 MAX_PROBE_EXCESS = 1.0
+#: A probe this far past the capacity that overshoots is followed at once by one halfway.
+BISECT_MIN_EXCESS = 0.3
+#: A probe ends at once on this many refusals (beyond the usual noise).
+PROBE_ABORT_LOSSES = 1
+#: After a probe raised the capacity, a refusal at the new pace this soon undoes it; after a
+#: cut, one lowers it this much further.
+TENTATIVE_S = 3.0
+STEP_DOWN_MARGIN = 0.05
+#: After the limit fell, probing waits this much longer than usual.
+STEP_DOWN_PROBE_HOLD_S = 2.0
 #: After each probe, one round this far under the capacity: its refusals are noise.
 DRAIN_GAIN = 0.85
 #: A round that sent less than this share of what the pace allowed is app-limited.
@@ -92,6 +109,10 @@ APP_LIMITED_SHARE = 0.8
 LATENCY_WINDOW_S = 30.0
 #: Latency samples before the latency rule acts.
 MIN_LATENCY_SAMPLES = 16
+#: A concurrency cap is believed once this many requests were accepted at it...
+CONCURRENCY_MIN_ACCEPTED = 10
+#: ...and at least this share refused of those sent with more in flight.
+CONCURRENCY_REFUSED_SHARE = 0.5
 #: Rounds kept for late answers.
 KEPT_ROUNDS = 64
 #: Two paced sends are never closer than this share of the pacing interval...
@@ -136,6 +157,8 @@ class _Round:
     started_at: float
     rate: float
     excess: float
+    #: the capacity its pace came from (None: startup's)
+    capacity: float | None = None
     drain: bool = False
     ended_at: float = math.inf
     sent: int = 0
@@ -198,6 +221,11 @@ class RateController:
     latency_cuts: int = field(default=0, init=False)
     #: the usual share of answers accepted when the pace is under the limit (1 - noise)
     accept_ratio: float = field(default=1.0, init=False)
+    #: the endpoint's concurrency as measured: requests in flight above it are refused
+    concurrency_cap: int | None = field(default=None, init=False)
+    #: answers by the requests in flight when they were sent (index: that count)
+    _level_accepted: list[float] = field(default_factory=list, init=False, repr=False)
+    _level_refused: list[float] = field(default_factory=list, init=False, repr=False)
     _rounds: deque[_Round] = field(default_factory=deque, init=False, repr=False)
     _excess: float = field(default=0.0, init=False, repr=False)
     _draining: bool = field(default=False, init=False, repr=False)
@@ -205,6 +233,14 @@ class RateController:
     _cruise_answers: int = field(default=0, init=False, repr=False)
     _cruise_throttled: int = field(default=0, init=False, repr=False)
     _probe_ended_at: float = field(default=-math.inf, init=False, repr=False)
+    #: from startup's end until a probe first overshoots: the limit is not bracketed yet
+    _searching: bool = field(default=False, init=False, repr=False)
+    #: the pace a large probe overshot at: the next probe goes halfway to it, at once
+    _bisect_to: float | None = field(default=None, init=False, repr=False)
+    #: after a probe raised the capacity: the level below, and until when a refusal at the
+    #: new pace sends it back there (a bucket's burst can make a probe look taken)
+    _below: float | None = field(default=None, init=False, repr=False)
+    _tentative_until: float = field(default=-math.inf, init=False, repr=False)
     _rounds_since_probe: int = field(default=0, init=False, repr=False)
     #: (second, shortest latency seen in it), for the windowed minimum
     _minima: deque[tuple[int, float]] = field(default_factory=deque, init=False, repr=False)
@@ -216,6 +252,8 @@ class RateController:
 
     def __post_init__(self) -> None:
         self.in_flight_limit = float(min(self.initial_in_flight, self.max_in_flight))
+        self._level_accepted = [0.0] * (self.max_in_flight + 2)
+        self._level_refused = [0.0] * (self.max_in_flight + 2)
         self.rate = self.max_rate
 
     @property
@@ -251,9 +289,13 @@ class RateController:
         if self.capacity is None:
             current.send_times.append(now)
 
-    def on_success(self, now: float, latency_s: float | None = None) -> None:
-        """A request was accepted ``latency_s`` after it was sent."""
+    def on_success(
+        self, now: float, latency_s: float | None = None, in_flight: int | None = None
+    ) -> None:
+        """A request was accepted ``latency_s`` after it was sent, with ``in_flight``
+        requests (itself included) in flight when it was."""
         self._refusals_in_a_row = 0
+        self._count_level(in_flight, refused=False)
         sent_round = self._round_of(now - (latency_s or 0.0))
         if sent_round is not None:
             sent_round.accepted += 1
@@ -264,10 +306,19 @@ class RateController:
             self._grow_in_flight()
         self._advance(now)
 
-    def on_throttle(self, now: float, latency_s: float | None = None) -> None:
-        """The endpoint refused a request for capacity (429) ``latency_s`` after it was sent."""
+    def on_throttle(
+        self, now: float, latency_s: float | None = None, in_flight: int | None = None
+    ) -> None:
+        """The endpoint refused a request for capacity (429) ``latency_s`` after it was sent,
+        with ``in_flight`` requests (itself included) in flight when it was."""
         self.throttles += 1
+        self._count_level(in_flight, refused=True)
+        if self._concurrency_refusal(in_flight):
+            self._advance(now)
+            return
         self._refusals_in_a_row += 1
+        if self.slow_start:  # a refused request's slot is not handed on: no storm
+            self.in_flight_limit = max(STORM_MIN_IN_FLIGHT, self.in_flight_limit - 1.0)
         sent_at = now - (latency_s or 0.0)
         sent_round = self._round_of(sent_at)
         if sent_round is not None:
@@ -277,7 +328,84 @@ class RateController:
                 sent_round.throttle_times.append(sent_at)
             if self.capacity is None and self._startup_overrun(sent_round, now):
                 self._leave_startup(sent_round, now)
+            elif sent_round.excess > 0.0 and sent_round.excess == self._excess:
+                self._abort_probe_if_refused(sent_round, now)
+            elif now < self._tentative_until and sent_round.capacity == self.capacity:
+                self._revert_if_refused(sent_round, now)
         self._advance(now)
+
+    def _refused_beyond_noise(self, sent_round: _Round) -> bool:
+        expected = (1.0 - self.accept_ratio) * sent_round.sent
+        return sent_round.throttled >= PROBE_ABORT_LOSSES and sent_round.throttled > (
+            expected + 0.5
+        )
+
+    def _revert_if_refused(self, cruise: _Round, now: float) -> None:
+        """Refused at the pace a probe just raised: the probe was the burst's doing, back to
+        the level below it (at once: each request sent meanwhile would be refused)."""
+        if self._below is not None and self._refused_beyond_noise(cruise):
+            self._tentative_until = -math.inf
+            self._cut(self._below, now)
+
+    def _abort_probe_if_refused(self, probe: _Round, now: float) -> None:
+        """A probe refused more than noise explains ends at once, not when its round is
+        judged: each request it sends past the limit is refused."""
+        if self._refused_beyond_noise(probe):
+            self._note_overshoot(probe)
+            self._end_probe(now)
+            self._set_rate()
+
+    # -- concurrency -------------------------------------------------------------------
+
+    def _count_level(self, in_flight: int | None, *, refused: bool) -> None:
+        if in_flight is None or in_flight < 1:
+            return
+        level = min(in_flight, self.max_in_flight + 1)
+        counts = self._level_refused if refused else self._level_accepted
+        counts[level] += 1.0
+
+    def _concurrency_refusal(self, in_flight: int | None) -> bool:
+        """Refused because more were in flight than the endpoint serves at once (its
+        provisioned concurrency), not for the pace: cap requests in flight there instead
+        of slowing down. The cap is the most in flight at which requests are accepted (seen
+        often) and never refused beyond noise, every level above refused mostly."""
+        if in_flight is None:
+            return False
+        if self.concurrency_cap is not None and in_flight > self.concurrency_cap:
+            return True
+        cap = self._find_concurrency_cap()
+        if cap is None or in_flight <= cap:
+            return False
+        self.concurrency_cap = cap
+        self.in_flight_limit = min(self.in_flight_limit, float(cap))
+        if self.slow_start:
+            self.slow_start = False
+        return True
+
+    def _find_concurrency_cap(self) -> int | None:
+        accepted, refused = self._level_accepted, self._level_refused
+        usual = 1.0 - self.accept_ratio
+        below_accepted = below_refused = 0.0
+        found = None
+        above_refused = sum(refused)
+        above_accepted = sum(accepted)
+        for level in range(1, len(accepted)):
+            below_accepted += accepted[level]
+            below_refused += refused[level]
+            above_accepted -= accepted[level]
+            above_refused -= refused[level]
+            answers_below = below_accepted + below_refused
+            clean_below = below_refused <= usual * answers_below + 1.0
+            if not clean_below:
+                break
+            answers_above = above_accepted + above_refused
+            if (
+                accepted[level] >= CONCURRENCY_MIN_ACCEPTED
+                and above_refused >= 2 * MIN_LOSSES
+                and above_refused >= CONCURRENCY_REFUSED_SHARE * answers_above
+            ):
+                found = level
+        return found
 
     # -- rounds --------------------------------------------------------------------------
 
@@ -285,14 +413,22 @@ class RateController:
         current = self._rounds[-1] if self._rounds else None
         if current is not None and current.ended_at == math.inf:
             length = self._round_length()
-            if now - current.started_at < length:
+            full = now - current.started_at >= length
+            if not full and current.rate == self.rate:
                 return current
-            # A round spans its length, not the idle time until the next send.
+            # A round spans its length, not the idle time until the next send, and one pace:
+            # a probe's next step or a cut starts a round of its own.
             current.ended_at = min(now, current.started_at + length)
-            if current.drain:  # the drain ran its whole round at the drain pace: done
+            if current.drain and full:  # the drain ran its whole round at the drain pace
                 self._draining = False
                 self._set_rate()
-        fresh = _Round(started_at=now, rate=self.rate, excess=self._excess, drain=self._draining)
+        fresh = _Round(
+            started_at=now,
+            rate=self.rate,
+            excess=self._excess,
+            drain=self._draining,
+            capacity=self.capacity,
+        )
         self._rounds.append(fresh)
         while len(self._rounds) > KEPT_ROUNDS:
             self._rounds.popleft()
@@ -338,9 +474,10 @@ class RateController:
         settled = bisect.bisect_right(current.send_times, cutoff)
         refused = sum(1 for sent_at in current.throttle_times if sent_at <= cutoff)
         usual = 1.0 - self.accept_ratio
-        chance = LOSS_SIGMAS * math.sqrt(settled * max(usual, 0.02))
+        # Looked at on every refusal: a storm is far above noise, not just above it.
+        chance = 2.0 * LOSS_SIGMAS * math.sqrt(settled * max(usual, 0.02))
         return refused >= MIN_LOSSES and refused > max(
-            STARTUP_LOSS_SHARE * settled, usual * settled + chance
+            STARTUP_STORM_SHARE * settled, usual * settled + chance
         )
 
     def _leave_startup(self, current: _Round, now: float) -> None:
@@ -348,8 +485,12 @@ class RateController:
         measure the limit itself (a loss cuts to what was accepted once refused), and probing
         finds it from below. The span is floored so a first burst of fast 429s cannot read
         as a huge rate."""
-        span = max(now - current.started_at, self.base_latency() or 0.0, STARTUP_MIN_SPAN_S)
-        self._cut(0.5 * current.sent / span / self.cruise_gain, now)
+        base = self.base_latency() or 0.0
+        span = max(now - current.started_at, base, STARTUP_MIN_SPAN_S)
+        answered_span = max(now - base - current.started_at, STARTUP_MIN_SPAN_S)
+        accepted_rate = current.accepted / answered_span
+        self._cut(max(0.5 * current.sent / span / self.cruise_gain, accepted_rate), now)
+        self._searching = True
         for pending in self._rounds:  # the storm's rounds were at another pace
             pending.rate = math.inf
 
@@ -380,14 +521,36 @@ class RateController:
             if not app_limited:
                 self._cruise_answers += done.answers
                 self._cruise_throttled += done.throttled
+                if self._overestimated(now):
+                    return
             self._rounds_since_probe += 1
-            if (
-                not self.probing
-                and now - self._probe_ended_at >= PROBE_INTERVAL_S
-                and self._rounds_since_probe >= PROBE_EVERY_ROUNDS
+            if not self.probing and (
+                self._searching
+                or self._bisect_to is not None
+                or (
+                    now - self._probe_ended_at >= PROBE_INTERVAL_S
+                    and self._rounds_since_probe >= PROBE_EVERY_ROUNDS
+                )
             ):
                 self._start_probe()
         self._set_rate()
+
+    def _overestimated(self, now: float) -> bool:
+        """The cruise rounds since the last change, together, were refused more than noise
+        explains (each round alone too small to say so, at low rates): the capacity is over
+        the limit by about the excess share (a probe the bucket's burst made look good).
+        Lower it by that share now, not at the next drain."""
+        answers, throttled = self._cruise_answers, self._cruise_throttled
+        usual = 1.0 - self.accept_ratio
+        p = max(usual, 0.02)
+        chance = LOSS_SIGMAS * math.sqrt(answers * p * (1.0 - p))
+        if self.capacity is None or throttled < MIN_LOSSES or throttled <= answers * usual + max(
+            CRUISE_LOSS_MARGIN * answers, chance
+        ):
+            return False
+        over = throttled / answers - usual
+        self._cut(self.capacity * (1.0 - over), now)
+        return True
 
     def _end_drain_round(self, done: _Round, app_limited: bool) -> None:
         """Cruise rounds refused more than the usual (noise) share since the last drain: the
@@ -413,6 +576,10 @@ class RateController:
     def _start_probe(self) -> None:
         if self.rate < self.max_rate:
             self._excess = FIRST_PROBE_EXCESS
+            if self._bisect_to is not None and self.capacity:
+                halfway = math.sqrt(self._bisect_to / self.capacity) - 1.0  # in ratio
+                self._excess = min(MAX_PROBE_EXCESS, max(FIRST_PROBE_EXCESS, halfway))
+            self._bisect_to = None
             self.probes += 1
             self._set_rate()
 
@@ -429,26 +596,42 @@ class RateController:
 
     def _on_loss(self, done: _Round, now: float) -> None:
         estimate = done.limit_estimate() / self.accept_ratio
-        if done.rate < self.rate * 0.999:
-            return  # judged late: a lower pace is already set
+        if not math.isfinite(done.rate):  # startup's storm, judged after startup ended
+            if self.capacity is not None and done.accepted_after_loss >= 4:
+                self._cut(min(self.capacity, estimate), now)
+            return
+        if self.capacity is not None and done.capacity is not None and (
+            self.capacity < done.capacity * 0.999
+        ):
+            return  # judged late: the capacity was lowered since
+        if done.excess > 0.0:
+            self._searching = False
+            self._note_overshoot(done)
         if done.excess > 0.0 and self.capacity is not None:
             # A probe overshot. What it accepted once refused is the limit for a bucket with
             # room to spare, but far less for one with a burst of one (overdriven, it accepts
             # every other request): never below the pace that was accepted before the probe.
             self._cut(max(self.capacity, min(estimate, done.rate)), now)
             return
-        self._cut(estimate, now)  # at the usual pace: the limit moved down
+        # At the usual pace: the limit moved down (a neighbour's job, a scale-down). What was
+        # accepted once refused may include a token or two left over: a refusal at the new
+        # pace soon after takes it a step further down at once.
+        self._cut(estimate, now)
+        self._below = estimate * (1.0 - STEP_DOWN_MARGIN)
+        self._tentative_until = now + TENTATIVE_S
+        self._probe_ended_at = now + STEP_DOWN_PROBE_HOLD_S  # a fallen limit rarely bounces
 
     def _cut(self, capacity: float, now: float) -> None:
         """The pace is above the endpoint's limit: the capacity is what it accepted."""
         self.cuts += 1
         if self.slow_start:
             self.slow_start = False
-            self.in_flight_limit = float(self.max_in_flight)
+            self.in_flight_limit = float(self.concurrency_cap or self.max_in_flight)
         self.capacity = max(self.min_rate, capacity)
         self._excess = 0.0
         self._draining = True  # the next round measures noise below the new pace
-        self._probe_ended_at = now
+        self._cruise_answers = self._cruise_throttled = 0
+        self._probe_ended_at = max(now, self._probe_ended_at)  # a hold after a fall stays
         self._rounds_since_probe = 0
         self._set_rate()
 
@@ -462,10 +645,25 @@ class RateController:
             # not the pace asked for (a round held back by the in-flight limit sends less).
             span = done.ended_at - done.started_at
             delivered = done.accepted / span / self.accept_ratio if span > 0 else done.rate
-            self.capacity = max(self.capacity or 0.0, min(done.rate, delivered))
+            raised = min(done.rate, delivered)
+            if self.capacity is not None and raised > self.capacity:
+                self._below = self.capacity
+                self._tentative_until = now + TENTATIVE_S
+                self.capacity = raised
             self._excess = min(MAX_PROBE_EXCESS, self._excess * 2.0)
             return
+        self._note_overshoot(done)
+        self._end_probe(now)
+
+    def _note_overshoot(self, probe: _Round) -> None:
+        """A large step past the capacity overshot: the limit is somewhere in between, and
+        the next probe looks halfway (a binary search) instead of small steps from below."""
+        if probe.excess >= BISECT_MIN_EXCESS:
+            self._bisect_to = probe.rate
+
+    def _end_probe(self, now: float) -> None:
         self._excess = 0.0
+        self._searching = False
         self._draining = True
         self._probe_ended_at = now
         self._rounds_since_probe = 0
@@ -480,11 +678,14 @@ class RateController:
 
     def _grow_in_flight(self) -> None:
         limit = self.in_flight_limit
+        ceiling = float(self.max_in_flight)
+        if self.concurrency_cap is not None:
+            ceiling = min(ceiling, float(self.concurrency_cap))
         if self.slow_start:
-            self.in_flight_limit = min(float(self.max_in_flight), limit + 1.0)
-            self.slow_start = self.in_flight_limit < self.max_in_flight
+            self.in_flight_limit = min(ceiling, limit + 1.0)
+            self.slow_start = self.in_flight_limit < ceiling
         else:  # one a round trip, as TCP's congestion avoidance
-            self.in_flight_limit = min(float(self.max_in_flight), limit + 1.0 / max(limit, 1.0))
+            self.in_flight_limit = min(ceiling, limit + 1.0 / max(limit, 1.0))
 
     # -- latency -------------------------------------------------------------------------
 

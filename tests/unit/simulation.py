@@ -131,6 +131,8 @@ class _Sim:
         self.next_at = 0.0
         self.policy = RetryPolicy()
         self.tallies: dict[int, Tally] = {}
+        self.sending = 0  # sent and not answered yet
+        self.level: dict[int, int] = {}  # worker -> requests in flight when it sent
 
     def push(self, at: float, worker: int, kind: str, sent_at: float = 0.0) -> None:
         self.seq += 1
@@ -181,18 +183,20 @@ class _Sim:
 
     def answered(self, now: float, worker: int, status: int, latency_s: float) -> None:
         self.in_flight -= 1
+        self.sending -= 1
+        level = self.level.pop(worker)
         for waiting in self.blocked:
             self.push(now, waiting, "ready")
         self.blocked.clear()
         if status == 200:
             self.result.accepted.append(now)
-            self.controller.on_success(now, latency_s)
+            self.controller.on_success(now, latency_s, level)
             self.tallies.pop(worker, None)
             self.push(now, worker, "ready")
             return
         if status == 429:
             self.result.throttled.append(now)
-            self.controller.on_throttle(now, latency_s)
+            self.controller.on_throttle(now, latency_s, level)
         retry_after = self.endpoint.retry_after_s if status == 429 else None
         outcome = Outcome(FailureKind.STATUS, status=status, retry_after_s=retry_after)
         delay, self.tallies[worker] = self.policy.decide(
@@ -205,6 +209,8 @@ class _Sim:
 
     def send(self, now: float, worker: int) -> None:
         self.result.sent.append(now)
+        self.sending += 1
+        self.level[worker] = self.sending
         self.controller.on_send(now)
         arrive = now + self.rng.uniform(0.0, 0.0002)
         self.push(arrive, worker, "arrive", now)
