@@ -378,8 +378,12 @@ class RateController:
             return False
         self.concurrency_cap = cap
         self.in_flight_limit = min(self.in_flight_limit, float(cap))
-        if self.slow_start:
-            self.slow_start = False
+        self.slow_start = False
+        base = self.base_latency()
+        if self.capacity is not None and base:
+            # The refusals that set the pace were the cap's: pace no slower than it allows.
+            self.capacity = max(self.capacity, cap / base)
+            self._set_rate()
         return True
 
     def _find_concurrency_cap(self) -> int | None:

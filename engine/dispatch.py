@@ -133,14 +133,20 @@ class Pacer:
         self._clock = clock
         self._sleep = sleep
         self._next_at = 0.0
-        self.in_flight = 0
+        self.in_flight = 0  # slots taken, waiting for a turn included
+        self.sent = 0  # requests let go and not answered yet
         self._freed = asyncio.Event()
-        self._queue: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._queue: collections.deque[asyncio.Future[int]] = collections.deque()
         self._ticker: asyncio.Task[None] | None = None
         self.stopped = False
 
-    async def acquire(self) -> None:
-        """Wait for a free slot and a turn; raises SendingStopped once :meth:`stop` was called."""
+    async def acquire(self) -> int:
+        """Wait for a free slot and a turn; raises SendingStopped once :meth:`stop` was called.
+
+        Returns:
+            The requests in flight as this one goes, itself included: passed back with its
+            answer (:meth:`record`), it tells a concurrency limit from a rate limit.
+        """
         while self.in_flight >= int(self.controller.in_flight_limit) and not self.stopped:
             self._freed.clear()
             await self._freed.wait()
@@ -148,17 +154,23 @@ class Pacer:
             raise SendingStopped
         self.in_flight += 1
         if not self.controller.paced:
-            self.controller.on_send(self._clock())
-            return
-        turn = asyncio.get_running_loop().create_future()
+            return self._let_go(self._clock())
+        turn: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._queue.append(turn)
         if self._ticker is None or self._ticker.done():
             self._ticker = asyncio.create_task(self._tick())
         try:
-            await turn
+            return await turn
         except (asyncio.CancelledError, SendingStopped):
+            if turn.done() and not turn.cancelled() and turn.exception() is None:
+                self.sent -= 1  # its turn had come: it was counted as sent
             self.in_flight -= 1
             raise
+
+    def _let_go(self, now: float) -> int:
+        self.sent += 1
+        self.controller.on_send(now)
+        return self.sent
 
     def stop(self) -> None:
         """No request leaves from now on: every waiting turn is dropped, not sent."""
@@ -180,20 +192,23 @@ class Pacer:
                 turn = self._queue.popleft()
                 if turn.done():  # its task was cancelled while waiting
                     continue
-                turn.set_result(None)
-                self.controller.on_send(now)
+                turn.set_result(self._let_go(now))
                 due -= 1
             self._next_at = next_at
 
     def release(self) -> None:
         self.in_flight -= 1
+        self.sent -= 1
         self._freed.set()
 
-    def record(self, status: int | None, latency_s: float | None = None) -> None:
+    def record(
+        self, status: int | None, latency_s: float | None = None, in_flight: int | None = None
+    ) -> None:
+        """An answer, ``latency_s`` after its request left with ``in_flight`` in flight."""
         if status is not None and 200 <= status < 300:
-            self.controller.on_success(self._clock(), latency_s)
+            self.controller.on_success(self._clock(), latency_s, in_flight)
         elif status == 429:
-            self.controller.on_throttle(self._clock(), latency_s)
+            self.controller.on_throttle(self._clock(), latency_s, in_flight)
 
     async def aclose(self) -> None:
         if self._ticker is not None:
@@ -410,7 +425,7 @@ class Dispatcher:
         await self.gate.wait()
         if self.limiter is not None:
             await self.limiter.acquire()
-        await self.pacer.acquire()  # raises SendingStopped once the run is stopping
+        sent_with = await self.pacer.acquire()  # raises SendingStopped once the run stops
         started = self._clock()
         try:
             token = await self._tokens.get()
@@ -433,7 +448,7 @@ class Dispatcher:
         latency = self._clock() - started
         if response.ok:
             self.hang.record(latency)
-        self.pacer.record(response.status, latency)
+        self.pacer.record(response.status, latency, sent_with)
         self._stats.record_request(response.status, latency)
         return response, token
 

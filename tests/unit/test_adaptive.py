@@ -82,13 +82,14 @@ def test_an_unknown_limit_is_found_within_ten_seconds_start_up_included(
 
 def test_a_limit_that_triples_is_followed_within_six_seconds() -> None:
     endpoint = Endpoint(rate=((0, 20), (8, 60)), burst=2)
-    result = simulate(endpoint, seconds=20)
-    reached = [
-        k * 0.25
-        for k in range(48)
-        if result.accepted_between(8 + k * 0.25, 8.5 + k * 0.25) / 0.5 >= 0.9 * 60
-    ]
-    assert reached and reached[0] + 0.5 <= 6.0
+    for seed in SEEDS:
+        result = simulate(endpoint, seconds=20, seed=seed)
+        reached = [
+            k * 0.25
+            for k in range(48)
+            if result.accepted_between(8 + k * 0.25, 8.5 + k * 0.25) / 0.5 >= 0.9 * 60
+        ]
+        assert reached and reached[0] + 0.5 <= 6.0
 
 
 def test_after_a_limit_falls_refusals_are_back_under_five_percent_within_three_seconds() -> None:
@@ -240,3 +241,99 @@ def test_small_queueing_delays_are_ignored() -> None:
     for i in range(2_000):  # 1 ms service, 10 ms when loaded: 3x, but only 9 ms of queueing
         controller.on_success(i * 0.001, 0.001 if i < 20 else 0.010)
     assert controller.latency_cuts == 0
+
+
+def test_refusals_only_above_a_level_of_requests_in_flight_cap_requests_in_flight_there() -> None:
+    controller = RateController(max_in_flight=64, initial_in_flight=64)
+    now = 0.0
+    for _ in range(12):  # 8 slots, 50 ms: up to 8 in flight accepted, the 9th on refused
+        for level in range(1, 13):
+            now += 0.001
+            controller.on_send(now)
+            if level <= 8:
+                controller.on_success(now + 0.05, 0.05, in_flight=level)
+            else:
+                controller.on_throttle(now + 0.002, 0.002, in_flight=level)
+    assert controller.concurrency_cap == 8
+    assert controller.in_flight_limit <= 8
+    # the cap, not a slower pace, keeps the 429s away: 8 in flight at 50 ms is 160/s
+    assert not controller.paced or controller.rate >= 0.95 * 8 / 0.05
+
+
+def test_a_rate_limit_refusing_at_every_level_is_no_concurrency_cap() -> None:
+    controller = RateController(max_in_flight=64)
+    now = 0.0
+    for k in range(600):  # refusals at low and high levels alike
+        now += 0.005
+        level = 1 + k % 4
+        controller.on_send(now)
+        if k % 3 == 0:
+            controller.on_throttle(now + 0.002, 0.002, in_flight=level)
+        else:
+            controller.on_success(now + 0.03, 0.03, in_flight=level)
+    assert controller.concurrency_cap is None
+
+
+def test_a_probe_ends_at_its_first_refusal_and_a_fallen_limit_waits_to_be_probed() -> None:
+    result = simulate(Endpoint(rate=((0, 40),), burst=4, latency_s=0.03), seconds=10, seed=1)
+    controller = result.controller
+    assert controller is not None and controller.probes >= 1
+    # each probe past the limit costs about one refusal, not a round of them
+    steady = [t for t in result.throttled if t >= 2.0]
+    assert len(steady) <= 2 * controller.probes + 2
+
+
+def _missed(reason: str) -> pytest.MarkDecorator:
+    return pytest.mark.xfail(strict=True, reason=f"issue 11's target not met: {reason}")
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        pytest.param(Endpoint(rate=((0, 40),), burst=4, latency_s=0.03), id="bucket-40-b4"),
+        pytest.param(
+            Endpoint(rate=((0, 40),), burst=4, latency_s=0.03, retry_after_s=1.0),
+            id="bucket-40-b4-retry-after",
+        ),
+        pytest.param(Endpoint(rate=((0, 200),), burst=20, latency_s=0.05), id="bucket-200-b20"),
+        pytest.param(Endpoint(rate=((0, 2000),), burst=200, latency_s=0.01), id="bucket-2000"),
+        pytest.param(
+            Endpoint(concurrency=((0, 8),), concurrency_mode="queue", latency_s=0.05),
+            id="concurrency-queue",
+        ),
+        pytest.param(
+            Endpoint(rate=((0, 5),), burst=1, latency_s=0.01), id="bucket-5-b1",
+            marks=_missed("0.80 of capacity with 23 % refused (seeds 1-3): the first requests "
+                          "go four at once, a burst of one refuses three, and at 5/s each "
+                          "round of the search needs a second or more"),
+        ),
+        pytest.param(
+            Endpoint(rate=((0, 40),), burst=1, latency_s=0.03), id="bucket-40-b1",
+            marks=_missed("0.83 of capacity (2.9 % refused, seeds 1-3): a probe a few "
+                          "percent past the refill rate is refused every other request, so "
+                          "the capacity settles under it"),
+        ),
+        pytest.param(
+            Endpoint(rate=((0, 200),), burst=1, latency_s=0.01), id="bucket-200-b1",
+            marks=_missed("0.63-0.65 of capacity (under 1 % refused): at 5 ms intervals a "
+                          "timer up to 1 ms late leaves the pace short of the one asked"),
+        ),
+        pytest.param(
+            Endpoint(rate=((0, 2000),), burst=1, latency_s=0.01), id="bucket-2000-b1",
+            marks=_missed("0.21-0.23 of capacity: 0.5 ms intervals are under the timer's "
+                          "resolution, so requests go in pairs and the second is refused"),
+        ),
+        pytest.param(
+            Endpoint(concurrency=((0, 8),), latency_s=0.05), id="concurrency-429",
+            marks=_missed("0.89 of capacity on seed 2 (0.94, 0.95 on seeds 1, 3; under 3 % "
+                          "refused): the cap is not learned on that seed, the pace holds it"),
+        ),
+    ],
+)
+def test_issue_11_target_at_least_090_of_capacity_and_at_most_5_percent_refused_in_10_s(
+    endpoint: Endpoint,
+) -> None:
+    for seed in SEEDS:
+        result = simulate(endpoint, seconds=10, seed=seed)
+        assert fraction_of_capacity(endpoint, result, 0.0, 10.0) >= 0.90
+        assert result.throttle_share(0.0, 10.0) <= 0.05
