@@ -248,6 +248,8 @@ class RateController:
     _latency_samples: int = field(default=0, init=False, repr=False)
     _since_gradient: int = field(default=0, init=False, repr=False)
     _refusals_in_a_row: int = field(default=0, init=False, repr=False)
+    #: (whole second, requests accepted in it), the last few seconds
+    _accepted_by_second: deque[list[int]] = field(default_factory=deque, init=False, repr=False)
     _lossy_startup_rounds: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -296,6 +298,7 @@ class RateController:
         requests (itself included) in flight when it was."""
         self._refusals_in_a_row = 0
         self._count_level(in_flight, refused=False)
+        self._count_second(now)
         sent_round = self._round_of(now - (latency_s or 0.0))
         if sent_round is not None:
             sent_round.accepted += 1
@@ -345,6 +348,8 @@ class RateController:
         the level below it (at once: each request sent meanwhile would be refused)."""
         if self._below is not None and self._refused_beyond_noise(cruise):
             self._tentative_until = -math.inf
+            self._searching = False  # the limit is bracketed now: probe at the usual pace
+            self._bisect_to = None
             self._cut(self._below, now)
 
     def _abort_probe_if_refused(self, probe: _Round, now: float) -> None:
@@ -354,6 +359,20 @@ class RateController:
             self._note_overshoot(probe)
             self._end_probe(now)
             self._set_rate()
+
+    def _count_second(self, now: float) -> None:
+        second = int(now)
+        seconds = self._accepted_by_second
+        if seconds and seconds[-1][0] == second:
+            seconds[-1][1] += 1
+            return
+        seconds.append([second, 1])
+        while len(seconds) > 3:
+            seconds.popleft()
+
+    def _delivered_last_second(self, now: float) -> float:
+        """Requests accepted in the last whole second (0 if it saw none)."""
+        return float(next((n for s, n in self._accepted_by_second if s == int(now) - 1), 0))
 
     # -- concurrency -------------------------------------------------------------------
 
@@ -403,8 +422,12 @@ class RateController:
             if not clean_below:
                 break
             answers_above = above_accepted + above_refused
+            # Seen often, or (past a level seen often) never refused yet.
+            seen = accepted[level] >= CONCURRENCY_MIN_ACCEPTED or (
+                found is not None and accepted[level] >= 1 and refused[level] == 0
+            )
             if (
-                accepted[level] >= CONCURRENCY_MIN_ACCEPTED
+                seen
                 and above_refused >= 2 * MIN_LOSSES
                 and above_refused >= CONCURRENCY_REFUSED_SHARE * answers_above
             ):
@@ -493,7 +516,10 @@ class RateController:
         span = max(now - current.started_at, base, STARTUP_MIN_SPAN_S)
         answered_span = max(now - base - current.started_at, STARTUP_MIN_SPAN_S)
         accepted_rate = current.accepted / answered_span
-        self._cut(max(0.5 * current.sent / span / self.cruise_gain, accepted_rate), now)
+        # A startup that ran for seconds (a limit it overran only now and then) measured
+        # the limit itself: what the last whole second delivered.
+        delivered = self._delivered_last_second(now)
+        self._cut(max(0.5 * current.sent / span / self.cruise_gain, accepted_rate, delivered), now)
         self._searching = True
         for pending in self._rounds:  # the storm's rounds were at another pace
             pending.rate = math.inf
@@ -579,11 +605,7 @@ class RateController:
 
     def _start_probe(self) -> None:
         if self.rate < self.max_rate:
-            self._excess = FIRST_PROBE_EXCESS
-            if self._bisect_to is not None and self.capacity:
-                halfway = math.sqrt(self._bisect_to / self.capacity) - 1.0  # in ratio
-                self._excess = min(MAX_PROBE_EXCESS, max(FIRST_PROBE_EXCESS, halfway))
-            self._bisect_to = None
+            self._excess = self._halfway() or FIRST_PROBE_EXCESS
             self.probes += 1
             self._set_rate()
 
@@ -654,16 +676,29 @@ class RateController:
                 self._below = self.capacity
                 self._tentative_until = now + TENTATIVE_S
                 self.capacity = raised
-            self._excess = min(MAX_PROBE_EXCESS, self._excess * 2.0)
+            self._excess = self._halfway() or min(MAX_PROBE_EXCESS, self._excess * 2.0)
             return
         self._note_overshoot(done)
         self._end_probe(now)
 
     def _note_overshoot(self, probe: _Round) -> None:
         """A large step past the capacity overshot: the limit is somewhere in between, and
-        the next probe looks halfway (a binary search) instead of small steps from below."""
+        the next probes look halfway (a binary search) instead of small steps from below."""
         if probe.excess >= BISECT_MIN_EXCESS:
-            self._bisect_to = probe.rate
+            self._bisect_to = min(self._bisect_to or math.inf, probe.rate)
+        else:  # bracketed closely enough
+            self._bisect_to = None
+
+    def _halfway(self) -> float | None:
+        """The excess halfway (in ratio) to the pace a large probe overshot at, while the
+        capacity is still well under it."""
+        if self._bisect_to is None or not self.capacity:
+            return None
+        halfway = math.sqrt(self._bisect_to / self.capacity) - 1.0
+        if halfway < FIRST_PROBE_EXCESS / 2:
+            self._bisect_to = None
+            return None
+        return min(MAX_PROBE_EXCESS, max(FIRST_PROBE_EXCESS, halfway))
 
     def _end_probe(self, now: float) -> None:
         self._excess = 0.0

@@ -53,15 +53,7 @@ def fraction_of_capacity(endpoint: Endpoint, result: Result, start: float, end: 
         (Endpoint(rate=((0, 40),), burst=4, latency_s=0.03), 0.95, 0.07),
         (Endpoint(rate=((0, 40),), burst=4, latency_s=0.03, retry_after_s=1.0), 0.95, 0.07),
         (Endpoint(rate=((0, 200),), burst=20, latency_s=0.05), 0.95, 0.05),
-        pytest.param(
-            Endpoint(rate=((0, 2000),), burst=200, latency_s=0.01), 0.95, 0.05,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="issue 11's target not met: with the engine's own wait after a 429 "
-                "(at least 1 s), the 64 unpaced workers are refused and return together; "
-                "startup ends late: 0.93 of capacity on seed 1 (1.00 on seeds 2, 3)",
-            ),
-        ),
+        (Endpoint(rate=((0, 2000),), burst=200, latency_s=0.01), 0.95, 0.05),
         # a burst of one punishes any timer jitter: issue 11's <= 5 % is not met here yet
         (Endpoint(rate=((0, 40),), burst=1, latency_s=0.03), 0.75, 0.10),
         (Endpoint(concurrency=((0, 8),), latency_s=0.05), 0.85, 0.05),
