@@ -111,8 +111,11 @@ LATENCY_WINDOW_S = 30.0
 MIN_LATENCY_SAMPLES = 16
 #: A concurrency cap is believed once this many requests were accepted at it...
 CONCURRENCY_MIN_ACCEPTED = 10
-#: ...and at least this share refused of those sent with more in flight.
+#: ...and at least this share refused of those sent with more in flight...
 CONCURRENCY_REFUSED_SHARE = 0.5
+#: ...and it is at least this (Databricks' smallest workload size serves 4 at once; below
+#: it, a rate limit paced at one or two in flight can look like a cap).
+MIN_CONCURRENCY_CAP = 4
 #: Rounds kept for late answers.
 KEPT_ROUNDS = 64
 #: Two paced sends are never closer than this share of the pacing interval...
@@ -393,7 +396,7 @@ class RateController:
         if self.concurrency_cap is not None and in_flight > self.concurrency_cap:
             return True
         cap = self._find_concurrency_cap()
-        if cap is None or in_flight <= cap:
+        if cap is None or cap < MIN_CONCURRENCY_CAP or in_flight <= cap:
             return False
         self.concurrency_cap = cap
         self.in_flight_limit = min(self.in_flight_limit, float(cap))
