@@ -8,26 +8,37 @@ is the rate the endpoint *delivers* (accepted answers per second), measured, not
 loss; loss only says the pace is above it.
 
 Time is cut into **rounds** of at least ``ROUND_MIN_S`` (and two round trips, and
-``ROUND_MIN_ANSWERS`` answers). At the end of each round the controller compares what was
-delivered with what was sent:
+``ROUND_MIN_SENDS`` requests), each at one pace (a change of pace starts a new round). At the
+end of each round the controller compares what was delivered with what was sent:
 
 * **startup**: nothing is paced; requests in flight start at ``initial_in_flight`` and grow
-  by one per accepted request (doubling every round trip) up to the worker count. It ends on
-  a run of ``STARTUP_REFUSALS_IN_A_ROW`` refusals, on a refused share of the requests old
-  enough to be answered far above noise, or on two rounds in a row with more than
-  ``STARTUP_LOSS_SHARE`` throttled (one such round can be noise's bad luck): the capacity
-  ``C`` is what was delivered (accepted / the round's own span, never a window that was
-  mostly idle).
-* **paced**: requests start at ``cruise_gain`` × C. About once a second (``PROBE_INTERVAL_S``,
-  and at least every few rounds at low rates) one round probes at (1 + excess) × C. If the
-  endpoint delivered the extra, C rises to what it delivered and the next round probes
-  twice as far (exponential search: a limit that tripled is found in a few rounds); if not,
-  the probe ends and excess starts small again. Any round with more than ``LOSS_SHARE``
-  throttled is evidence that the limit is below the pace: C falls to what that round
-  delivered (a limit that dropped is followed within a round or two).
+  by one per accepted request (doubling every round trip) up to the worker count; a refused
+  request's slot is taken away rather than handed on, so the workers do not each draw a 429
+  before the pace is set. It ends on a run of ``STARTUP_REFUSALS_IN_A_ROW`` refusals, on
+  more than ``STARTUP_STORM_SHARE`` refused of the requests old enough to be answered, or on
+  two rounds in a row with more than ``STARTUP_LOSS_SHARE`` refused (one such round can be
+  noise's bad luck). The capacity ``C`` is then the most of: half the rate that overran the
+  endpoint, what it accepted, what the last whole second delivered.
+* **paced**: requests leave evenly spaced (:func:`turns_due`) at ``cruise_gain`` × C. Every
+  ``PROBE_INTERVAL_S`` (right after startup: at once) one round probes at (1 + excess) × C.
+  If the endpoint took the extra, C rises to what it delivered and the next round probes
+  twice as far (exponential search: a limit that tripled is found in a few rounds). A probe
+  ends at its first refusal beyond noise; one that overshot by ``BISECT_MIN_EXCESS`` or more
+  is followed at once by probes halfway (in ratio) to where it overshot, a binary search. A
+  capacity a probe raised is tentative for ``TENTATIVE_S``: a refusal at the new pace sends it
+  back (a bucket's burst can make a probe look taken). A round refused well above the usual
+  share says the limit fell below the pace: C becomes what that round accepted once refused;
+  a refusal in the next ``TENTATIVE_S`` takes it ``STEP_DOWN_MARGIN`` further down, and
+  probing waits ``STEP_DOWN_PROBE_HOLD_S`` longer. Cruise rounds that together were refused
+  more than noise explains lower C by the excess share.
+* **concurrency**: each answer says how many requests were in flight when it was sent.
+  Refusals only above a level at which requests are otherwise accepted are the endpoint's
+  provisioned concurrency, not its pace: requests in flight are capped there
+  (:attr:`RateController.concurrency_cap`) and the pace is raised to what the cap allows.
 
-Noise is not capacity: a few percent of random 429s never reach ``LOSS_SHARE`` (and a round
-needs ``MIN_LOSSES`` of them), so they do not ratchet the rate down; 503s are not a capacity
+Noise is not capacity: a few percent of random 429s stay within the usual share (learned in
+the slow round after each probe and cut, and a round needs ``MIN_LOSSES`` beyond it), so they
+do not ratchet the rate down; 503s are not a capacity
 signal at all (retried with backoff). Rounds in which fewer requests were sent than the pace
 allowed (a pause for Retry-After or a stopped endpoint, a slow reader) are *app-limited*: they
 can raise C, never lower it, so time spent paused never reads as a low capacity.
