@@ -8,23 +8,37 @@ is the rate the endpoint *delivers* (accepted answers per second), measured, not
 loss; loss only says the pace is above it.
 
 Time is cut into **rounds** of at least ``ROUND_MIN_S`` (and two round trips, and
-``ROUND_MIN_ANSWERS`` answers). At the end of each round the controller compares what was
-delivered with what was sent:
+``ROUND_MIN_SENDS`` requests), each at one pace (a change of pace starts a new round). At the
+end of each round the controller compares what was delivered with what was sent:
 
 * **startup**: nothing is paced; requests in flight start at ``initial_in_flight`` and grow
-  by one per accepted request (doubling every round trip) up to the worker count. A round
-  with more than ``LOSS_SHARE`` of its answers throttled ends it: the capacity ``C`` is what
-  that round delivered (accepted / the round's own span, never a window that was mostly idle).
-* **paced**: requests start at ``cruise_gain`` × C. About once a second (``PROBE_INTERVAL_S``,
-  and at least every few rounds at low rates) one round probes at (1 + excess) × C. If the
-  endpoint delivered the extra, C rises to what it delivered and the next round probes
-  twice as far (exponential search: a limit that tripled is found in a few rounds); if not,
-  the probe ends and excess starts small again. Any round with more than ``LOSS_SHARE``
-  throttled is evidence that the limit is below the pace: C falls to what that round
-  delivered (a limit that dropped is followed within a round or two).
+  by one per accepted request (doubling every round trip) up to the worker count; a refused
+  request's slot is taken away rather than handed on, so the workers do not each draw a 429
+  before the pace is set. It ends on a run of ``STARTUP_REFUSALS_IN_A_ROW`` refusals, on
+  more than ``STARTUP_STORM_SHARE`` refused of the requests old enough to be answered, or on
+  two rounds in a row with more than ``STARTUP_LOSS_SHARE`` refused (one such round can be
+  noise's bad luck). The capacity ``C`` is then the most of: half the rate that overran the
+  endpoint, what it accepted, what the last whole second delivered.
+* **paced**: requests leave evenly spaced (:func:`turns_due`) at ``cruise_gain`` × C. Every
+  ``PROBE_INTERVAL_S`` (right after startup: at once) one round probes at (1 + excess) × C.
+  If the endpoint took the extra, C rises to what it delivered and the next round probes
+  twice as far (exponential search: a limit that tripled is found in a few rounds). A probe
+  ends at its first refusal beyond noise; one that overshot by ``BISECT_MIN_EXCESS`` or more
+  is followed at once by probes halfway (in ratio) to where it overshot, a binary search. A
+  capacity a probe raised is tentative for ``TENTATIVE_S``: a refusal at the new pace sends it
+  back (a bucket's burst can make a probe look taken). A round refused well above the usual
+  share says the limit fell below the pace: C becomes what that round accepted once refused;
+  a refusal in the next ``TENTATIVE_S`` takes it ``STEP_DOWN_MARGIN`` further down, and
+  probing waits ``STEP_DOWN_PROBE_HOLD_S`` longer. Cruise rounds that together were refused
+  more than noise explains lower C by the excess share.
+* **concurrency**: each answer says how many requests were in flight when it was sent.
+  Refusals only above a level at which requests are otherwise accepted are the endpoint's
+  provisioned concurrency, not its pace: requests in flight are capped there
+  (:attr:`RateController.concurrency_cap`) and the pace is raised to what the cap allows.
 
-Noise is not capacity: a few percent of random 429s never reach ``LOSS_SHARE`` (and a round
-needs ``MIN_LOSSES`` of them), so they do not ratchet the rate down; 503s are not a capacity
+Noise is not capacity: a few percent of random 429s stay within the usual share (learned in
+the slow round after each probe and cut, and a round needs ``MIN_LOSSES`` beyond it), so they
+do not ratchet the rate down; 503s are not a capacity
 signal at all (retried with backoff). Rounds in which fewer requests were sent than the pace
 allowed (a pause for Retry-After or a stopped endpoint, a slow reader) are *app-limited*: they
 can raise C, never lower it, so time spent paused never reads as a low capacity.
@@ -45,11 +59,12 @@ summary. Plain values and arithmetic: the async pacer that applies it lives in d
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from dataclasses import dataclass, field
 
-__all__ = ["HangBound", "RateController"]
+__all__ = ["HangBound", "RateController", "turns_due"]
 
 #: A round (a window of sends) lasts at least this long and two round trips, and at low rates
 #: long enough for this many requests.
@@ -63,12 +78,21 @@ SETTLE_MIN_S = 0.5
 #: A round whose throttled share is this far above the usual (noise) share: the endpoint's
 #: limit is below the pace.
 LOSS_MARGIN = 0.10
+#: Over the cruise rounds since the last change, together, a smaller margin suffices.
+CRUISE_LOSS_MARGIN = 0.02
 #: ...and at least this many throttles, and this many standard deviations above the usual
 #: count (a few 429s in a small round are noise).
 MIN_LOSSES = 3
 LOSS_SIGMAS = 2.5
 #: Startup (unpaced) ends on a round with more than this share refused: noise stays below.
 STARTUP_LOSS_SHARE = 0.15
+#: ...or at once on this share refused of the requests old enough to be answered...
+STARTUP_STORM_SHARE = 0.3
+#: ...or on this many refusals in a row (noise of a few percent almost never strings them).
+STARTUP_REFUSALS_IN_A_ROW = 5
+#: In startup each refusal takes a slot away, down to this many (a request that waits for
+#: its answer while another is refused keeps the storm measuring the refill rate).
+STORM_MIN_IN_FLIGHT = 2.0
 #: Startup's overrun is measured over at least this span.
 STARTUP_MIN_SPAN_S = 0.1
 #: The usual share of answers accepted (1 - noise) is never taken as lower than this.
@@ -78,6 +102,16 @@ PROBE_INTERVAL_S = 2.0
 PROBE_EVERY_ROUNDS = 3
 FIRST_PROBE_EXCESS = 0.10
 MAX_PROBE_EXCESS = 1.0
+#: A probe this far past the capacity that overshoots is followed at once by one halfway.
+BISECT_MIN_EXCESS = 0.3
+#: A probe ends at once on this many refusals (beyond the usual noise).
+PROBE_ABORT_LOSSES = 1
+#: After a probe raised the capacity, a refusal at the new pace this soon undoes it; after a
+#: cut, one lowers it this much further.
+TENTATIVE_S = 3.0
+STEP_DOWN_MARGIN = 0.05
+#: After the limit fell, probing waits this much longer than usual.
+STEP_DOWN_PROBE_HOLD_S = 2.0
 #: After each probe, one round this far under the capacity: its refusals are noise.
 DRAIN_GAIN = 0.85
 #: A round that sent less than this share of what the pace allowed is app-limited.
@@ -86,8 +120,44 @@ APP_LIMITED_SHARE = 0.8
 LATENCY_WINDOW_S = 30.0
 #: Latency samples before the latency rule acts.
 MIN_LATENCY_SAMPLES = 16
+#: A concurrency cap is believed once this many requests were accepted at it...
+CONCURRENCY_MIN_ACCEPTED = 10
+#: ...and at least this share refused of those sent with more in flight...
+CONCURRENCY_REFUSED_SHARE = 0.5
+#: ...and it is at least this (Databricks' smallest workload size serves 4 at once; below
+#: it, a rate limit paced at one or two in flight can look like a cap).
+MIN_CONCURRENCY_CAP = 4
 #: Rounds kept for late answers.
 KEPT_ROUNDS = 64
+#: Two paced sends are never closer than this share of the pacing interval...
+MIN_SPACING_SHARE = 0.97
+#: ...unless the interval is this short: a timer fires up to ~1 ms late, so strict spacing
+#: would lose a large share of the pace; then the turns that fell due while it slept go
+#: together, up to ``CATCH_UP_S`` late.
+STRICT_SPACING_MIN_INTERVAL_S = 0.004
+CATCH_UP_S = 0.002
+
+
+def turns_due(now: float, next_at: float, interval_s: float) -> tuple[int, float]:
+    """How many paced requests may leave at ``now``, and when the next one may.
+
+    A timer fires up to a millisecond late. Making the lost time up by releasing two requests
+    back to back is what a token bucket with a burst of one refuses, so at intervals of
+    ``STRICT_SPACING_MIN_INTERVAL_S`` and more one request goes per wake-up, and the
+    schedule keeps its pace (``next_at + interval``) only while the gap to the previous send
+    stays at least ``MIN_SPACING_SHARE`` of the interval. After an idle gap nothing is owed:
+    no burst.
+    """
+    if next_at > now:
+        return 0, next_at
+    if interval_s >= STRICT_SPACING_MIN_INTERVAL_S:
+        return 1, max(next_at + interval_s, now + MIN_SPACING_SHARE * interval_s)
+    due = max(now - CATCH_UP_S, next_at)
+    count = 0
+    while due <= now:
+        count += 1
+        due += interval_s
+    return count, due
 
 
 @dataclass(slots=True)
@@ -101,6 +171,8 @@ class _Round:
     started_at: float
     rate: float
     excess: float
+    #: the capacity its pace came from (None: startup's)
+    capacity: float | None = None
     drain: bool = False
     ended_at: float = math.inf
     sent: int = 0
@@ -108,6 +180,9 @@ class _Round:
     throttled: int = 0
     first_loss_sent_at: float = math.inf
     accepted_after_loss: int = 0
+    #: while unpaced (startup): when each request and each throttled one was sent
+    send_times: list[float] = field(default_factory=list)
+    throttle_times: list[float] = field(default_factory=list)
 
     @property
     def answers(self) -> int:
@@ -160,6 +235,11 @@ class RateController:
     latency_cuts: int = field(default=0, init=False)
     #: the usual share of answers accepted when the pace is under the limit (1 - noise)
     accept_ratio: float = field(default=1.0, init=False)
+    #: the endpoint's concurrency as measured: requests in flight above it are refused
+    concurrency_cap: int | None = field(default=None, init=False)
+    #: answers by the requests in flight when they were sent (index: that count)
+    _level_accepted: list[float] = field(default_factory=list, init=False, repr=False)
+    _level_refused: list[float] = field(default_factory=list, init=False, repr=False)
     _rounds: deque[_Round] = field(default_factory=deque, init=False, repr=False)
     _excess: float = field(default=0.0, init=False, repr=False)
     _draining: bool = field(default=False, init=False, repr=False)
@@ -167,15 +247,29 @@ class RateController:
     _cruise_answers: int = field(default=0, init=False, repr=False)
     _cruise_throttled: int = field(default=0, init=False, repr=False)
     _probe_ended_at: float = field(default=-math.inf, init=False, repr=False)
+    #: from startup's end until a probe first overshoots: the limit is not bracketed yet
+    _searching: bool = field(default=False, init=False, repr=False)
+    #: the pace a large probe overshot at: the next probe goes halfway to it, at once
+    _bisect_to: float | None = field(default=None, init=False, repr=False)
+    #: after a probe raised the capacity: the level below, and until when a refusal at the
+    #: new pace sends it back there (a bucket's burst can make a probe look taken)
+    _below: float | None = field(default=None, init=False, repr=False)
+    _tentative_until: float = field(default=-math.inf, init=False, repr=False)
     _rounds_since_probe: int = field(default=0, init=False, repr=False)
     #: (second, shortest latency seen in it), for the windowed minimum
     _minima: deque[tuple[int, float]] = field(default_factory=deque, init=False, repr=False)
     _latency: float = field(default=0.0, init=False, repr=False)
     _latency_samples: int = field(default=0, init=False, repr=False)
     _since_gradient: int = field(default=0, init=False, repr=False)
+    _refusals_in_a_row: int = field(default=0, init=False, repr=False)
+    #: (whole second, requests accepted in it), the last few seconds
+    _accepted_by_second: deque[list[int]] = field(default_factory=deque, init=False, repr=False)
+    _lossy_startup_rounds: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.in_flight_limit = float(min(self.initial_in_flight, self.max_in_flight))
+        self._level_accepted = [0.0] * (self.max_in_flight + 2)
+        self._level_refused = [0.0] * (self.max_in_flight + 2)
         self.rate = self.max_rate
 
     @property
@@ -206,10 +300,19 @@ class RateController:
 
     def on_send(self, now: float) -> None:
         """A request left (after the pacer let it go)."""
-        self._open_round(now).sent += 1
+        current = self._open_round(now)
+        current.sent += 1
+        if self.capacity is None:
+            current.send_times.append(now)
 
-    def on_success(self, now: float, latency_s: float | None = None) -> None:
-        """A request was accepted ``latency_s`` after it was sent."""
+    def on_success(
+        self, now: float, latency_s: float | None = None, in_flight: int | None = None
+    ) -> None:
+        """A request was accepted ``latency_s`` after it was sent, with ``in_flight``
+        requests (itself included) in flight when it was."""
+        self._refusals_in_a_row = 0
+        self._count_level(in_flight, refused=False)
+        self._count_second(now)
         sent_round = self._round_of(now - (latency_s or 0.0))
         if sent_round is not None:
             sent_round.accepted += 1
@@ -220,17 +323,130 @@ class RateController:
             self._grow_in_flight()
         self._advance(now)
 
-    def on_throttle(self, now: float, latency_s: float | None = None) -> None:
-        """The endpoint refused a request for capacity (429) ``latency_s`` after it was sent."""
+    def on_throttle(
+        self, now: float, latency_s: float | None = None, in_flight: int | None = None
+    ) -> None:
+        """The endpoint refused a request for capacity (429) ``latency_s`` after it was sent,
+        with ``in_flight`` requests (itself included) in flight when it was."""
         self.throttles += 1
+        self._count_level(in_flight, refused=True)
+        if self._concurrency_refusal(in_flight):
+            self._advance(now)
+            return
+        self._refusals_in_a_row += 1
+        if self.slow_start:  # a refused request's slot is not handed on: no storm
+            self.in_flight_limit = max(STORM_MIN_IN_FLIGHT, self.in_flight_limit - 1.0)
         sent_at = now - (latency_s or 0.0)
         sent_round = self._round_of(sent_at)
         if sent_round is not None:
             sent_round.throttled += 1
             sent_round.first_loss_sent_at = min(sent_round.first_loss_sent_at, sent_at)
+            if self.capacity is None:
+                sent_round.throttle_times.append(sent_at)
             if self.capacity is None and self._startup_overrun(sent_round, now):
                 self._leave_startup(sent_round, now)
+            elif sent_round.excess > 0.0 and sent_round.excess == self._excess:
+                self._abort_probe_if_refused(sent_round, now)
+            elif now < self._tentative_until and sent_round.capacity == self.capacity:
+                self._revert_if_refused(sent_round, now)
         self._advance(now)
+
+    def _refused_beyond_noise(self, sent_round: _Round) -> bool:
+        expected = (1.0 - self.accept_ratio) * sent_round.sent
+        return sent_round.throttled >= PROBE_ABORT_LOSSES and sent_round.throttled > (
+            expected + 0.5
+        )
+
+    def _revert_if_refused(self, cruise: _Round, now: float) -> None:
+        """Refused at the pace a probe just raised: the probe was the burst's doing, back to
+        the level below it (at once: each request sent meanwhile would be refused)."""
+        if self._below is not None and self._refused_beyond_noise(cruise):
+            self._tentative_until = -math.inf
+            self._searching = False  # the limit is bracketed now: probe at the usual pace
+            self._bisect_to = None
+            self._cut(self._below, now)
+
+    def _abort_probe_if_refused(self, probe: _Round, now: float) -> None:
+        """A probe refused more than noise explains ends at once, not when its round is
+        judged: each request it sends past the limit is refused."""
+        if self._refused_beyond_noise(probe):
+            self._note_overshoot(probe)
+            self._end_probe(now)
+            self._set_rate()
+
+    def _count_second(self, now: float) -> None:
+        second = int(now)
+        seconds = self._accepted_by_second
+        if seconds and seconds[-1][0] == second:
+            seconds[-1][1] += 1
+            return
+        seconds.append([second, 1])
+        while len(seconds) > 3:
+            seconds.popleft()
+
+    def _delivered_last_second(self, now: float) -> float:
+        """Requests accepted in the last whole second (0 if it saw none)."""
+        return float(next((n for s, n in self._accepted_by_second if s == int(now) - 1), 0))
+
+    # -- concurrency -------------------------------------------------------------------
+
+    def _count_level(self, in_flight: int | None, *, refused: bool) -> None:
+        if in_flight is None or in_flight < 1:
+            return
+        level = min(in_flight, self.max_in_flight + 1)
+        counts = self._level_refused if refused else self._level_accepted
+        counts[level] += 1.0
+
+    def _concurrency_refusal(self, in_flight: int | None) -> bool:
+        """Refused because more were in flight than the endpoint serves at once (its
+        provisioned concurrency), not for the pace: cap requests in flight there instead
+        of slowing down. The cap is the most in flight at which requests are accepted (seen
+        often) and never refused beyond noise, every level above refused mostly."""
+        if in_flight is None:
+            return False
+        if self.concurrency_cap is not None and in_flight > self.concurrency_cap:
+            return True
+        cap = self._find_concurrency_cap()
+        if cap is None or cap < MIN_CONCURRENCY_CAP or in_flight <= cap:
+            return False
+        self.concurrency_cap = cap
+        self.in_flight_limit = min(self.in_flight_limit, float(cap))
+        self.slow_start = False
+        base = self.base_latency()
+        if self.capacity is not None and base:
+            # The refusals that set the pace were the cap's: pace no slower than it allows.
+            self.capacity = max(self.capacity, cap / base)
+            self._set_rate()
+        return True
+
+    def _find_concurrency_cap(self) -> int | None:
+        accepted, refused = self._level_accepted, self._level_refused
+        usual = 1.0 - self.accept_ratio
+        below_accepted = below_refused = 0.0
+        found = None
+        above_refused = sum(refused)
+        above_accepted = sum(accepted)
+        for level in range(1, len(accepted)):
+            below_accepted += accepted[level]
+            below_refused += refused[level]
+            above_accepted -= accepted[level]
+            above_refused -= refused[level]
+            answers_below = below_accepted + below_refused
+            clean_below = below_refused <= usual * answers_below + 1.0
+            if not clean_below:
+                break
+            answers_above = above_accepted + above_refused
+            # Seen often, or (past a level seen often) never refused yet.
+            seen = accepted[level] >= CONCURRENCY_MIN_ACCEPTED or (
+                found is not None and accepted[level] >= 1 and refused[level] == 0
+            )
+            if (
+                seen
+                and above_refused >= 2 * MIN_LOSSES
+                and above_refused >= CONCURRENCY_REFUSED_SHARE * answers_above
+            ):
+                found = level
+        return found
 
     # -- rounds --------------------------------------------------------------------------
 
@@ -238,14 +454,22 @@ class RateController:
         current = self._rounds[-1] if self._rounds else None
         if current is not None and current.ended_at == math.inf:
             length = self._round_length()
-            if now - current.started_at < length:
+            full = now - current.started_at >= length
+            if not full and current.rate == self.rate:
                 return current
-            # A round spans its length, not the idle time until the next send.
+            # A round spans its length, not the idle time until the next send, and one pace:
+            # a probe's next step or a cut starts a round of its own.
             current.ended_at = min(now, current.started_at + length)
-            if current.drain:  # the drain ran its whole round at the drain pace: done
+            if current.drain and full:  # the drain ran its whole round at the drain pace
                 self._draining = False
                 self._set_rate()
-        fresh = _Round(started_at=now, rate=self.rate, excess=self._excess, drain=self._draining)
+        fresh = _Round(
+            started_at=now,
+            rate=self.rate,
+            excess=self._excess,
+            drain=self._draining,
+            capacity=self.capacity,
+        )
         self._rounds.append(fresh)
         while len(self._rounds) > KEPT_ROUNDS:
             self._rounds.popleft()
@@ -280,14 +504,21 @@ class RateController:
     def _startup_overrun(self, current: _Round, now: float) -> bool:
         """Unpaced and refused far more than noise: stop the storm before the round ends.
 
-        Only once the round is a round trip old: 429s come back faster than acceptances, so
-        early in a round they outnumber them even when they are rare noise.
+        Judged over the requests sent at least one and a half round trips ago, whose answers
+        are all in: a 429 comes back faster than an acceptance, so over the newest requests
+        refusals outnumber acceptances even when they are rare noise. A run of refusals
+        says it at once.
         """
-        return (
-            now - current.started_at >= (self.base_latency() or 0.0)
-            and current.throttled >= MIN_LOSSES
-            and current.throttled > current.accepted
-            and current.throttled > STARTUP_LOSS_SHARE * current.sent
+        if self._refusals_in_a_row >= STARTUP_REFUSALS_IN_A_ROW:
+            return True
+        cutoff = now - 1.5 * (self.base_latency() or 0.0)
+        settled = bisect.bisect_right(current.send_times, cutoff)
+        refused = sum(1 for sent_at in current.throttle_times if sent_at <= cutoff)
+        usual = 1.0 - self.accept_ratio
+        # Looked at on every refusal: a storm is far above noise, not just above it.
+        chance = 2.0 * LOSS_SIGMAS * math.sqrt(settled * max(usual, 0.02))
+        return refused >= MIN_LOSSES and refused > max(
+            STARTUP_STORM_SHARE * settled, usual * settled + chance
         )
 
     def _leave_startup(self, current: _Round, now: float) -> None:
@@ -295,8 +526,15 @@ class RateController:
         measure the limit itself (a loss cuts to what was accepted once refused), and probing
         finds it from below. The span is floored so a first burst of fast 429s cannot read
         as a huge rate."""
-        span = max(now - current.started_at, self.base_latency() or 0.0, STARTUP_MIN_SPAN_S)
-        self._cut(0.5 * current.sent / span / self.cruise_gain, now)
+        base = self.base_latency() or 0.0
+        span = max(now - current.started_at, base, STARTUP_MIN_SPAN_S)
+        answered_span = max(now - base - current.started_at, STARTUP_MIN_SPAN_S)
+        accepted_rate = current.accepted / answered_span
+        # A startup that ran for seconds (a limit it overran only now and then) measured
+        # the limit itself: what the last whole second delivered.
+        delivered = self._delivered_last_second(now)
+        self._cut(max(0.5 * current.sent / span / self.cruise_gain, accepted_rate, delivered), now)
+        self._searching = True
         for pending in self._rounds:  # the storm's rounds were at another pace
             pending.rate = math.inf
 
@@ -304,9 +542,13 @@ class RateController:
         if done.answers == 0:
             return
         if self.capacity is None:  # startup: unpaced until the endpoint shows its limit
-            if done.throttled >= MIN_LOSSES and done.throttled_share() > STARTUP_LOSS_SHARE:
+            # Two lossy rounds in a row: one can be noise's bad luck (a few percent of 429s,
+            # some fifty rounds a run); a limit refuses round after round.
+            lossy = done.throttled >= MIN_LOSSES and done.throttled_share() > STARTUP_LOSS_SHARE
+            self._lossy_startup_rounds = self._lossy_startup_rounds + 1 if lossy else 0
+            if self._lossy_startup_rounds >= 2:
                 self._on_loss(done, now)
-            elif done.answers >= ROUND_MIN_SENDS:  # what is refused at a bearable pace: noise
+            elif not lossy and done.answers >= ROUND_MIN_SENDS:  # refused when bearable: noise
                 self.accept_ratio += 0.3 * (done.accept_ratio() - self.accept_ratio)
                 self.accept_ratio = max(MIN_ACCEPT_RATIO, self.accept_ratio)
             return
@@ -323,14 +565,36 @@ class RateController:
             if not app_limited:
                 self._cruise_answers += done.answers
                 self._cruise_throttled += done.throttled
+                if self._overestimated(now):
+                    return
             self._rounds_since_probe += 1
-            if (
-                not self.probing
-                and now - self._probe_ended_at >= PROBE_INTERVAL_S
-                and self._rounds_since_probe >= PROBE_EVERY_ROUNDS
+            if not self.probing and (
+                self._searching
+                or self._bisect_to is not None
+                or (
+                    now - self._probe_ended_at >= PROBE_INTERVAL_S
+                    and self._rounds_since_probe >= PROBE_EVERY_ROUNDS
+                )
             ):
                 self._start_probe()
         self._set_rate()
+
+    def _overestimated(self, now: float) -> bool:
+        """The cruise rounds since the last change, together, were refused more than noise
+        explains (each round alone too small to say so, at low rates): the capacity is over
+        the limit by about the excess share (a probe the bucket's burst made look good).
+        Lower it by that share now, not at the next drain."""
+        answers, throttled = self._cruise_answers, self._cruise_throttled
+        usual = 1.0 - self.accept_ratio
+        p = max(usual, 0.02)
+        chance = LOSS_SIGMAS * math.sqrt(answers * p * (1.0 - p))
+        if self.capacity is None or throttled < MIN_LOSSES or throttled <= answers * usual + max(
+            CRUISE_LOSS_MARGIN * answers, chance
+        ):
+            return False
+        over = throttled / answers - usual
+        self._cut(self.capacity * (1.0 - over), now)
+        return True
 
     def _end_drain_round(self, done: _Round, app_limited: bool) -> None:
         """Cruise rounds refused more than the usual (noise) share since the last drain: the
@@ -355,7 +619,7 @@ class RateController:
 
     def _start_probe(self) -> None:
         if self.rate < self.max_rate:
-            self._excess = FIRST_PROBE_EXCESS
+            self._excess = self._halfway() or FIRST_PROBE_EXCESS
             self.probes += 1
             self._set_rate()
 
@@ -372,26 +636,42 @@ class RateController:
 
     def _on_loss(self, done: _Round, now: float) -> None:
         estimate = done.limit_estimate() / self.accept_ratio
-        if done.rate < self.rate * 0.999:
-            return  # judged late: a lower pace is already set
+        if not math.isfinite(done.rate):  # startup's storm, judged after startup ended
+            if self.capacity is not None and done.accepted_after_loss >= 4:
+                self._cut(min(self.capacity, estimate), now)
+            return
+        if self.capacity is not None and done.capacity is not None and (
+            self.capacity < done.capacity * 0.999
+        ):
+            return  # judged late: the capacity was lowered since
+        if done.excess > 0.0:
+            self._searching = False
+            self._note_overshoot(done)
         if done.excess > 0.0 and self.capacity is not None:
             # A probe overshot. What it accepted once refused is the limit for a bucket with
             # room to spare, but far less for one with a burst of one (overdriven, it accepts
             # every other request): never below the pace that was accepted before the probe.
             self._cut(max(self.capacity, min(estimate, done.rate)), now)
             return
-        self._cut(estimate, now)  # at the usual pace: the limit moved down
+        # At the usual pace: the limit moved down (a neighbour's job, a scale-down). What was
+        # accepted once refused may include a token or two left over: a refusal at the new
+        # pace soon after takes it a step further down at once.
+        self._cut(estimate, now)
+        self._below = estimate * (1.0 - STEP_DOWN_MARGIN)
+        self._tentative_until = now + TENTATIVE_S
+        self._probe_ended_at = now + STEP_DOWN_PROBE_HOLD_S  # a fallen limit rarely bounces
 
     def _cut(self, capacity: float, now: float) -> None:
         """The pace is above the endpoint's limit: the capacity is what it accepted."""
         self.cuts += 1
         if self.slow_start:
             self.slow_start = False
-            self.in_flight_limit = float(self.max_in_flight)
+            self.in_flight_limit = float(self.concurrency_cap or self.max_in_flight)
         self.capacity = max(self.min_rate, capacity)
         self._excess = 0.0
         self._draining = True  # the next round measures noise below the new pace
-        self._probe_ended_at = now
+        self._cruise_answers = self._cruise_throttled = 0
+        self._probe_ended_at = max(now, self._probe_ended_at)  # a hold after a fall stays
         self._rounds_since_probe = 0
         self._set_rate()
 
@@ -405,10 +685,38 @@ class RateController:
             # not the pace asked for (a round held back by the in-flight limit sends less).
             span = done.ended_at - done.started_at
             delivered = done.accepted / span / self.accept_ratio if span > 0 else done.rate
-            self.capacity = max(self.capacity or 0.0, min(done.rate, delivered))
-            self._excess = min(MAX_PROBE_EXCESS, self._excess * 2.0)
+            raised = min(done.rate, delivered)
+            if self.capacity is not None and raised > self.capacity:
+                self._below = self.capacity
+                self._tentative_until = now + TENTATIVE_S
+                self.capacity = raised
+            self._excess = self._halfway() or min(MAX_PROBE_EXCESS, self._excess * 2.0)
             return
+        self._note_overshoot(done)
+        self._end_probe(now)
+
+    def _note_overshoot(self, probe: _Round) -> None:
+        """A large step past the capacity overshot: the limit is somewhere in between, and
+        the next probes look halfway (a binary search) instead of small steps from below."""
+        if probe.excess >= BISECT_MIN_EXCESS:
+            self._bisect_to = min(self._bisect_to or math.inf, probe.rate)
+        else:  # bracketed closely enough
+            self._bisect_to = None
+
+    def _halfway(self) -> float | None:
+        """The excess halfway (in ratio) to the pace a large probe overshot at, while the
+        capacity is still well under it."""
+        if self._bisect_to is None or not self.capacity:
+            return None
+        halfway = math.sqrt(self._bisect_to / self.capacity) - 1.0
+        if halfway < FIRST_PROBE_EXCESS / 2:
+            self._bisect_to = None
+            return None
+        return min(MAX_PROBE_EXCESS, max(FIRST_PROBE_EXCESS, halfway))
+
+    def _end_probe(self, now: float) -> None:
         self._excess = 0.0
+        self._searching = False
         self._draining = True
         self._probe_ended_at = now
         self._rounds_since_probe = 0
@@ -423,11 +731,14 @@ class RateController:
 
     def _grow_in_flight(self) -> None:
         limit = self.in_flight_limit
+        ceiling = float(self.max_in_flight)
+        if self.concurrency_cap is not None:
+            ceiling = min(ceiling, float(self.concurrency_cap))
         if self.slow_start:
-            self.in_flight_limit = min(float(self.max_in_flight), limit + 1.0)
-            self.slow_start = self.in_flight_limit < self.max_in_flight
+            self.in_flight_limit = min(ceiling, limit + 1.0)
+            self.slow_start = self.in_flight_limit < ceiling
         else:  # one a round trip, as TCP's congestion avoidance
-            self.in_flight_limit = min(float(self.max_in_flight), limit + 1.0 / max(limit, 1.0))
+            self.in_flight_limit = min(ceiling, limit + 1.0 / max(limit, 1.0))
 
     # -- latency -------------------------------------------------------------------------
 

