@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from engine.adaptive import HANG_FLOOR_S
 from engine.errors import UsageError
+from engine.hang import HANG_FLOOR_S
 from engine.retry import RetryPolicy
 
 __all__ = ["Credentials", "MetricsConfig", "ScoreConfig"]

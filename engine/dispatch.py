@@ -26,13 +26,14 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from engine.adaptive import HangBound, RateController, turns_due
+from engine.adaptive import RateController, turns_due
 from engine.aio import cancel_quietly
 from engine.batching import RequestBatch
 from engine.calls import Caller, error_outcome, malformed
 from engine.clock import Clock, Sleep
 from engine.codec import ResponseFormatError, concat_predictions, decode_predictions
 from engine.errors import AuthError, BatchFailed, EngineError, SchemaError, TransportError
+from engine.hang import HangBound
 from engine.logs import emit
 from engine.retry import (
     BadRequestKind,

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import pyarrow as pa
 
-from engine.adaptive import HangBound, RateController
+from engine.adaptive import RateController
 from engine.aio import cancel_quietly
 from engine.batching import Batcher, RequestBatch
 from engine.checkpoint import FLUSH_BATCHES, FLUSH_INTERVAL_S, Checkpoint
@@ -42,6 +42,7 @@ from engine.errors import (
     RunAborted,
     StorageError,
 )
+from engine.hang import HangBound
 from engine.lazy import pc
 from engine.ordering import InOrder
 from engine.progress import Progress, make_progress, report_every

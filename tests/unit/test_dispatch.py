@@ -11,14 +11,15 @@ from collections.abc import Callable
 import pyarrow as pa
 import pytest
 
-from engine.adaptive import HangBound, RateController
-from engine.tokens import Token, TokenRefresher
+from engine.adaptive import RateController
 from engine.batching import RequestBatch
 from engine.codec import encode_dataframe_split
 from engine.dispatch import Dispatcher, ReadyGate, SendingStopped
 from engine.errors import AuthError, BatchFailed, SchemaError, TransportError
+from engine.hang import HangBound
 from engine.retry import RetryPolicy
 from engine.stats import RunStats
+from engine.tokens import Token, TokenRefresher
 from engine.transport import Response
 
 POISON = -999.0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.adaptive import HangBound
+from engine.hang import HangBound
 
 
 def test_before_any_answer_a_request_may_take_the_whole_request_timeout() -> None:

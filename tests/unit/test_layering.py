@@ -23,8 +23,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "pure core",
         (
             "engine.errors", "engine.retry", "engine.batching", "engine.codec", "engine.schema",
-            "engine.ordering", "engine.lazy", "engine.adaptive", "engine.rejects", "engine.stats",
-            "engine.config", "engine.logs",
+            "engine.ordering", "engine.lazy", "engine.adaptive", "engine.hang", "engine.rejects",
+            "engine.stats", "engine.config", "engine.logs",
         ),
     ),
     ("time and tasks", ("engine.clock", "engine.aio", "engine.timeline", "engine.progress")),
