@@ -30,8 +30,8 @@ from engine.config import (
 from engine.durable import check_writable_file
 from engine.errors import EngineError, UsageError, storage_error
 from engine.logs import emit, setup_logging
+from engine.options import RunOptions
 from engine.retry import DEFAULT_MAX_RETRY_AFTER_S, RetryPolicy
-from engine.source import parse_shard
 from engine.stats import RunStats, Summary
 
 log = logging.getLogger("engine")
@@ -503,36 +503,37 @@ def _check_summary_path(path: str | None) -> None:
 
 
 def _run_score(args: argparse.Namespace) -> int:
-    from engine.api import ascore
+    from engine.api import arun
 
     _check_summary_path(args.summary)
-    config = _score_config(args)
-    shard = parse_shard(args.shard) if args.shard else None
-    credentials = _credentials(args)
-    summary = asyncio.run(
-        ascore(
-            args.inputs,
-            output=args.output,
-            config=config,
-            credentials=credentials,
-            overwrite=args.overwrite,
-            start_if_stopped=args.start_if_stopped,
-            checkpoint=args.checkpoint,
-            resume=not args.no_resume,
-            handle_signals=True,
-            shard=shard,
-            input_version=args.input_version,
-            input_timestamp=args.input_timestamp,
-            where=args.where,
-            output_format=args.output_format,
-            mode=args.mode,
-            partition_by=args.partition_by,
-            report=args.report,
-            mlflow_experiment=args.mlflow_experiment,
-            mlflow_tracking_uri=args.mlflow_tracking_uri,
-        )
-    )
+    summary = asyncio.run(arun(_run_options(args)))
     return _report(summary, args.summary, json_logs=args.log_format == "json")
+
+
+def _run_options(args: argparse.Namespace) -> RunOptions:
+    """The run's settings from ``engine score``'s flags: the same object the library takes."""
+    return RunOptions.build(
+        config=_score_config(args),
+        host=args.host, client_id=args.client_id, client_secret=args.client_secret,
+        profile=args.profile, auth=args.auth,
+        inputs=args.inputs,
+        output=args.output,
+        overwrite=args.overwrite,
+        start_if_stopped=args.start_if_stopped,
+        checkpoint=args.checkpoint,
+        resume=not args.no_resume,
+        handle_signals=True,
+        shard=args.shard or None,
+        input_version=args.input_version,
+        input_timestamp=args.input_timestamp,
+        where=args.where,
+        output_format=args.output_format,
+        mode=args.mode,
+        partition_by=args.partition_by,
+        report=args.report,
+        mlflow_experiment=args.mlflow_experiment,
+        mlflow_tracking_uri=args.mlflow_tracking_uri,
+    )
 
 
 def _report(
