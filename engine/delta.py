@@ -91,23 +91,23 @@ class TableRead:
     def __post_init__(self) -> None:
         if self.version is not None and self.timestamp is not None:
             raise UsageError(
-                "--input-version and --input-timestamp both pick the snapshot: give one"
+                "`input_version` and `input_timestamp` both pick the snapshot: give one"
             )
         if self.version is not None and (isinstance(self.version, bool) or self.version < 0):
-            raise UsageError(f"--input-version must be 0 or more, got {self.version!r}")
+            raise UsageError(f"`input_version` must be 0 or more, got {self.version!r}")
         if self.where is not None and not self.where.strip():
-            raise UsageError("--where is empty; give a predicate such as \"day = '2025-01-31'\"")
+            raise UsageError("`where` is empty; give a predicate such as \"day = '2025-01-31'\"")
 
     @property
     def chosen(self) -> bool:
         """True when anything but the whole latest snapshot was asked for."""
         return any(v is not None for v in (self.version, self.timestamp, self.where))
 
-    def flags(self) -> str:
-        """The CLI flags that were given, for messages."""
-        given = [("--input-version", self.version), ("--input-timestamp", self.timestamp)]
-        given.append(("--where", self.where))
-        return ", ".join(flag for flag, value in given if value is not None)
+    def given(self) -> str:
+        """The parameters that were given, in backticks, for messages."""
+        given = [("input_version", self.version), ("input_timestamp", self.timestamp)]
+        given.append(("where", self.where))
+        return ", ".join(f"`{name}`" for name, value in given if value is not None)
 
 
 def is_table(text: str) -> bool:
@@ -138,7 +138,7 @@ def table_root(inputs: object) -> str | None:
     tables = [text for text in texts if _may_be_table(text) and is_table(text)]
     if tables and len(texts) > 1:
         raise InputError(
-            f"{tables[0]} is a Delta table: read it alone, one table per run (--shard I/N "
+            f"{tables[0]} is a Delta table: read it alone, one table per run (`shard='I/N'` "
             "splits it across tasks)"
         )
     return tables[0] if tables else None
@@ -197,7 +197,7 @@ def _load(root: str, read: TableRead) -> Any:
     if read.version is not None and read.version > latest:
         raise InputError(
             f"Delta table {name} has no version {read.version}: its latest is {latest}; "
-            f"pass --input-version 0..{latest}"
+            f"pass `input_version=0..{latest}`"
         )
     when = None if read.timestamp is None else _instant(read.timestamp)
     try:
@@ -219,7 +219,7 @@ def _instant(text: str) -> datetime.datetime:
         when = datetime.datetime.fromisoformat(text.strip())
     except ValueError:
         raise UsageError(
-            f"--input-timestamp {text!r} is not an RFC 3339 / ISO 8601 time; e.g. "
+            f"`input_timestamp` {text!r} is not an RFC 3339 / ISO 8601 time; e.g. "
             "2025-01-31T00:00:00Z or 2025-01-31 08:00:00+01:00"
         ) from None
     return when if when.tzinfo else when.replace(tzinfo=datetime.UTC)
@@ -236,7 +236,7 @@ def _check_existed(root: str, version: int, when: datetime.datetime) -> None:
         raise InputError(
             f"Delta table {display_name(root)} has no version as of {when.isoformat()}: "
             f"its oldest version in the log, {version}, was committed at "
-            f"{mtime.astimezone(datetime.UTC).isoformat()}; give a later --input-timestamp"
+            f"{mtime.astimezone(datetime.UTC).isoformat()}; give a later `input_timestamp`"
         )
 
 
@@ -352,11 +352,11 @@ class _RowFilter:
             expr = pl.sql_expr(text)
             names = tuple(dict.fromkeys(expr.meta.root_names()))
         except Exception as exc:  # polars raises several types for SQL it cannot parse
-            raise UsageError(f"--where {text!r} does not parse as SQL: {exc}") from None
+            raise UsageError(f"`where` {text!r} does not parse as SQL: {exc}") from None
         unknown = [n for n in names if n not in schema.names]
         if unknown:
             raise UsageError(
-                f"--where {text!r} names column(s) not in the table: {', '.join(unknown)}; "
+                f"`where` {text!r} names column(s) not in the table: {', '.join(unknown)}; "
                 f"its columns: {', '.join(schema.names)}"
             )
         row_filter = cls(text, names, expr)
@@ -364,7 +364,7 @@ class _RowFilter:
             row_filter.mask(pa.RecordBatch.from_pylist([], schema=schema))
         except Exception as exc:
             raise UsageError(
-                f"--where {text!r} cannot be evaluated: {first_line(exc)}"
+                f"`where` {text!r} cannot be evaluated: {first_line(exc)}"
             ) from None
         return row_filter
 

@@ -53,7 +53,7 @@ MLFLOW_STATUS = {"finished": "FINISHED", "stopped": "KILLED", "failed": "FAILED"
 
 def check_report_path(path: str | os.PathLike[str]) -> Path:
     """Refuse a report path that could not be written, before anything is sent."""
-    return check_writable_file(path, "--report", "run.html")
+    return check_writable_file(path, "`report`", "run.html")
 
 
 class RunRecorder:

@@ -76,8 +76,8 @@ def open_source(
         return delta.open_table(table_root, table or delta.TableRead(), shard=shard)
     if table is not None and table.chosen:
         raise UsageError(
-            f"{table.flags()} appl{'y' if ',' in table.flags() else 'ies'} to Delta tables, "
-            f"and the input is not one (no _delta_log/ in it): drop the flag, or name the "
+            f"{table.given()} appl{'y' if ',' in table.given() else 'ies'} to Delta tables, "
+            f"and the input is not one (no _delta_log/ in it): drop it, or name the "
             "table's directory"
         )
     if isinstance(inputs, str | os.PathLike):

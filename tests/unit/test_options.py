@@ -108,3 +108,11 @@ async def test_arun_without_inputs_or_output_is_an_error_naming_them() -> None:
 
     with pytest.raises(UsageError, match="`inputs` and `output`"):
         await arun(RunOptions.build(endpoint="e", credentials=CREDS))
+
+
+def test_a_conflict_names_parameters_that_the_cli_writes_as_its_flags() -> None:
+    from engine.cli import in_flags
+
+    with pytest.raises(UsageError) as caught:
+        RunOptions.build(endpoint="e", credentials=CREDS, overwrite=True, mode="append")
+    assert in_flags(str(caught.value)).startswith("--overwrite and --mode 'append' disagree")
