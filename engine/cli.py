@@ -410,8 +410,8 @@ def _credentials(args: argparse.Namespace) -> Credentials:
 
 
 def _run_validate(args: argparse.Namespace) -> int:
-    from engine.delta import TableRead
     from engine.describe import avalidate
+    from engine.source.delta import TableRead
 
     table = TableRead(
         version=args.input_version, timestamp=args.input_timestamp, where=args.where

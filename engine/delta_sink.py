@@ -26,7 +26,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from engine.delta import (
+from engine.delta_table import (
     DELTA_LOG,
     deltalake_module,
     display_name,

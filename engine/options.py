@@ -27,9 +27,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine.config import Credentials, ScoreConfig
-from engine.delta import TableRead
 from engine.errors import UsageError
 from engine.source import parse_shard
+from engine.source.delta import TableRead
 
 __all__ = ["RunOptions", "resolve_credentials", "score_config"]
 

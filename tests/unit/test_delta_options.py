@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.delta import TableRead
+from engine.source.delta import TableRead
 from engine.delta_sink import RunTransaction, TableWrite
 from engine.errors import UsageError
 

@@ -13,7 +13,8 @@ each marked file's live-row mask, and the rows it deletes are dropped as the fil
 table delta-rs cannot read correctly (column mapping, reader features it lacks) is refused
 before anything is sent, with the reason and what to do instead.
 
-Writing Delta tables is :mod:`engine.delta_sink`'s; the helpers both need are here.
+Writing Delta tables is :mod:`engine.delta_sink`'s; what both need (what a table is, how
+delta-rs opens it) is :mod:`engine.delta_table`'s.
 
 (Over 400 lines because choosing a snapshot, filtering it, dealing its files and applying
 deletion vectors only make sense together.)
@@ -31,6 +32,15 @@ from urllib.parse import unquote
 
 import pyarrow as pa
 
+from engine.delta_table import (
+    DELTA_LOG,
+    INSTALL,
+    deltalake_module,
+    display_name,
+    is_table,
+    storage_options,
+    table_uri,
+)
 from engine.errors import InputError, UsageError, first_line
 from engine.location import is_uri, locate
 from engine.source.base import Source
@@ -39,35 +49,13 @@ from engine.source.shards import deal
 if TYPE_CHECKING:
     import pyarrow.dataset as pds
 
-__all__ = [
-    "TableRead",
-    "deltalake_module",
-    "display_name",
-    "is_table",
-    "open_table",
-    "storage_options",
-    "table_root",
-    "table_uri",
-]
+__all__ = ["TableRead", "open_table", "table_root"]
 
 log = logging.getLogger("engine.delta")
 
-DELTA_LOG = "_delta_log"
-INSTALL = "pip install 'databricks-batch-engine[delta]'"
 #: Reader features delta-rs's Arrow reader applies; a table needing another is refused.
 READABLE_FEATURES = frozenset({"timestampNtz", "variantType", "variantType-preview"})
 _SPARK_HINT = "or score it with engine.spark.score, which reads Delta natively"
-
-
-def deltalake_module() -> Any:
-    """The ``deltalake`` module, or a UsageError saying how to install it."""
-    try:
-        import deltalake
-    except ImportError:
-        raise UsageError(
-            f"Delta tables need the deltalake package: {INSTALL} (pip install deltalake)"
-        ) from None
-    return deltalake
 
 
 # --- reading ------------------------------------------------------------------------------
@@ -108,21 +96,6 @@ class TableRead:
         given = [("input_version", self.version), ("input_timestamp", self.timestamp)]
         given.append(("where", self.where))
         return ", ".join(f"`{name}`" for name, value in given if value is not None)
-
-
-def is_table(text: str) -> bool:
-    """True when ``text`` (a local path or URI) is a directory holding ``_delta_log/``."""
-    if not is_uri(text) or text.lower().startswith("file://"):
-        path = locate(text).path
-        return os.path.isdir(os.path.join(path, DELTA_LOG))
-    try:
-        import pyarrow.fs as pafs
-
-        root = locate(text)
-        log_dir = root.below(f"{root.path.rstrip('/')}/{DELTA_LOG}")
-        return bool(log_dir.info().type == pafs.FileType.Directory)
-    except (InputError, pa.ArrowException, OSError):
-        return False
 
 
 def table_root(inputs: object) -> str | None:
@@ -468,27 +441,3 @@ class _TableBatches:
             if self.row_filter is not None:
                 batch = batch.filter(self.row_filter.mask(batch))
             yield batch
-
-
-# --- shared ---------------------------------------------------------------------------------
-
-
-def table_uri(root: str) -> str:
-    """What delta-rs opens: a local absolute path, or the URI as given."""
-    if is_uri(root) and not root.lower().startswith("file://"):
-        return root
-    return locate(root).path
-
-
-def display_name(root: str) -> str:
-    """The table as messages show it: an absolute path, or the URI without credentials."""
-    return locate(root).name if is_uri(root) else os.path.abspath(root)
-
-
-def storage_options(root: str) -> dict[str, str] | None:
-    """delta-rs reads the store's usual environment variables itself; an S3-compatible
-    server over plain http (MinIO, tests) also needs it allowed."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
-    if root.startswith(("s3://", "s3a://")) and endpoint.startswith("http://"):
-        return {"AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true"}
-    return None
