@@ -340,6 +340,7 @@ class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
             )
 
     def _score_config(self, metrics: MetricsConfig | None = None) -> ScoreConfig:
+        self._check_score_options()
         options: dict[str, Any] = {
             "progress": "log",
             "progress_interval_s": DEFAULT_PROGRESS_INTERVAL_S,
@@ -347,6 +348,26 @@ class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
             **self.score_options,
         }
         return ScoreConfig(endpoint=self.endpoint, **options)
+
+    def _check_score_options(self) -> None:
+        """Refuse a ``score_options`` key that would silently win over an operator argument."""
+        metrics_arguments = {
+            "pushgateway": self.pushgateway,
+            "pushgateway_job": self.pushgateway_job != DEFAULT_PUSHGATEWAY_JOB,
+            "pushgateway_labels": self.pushgateway_labels,
+            "otel": self.otel is not None,
+        }
+        clashes = [f"`{name}`" for name, given in metrics_arguments.items() if given]
+        if "metrics" in self.score_options and clashes:
+            raise UsageError(
+                f"`score_options['metrics']` and {', '.join(clashes)} both set the metrics "
+                "export: pass the operator's arguments, or a MetricsConfig alone"
+            )
+        if "endpoint" in self.score_options:
+            raise UsageError(
+                "`score_options['endpoint']` and `endpoint` both name the endpoint: pass "
+                "`endpoint` alone"
+            )
 
     def _metrics_config(self) -> MetricsConfig:
         return MetricsConfig(
