@@ -1,7 +1,11 @@
 """The Python API: ``score``, ``ascore`` and ``score_table``, over the same pipeline as the CLI.
 
-(Over 400 lines because ascore documents every parameter and holds a run's life cycle (lock,
-checkpoint, output, Delta commit) in one place.)
+``ascore`` keeps its keyword signature for people; it builds a :class:`RunOptions` and calls
+:func:`arun`, the one run path, which the CLI and Airflow's operator call with the
+``RunOptions`` they build from their flags and arguments.
+
+(Over 400 lines because ascore documents every parameter and arun holds a run's life cycle
+(lock, checkpoint, output, Delta commit) in one place.)
 """
 
 from __future__ import annotations
@@ -167,22 +171,8 @@ async def arun(options: RunOptions, *, stop: StopSignal | None = None) -> Summar
     cfg = _shard_share(options.config, shard)
     output = volumes.local_path(options.output)  # a mounted Volume: a local path
     volumes.use(creds)  # a Volume outside a cluster: this run's credentials (this task)
-    source = open_source(options.inputs, shard=shard, table=options.table_read)
-    if shard is not None:
-        rows = "?" if source.num_rows is None else f"{source.num_rows:,}"
-        share = f", a qps share of {cfg.qps:g}" if cfg.qps else ""
-        log.info("shard %d/%d: %s rows%s", shard[0], shard[1], rows, share)
-    table = TableWrite.chosen(
-        output, output_format=options.output_format, mode=options.mode,
-        partition_by=options.partition_by, overwrite=options.overwrite,
-    )
-    if table is not None:
-        volumes.refuse_remote_table(table.uri, "output")
-    spec = OutputSpec(path=output, overwrite=options.overwrite or options.mode == "overwrite")
-    if table is None:
-        check_output(spec)
-    else:
-        table.check()
+    source = _open_input(options, cfg)
+    spec, table = _checked_output(options, output)
     recorder = RunRecorder.create(
         credentials=creds,
         settings=run_settings(
@@ -196,10 +186,7 @@ async def arun(options: RunOptions, *, stop: StopSignal | None = None) -> Summar
     default_dir = options.checkpoint is None
     # Shards appending to one Delta table each keep their own checkpoint (and run lock).
     table_shard = shard if table is not None else None
-    checkpoint_dir = (
-        Path(options.checkpoint) if options.checkpoint
-        else _default_checkpoint(spec.path, table_shard)
-    )
+    checkpoint_dir = Path(options.checkpoint or _default_checkpoint(spec.path, table_shard))
     # Before anything is sent: a second run on this output is refused at once.
     with RunLock.acquire(lock_path(checkpoint_dir), output=spec.path):
         run_state = _RunState(cfg.endpoint, checkpoint_dir)
@@ -232,6 +219,34 @@ async def arun(options: RunOptions, *, stop: StopSignal | None = None) -> Summar
         if default_dir:
             run_state.remove_checkpoint()
     return summary
+
+
+def _open_input(options: RunOptions, cfg: ScoreConfig) -> Source:
+    """The run's input, once; a shard says how much of it is its share."""
+    shard = options.shard
+    source = open_source(options.inputs, shard=shard, table=options.table_read)
+    if shard is not None:
+        rows = "?" if source.num_rows is None else f"{source.num_rows:,}"
+        share = f", a qps share of {cfg.qps:g}" if cfg.qps else ""
+        log.info("shard %d/%d: %s rows%s", shard[0], shard[1], rows, share)
+    return source
+
+
+def _checked_output(options: RunOptions, output: str) -> tuple[OutputSpec, TableWrite | None]:
+    """The output file's spec and the Delta table (None for a file), refused now if it
+    cannot be written, before anything is sent."""
+    table = TableWrite.chosen(
+        output, output_format=options.output_format, mode=options.mode,
+        partition_by=options.partition_by, overwrite=options.overwrite,
+    )
+    if table is not None:
+        volumes.refuse_remote_table(table.uri, "output")
+    spec = OutputSpec(path=output, overwrite=options.overwrite or options.mode == "overwrite")
+    if table is None:
+        check_output(spec)
+    else:
+        table.check()
+    return spec, table
 
 
 @dataclass(frozen=True)
