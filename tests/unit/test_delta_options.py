@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.source.delta import TableRead
 from engine.delta_sink import RunTransaction, TableWrite
 from engine.errors import UsageError
+from engine.source.delta import TableRead
 
 
 def test_a_table_read_takes_one_of_version_and_timestamp() -> None:
