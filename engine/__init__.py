@@ -11,7 +11,7 @@ Credentials come from DATABRICKS_HOST / DATABRICKS_CLIENT_ID / DATABRICKS_CLIENT
 given. See ``engine score --help`` for the command line.
 """
 
-from engine.api import ascore, ascore_table, score, score_table
+from engine.api import arun, ascore, ascore_table, score, score_table
 from engine.config import Credentials, MetricsConfig, ScoreConfig
 from engine.errors import (
     AuthError,
@@ -25,6 +25,7 @@ from engine.errors import (
     StorageError,
     UsageError,
 )
+from engine.options import RunOptions
 from engine.retry import RetryPolicy
 from engine.stats import Summary
 
@@ -39,11 +40,13 @@ __all__ = [
     "OutputExistsError",
     "RetryPolicy",
     "RunAborted",
+    "RunOptions",
     "SchemaError",
     "ScoreConfig",
     "StorageError",
     "Summary",
     "UsageError",
+    "arun",
     "ascore",
     "ascore_table",
     "score",

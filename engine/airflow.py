@@ -51,9 +51,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.aio import LoopThread
-from engine.api import ascore
+from engine.api import arun
 from engine.config import DEFAULT_PUSHGATEWAY_JOB, Credentials, MetricsConfig, ScoreConfig
 from engine.errors import EngineError, Interrupted, UsageError
+from engine.options import RunOptions
 from engine.pipeline import StopSignal
 from engine.stats import RunStats, Summary
 
@@ -236,32 +237,11 @@ class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
         connection = BaseHook.get_connection(self.databricks_conn_id)
         try:
             config = self._score_config()
+            run_options = self._run_options(config, credentials_from_connection(connection))
         except UsageError as exc:  # a rendered template that is not a setting: no retry helps
+            _push_summary(context, _failure_summary(self.endpoint, exc))
             raise AirflowFailException(str(exc)) from None
-        job = functools.partial(
-            _score,
-            inputs=self.input,
-            output=os.fspath(self.output_path),
-            credentials=credentials_from_connection(connection),
-            config=config,
-            overwrite=self.overwrite,
-            checkpoint=self.checkpoint,
-            resume=self.resume,
-            shard=self.shard or None,
-            delta={
-                "input_version": _version(self.input_version),
-                "input_timestamp": self.input_timestamp or None,
-                "where": self.where or None,
-                "output_format": self.output_format,
-                "mode": self.mode,
-                "partition_by": self.partition_by,
-            },
-            record={
-                "report": self.report or None,
-                "mlflow_experiment": self.mlflow_experiment or None,
-                "mlflow_tracking_uri": self.mlflow_tracking_uri,
-            },
-        )
+        job = functools.partial(_score, run_options)
         self.log.info(
             "scoring %s%s into %s with endpoint '%s'",
             self.input,
@@ -283,6 +263,28 @@ class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
                 f"{summary.output}"
             )
         return summary.to_dict()
+
+    def _run_options(self, config: ScoreConfig, credentials: Credentials) -> RunOptions:
+        """The run's settings from the operator's (rendered) arguments."""
+        return RunOptions.build(
+            config=config,
+            credentials=credentials,
+            inputs=self.input,
+            output=self.output_path,
+            overwrite=self.overwrite,
+            checkpoint=self.checkpoint,
+            resume=self.resume,
+            shard=self.shard or None,
+            input_version=_version(self.input_version),
+            input_timestamp=self.input_timestamp or None,
+            where=self.where or None,
+            output_format=self.output_format,
+            mode=self.mode,
+            partition_by=self.partition_by,
+            report=self.report or None,
+            mlflow_experiment=self.mlflow_experiment or None,
+            mlflow_tracking_uri=self.mlflow_tracking_uri or None,
+        )
 
     def _link_report(self, context: Context) -> None:
         """Say where the run report is (a link in the task log; XCom ``report``)."""
@@ -338,6 +340,7 @@ class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
             )
 
     def _score_config(self, metrics: MetricsConfig | None = None) -> ScoreConfig:
+        self._check_score_options()
         options: dict[str, Any] = {
             "progress": "log",
             "progress_interval_s": DEFAULT_PROGRESS_INTERVAL_S,
@@ -345,6 +348,26 @@ class ServingBatchOperator(BaseOperator):  # type: ignore[misc, unused-ignore]
             **self.score_options,
         }
         return ScoreConfig(endpoint=self.endpoint, **options)
+
+    def _check_score_options(self) -> None:
+        """Refuse a ``score_options`` key that would silently win over an operator argument."""
+        metrics_arguments = {
+            "pushgateway": self.pushgateway,
+            "pushgateway_job": self.pushgateway_job != DEFAULT_PUSHGATEWAY_JOB,
+            "pushgateway_labels": self.pushgateway_labels,
+            "otel": self.otel is not None,
+        }
+        clashes = [f"`{name}`" for name, given in metrics_arguments.items() if given]
+        if "metrics" in self.score_options and clashes:
+            raise UsageError(
+                f"`score_options['metrics']` and {', '.join(clashes)} both set the metrics "
+                "export: pass the operator's arguments, or a MetricsConfig alone"
+            )
+        if "endpoint" in self.score_options:
+            raise UsageError(
+                "`score_options['endpoint']` and `endpoint` both name the endpoint: pass "
+                "`endpoint` alone"
+            )
 
     def _metrics_config(self) -> MetricsConfig:
         return MetricsConfig(
@@ -419,31 +442,6 @@ def _failure_summary(endpoint: str, exc: EngineError) -> Summary:
     )
 
 
-async def _score(
-    stop: StopSignal,
-    *,
-    inputs: str | Sequence[str],
-    output: str,
-    credentials: Credentials,
-    config: ScoreConfig,
-    overwrite: bool,
-    checkpoint: str | None,
-    resume: bool,
-    shard: str | None,
-    delta: Mapping[str, Any],
-    record: Mapping[str, Any],
-) -> Summary:
-    """:func:`engine.ascore`, with a stop signal the operator can reach from another thread."""
-    return await ascore(
-        inputs,
-        output=output,
-        config=config,
-        credentials=credentials,
-        overwrite=overwrite,
-        checkpoint=checkpoint,
-        resume=resume,
-        stop=stop,
-        shard=shard,
-        **delta,
-        **record,
-    )
+async def _score(options: RunOptions, stop: StopSignal) -> Summary:
+    """:func:`engine.api.arun`, with a stop signal the operator can reach from another thread."""
+    return await arun(options, stop=stop)

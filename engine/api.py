@@ -1,7 +1,11 @@
 """The Python API: ``score``, ``ascore`` and ``score_table``, over the same pipeline as the CLI.
 
-(Over 400 lines because ascore documents every parameter and holds a run's life cycle (lock,
-checkpoint, output, Delta commit) in one place.)
+``ascore`` keeps its keyword signature for people; it builds a :class:`RunOptions` and calls
+:func:`arun`, the one run path, which the CLI and Airflow's operator call with the
+``RunOptions`` they build from their flags and arguments.
+
+(Over 400 lines because ascore documents every parameter and arun holds a run's life cycle
+(lock, checkpoint, output, Delta commit) in one place.)
 """
 
 from __future__ import annotations
@@ -25,9 +29,8 @@ from engine import volumes
 from engine.aio import run_sync
 from engine.checkpoint import Checkpoint
 from engine.config import Credentials, ScoreConfig
-from engine.delta import TableRead
 from engine.delta_sink import RunTransaction, TableSink, TableWrite, input_snapshot
-from engine.errors import EngineError, StorageError
+from engine.errors import EngineError, StorageError, UsageError
 from engine.location import is_uri
 from engine.options import RunOptions
 from engine.pipeline import MemorySink, Scorer, StopSignal, run
@@ -35,12 +38,12 @@ from engine.prepare import prepare
 from engine.runlock import RunLock, lock_path
 from engine.runrecord import RunRecorder, run_settings
 from engine.sink import OrderedWriter, OutputSpec, check_output
-from engine.source import Source, open_source, parse_shard
+from engine.source import Source, open_source
 from engine.stats import RunStats, Summary
 from engine.telemetry import Telemetry
 from engine.transport import Transport
 
-__all__ = ["ascore", "score", "score_table"]
+__all__ = ["arun", "ascore", "score", "score_table"]
 
 log = logging.getLogger("engine")
 Inputs = str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | Any
@@ -133,48 +136,57 @@ async def ascore(
     Raises:
         EngineError: with a message that names the problem and the fix.
     """
-    shard = parse_shard(shard) if isinstance(shard, str) else shard
     run_options = RunOptions.build(
-        endpoint=endpoint, config=config, credentials=credentials, host=host,
-        client_id=client_id, client_secret=client_secret, profile=profile, auth=auth,
-        options=options,
+        endpoint=endpoint, config=config, options=options,
+        credentials=credentials, host=host, client_id=client_id, client_secret=client_secret,
+        profile=profile, auth=auth,
+        inputs=inputs, output=output, overwrite=overwrite, start_if_stopped=start_if_stopped,
+        checkpoint=checkpoint, resume=resume, handle_signals=handle_signals, shard=shard,
+        input_version=input_version, input_timestamp=input_timestamp, where=where,
+        output_format=output_format, mode=mode, partition_by=partition_by,
+        report=report, mlflow_experiment=mlflow_experiment,
+        mlflow_tracking_uri=mlflow_tracking_uri,
     )
-    cfg, creds = _shard_share(run_options.config, shard), run_options.credentials
-    output = volumes.local_path(os.fspath(output))  # a mounted Volume: a local path
+    return await arun(run_options, stop=stop)
+
+
+async def arun(options: RunOptions, *, stop: StopSignal | None = None) -> Summary:
+    """Run ``options`` (see :class:`~engine.options.RunOptions`): the one path every front
+    end takes, :func:`ascore`, the CLI and Airflow's operator alike.
+
+    Args:
+        options: the run's settings, from :meth:`RunOptions.build`.
+        stop: a :class:`~engine.pipeline.StopSignal` the caller keeps, to stop the run
+            gracefully itself (e.g. an Airflow task's ``on_kill``).
+
+    Returns:
+        The run's :class:`Summary`; ``summary.exit_code`` is 3 when some rows were rejected.
+
+    Raises:
+        EngineError: with a message that names the problem and the fix.
+    """
+    if options.inputs is None or options.output is None:
+        raise UsageError("`inputs` and `output` are required to score into a file or table")
+    shard, creds = options.shard, options.credentials
+    cfg = _shard_share(options.config, shard)
+    output = volumes.local_path(options.output)  # a mounted Volume: a local path
     volumes.use(creds)  # a Volume outside a cluster: this run's credentials (this task)
-    table_read = TableRead(version=input_version, timestamp=input_timestamp, where=where)
-    source = open_source(inputs, shard=shard, table=table_read)
-    if shard is not None:
-        rows = "?" if source.num_rows is None else f"{source.num_rows:,}"
-        share = f", a qps share of {cfg.qps:g}" if cfg.qps else ""
-        log.info("shard %d/%d: %s rows%s", shard[0], shard[1], rows, share)
-    table = TableWrite.chosen(
-        os.fspath(output), output_format=output_format, mode=mode,
-        partition_by=partition_by, overwrite=overwrite,
-    )
-    if table is not None:
-        volumes.refuse_remote_table(table.uri, "output")
-    spec = OutputSpec(path=os.fspath(output), overwrite=overwrite or mode == "overwrite")
-    if table is None:
-        check_output(spec)
-    else:
-        table.check()
+    source = _open_input(options, cfg)
+    spec, table = _checked_output(options, output)
     recorder = RunRecorder.create(
         credentials=creds,
         settings=run_settings(
-            inputs, spec.path, cfg, shard=shard, table_read=table_read,
-            delta_output=table is not None, overwrite=overwrite, resume=resume,
+            options.inputs, spec.path, cfg, shard=shard, table_read=options.table_read,
+            delta_output=table is not None, overwrite=options.overwrite, resume=options.resume,
         ),
-        report=report,
-        mlflow_experiment=mlflow_experiment,
-        mlflow_tracking_uri=mlflow_tracking_uri,
+        report=options.report,
+        mlflow_experiment=options.mlflow_experiment,
+        mlflow_tracking_uri=options.mlflow_tracking_uri,
     )
-    default_dir = checkpoint is None
+    default_dir = options.checkpoint is None
     # Shards appending to one Delta table each keep their own checkpoint (and run lock).
     table_shard = shard if table is not None else None
-    checkpoint_dir = (
-        Path(checkpoint) if checkpoint else _default_checkpoint(spec.path, table_shard)
-    )
+    checkpoint_dir = Path(options.checkpoint or _default_checkpoint(spec.path, table_shard))
     # Before anything is sent: a second run on this output is refused at once.
     with RunLock.acquire(lock_path(checkpoint_dir), output=spec.path):
         run_state = _RunState(cfg.endpoint, checkpoint_dir)
@@ -182,8 +194,9 @@ async def ascore(
         telemetry = Telemetry.open(cfg, shard=shard)  # imports nothing unless configured
         try:
             summary = await _score_locked(
-                source, output_plan, cfg, creds, run_state, start_if_stopped=start_if_stopped,
-                resume=resume, handle_signals=handle_signals, stop=stop or StopSignal(),
+                source, output_plan, cfg, creds, run_state,
+                start_if_stopped=options.start_if_stopped, resume=options.resume,
+                handle_signals=options.handle_signals, stop=stop or StopSignal(),
                 recorder=recorder, telemetry=telemetry,
             )
         except EngineError as exc:
@@ -206,6 +219,34 @@ async def ascore(
         if default_dir:
             run_state.remove_checkpoint()
     return summary
+
+
+def _open_input(options: RunOptions, cfg: ScoreConfig) -> Source:
+    """The run's input, once; a shard says how much of it is its share."""
+    shard = options.shard
+    source = open_source(options.inputs, shard=shard, table=options.table_read)
+    if shard is not None:
+        rows = "?" if source.num_rows is None else f"{source.num_rows:,}"
+        share = f", a qps share of {cfg.qps:g}" if cfg.qps else ""
+        log.info("shard %d/%d: %s rows%s", shard[0], shard[1], rows, share)
+    return source
+
+
+def _checked_output(options: RunOptions, output: str) -> tuple[OutputSpec, TableWrite | None]:
+    """The output file's spec and the Delta table (None for a file), refused now if it
+    cannot be written, before anything is sent."""
+    table = TableWrite.chosen(
+        output, output_format=options.output_format, mode=options.mode,
+        partition_by=options.partition_by, overwrite=options.overwrite,
+    )
+    if table is not None:
+        volumes.refuse_remote_table(table.uri, "output")
+    spec = OutputSpec(path=output, overwrite=options.overwrite or options.mode == "overwrite")
+    if table is None:
+        check_output(spec)
+    else:
+        table.check()
+    return spec, table
 
 
 @dataclass(frozen=True)

@@ -171,7 +171,7 @@ class OAuthClient:
         who = who or Who(
             client=f"the OAuth client '{client_id}'",
             principal=f"service principal '{client_id}'",
-            fix="check --client-id/--client-secret (DATABRICKS_CLIENT_ID/DATABRICKS_CLIENT_SECRET)",
+            fix="check `client_id`/`client_secret` (DATABRICKS_CLIENT_ID/DATABRICKS_CLIENT_SECRET)",
         )
         sent_at = self._clock()
 
@@ -303,7 +303,7 @@ class SdkAuth:
             from databricks.sdk.core import Config
         except ImportError:
             raise UsageError(
-                "--auth databricks-sdk needs databricks-sdk: "
+                "`auth='databricks-sdk'` needs databricks-sdk: "
                 "pip install 'databricks-batch-engine[sdk]'"
             ) from None
         try:

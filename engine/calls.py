@@ -187,7 +187,7 @@ def config_error(exc: TransportError, host: str) -> UsageError | None:
     """A connection failure that says the workspace host is misconfigured, as a usage error
     naming the fix (exit 2); None for failures that may pass (timeouts, resets)."""
     where = f"the workspace host {host}"
-    fix = "check --host (DATABRICKS_HOST)"
+    fix = "check `host` (DATABRICKS_HOST)"
     if exc.cause == "dns":
         return UsageError(f"cannot resolve {where}: {fix} for a typo ({exc})")
     if exc.cause == "refused":

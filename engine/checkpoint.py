@@ -93,7 +93,7 @@ class Checkpoint:
         except OSError as exc:
             raise UsageError(
                 f"cannot create checkpoint directory {path}: {exc.strerror}; "
-                "choose another with --checkpoint DIR"
+                "choose another with `checkpoint=DIR`"
             ) from exc
         checkpoint = cls(path)
         checkpoint._load()

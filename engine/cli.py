@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import re
 import sys
@@ -30,8 +31,8 @@ from engine.config import (
 from engine.durable import check_writable_file
 from engine.errors import EngineError, UsageError, storage_error
 from engine.logs import emit, setup_logging
+from engine.options import RunOptions
 from engine.retry import DEFAULT_MAX_RETRY_AFTER_S, RetryPolicy
-from engine.source import parse_shard
 from engine.stats import RunStats, Summary
 
 log = logging.getLogger("engine")
@@ -409,8 +410,8 @@ def _credentials(args: argparse.Namespace) -> Credentials:
 
 
 def _run_validate(args: argparse.Namespace) -> int:
-    from engine.delta import TableRead
     from engine.describe import avalidate
+    from engine.source.delta import TableRead
 
     table = TableRead(
         version=args.input_version, timestamp=args.input_timestamp, where=args.where
@@ -503,36 +504,37 @@ def _check_summary_path(path: str | None) -> None:
 
 
 def _run_score(args: argparse.Namespace) -> int:
-    from engine.api import ascore
+    from engine.api import arun
 
     _check_summary_path(args.summary)
-    config = _score_config(args)
-    shard = parse_shard(args.shard) if args.shard else None
-    credentials = _credentials(args)
-    summary = asyncio.run(
-        ascore(
-            args.inputs,
-            output=args.output,
-            config=config,
-            credentials=credentials,
-            overwrite=args.overwrite,
-            start_if_stopped=args.start_if_stopped,
-            checkpoint=args.checkpoint,
-            resume=not args.no_resume,
-            handle_signals=True,
-            shard=shard,
-            input_version=args.input_version,
-            input_timestamp=args.input_timestamp,
-            where=args.where,
-            output_format=args.output_format,
-            mode=args.mode,
-            partition_by=args.partition_by,
-            report=args.report,
-            mlflow_experiment=args.mlflow_experiment,
-            mlflow_tracking_uri=args.mlflow_tracking_uri,
-        )
-    )
+    summary = asyncio.run(arun(_run_options(args)))
     return _report(summary, args.summary, json_logs=args.log_format == "json")
+
+
+def _run_options(args: argparse.Namespace) -> RunOptions:
+    """The run's settings from ``engine score``'s flags: the same object the library takes."""
+    return RunOptions.build(
+        config=_score_config(args),
+        host=args.host, client_id=args.client_id, client_secret=args.client_secret,
+        profile=args.profile, auth=args.auth,
+        inputs=args.inputs,
+        output=args.output,
+        overwrite=args.overwrite,
+        start_if_stopped=args.start_if_stopped,
+        checkpoint=args.checkpoint,
+        resume=not args.no_resume,
+        handle_signals=True,
+        shard=args.shard or None,
+        input_version=args.input_version,
+        input_timestamp=args.input_timestamp,
+        where=args.where,
+        output_format=args.output_format,
+        mode=args.mode,
+        partition_by=args.partition_by,
+        report=args.report,
+        mlflow_experiment=args.mlflow_experiment,
+        mlflow_tracking_uri=args.mlflow_tracking_uri,
+    )
 
 
 def _report(
@@ -592,24 +594,76 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 #: The library's parameters and the flags that set them: its errors name a parameter in
-#: backticks (`batch_rows`), which a person at the command line knows as --batch-rows.
+#: backticks (`batch_rows`, `max_error_rows=2`, `overwrite=True`), which a person at the
+#: command line knows as --batch-rows, --max-error-rows 2, --overwrite.
 FLAGS = {
     "endpoint": "--endpoint",
+    "output": "--output",
     "batch_rows": "--batch-rows",
     "max_request_bytes": "--max-request-bytes",
     "concurrency": "--concurrency",
     "qps": "--qps",
     "encoders": "--encoders",
     "keep": "--keep",
+    "params": "--params",
+    "served_model": "--served-model",
+    "max_attempts": "--max-attempts",
+    "max_retry_after_s": "--max-retry-after",
+    "request_timeout_s": "--request-timeout",
     "max_error_rows": "--max-error-rows",
     "wait_ready_s": "--wait-ready",
+    "start_if_stopped": "--start-if-stopped",
+    "progress": "--progress",
     "shard": "--shard",
+    "overwrite": "--overwrite",
+    "checkpoint": "--checkpoint",
+    "input_version": "--input-version",
+    "input_timestamp": "--input-timestamp",
+    "where": "--where",
+    "output_format": "--output-format",
+    "mode": "--mode",
+    "partition_by": "--partition-by",
+    "report": "--report",
+    "mlflow_experiment": "--mlflow-experiment",
+    "mlflow_tracking_uri": "--mlflow-tracking-uri",
+    "otel": "--otel",
+    "pushgateway_url": "--pushgateway",
+    "pushgateway_job": "--pushgateway-job",
+    "pushgateway_grouping": "--pushgateway-label",
+    "host": "--host",
+    "client_id": "--client-id",
+    "client_secret": "--client-secret",
+    "profile": "--profile",
+    "auth": "--auth",
 }
+
+#: Switches: ``name=True`` is the flag alone; ``name=False`` its negation, where there is one.
+SWITCHES = {
+    "overwrite": {"True": "--overwrite"},
+    "start_if_stopped": {"True": "--start-if-stopped"},
+    "resume": {"False": "--no-resume"},
+    "otel": {"True": "--otel", "False": "--no-otel"},
+}
+
+_PARAMETER = re.compile(r"`(\w+)(?:=([^`]*))?`")
+_QUOTES = "'\""
 
 
 def in_flags(message: str) -> str:
-    """``message`` with each `parameter` the CLI sets by a flag written as that flag."""
-    return re.sub(r"`(\w+)`", lambda match: FLAGS.get(match[1], match[0]), message)
+    """``message`` with each `parameter` (or `parameter=value`) the CLI sets by a flag written
+    as that flag (``--flag value``); other backticked names are left as they are."""
+
+    def flag(match: re.Match[str]) -> str:
+        name, value = match[1], match[2]
+        if value is None:
+            return FLAGS.get(name, match[0])
+        if name in SWITCHES:
+            return SWITCHES[name].get(value, match[0])
+        if name in FLAGS:
+            return f"{FLAGS[name]} {value.strip(_QUOTES)}"
+        return match[0]
+
+    return _PARAMETER.sub(flag, message)
 
 
 def _failed(args: argparse.Namespace, exc: EngineError, code: int, *, json_logs: bool) -> int:
@@ -621,7 +675,12 @@ def _failed(args: argparse.Namespace, exc: EngineError, code: int, *, json_logs:
         emit("error", message, level=logging.ERROR, exit_code=code)
     else:
         print(f"error: {message}", file=sys.stderr)
-    summary = exc.summary or _failure_summary(args, message, code)
+    # The --summary file says what the terminal said: the flags, not the parameters.
+    summary = (
+        dataclasses.replace(exc.summary, error=message)
+        if exc.summary is not None
+        else _failure_summary(args, message, code)
+    )
     if json_logs:
         emit("summary", "run failed", **summary.to_dict())
     path = _summary_path(args)

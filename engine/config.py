@@ -67,7 +67,7 @@ PAT_ONLY_MESSAGE = (
     "only a personal access token is configured, but route-optimized serving endpoints "
     "accept OAuth tokens only: set DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET (or "
     "client_id/client_secret in ~/.databrickscfg) for a service principal with CAN_QUERY on "
-    "the endpoint, or use --auth databricks-sdk with an OAuth login (databricks auth login)"
+    "the endpoint, or use `auth='databricks-sdk'` with an OAuth login (databricks auth login)"
 )
 
 
@@ -103,9 +103,9 @@ class Credentials:
         if self.auth not in NATIVE_AUTH_TYPES:
             raise UsageError(
                 f"auth {self.auth!r} is not one the engine handles itself (oauth-m2m, pat); "
-                f"use auth='{SDK_AUTH}' (--auth {SDK_AUTH}) to let databricks-sdk handle it"
+                f"use `auth='{SDK_AUTH}'` to let databricks-sdk handle it"
             )
-        missing = [] if self.host else ["--host / DATABRICKS_HOST"]
+        missing = [] if self.host else ["`host` / DATABRICKS_HOST"]
         if self.auth == "pat" and not self.token:
             missing.append("DATABRICKS_TOKEN (auth type pat)")
         elif not (self.client_id and self.client_secret) and (
@@ -114,8 +114,8 @@ class Credentials:
             missing += [
                 flag
                 for flag, value in (
-                    ("--client-id / DATABRICKS_CLIENT_ID", self.client_id),
-                    ("--client-secret / DATABRICKS_CLIENT_SECRET", self.client_secret),
+                    ("`client_id` / DATABRICKS_CLIENT_ID", self.client_id),
+                    ("`client_secret` / DATABRICKS_CLIENT_SECRET", self.client_secret),
                 )
                 if not value
             ]
@@ -214,7 +214,7 @@ def _profile_section(profile: str | None, env: Mapping[str, str]) -> dict[str, s
     try:
         parser.read(path)
     except configparser.Error as exc:
-        raise UsageError(f"cannot read {path}: {exc}; fix the file or pass --host etc.") from exc
+        raise UsageError(f"cannot read {path}: {exc}; fix the file or pass `host` etc.") from exc
     name = profile or "DEFAULT"
     if not parser.has_section(name):
         if profile:
@@ -250,15 +250,15 @@ class MetricsConfig:
         url = self.pushgateway_url
         if url is not None and not (url.startswith(("http://", "https://")) and len(url) > 8):
             raise UsageError(
-                f"--pushgateway {url!r} is not an http(s) URL; give the Pushgateway's address, "
-                "e.g. --pushgateway http://pushgateway:9091"
+                f"`pushgateway_url` {url!r} is not an http(s) URL; give the Pushgateway's address, "
+                "e.g. `pushgateway_url='http://pushgateway:9091'`"
             )
         if not self.pushgateway_job:
-            raise UsageError("--pushgateway-job must not be empty, e.g. nightly_scoring")
+            raise UsageError("`pushgateway_job` must not be empty, e.g. nightly_scoring")
         reserved = sorted({"job", "shard"} & set(self.pushgateway_grouping))
         if reserved:
             raise UsageError(
-                f"--pushgateway-label cannot set {', '.join(reserved)}: use --pushgateway-job "
+                f"`pushgateway_grouping` cannot set {', '.join(reserved)}: use `pushgateway_job` "
                 "for the job (a sharded run adds its shard label itself)"
             )
 

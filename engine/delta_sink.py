@@ -26,7 +26,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from engine.delta import (
+from engine.delta_table import (
     DELTA_LOG,
     deltalake_module,
     display_name,
@@ -76,9 +76,9 @@ class TableWrite:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise UsageError(f"--mode {self.mode!r}: choose one of {', '.join(MODES)}")
+            raise UsageError(f"`mode` {self.mode!r}: choose one of {', '.join(MODES)}")
         if len(set(self.partition_by)) != len(self.partition_by):
-            raise UsageError(f"--partition-by names a column twice: {self.partition_by}")
+            raise UsageError(f"`partition_by` names a column twice: {self.partition_by}")
 
     @classmethod
     def chosen(
@@ -99,7 +99,7 @@ class TableWrite:
         """
         if (output_format or "auto") not in OUTPUT_FORMATS:
             raise UsageError(
-                f"--output-format {output_format!r}: choose one of {', '.join(OUTPUT_FORMATS)}"
+                f"`output_format` {output_format!r}: choose one of {', '.join(OUTPUT_FORMATS)}"
                 " (auto: a Parquet or Arrow file by extension, or the Delta table already there)"
             )
         columns = _column_list(partition_by)
@@ -107,13 +107,13 @@ class TableWrite:
             chosen_mode = mode or ("overwrite" if overwrite else "error")
             return cls(uri=output, mode=chosen_mode, partition_by=columns)
         if columns or mode == "append":
-            flag = "--partition-by" if columns else "--mode append"
+            flag = "`partition_by`" if columns else "`mode='append'`"
             raise UsageError(
-                f"{flag} applies to Delta outputs; {output} is a file: pass --output-format "
-                "delta to write a Delta table there"
+                f"{flag} applies to Delta outputs; {output} is a file: pass "
+                "`output_format='delta'` to write a Delta table there"
             )
         if mode is not None and mode not in MODES:
-            raise UsageError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
+            raise UsageError(f"`mode` {mode!r}: choose one of {', '.join(MODES)}")
         return None
 
     def check(self) -> None:
@@ -126,8 +126,8 @@ class TableWrite:
         exists = is_table(self.uri)
         if exists and self.mode == "error":
             raise OutputExistsError(
-                f"Delta table {display_name(self.uri)} already exists; pass --mode append "
-                "to add the scored rows, or --mode overwrite to replace its contents"
+                f"Delta table {display_name(self.uri)} already exists; pass `mode='append'` "
+                "to add the scored rows, or `mode='overwrite'` to replace its contents"
             )
         if exists or (is_uri(self.uri) and not self.uri.lower().startswith("file://")):
             return
@@ -149,8 +149,8 @@ class TableWrite:
         missing = [c for c in self.partition_by if c not in kept]
         if missing:
             raise UsageError(
-                f"--partition-by {', '.join(missing)}: not among the output's input columns "
-                f"({', '.join(kept) or 'none'}); add them with --keep, or partition by those"
+                f"`partition_by` {', '.join(missing)}: not among the output's input columns "
+                f"({', '.join(kept) or 'none'}); add them with `keep`, or partition by those"
             )
         if self.mode != "append" or not is_table(self.uri):
             return
@@ -158,16 +158,16 @@ class TableWrite:
         columns = list(pa.schema(existing.schema().to_arrow()).names)
         if sorted(columns) != sorted(names):
             raise UsageError(
-                f"--mode append: Delta table {display_name(self.uri)} has columns "
+                f"`mode='append'`: Delta table {display_name(self.uri)} has columns "
                 f"{', '.join(columns)}, the output would have {', '.join(names)}; choose "
-                "--keep to match, or --mode overwrite"
+                "`keep` to match, or `mode='overwrite'`"
             )
         partitions = list(existing.metadata().partition_columns)
         if self.partition_by and list(self.partition_by) != partitions:
             raise UsageError(
-                f"--partition-by {','.join(self.partition_by)}: Delta table "
+                f"`partition_by` {','.join(self.partition_by)}: Delta table "
                 f"{display_name(self.uri)} is partitioned by {','.join(partitions) or 'nothing'}"
-                "; drop --partition-by to append with the table's own"
+                "; drop `partition_by` to append with the table's own"
             )
 
 

@@ -8,11 +8,11 @@ from typing import Any
 from engine import volumes
 from engine.auth import connect
 from engine.config import Credentials
-from engine.delta import TableRead
 from engine.errors import SchemaError
 from engine.prepare import plan_input
 from engine.schema import CastPlan, ModelSchema, format_schema
 from engine.source import READ_ERROR_COLUMN, Source, open_source
+from engine.source.delta import TableRead
 from engine.transport import Transport
 from engine.workspace import EndpointInfo, Workspace
 

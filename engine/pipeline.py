@@ -480,7 +480,7 @@ class _Stages:
         limit = self.scorer.config.max_error_rows
         if limit is not None and stats.rows_rejected > limit:
             raise RunAborted(
-                f"{stats.rows_rejected} rows were rejected, more than --max-error-rows {limit}; "
+                f"{stats.rows_rejected} rows were rejected, more than `max_error_rows={limit}`; "
                 "their messages are in the checkpoint; rerun without the limit to see them"
             )
 

@@ -172,7 +172,7 @@ async def _ready_endpoint(
     if not (config.wait_ready_s > 0 or start_if_stopped):
         raise EndpointError(
             f"endpoint '{config.endpoint}' is not ready ({info.state_text}); start it "
-            "(or pass --start-if-stopped), or wait for it with --wait-ready SECONDS"
+            "(or pass `start_if_stopped=True`), or wait for it with `wait_ready_s=SECONDS`"
         )
     if start_if_stopped and info.config_update != "IN_PROGRESS":
         log.info("endpoint '%s' is stopped; starting it", config.endpoint)
@@ -195,9 +195,9 @@ async def _ready_endpoint(
 def _not_ready_message(config: ScoreConfig, start_if_stopped: bool, timeout_s: float) -> str:
     """Why the wait ended and what to do, never asking for a flag that was given."""
     what = "started it, but it" if start_if_stopped else "waited, but it"
-    fixes = [f"raise --wait-ready (waited {_duration(timeout_s)})"]
+    fixes = [f"raise `wait_ready_s` (waited {_duration(timeout_s)})"]
     if not start_if_stopped:
-        fixes.insert(0, "start it in the Serving UI or pass --start-if-stopped")
+        fixes.insert(0, "start it in the Serving UI or pass `start_if_stopped=True`")
     return (
         f"endpoint '{config.endpoint}' is still not READY: the engine {what} did not become "
         f"ready within {_duration(timeout_s)}; check its events in the Serving UI, and "

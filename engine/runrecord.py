@@ -23,10 +23,10 @@ import orjson
 from engine.aio import cancel_quietly
 from engine.auth import connect
 from engine.config import Credentials, ScoreConfig
-from engine.delta import TableRead
 from engine.durable import check_writable_file
 from engine.errors import EngineError, Interrupted
 from engine.report import RunRecord, jsonable, render_html, write_report
+from engine.source.delta import TableRead
 from engine.stats import RunStats, Summary
 from engine.timeline import DEFAULT_INTERVAL_S, Sampler, Timeline, sample_every
 from engine.tracking import (
@@ -53,7 +53,7 @@ MLFLOW_STATUS = {"finished": "FINISHED", "stopped": "KILLED", "failed": "FAILED"
 
 def check_report_path(path: str | os.PathLike[str]) -> Path:
     """Refuse a report path that could not be written, before anything is sent."""
-    return check_writable_file(path, "--report", "run.html")
+    return check_writable_file(path, "`report`", "run.html")
 
 
 class RunRecorder:

@@ -102,16 +102,16 @@ class MlflowTarget:
         name = experiment.strip()
         if not name:
             raise UsageError(
-                "--mlflow-experiment needs an experiment name, e.g. "
+                "`mlflow_experiment` needs an experiment name, e.g. "
                 "/Users/me@example.com/nightly-scoring"
             )
         if len(name) > 500:
-            raise UsageError(f"--mlflow-experiment is {len(name)} characters; MLflow allows 500")
+            raise UsageError(f"`mlflow_experiment` is {len(name)} characters; MLflow allows 500")
         if uri != "databricks" and urlsplit(uri).scheme not in ("http", "https"):
             raise UsageError(
                 f"MLflow tracking URI {uri!r} is not one the engine can log to: it logs over "
                 "MLflow's REST API, so give 'databricks' (the run's workspace, the default) or "
-                "an http(s):// tracking server (e.g. --mlflow-tracking-uri http://127.0.0.1:5000 "
+                "an http(s):// tracking server (e.g. `mlflow_tracking_uri='http://127.0.0.1:5000'` "
                 "for a local `mlflow server`)"
             )
         if uri != "databricks" and not urlsplit(uri).hostname:

@@ -299,7 +299,7 @@ class FilesApi:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UsageError(
                 f"cannot reach the Files API: workspace host {tokens.host!r} is not a URL; "
-                "set DATABRICKS_HOST (or --host) to https://<workspace>.cloud.databricks.com"
+                "set DATABRICKS_HOST (or `host`) to https://<workspace>.cloud.databricks.com"
             )
         self._scheme, self._netloc = parts.scheme, parts.netloc
         self._local = threading.local()
@@ -354,7 +354,7 @@ class FilesApi:
         if size > MAX_UPLOAD_BYTES:
             raise OSError(
                 f"cannot upload {path}: {size / 1024**3:.1f} GiB is more than the 5 GiB one "
-                "Files API request takes; split the run with --shard I/N"
+                "Files API request takes; split the run with `shard='I/N'`"
             )
         flag = "true" if overwrite else "false"
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
@@ -673,8 +673,7 @@ def publish(local: str, filesystem: pafs.FileSystem, path: str, *, overwrite: bo
     except FileExistsError:
         raise OutputExistsError(
             f"output {path} already exists (it appeared while the run was writing, or was "
-            "there before) and was left untouched; pass --overwrite (overwrite=True) to "
-            "replace it"
+            "there before) and was left untouched; pass `overwrite=True` to replace it"
         ) from None
     except OSError as exc:
         raise EngineError(f"cannot publish the output {path}: {exc}") from exc

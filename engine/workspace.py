@@ -286,8 +286,8 @@ class Workspace:
             if self._clock() + delay > deadline:
                 raise EndpointNotReady(
                     f"endpoint '{name}' is not ready ({info.state_text}) after waiting "
-                    f"{timeout_s:.0f} s; start it in the Serving UI or pass --start-if-stopped, "
-                    "and raise --wait-ready SECONDS"
+                    f"{timeout_s:.0f} s; start it in the Serving UI or pass "
+                    "`start_if_stopped=True`, and raise `wait_ready_s=SECONDS`"
                 )
             log.info(
                 "endpoint '%s' not ready (%s); checking again in %.0f s",
@@ -312,7 +312,7 @@ def _endpoint_error(name: str, host: str, exc: HTTPStatusError) -> EngineError:
     if exc.status == 404:
         return EndpointError(
             f"serving endpoint '{name}' does not exist in workspace {host}; "
-            "check --endpoint (the name shown in the Serving UI)"
+            "check `endpoint` (the name shown in the Serving UI)"
         )
     if exc.status == 403:
         return EndpointError(

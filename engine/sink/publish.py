@@ -83,7 +83,7 @@ def publish_remote(tmp: str, location: Location, *, overwrite: bool) -> None:
     if not overwrite and location.info().type != pafs.FileType.NotFound:
         raise OutputExistsError(
             f"{location.name} appeared while the run was writing and was left untouched; "
-            "pass --overwrite (overwrite=True) to replace it"
+            "pass `overwrite=True` to replace it"
         )
     try:
         try:
@@ -108,7 +108,7 @@ def _copy_limit_hint(filesystem: pafs.FileSystem, tmp: str) -> str:
         return ""
     return (
         f"; the output is {size / 1024**3:.1f} GiB and S3 copies at most 5 GiB in one "
-        "request: split the run with --shard I/N so each output is smaller"
+        "request: split the run with `shard='I/N'` so each output is smaller"
     )
 
 
@@ -122,7 +122,7 @@ def publish_local(tmp: str, path: str, *, overwrite: bool) -> None:
     except FileExistsError:
         raise OutputExistsError(
             f"{path} appeared while the run was writing and was left untouched; "
-            "pass --overwrite (overwrite=True) to replace it"
+            "pass `overwrite=True` to replace it"
         ) from None
     except OSError:  # no hard links on this filesystem: check, then rename
         if os.path.lexists(path):

@@ -78,7 +78,7 @@ def check_output(spec: OutputSpec) -> None:
         raise UsageError(f"output {path} is a directory; give a file path such as {example}")
     if os.path.lexists(path) and not spec.overwrite:
         raise OutputExistsError(
-            f"output {path} already exists; pass --overwrite (overwrite=True) to replace it"
+            f"output {path} already exists; pass `overwrite=True` to replace it"
         )
     _check_parent(os.path.dirname(os.path.abspath(path)))
 
@@ -117,7 +117,7 @@ def _check_remote_output(location: Location, *, overwrite: bool) -> None:
         )
     if kind != pafs.FileType.NotFound and not overwrite:
         raise OutputExistsError(
-            f"output {name} already exists; pass --overwrite (overwrite=True) to replace it"
+            f"output {name} already exists; pass `overwrite=True` to replace it"
         )
 
 

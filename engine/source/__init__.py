@@ -32,7 +32,7 @@ Rules a reader of the code should know:
   bad values are found. Lines are counted as the file's lines, header first, assuming no
   blank lines (the CSV reader skips those).
 * Delta tables: a directory or URI holding ``_delta_log/`` is one snapshot of a table, read
-  by :mod:`engine.delta` (time travel, ``--where``, shards by file) into the same ``Source``.
+  by :mod:`engine.source.delta` (time travel, ``--where``, shards by file) into the same ``Source``.
 * Memory: Parquet is streamed row group by row group (``ParquetFile.iter_batches``), CSV block
   by block (``pyarrow.csv.open_csv``); no file is ever read whole.
 
@@ -64,7 +64,7 @@ The package, one job a module: ``opening`` (the entry, :func:`open_source`), ``m
 (in-memory data), ``files`` (files -> one source), ``parquet`` and ``csv`` (the readers),
 ``schemas`` (unification), ``shards`` (units and dealing), ``base`` (:class:`Source` and the
 file reader); where the files are is :mod:`engine.location`'s job, a Delta table
-:mod:`engine.delta`'s.
+:mod:`engine.source.delta`'s.
 """
 
 from engine.location import FORMATS

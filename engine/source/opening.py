@@ -12,6 +12,7 @@ import pyarrow as pa
 from engine import volumes
 from engine.errors import InputError, UsageError
 from engine.location import FORMATS
+from engine.source import delta
 from engine.source.base import Source
 from engine.source.files import file_source
 from engine.source.memory import in_memory_source
@@ -20,8 +21,6 @@ from engine.source.shards import check_shard
 if TYPE_CHECKING:
     import pandas as pd
     import polars as pl
-
-    from engine.delta import TableRead
 
 __all__ = ["Inputs", "open_source"]
 
@@ -37,7 +36,7 @@ def open_source(
     *,
     format: str | None = None,
     shard: tuple[int, int] | None = None,
-    table: TableRead | None = None,
+    table: delta.TableRead | None = None,
 ) -> Source:
     """Open any supported input as a :class:`Source`.
 
@@ -51,8 +50,8 @@ def open_source(
         shard: ``(i, n)`` to read only shard ``i`` of ``n`` (``0 <= i < n``; file inputs
             only); see the module docstring for how units are dealt.
         table: for a Delta table (a directory or URI holding ``_delta_log/``), which
-            snapshot and rows to read (:class:`engine.delta.TableRead`); a Delta table is
-            read by :mod:`engine.delta` (needs the ``deltalake`` package).
+            snapshot and rows to read (:class:`engine.source.delta.TableRead`); a Delta table is
+            read by :mod:`engine.source.delta` (needs the ``deltalake`` package).
 
     Returns:
         The opened source; file footers / CSV headers have been read, no data yet.
@@ -66,8 +65,6 @@ def open_source(
         raise InputError(f"unsupported format {format!r}; choose one of: {', '.join(FORMATS)}")
     if shard is not None:
         shard = check_shard(shard)
-    from engine import delta  # not at the top: engine.delta builds on this module
-
     table_root = delta.table_root(inputs)
     if table_root is not None:
         if format is not None:
@@ -76,8 +73,8 @@ def open_source(
         return delta.open_table(table_root, table or delta.TableRead(), shard=shard)
     if table is not None and table.chosen:
         raise UsageError(
-            f"{table.flags()} appl{'y' if ',' in table.flags() else 'ies'} to Delta tables, "
-            f"and the input is not one (no _delta_log/ in it): drop the flag, or name the "
+            f"{table.given()} appl{'y' if ',' in table.given() else 'ies'} to Delta tables, "
+            f"and the input is not one (no _delta_log/ in it): drop it, or name the "
             "table's directory"
         )
     if isinstance(inputs, str | os.PathLike):

@@ -1,6 +1,6 @@
 """Sharding: the input cut into units in read order and dealt into ``n`` contiguous runs
 of about equal weight (the rule is in :mod:`engine.source`'s docstring). ``deal`` is pure;
-:mod:`engine.delta` deals a Delta table's files with it.
+:mod:`engine.source.delta` deals a Delta table's files with it.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def deal(weights: Sequence[int], shard: tuple[int, int]) -> list[int]:
     """The positions of the units shard ``i`` of ``n`` reads, given each unit's weight.
 
     ``n`` contiguous runs of about equal weight: a unit belongs to the shard its weight's
-    midpoint falls in (all weights zero: dealt by position). Pure; :mod:`engine.delta` deals
+    midpoint falls in (all weights zero: dealt by position). Pure; :mod:`engine.source.delta` deals
     a Delta table's files with it as this module deals Parquet row groups.
     """
     index, count = shard

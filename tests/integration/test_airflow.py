@@ -416,6 +416,44 @@ print(sorted(bag.dag_ids))
     assert "['score_daily', 'score_daily_sharded']" in done.stdout
 
 
+def test_the_operator_builds_run_options_and_refuses_a_score_option_that_would_be_ignored(
+    airflow: Airflow,
+) -> None:
+    check = """
+import json
+from engine.airflow import ServingBatchOperator
+from engine.config import Credentials, MetricsConfig
+from engine.errors import UsageError
+
+task = ServingBatchOperator(
+    task_id="t", input="in/*.parquet", output="out.parquet", endpoint="e", shard="1/4",
+    input_version="3", mode="append", report="r.html", score_options={"qps": 8.0},
+)
+options = task._run_options(task._score_config(), Credentials(host="https://h", token="x"))
+print("BUILT " + json.dumps([options.inputs, options.output, options.shard,
+    options.table_read.version, options.mode, options.report, options.config.qps]))
+for clash in ({"pushgateway": "http://p:9091", "score_options": {"metrics": MetricsConfig()}},
+              {"score_options": {"endpoint": "other"}}):
+    try:
+        ServingBatchOperator(task_id="x", input="i", output="o.arrow", endpoint="e", **clash)
+    except UsageError as exc:
+        print("REFUSED " + str(exc))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", check], env=airflow.env, capture_output=True, text=True,
+        timeout=60, check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    built = next(line for line in done.stdout.splitlines() if line.startswith("BUILT "))
+    assert json.loads(built.removeprefix("BUILT ")) == [
+        "in/*.parquet", "out.parquet", [1, 4], 3, "append", "r.html", 8.0
+    ]
+    refused = [line for line in done.stdout.splitlines() if line.startswith("REFUSED ")]
+    assert len(refused) == 2, done.stdout[-2000:]
+    assert "`score_options['metrics']` and `pushgateway`" in refused[0]
+    assert "`score_options['endpoint']` and `endpoint`" in refused[1]
+
+
 def test_a_delta_task_reads_the_templated_version_and_pushes_the_version_it_wrote(
     airflow: Airflow,
 ) -> None:

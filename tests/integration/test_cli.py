@@ -79,6 +79,28 @@ async def test_a_bad_setting_is_named_by_its_flag_at_the_command_line(
     assert b"error: --shard 4/4: expected I/N with 0 <= I < N, e.g. --shard 0/4" in printed
 
 
+async def test_run_errors_that_name_parameters_are_printed_and_summarised_with_flags(
+    emulator: Emulator, tmp_path
+) -> None:
+    pq.write_table(regressor_table(emulator, 10, seed=35), tmp_path / "in.parquet")
+    (tmp_path / "o.arrow").write_bytes(b"keep me")
+    summary_path = tmp_path / "summary.json"
+    code, printed = await run_cli(
+        emulator, tmp_path, "score", str(tmp_path / "in.parquet"), "--endpoint", ENDPOINT,
+        "--output", str(tmp_path / "o.arrow"), "--summary", str(summary_path),
+    )
+    assert code == 2
+    assert b"already exists; pass --overwrite to replace it" in printed
+    assert b"`overwrite" not in printed
+    assert "pass --overwrite to replace it" in json.loads(summary_path.read_text())["error"]
+    code, printed = await run_cli(
+        emulator, tmp_path, "score", str(tmp_path / "in.parquet"), "--endpoint", ENDPOINT,
+        "--output", str(tmp_path / "o.arrow"), "--overwrite", "--mode", "append",
+    )
+    assert code == 2
+    assert b"error: --overwrite and --mode 'append' disagree" in printed
+
+
 async def test_validate_passes_a_fitting_input_and_lists_every_problem_otherwise(
     emulator: Emulator, tmp_path
 ) -> None:

@@ -249,7 +249,7 @@ def test_existing_object_is_refused_without_overwrite_and_replaced_with_it(s3: S
     bucket = s3.new_bucket()
     s3.put(f"{bucket}/out.arrow", b"old")
     uri = f"s3://{bucket}/out.arrow"
-    with pytest.raises(OutputExistsError, match=rf"{uri} already exists.*--overwrite"):
+    with pytest.raises(OutputExistsError, match=rf"{uri} already exists.*`overwrite=True`"):
         check_output(OutputSpec(uri))
     with pytest.raises(OutputExistsError):
         OrderedWriter(OutputSpec(uri))

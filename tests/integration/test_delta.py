@@ -304,7 +304,7 @@ async def test_delta_flags_on_a_file_input_are_refused(emulator: Emulator, tmp_p
     import pyarrow.parquet as pq
 
     pq.write_table(regressor_table(emulator, 10, seed=85), tmp_path / "in.parquet")
-    with pytest.raises(UsageError, match="--input-version applies to Delta tables"):
+    with pytest.raises(UsageError, match="`input_version` applies to Delta tables"):
         await engine.ascore(
             tmp_path / "in.parquet", output=tmp_path / "o.parquet", endpoint=ENDPOINT,
             credentials=credentials_for(emulator), input_version=3,
@@ -375,10 +375,10 @@ async def test_bad_delta_outputs_are_refused_before_anything_is_sent(
     with pytest.raises(UsageError, match="no _delta_log/"):
         await engine.ascore(tmp_path / "in", output=tmp_path / "stuff", output_format="delta",
                             **options)
-    with pytest.raises(UsageError, match="--partition-by nope: not among"):
+    with pytest.raises(UsageError, match="`partition_by` nope: not among"):
         await engine.ascore(tmp_path / "in", output=tmp_path / "o", output_format="delta",
                             partition_by="nope", **options)
-    with pytest.raises(UsageError, match="--partition-by applies to Delta outputs"):
+    with pytest.raises(UsageError, match="`partition_by` applies to Delta outputs"):
         await engine.ascore(tmp_path / "in", output=tmp_path / "o.parquet", partition_by="day",
                             **options)
     await engine.ascore(tmp_path / "in", output=tmp_path / "o", output_format="delta",

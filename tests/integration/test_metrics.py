@@ -148,7 +148,7 @@ async def test_a_failed_run_still_flushes_its_metrics_and_an_error_span(
     assert summary["rows_rejected"] == 1
     spans = otlp.spans()
     assert len(spans) == 1 and spans[0].status.code == 2  # STATUS_CODE_ERROR
-    assert "--max-error-rows" in spans[0].status.message
+    assert "`max_error_rows=0`" in spans[0].status.message
     points = otlp.last_points()  # the last export, made at exit
     run = {"endpoint": ENDPOINT, "shard": "0/1"}
     assert point_value(points["batch_engine.rows.rejected"], **run) == 1

@@ -112,8 +112,8 @@ async def test_a_start_longer_than_wait_ready_fails_without_asking_for_given_fla
             await _score_on(clock, emulator, tmp_path, wait_ready_s=60.0)
         assert _requests(emulator) == 0
     message = str(info.value)
-    assert "--start-if-stopped" not in message, message
-    assert "raise --wait-ready (waited 60 s)" in message
+    assert "start_if_stopped" not in message, message
+    assert "raise `wait_ready_s` (waited 60 s)" in message
     assert info.value.exit_code == 2
 
 

@@ -54,7 +54,7 @@ async def test_poison_rows_are_isolated_and_neighbours_scored(emulator: Emulator
 async def test_max_error_rows_stops_the_run(emulator: Emulator, tmp_path) -> None:
     table = poison(regressor_table(emulator, 3_000, seed=12), list(range(0, 3_000, 100)))
     pq.write_table(table, tmp_path / "in.parquet")
-    with pytest.raises(RunAborted, match="--max-error-rows 2"):
+    with pytest.raises(RunAborted, match="`max_error_rows=2`"):
         await engine.ascore(
             tmp_path / "in.parquet", output=tmp_path / "out.arrow", endpoint=ENDPOINT,
             credentials=credentials_for(emulator), batch_rows=500, max_error_rows=2,
@@ -190,7 +190,7 @@ async def test_stopped_endpoint_is_an_error_naming_the_fix(emulator_factory, tmp
     config = EmulatorConfig(endpoints=(EndpointConfig(name=ENDPOINT, start_stopped=True),))
     emulator = await emulator_factory(config)
     pq.write_table(regressor_table(emulator, 10, seed=17), tmp_path / "in.parquet")
-    with pytest.raises(engine.EndpointError, match="--start-if-stopped") as info:
+    with pytest.raises(engine.EndpointError, match="`start_if_stopped=True`") as info:
         await engine.ascore(tmp_path / "in.parquet", output=tmp_path / "o.arrow", endpoint=ENDPOINT,
                             credentials=credentials_for(emulator))
     assert info.value.exit_code == 2

@@ -186,7 +186,7 @@ async def test_a_stopped_run_and_a_failed_run_still_write_their_report(
             max_error_rows=0, report=tmp_path / "failed.html",
         )
     text = (tmp_path / "failed.html").read_text()
-    assert 'data-status="failed"' in text and "more than --max-error-rows 0" in text
+    assert 'data-status="failed"' in text and "more than `max_error_rows=0`" in text
     assert failed.value.summary is not None and failed.value.summary.exit_code == 1
 
 

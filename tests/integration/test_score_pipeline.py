@@ -83,7 +83,7 @@ async def test_existing_output_is_refused_before_any_request(emulator: Emulator,
     table = regressor_table(emulator, 10, seed=4)
     pq.write_table(table, tmp_path / "in.parquet")
     (tmp_path / "out.arrow").write_bytes(b"keep me")
-    with pytest.raises(OutputExistsError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match="`overwrite=True`"):
         await engine.ascore(tmp_path / "in.parquet", output=tmp_path / "out.arrow",
                             endpoint=ENDPOINT, credentials=credentials_for(emulator))
     assert (tmp_path / "out.arrow").read_bytes() == b"keep me"

@@ -173,7 +173,7 @@ async def test_an_existing_output_in_a_volume_is_refused_unless_overwrite(
     pq.write_table(table, _local(served, f"{VOLUME}/in.parquet"))
     existing = _local(served, f"{VOLUME}/out.parquet")
     existing.write_bytes(b"keep me")
-    with pytest.raises(OutputExistsError, match="--overwrite") as caught:
+    with pytest.raises(OutputExistsError, match="`overwrite=True`") as caught:
         await _score(emulator, f"{VOLUME}/in.parquet", f"{VOLUME}/out.parquet")
     assert caught.value.exit_code == 2 and _requests(emulator) == 0
     assert existing.read_bytes() == b"keep me"

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.delta import TableRead
 from engine.delta_sink import RunTransaction, TableWrite
 from engine.errors import UsageError
+from engine.source.delta import TableRead
 
 
 def test_a_table_read_takes_one_of_version_and_timestamp() -> None:
@@ -16,10 +16,10 @@ def test_a_table_read_takes_one_of_version_and_timestamp() -> None:
         TableRead(version=1, timestamp="2025-01-01T00:00:00Z")
     with pytest.raises(UsageError, match="0 or more"):
         TableRead(version=-1)
-    with pytest.raises(UsageError, match="--where is empty"):
+    with pytest.raises(UsageError, match="`where` is empty"):
         TableRead(where="  ")
     assert not TableRead().chosen
-    assert TableRead(where="a = 1").flags() == "--where"
+    assert TableRead(where="a = 1").given() == "`where`"
 
 
 def test_the_output_is_delta_when_asked_or_already_a_table(tmp_path: Path) -> None:
@@ -36,7 +36,7 @@ def test_the_output_is_delta_when_asked_or_already_a_table(tmp_path: Path) -> No
     assert existing == TableWrite(
         uri=str(tmp_path / "t"), mode="overwrite", partition_by=("day", "country")
     )
-    with pytest.raises(UsageError, match="--output-format 'csv'"):
+    with pytest.raises(UsageError, match="`output_format` 'csv'"):
         TableWrite.chosen("o", output_format="csv", mode=None, partition_by=None,
                           overwrite=False)
     with pytest.raises(UsageError, match="names a column twice"):

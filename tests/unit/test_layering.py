@@ -39,13 +39,13 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "storage",
         (
             "engine.durable", "engine.runlock", "engine.volumes", "engine.location",
-            "engine.checkpoint",
+            "engine.checkpoint", "engine.delta_table",
         ),
     ),
     (
         "data in and out",
         (
-            "engine.source", "engine.source.*", "engine.sink", "engine.sink.*", "engine.delta",
+            "engine.source", "engine.source.*", "engine.sink", "engine.sink.*",
             "engine.delta_sink", "engine.encoders",
         ),
     ),

@@ -41,7 +41,7 @@ def _files(directory: Path) -> list[str]:
 def test_check_output_refuses_an_existing_file_naming_overwrite(tmp_path: Path) -> None:
     path = tmp_path / "out.arrow"
     path.write_bytes(b"old")
-    with pytest.raises(OutputExistsError, match=r"out\.arrow already exists.*--overwrite"):
+    with pytest.raises(OutputExistsError, match=r"out\.arrow already exists.*`overwrite=True`"):
         check_output(OutputSpec(str(path)))
     check_output(OutputSpec(str(path), overwrite=True))
 

@@ -51,19 +51,26 @@ def test_otel_is_on_when_an_otlp_endpoint_variable_is_set_unless_disabled() -> N
 
 
 @pytest.mark.parametrize(
-    ("settings", "named"),
+    ("settings", "named", "flag"),
     [
-        ({"pushgateway_url": "pgw:9091"}, "--pushgateway"),
-        ({"pushgateway_url": "http://pgw", "pushgateway_job": ""}, "--pushgateway-job"),
-        ({"pushgateway_grouping": {"job": "x"}}, "--pushgateway-label"),
-        ({"pushgateway_grouping": {"shard": "1"}}, "--pushgateway-label"),
+        ({"pushgateway_url": "pgw:9091"}, "pushgateway_url", "--pushgateway"),
+        (
+            {"pushgateway_url": "http://pgw", "pushgateway_job": ""},
+            "pushgateway_job",
+            "--pushgateway-job",
+        ),
+        ({"pushgateway_grouping": {"job": "x"}}, "pushgateway_grouping", "--pushgateway-label"),
+        ({"pushgateway_grouping": {"shard": "1"}}, "pushgateway_grouping", "--pushgateway-label"),
     ],
 )
-def test_bad_metrics_settings_are_usage_errors_naming_the_flag(
-    settings: dict[str, Any], named: str
+def test_bad_metrics_settings_are_usage_errors_naming_the_parameter_and_the_cli_flag(
+    settings: dict[str, Any], named: str, flag: str
 ) -> None:
-    with pytest.raises(UsageError, match=named):
+    from engine.cli import in_flags
+
+    with pytest.raises(UsageError, match=f"`{named}`") as caught:
         MetricsConfig(**settings)
+    assert in_flags(str(caught.value)).startswith(flag)
 
 
 def test_the_cli_builds_the_metrics_settings_and_refuses_a_label_without_a_value() -> None:

@@ -193,6 +193,6 @@ def test_errors_become_the_os_errors_filesystems_understand(
 
 def test_an_output_over_five_gib_is_refused_with_the_fix_before_sending() -> None:
     api, sent, _ = _client([])
-    with pytest.raises(OSError, match=r"--shard"):
+    with pytest.raises(OSError, match=r"`shard='I/N'`"):
         api.upload("/Volumes/c/s/v/x", io.BytesIO(), volumes.MAX_UPLOAD_BYTES + 1, overwrite=True)
     assert sent == []

@@ -13,7 +13,8 @@ each marked file's live-row mask, and the rows it deletes are dropped as the fil
 table delta-rs cannot read correctly (column mapping, reader features it lacks) is refused
 before anything is sent, with the reason and what to do instead.
 
-Writing Delta tables is :mod:`engine.delta_sink`'s; the helpers both need are here.
+Writing Delta tables is :mod:`engine.delta_sink`'s; what both need (what a table is, how
+delta-rs opens it) is :mod:`engine.delta_table`'s.
 
 (Over 400 lines because choosing a snapshot, filtering it, dealing its files and applying
 deletion vectors only make sense together.)
@@ -31,6 +32,15 @@ from urllib.parse import unquote
 
 import pyarrow as pa
 
+from engine.delta_table import (
+    DELTA_LOG,
+    INSTALL,
+    deltalake_module,
+    display_name,
+    is_table,
+    storage_options,
+    table_uri,
+)
 from engine.errors import InputError, UsageError, first_line
 from engine.location import is_uri, locate
 from engine.source.base import Source
@@ -39,35 +49,13 @@ from engine.source.shards import deal
 if TYPE_CHECKING:
     import pyarrow.dataset as pds
 
-__all__ = [
-    "TableRead",
-    "deltalake_module",
-    "display_name",
-    "is_table",
-    "open_table",
-    "storage_options",
-    "table_root",
-    "table_uri",
-]
+__all__ = ["TableRead", "open_table", "table_root"]
 
 log = logging.getLogger("engine.delta")
 
-DELTA_LOG = "_delta_log"
-INSTALL = "pip install 'databricks-batch-engine[delta]'"
 #: Reader features delta-rs's Arrow reader applies; a table needing another is refused.
 READABLE_FEATURES = frozenset({"timestampNtz", "variantType", "variantType-preview"})
 _SPARK_HINT = "or score it with engine.spark.score, which reads Delta natively"
-
-
-def deltalake_module() -> Any:
-    """The ``deltalake`` module, or a UsageError saying how to install it."""
-    try:
-        import deltalake
-    except ImportError:
-        raise UsageError(
-            f"Delta tables need the deltalake package: {INSTALL} (pip install deltalake)"
-        ) from None
-    return deltalake
 
 
 # --- reading ------------------------------------------------------------------------------
@@ -91,38 +79,23 @@ class TableRead:
     def __post_init__(self) -> None:
         if self.version is not None and self.timestamp is not None:
             raise UsageError(
-                "--input-version and --input-timestamp both pick the snapshot: give one"
+                "`input_version` and `input_timestamp` both pick the snapshot: give one"
             )
         if self.version is not None and (isinstance(self.version, bool) or self.version < 0):
-            raise UsageError(f"--input-version must be 0 or more, got {self.version!r}")
+            raise UsageError(f"`input_version` must be 0 or more, got {self.version!r}")
         if self.where is not None and not self.where.strip():
-            raise UsageError("--where is empty; give a predicate such as \"day = '2025-01-31'\"")
+            raise UsageError("`where` is empty; give a predicate such as \"day = '2025-01-31'\"")
 
     @property
     def chosen(self) -> bool:
         """True when anything but the whole latest snapshot was asked for."""
         return any(v is not None for v in (self.version, self.timestamp, self.where))
 
-    def flags(self) -> str:
-        """The CLI flags that were given, for messages."""
-        given = [("--input-version", self.version), ("--input-timestamp", self.timestamp)]
-        given.append(("--where", self.where))
-        return ", ".join(flag for flag, value in given if value is not None)
-
-
-def is_table(text: str) -> bool:
-    """True when ``text`` (a local path or URI) is a directory holding ``_delta_log/``."""
-    if not is_uri(text) or text.lower().startswith("file://"):
-        path = locate(text).path
-        return os.path.isdir(os.path.join(path, DELTA_LOG))
-    try:
-        import pyarrow.fs as pafs
-
-        root = locate(text)
-        log_dir = root.below(f"{root.path.rstrip('/')}/{DELTA_LOG}")
-        return bool(log_dir.info().type == pafs.FileType.Directory)
-    except (InputError, pa.ArrowException, OSError):
-        return False
+    def given(self) -> str:
+        """The parameters that were given, in backticks, for messages."""
+        given = [("input_version", self.version), ("input_timestamp", self.timestamp)]
+        given.append(("where", self.where))
+        return ", ".join(f"`{name}`" for name, value in given if value is not None)
 
 
 def table_root(inputs: object) -> str | None:
@@ -138,7 +111,7 @@ def table_root(inputs: object) -> str | None:
     tables = [text for text in texts if _may_be_table(text) and is_table(text)]
     if tables and len(texts) > 1:
         raise InputError(
-            f"{tables[0]} is a Delta table: read it alone, one table per run (--shard I/N "
+            f"{tables[0]} is a Delta table: read it alone, one table per run (`shard='I/N'` "
             "splits it across tasks)"
         )
     return tables[0] if tables else None
@@ -197,7 +170,7 @@ def _load(root: str, read: TableRead) -> Any:
     if read.version is not None and read.version > latest:
         raise InputError(
             f"Delta table {name} has no version {read.version}: its latest is {latest}; "
-            f"pass --input-version 0..{latest}"
+            f"pass `input_version=0..{latest}`"
         )
     when = None if read.timestamp is None else _instant(read.timestamp)
     try:
@@ -219,7 +192,7 @@ def _instant(text: str) -> datetime.datetime:
         when = datetime.datetime.fromisoformat(text.strip())
     except ValueError:
         raise UsageError(
-            f"--input-timestamp {text!r} is not an RFC 3339 / ISO 8601 time; e.g. "
+            f"`input_timestamp` {text!r} is not an RFC 3339 / ISO 8601 time; e.g. "
             "2025-01-31T00:00:00Z or 2025-01-31 08:00:00+01:00"
         ) from None
     return when if when.tzinfo else when.replace(tzinfo=datetime.UTC)
@@ -236,7 +209,7 @@ def _check_existed(root: str, version: int, when: datetime.datetime) -> None:
         raise InputError(
             f"Delta table {display_name(root)} has no version as of {when.isoformat()}: "
             f"its oldest version in the log, {version}, was committed at "
-            f"{mtime.astimezone(datetime.UTC).isoformat()}; give a later --input-timestamp"
+            f"{mtime.astimezone(datetime.UTC).isoformat()}; give a later `input_timestamp`"
         )
 
 
@@ -352,11 +325,11 @@ class _RowFilter:
             expr = pl.sql_expr(text)
             names = tuple(dict.fromkeys(expr.meta.root_names()))
         except Exception as exc:  # polars raises several types for SQL it cannot parse
-            raise UsageError(f"--where {text!r} does not parse as SQL: {exc}") from None
+            raise UsageError(f"`where` {text!r} does not parse as SQL: {exc}") from None
         unknown = [n for n in names if n not in schema.names]
         if unknown:
             raise UsageError(
-                f"--where {text!r} names column(s) not in the table: {', '.join(unknown)}; "
+                f"`where` {text!r} names column(s) not in the table: {', '.join(unknown)}; "
                 f"its columns: {', '.join(schema.names)}"
             )
         row_filter = cls(text, names, expr)
@@ -364,7 +337,7 @@ class _RowFilter:
             row_filter.mask(pa.RecordBatch.from_pylist([], schema=schema))
         except Exception as exc:
             raise UsageError(
-                f"--where {text!r} cannot be evaluated: {first_line(exc)}"
+                f"`where` {text!r} cannot be evaluated: {first_line(exc)}"
             ) from None
         return row_filter
 
@@ -468,27 +441,3 @@ class _TableBatches:
             if self.row_filter is not None:
                 batch = batch.filter(self.row_filter.mask(batch))
             yield batch
-
-
-# --- shared ---------------------------------------------------------------------------------
-
-
-def table_uri(root: str) -> str:
-    """What delta-rs opens: a local absolute path, or the URI as given."""
-    if is_uri(root) and not root.lower().startswith("file://"):
-        return root
-    return locate(root).path
-
-
-def display_name(root: str) -> str:
-    """The table as messages show it: an absolute path, or the URI without credentials."""
-    return locate(root).name if is_uri(root) else os.path.abspath(root)
-
-
-def storage_options(root: str) -> dict[str, str] | None:
-    """delta-rs reads the store's usual environment variables itself; an S3-compatible
-    server over plain http (MinIO, tests) also needs it allowed."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
-    if root.startswith(("s3://", "s3a://")) and endpoint.startswith("http://"):
-        return {"AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true"}
-    return None
