@@ -10,6 +10,9 @@ or the batch's own rows may be bad. Bad rows are isolated by bisection: the batc
 halves and each half resent, recursively, until each offending row stands alone; good rows
 keep their predictions and each bad row gets a null prediction and the server's message. That
 costs about 2·log2(rows) extra requests per bad row.
+
+(Over 400 lines because the data plane's rules on top of the call loop, and the pacer that
+applies the capacity finder, share one request's state; each is a short method.)
 """
 
 from __future__ import annotations
@@ -286,7 +289,10 @@ class Dispatcher:
     async def score(self, batch: RequestBatch) -> BatchResult:
         """Score every row of ``batch``; rejected rows carry the server's message."""
         if batch.oversize:
-            message = "row is larger than --max-request-bytes on its own; it was not sent"
+            message = (
+                "row is larger than `max_request_bytes` (--max-request-bytes) on its own; "
+                "it was not sent"
+            )
             return self._rejected(batch.batch_id, batch.num_rows, message)
         preds, errors = await self._score_rows(batch.batch_id, batch.rows, batch.body)
         return BatchResult(
@@ -400,7 +406,7 @@ class Dispatcher:
         if asked is not None and asked > cap:
             log.warning(
                 "the endpoint asked to wait %.0f s (Retry-After); waiting %.0f s, the cap set "
-                "by --max-retry-after",
+                "by `max_retry_after_s` (--max-retry-after)",
                 asked,
                 cap,
             )
