@@ -92,8 +92,18 @@ LOSS_SIGMAS = 2.5
 STARTUP_LOSS_SHARE = 0.15
 #: ...or at once on this share refused of the requests old enough to be answered...
 STARTUP_STORM_SHARE = 0.3
+#: The least refused share the storm check takes for noise when sizing chance: it looks on
+#: every refusal, often over a dozen settled sends, where 4 random 429s of 13 at 5 % noise
+#: happen every few runs (a 2 % floor called that a storm once noise refusals were resent
+#: at once instead of after a second).
+STORM_NOISE_FLOOR = 0.05
 #: ...or on this many refusals in a row (noise of a few percent almost never strings them).
 STARTUP_REFUSALS_IN_A_ROW = 5
+#: This many refusals in a row (no success between) are a limit, not noise: normal backoff.
+NOISE_REFUSALS_IN_A_ROW = 3
+#: The least wait before resending a noise refusal: a refusal answered at once must not
+#: come back at once, in a burst of its own.
+NOISE_WAIT_S = 0.05
 #: In startup each refusal takes a slot away, down to this many (a request that waits for
 #: its answer while another is refused keeps the storm measuring the refill rate).
 STORM_MIN_IN_FLIGHT = 2.0
@@ -269,6 +279,8 @@ class RateController:
     #: (whole second, requests accepted in it), the last few seconds
     _accepted_by_second: deque[list[int]] = field(default_factory=deque, init=False, repr=False)
     _lossy_startup_rounds: int = field(default=0, init=False, repr=False)
+    _last_round_lossy: bool = field(default=False, init=False, repr=False)
+    _last_refusal_concurrency: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.in_flight_limit = float(min(self.initial_in_flight, self.max_in_flight))
@@ -295,6 +307,27 @@ class RateController:
         if self.latency_cuts and self.in_flight_limit < self.max_in_flight:
             return "latency"
         return "concurrency"
+
+    def refusals_are_noise(self) -> bool:
+        """Whether the refusals just seen look like noise (a few random 429s/503s) rather
+        than the endpoint's limit: no refusal run of ``NOISE_REFUSALS_IN_A_ROW``, the last
+        judged round not lossy, the last 429 not a concurrency cap's. The pacer and the
+        in-flight limit hold the rate, so a noise refusal is resent soon
+        (:meth:`~engine.retry.RetryPolicy.decide`) instead of idling a worker for a second."""
+        return (
+            self._refusals_in_a_row < NOISE_REFUSALS_IN_A_ROW
+            and not self._last_round_lossy
+            and self._lossy_startup_rounds == 0
+            and not self._last_refusal_concurrency
+        )
+
+    def noise_wait(self) -> float | None:
+        """How long to wait before resending a refusal that is noise (about one round trip:
+        the shortest latency seen, at least ``NOISE_WAIT_S``), or None when refusals are not
+        noise (:meth:`refusals_are_noise`) and the retry policy's backoff applies."""
+        if not self.refusals_are_noise():
+            return None
+        return max(self.base_latency() or 0.0, NOISE_WAIT_S)
 
     def base_latency(self) -> float | None:
         """The shortest latency over the last ``LATENCY_WINDOW_S`` (None before any)."""
@@ -334,7 +367,8 @@ class RateController:
         with ``in_flight`` requests (itself included) in flight when it was."""
         self.throttles += 1
         self._count_level(in_flight, refused=True)
-        if self._concurrency_refusal(in_flight):
+        self._last_refusal_concurrency = self._concurrency_refusal(in_flight)
+        if self._last_refusal_concurrency:
             self._advance(now)
             return
         self._refusals_in_a_row += 1
@@ -520,7 +554,7 @@ class RateController:
         refused = sum(1 for sent_at in current.throttle_times if sent_at <= cutoff)
         usual = 1.0 - self.accept_ratio
         # Looked at on every refusal: a storm is far above noise, not just above it.
-        chance = 2.0 * LOSS_SIGMAS * math.sqrt(settled * max(usual, 0.02))
+        chance = 2.0 * LOSS_SIGMAS * math.sqrt(settled * max(usual, STORM_NOISE_FLOOR))
         return refused >= MIN_LOSSES and refused > max(
             STARTUP_STORM_SHARE * settled, usual * settled + chance
         )
@@ -550,13 +584,15 @@ class RateController:
             # some fifty rounds a run); a limit refuses round after round.
             lossy = done.throttled >= MIN_LOSSES and done.throttled_share() > STARTUP_LOSS_SHARE
             self._lossy_startup_rounds = self._lossy_startup_rounds + 1 if lossy else 0
+            self._last_round_lossy = lossy
             if self._lossy_startup_rounds >= 2:
                 self._on_loss(done, now)
             elif not lossy and done.answers >= ROUND_MIN_SENDS:  # refused when bearable: noise
                 self.accept_ratio += 0.3 * (done.accept_ratio() - self.accept_ratio)
                 self.accept_ratio = max(MIN_ACCEPT_RATIO, self.accept_ratio)
             return
-        if self._lossy(done):
+        self._last_round_lossy = self._lossy(done)
+        if self._last_round_lossy:
             self._on_loss(done, now)
             return
         span = done.ended_at - done.started_at

@@ -55,6 +55,7 @@ async def call(
     clock: Clock,
     sleep: Sleep,
     on_retry: OnRetry | None = None,
+    noise: Callable[[Outcome], float | None] | None = None,
 ) -> T:
     """Send until ``judge`` accepts an answer, the policy gives up, or ``judge`` raises.
 
@@ -64,6 +65,9 @@ async def call(
             may raise for an answer that must end the call, such as a refusal).
         give_up: the error to raise when the policy says no more.
         on_retry: told before each wait (for logs, stats and shared pauses).
+        noise: for a throttle that is noise, the short wait before resending it, else None
+            (``noise_wait_s`` of :meth:`RetryPolicy.decide`);
+            asked after the answer was recorded, so it judges with that answer counted.
     """
     tally = Tally()
     started = clock()
@@ -77,7 +81,13 @@ async def call(
             if not isinstance(verdict, Outcome):
                 return verdict
             outcome = verdict
-        delay, tally = policy.decide(tally, outcome, rng, elapsed_s=clock() - started)
+        delay, tally = policy.decide(
+            tally,
+            outcome,
+            rng,
+            elapsed_s=clock() - started,
+            noise_wait_s=None if noise is None else noise(outcome),
+        )
         if delay is None:
             raise give_up(outcome, tally)
         if on_retry is not None:
@@ -102,6 +112,7 @@ class Caller:
         *,
         give_up: Callable[[Outcome, Tally], BaseException],
         on_retry: OnRetry | None = None,
+        noise: Callable[[Outcome], float | None] | None = None,
     ) -> T:
         """:func:`call` with this client's settings."""
         return await call(
@@ -113,6 +124,7 @@ class Caller:
             clock=self.clock,
             sleep=self.sleep,
             on_retry=on_retry,
+            noise=noise,
         )
 
 

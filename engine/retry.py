@@ -47,6 +47,7 @@ from engine.errors import UsageError
 __all__ = [
     "BAD_REQUEST_PATTERNS",
     "DEFAULT_MAX_RETRY_AFTER_S",
+    "NOISE_RESENDS",
     "BadRequestKind",
     "BadRequestPatterns",
     "FailureKind",
@@ -58,6 +59,11 @@ __all__ = [
     "parse_retry_after",
     "pause_until",
 ]
+
+
+#: Throttles of one call resent soon as noise (see :meth:`RetryPolicy.decide`); a call refused
+#: more often than this backs off as usual, whatever the pacer thinks.
+NOISE_RESENDS = 2
 
 
 class FailureKind(enum.Enum):
@@ -333,7 +339,13 @@ class RetryPolicy:
         return Reason.FAILURE
 
     def decide(
-        self, tally: Tally, outcome: Outcome, rng: Random, *, elapsed_s: float = 0.0
+        self,
+        tally: Tally,
+        outcome: Outcome,
+        rng: Random,
+        *,
+        elapsed_s: float = 0.0,
+        noise_wait_s: float | None = None,
     ) -> tuple[float | None, Tally]:
         """Seconds to wait before sending the call again (None: give up), and the new tally.
 
@@ -342,6 +354,16 @@ class RetryPolicy:
             outcome: how the last attempt went.
             rng: the run's random source.
             elapsed_s: time since the call began, for ``max_elapsed_s``.
+            noise_wait_s: set when the caller's pacer holds the rate and judges this refusal
+                noise, not the endpoint's limit (about one round trip; see
+                :meth:`~engine.adaptive.RateController.noise_wait`). A 429 or 503 without
+                ``Retry-After`` is then sent again after a short jittered wait,
+                ``uniform(0, min(noise_wait_s, base_delay_s))``, instead of the backoff and the
+                429 floor, for its
+                first ``NOISE_RESENDS`` throttles: the pacer, not this wait, keeps the total rate
+                under the limit (a worker idle for a second per random 429 only loses rows).
+                A ``Retry-After`` is honoured whatever ``noise_wait_s`` says; ``max_throttled`` and
+                ``max_elapsed_s`` bound the resends as any other.
         """
         reason = self.reason_of(outcome)
         tally = tally.add(reason)
@@ -355,6 +377,12 @@ class RetryPolicy:
         elif reason is Reason.THROTTLED:
             if tally.throttled > self.max_throttled:
                 delay = None
+            elif (
+                noise_wait_s is not None
+                and outcome.retry_after_s is None
+                and tally.throttled <= NOISE_RESENDS
+            ):
+                delay = rng.uniform(0.0, min(max(noise_wait_s, 0.0), self.base_delay_s))
             else:
                 delay = max(self._backoff(tally.throttled, rng), self._server_floor(outcome))
         else:

@@ -7,8 +7,9 @@ schedule, random 429s and 503s unrelated to load. The client applies a
 cap, then one FIFO released every ``1 / rate`` seconds at the rate current when each request
 goes (:func:`~engine.adaptive.turns_due`), with a timer that fires up to 1 ms late.
 Refused requests wait as the engine's default :class:`~engine.retry.RetryPolicy` says (a
-429's ``Retry-After``, else at least its default second; a 503 a jittered backoff) and go
-round again. Everything is seeded: a run is reproducible.
+429's ``Retry-After``; a refusal the controller judges noise a short jittered wait; else a
+429 at least its default second, a 503 a jittered backoff) and go round again. Everything is
+seeded: a run is reproducible.
 """
 
 from __future__ import annotations
@@ -200,7 +201,10 @@ class _Sim:
         retry_after = self.endpoint.retry_after_s if status == 429 else None
         outcome = Outcome(FailureKind.STATUS, status=status, retry_after_s=retry_after)
         delay, self.tallies[worker] = self.policy.decide(
-            self.tallies.get(worker, Tally()), outcome, self.rng
+            self.tallies.get(worker, Tally()),
+            outcome,
+            self.rng,
+            noise_wait_s=self.controller.noise_wait(),  # as engine.dispatch asks it
         )
         assert delay is not None, "the default policy gave up on a throttled request"
         self.push(now + delay, worker, "ready")

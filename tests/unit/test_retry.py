@@ -9,6 +9,7 @@ import pytest
 
 from engine.errors import UsageError
 from engine.retry import (
+    NOISE_RESENDS,
     BadRequestKind,
     FailureKind,
     Outcome,
@@ -419,3 +420,56 @@ def test_no_retry_starts_past_the_elapsed_budget() -> None:
 def test_a_malformed_answer_is_retried_like_a_5xx() -> None:
     tally = decide_until_none(RetryPolicy(max_attempts=3), Outcome(kind=FailureKind.MALFORMED))
     assert tally.failures == 3
+
+
+def test_a_noise_throttle_is_resent_within_about_a_round_trip() -> None:
+    policy = RetryPolicy()  # base_delay_s 0.25, default_retry_after_s 1.0
+    for code in (429, 503):
+        delay, tally = policy.decide(Tally(), status(code), FixedRandom(0), noise_wait_s=0.05)
+        assert delay == 0.05 and tally.throttled == 1  # not the 429's default second
+    # the short wait is capped by the backoff's first ceiling, whatever the round trip
+    delay, _ = policy.decide(Tally(), status(429), FixedRandom(0), noise_wait_s=9.0)
+    assert delay == policy.base_delay_s
+
+
+def test_without_noise_a_bare_429_still_waits_the_default_second() -> None:
+    delay, _ = RetryPolicy().decide(Tally(), status(429), ZeroRandom(0))
+    assert delay == 1.0
+
+
+def test_a_retry_after_is_honoured_even_when_the_refusal_looks_like_noise() -> None:
+    delay, _ = RetryPolicy().decide(
+        Tally(), status(429, retry_after_s=3.0), ZeroRandom(0), noise_wait_s=0.05
+    )
+    assert delay == 3.0
+
+
+def test_a_call_refused_again_and_again_backs_off_as_usual() -> None:
+    policy = RetryPolicy()
+    tally = Tally()
+    delays = []
+    for _ in range(NOISE_RESENDS + 1):
+        delay, tally = policy.decide(tally, status(429), FixedRandom(0), noise_wait_s=0.05)
+        delays.append(delay)
+    assert delays[:NOISE_RESENDS] == [0.05] * NOISE_RESENDS
+    assert delays[-1] is not None and delays[-1] >= policy.default_retry_after_s
+
+
+def test_noise_resends_stay_bounded_by_max_throttled_and_max_elapsed() -> None:
+    policy = RetryPolicy(max_throttled=1)
+    delay, tally = policy.decide(Tally(), status(429), ZeroRandom(0), noise_wait_s=0.05)
+    assert delay == 0.0
+    delay, _ = policy.decide(tally, status(429), ZeroRandom(0), noise_wait_s=0.05)
+    assert delay is None
+    late, _ = RetryPolicy(max_elapsed_s=10.0).decide(
+        Tally(), status(429), FixedRandom(0), elapsed_s=9.99, noise_wait_s=0.05
+    )
+    assert late is None
+
+
+def test_a_failure_is_not_noise_and_uses_max_attempts() -> None:
+    policy = RetryPolicy(max_attempts=2, base_delay_s=0.25)
+    delay, tally = policy.decide(Tally(), status(502), FixedRandom(0), noise_wait_s=0.01)
+    assert delay == 0.25  # the usual backoff, not the noise wait
+    delay, _ = policy.decide(tally, status(502), FixedRandom(0), noise_wait_s=0.01)
+    assert delay is None
