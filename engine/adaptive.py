@@ -317,7 +317,6 @@ class RateController:
         return (
             self._refusals_in_a_row < NOISE_REFUSALS_IN_A_ROW
             and not self._last_round_lossy
-            and self._lossy_startup_rounds == 0
             and not self._last_refusal_concurrency
         )
 
@@ -676,8 +675,9 @@ class RateController:
 
     def _on_loss(self, done: _Round, now: float) -> None:
         estimate = done.limit_estimate() / self.accept_ratio
-        if not math.isfinite(done.rate):  # startup's storm, judged after startup ended
-            if self.capacity is not None and done.accepted_after_loss >= 4:
+        if done.capacity is None and self.capacity is not None:
+            # a startup round (its storm), judged after startup ended
+            if done.accepted_after_loss >= 4:
                 self._cut(min(self.capacity, estimate), now)
             return
         if self.capacity is not None and done.capacity is not None and (

@@ -352,5 +352,29 @@ def test_a_lossy_round_is_a_capacity_signal_not_noise() -> None:
     result = simulate(Endpoint(rate=((0, 40),), burst=4, latency_s=0.03), seconds=3, seed=1)
     controller = result.controller
     assert controller is not None and controller.capacity is not None
-    controller._last_round_lossy = True  # as _judge leaves it after a lossy round
+    assert controller.noise_wait() is not None
+    cuts = controller.cuts
+    # then every other request is refused (never two in a row, so no refusal run says it):
+    # only the round's judgement can call it a limit
+    for i in range(80):
+        t = 3.0 + i * 0.01
+        controller.on_send(t)
+        if i % 2:
+            controller.on_throttle(t + 0.005, 0.005)
+        else:
+            controller.on_success(t + 0.005, 0.005)
+        if controller.cuts > cuts:  # the round was judged lossy, and the pace cut
+            break
+    assert controller.cuts > cuts
     assert not controller.refusals_are_noise() and controller.noise_wait() is None
+
+
+def test_refusals_above_the_startup_share_round_after_round_end_startup() -> None:
+    # a fifth of requests refused, spread out: no run of refusals, no storm, but two lossy
+    # rounds in a row, which a limit gives and noise almost never does
+    for seed in (1, 2, 3):
+        result = simulate(Endpoint(latency_s=0.05, throttle_noise=0.2), seconds=10, workers=32,
+                          seed=seed)
+        assert result.controller is not None and result.controller.capacity is not None
+
+
