@@ -624,14 +624,9 @@ class RateController:
         the limit by about the excess share (a probe the bucket's burst made look good).
         Lower it by that share now, not at the next drain."""
         answers, throttled = self._cruise_answers, self._cruise_throttled
-        usual = 1.0 - self.accept_ratio
-        p = max(usual, 0.02)
-        chance = LOSS_SIGMAS * math.sqrt(answers * p * (1.0 - p))
-        if self.capacity is None or throttled < MIN_LOSSES or throttled <= answers * usual + max(
-            CRUISE_LOSS_MARGIN * answers, chance
-        ):
+        if self.capacity is None or not self._beyond_noise(answers, throttled, CRUISE_LOSS_MARGIN):
             return False
-        over = throttled / answers - usual
+        over = throttled / answers - (1.0 - self.accept_ratio)
         self._cut(self.capacity * (1.0 - over), now)
         return True
 
@@ -642,13 +637,8 @@ class RateController:
         is noise: learn its share."""
         answers, throttled = self._cruise_answers, self._cruise_throttled
         self._cruise_answers = self._cruise_throttled = 0
-        usual = 1.0 - self.accept_ratio
-        p = max(usual, 0.02)
-        chance = LOSS_SIGMAS * math.sqrt(answers * p * (1.0 - p))
-        if self.capacity is not None and throttled >= MIN_LOSSES and throttled > (
-            answers * usual + chance
-        ):
-            over = throttled / answers - usual
+        if self.capacity is not None and self._beyond_noise(answers, throttled, 0.0):
+            over = throttled / answers - (1.0 - self.accept_ratio)
             self.capacity = max(self.min_rate, self.capacity * (1.0 - over))
             self.cuts += 1
             return  # the drain ran under an overestimate: it says nothing about noise
@@ -664,13 +654,16 @@ class RateController:
 
     def _lossy(self, done: _Round) -> bool:
         """More throttles than the usual (noise) share explains, by a margin and by chance."""
-        answers = done.answers
+        return self._beyond_noise(done.answers, done.throttled, LOSS_MARGIN)
+
+    def _beyond_noise(self, answers: int, throttled: int, margin: float) -> bool:
+        """More throttles than the usual (noise) share explains: at least ``MIN_LOSSES``, and
+        above it by ``margin`` × answers and by ``LOSS_SIGMAS`` of chance."""
         usual = 1.0 - self.accept_ratio
         p = max(usual, 0.02)
         chance = LOSS_SIGMAS * math.sqrt(answers * p * (1.0 - p))
-        expected = answers * usual
-        return done.throttled >= MIN_LOSSES and done.throttled > expected + max(
-            answers * LOSS_MARGIN, chance
+        return throttled >= MIN_LOSSES and throttled > answers * usual + max(
+            margin * answers, chance
         )
 
     def _on_loss(self, done: _Round, now: float) -> None:

@@ -55,7 +55,7 @@ async def call(
     clock: Clock,
     sleep: Sleep,
     on_retry: OnRetry | None = None,
-    noise: Callable[[Outcome], float | None] | None = None,
+    noise: Callable[[], float | None] | None = None,
 ) -> T:
     """Send until ``judge`` accepts an answer, the policy gives up, or ``judge`` raises.
 
@@ -86,7 +86,7 @@ async def call(
             outcome,
             rng,
             elapsed_s=clock() - started,
-            noise_wait_s=None if noise is None else noise(outcome),
+            noise_wait_s=None if noise is None else noise(),
         )
         if delay is None:
             raise give_up(outcome, tally)
@@ -112,7 +112,7 @@ class Caller:
         *,
         give_up: Callable[[Outcome, Tally], BaseException],
         on_retry: OnRetry | None = None,
-        noise: Callable[[Outcome], float | None] | None = None,
+        noise: Callable[[], float | None] | None = None,
     ) -> T:
         """:func:`call` with this client's settings."""
         return await call(

@@ -376,11 +376,10 @@ class Dispatcher:
                 server_message=message,
             )
 
-        def noise(outcome: Outcome) -> float | None:
-            return self.pacer.controller.noise_wait()
-
         caller = Caller(self._policy, self._rng, self._clock, self._sleep)
-        return await caller.call(send, judge, give_up=give_up, on_retry=on_retry, noise=noise)
+        return await caller.call(
+            send, judge, give_up=give_up, on_retry=on_retry, noise=self.pacer.controller.noise_wait
+        )
 
     def _note_retry(self, batch_id: int, outcome: Outcome, delay_s: float, tally: Tally) -> None:
         """Count, log and (for a long Retry-After) share a retry before its wait."""
