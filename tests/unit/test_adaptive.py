@@ -265,7 +265,7 @@ def test_a_rate_limit_refusing_at_every_level_is_no_concurrency_cap() -> None:
     assert controller.concurrency_cap is None
 
 
-def test_a_probe_ends_at_its_first_refusal_and_a_fallen_limit_waits_to_be_probed() -> None:
+def test_a_probe_ends_at_its_first_refusal() -> None:
     result = simulate(Endpoint(rate=((0, 40),), burst=4, latency_s=0.03), seconds=10, seed=1)
     controller = result.controller
     assert controller is not None and controller.probes >= 1
