@@ -34,11 +34,8 @@ sender that runs them; each plan is a few lines and reads best next to the other
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import random
 import re
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -337,7 +334,7 @@ class DatabricksArtifacts:
             never the workspace token).
         base_url: the workspace, ``https://<host>``.
         send_workspace: one authenticated, retried workspace call (the tracking client's).
-        caller: retries of storage requests (default :data:`CLOUD_RETRY`).
+        caller: retries of storage requests (the tracking client's, under :data:`CLOUD_RETRY`).
     """
 
     def __init__(
@@ -345,13 +342,12 @@ class DatabricksArtifacts:
         transport: Transport,
         base_url: str,
         send_workspace: WorkspaceSend,
-        *,
-        caller: Caller | None = None,
+        caller: Caller,
     ) -> None:
         self._transport = transport
         self._base_url = base_url
         self._send_workspace = send_workspace
-        self._caller = caller or Caller(CLOUD_RETRY, random.Random(), time.monotonic, asyncio.sleep)
+        self._caller = caller
 
     async def upload(self, root: RunArtifactRoot, name: str, data: bytes) -> str:
         """Store ``data`` as the run's artifact ``name``; returns how (for logs).

@@ -111,7 +111,8 @@ class RunOptions:
             run: the other fields of :class:`RunOptions`, by name.
 
         Raises:
-            UsageError: a conflicting pair (see the module docstring), or an unknown option.
+            UsageError: a conflicting pair (see the module docstring).
+            TypeError: an unknown option, as for any call with a keyword it does not take.
         """
         # In the order the CLI always checked them: flags, shard, credentials, snapshot.
         config = score_config(config, endpoint, options or {})

@@ -42,7 +42,7 @@ import random
 import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -50,7 +50,12 @@ import orjson
 
 from engine.calls import Caller, error_outcome
 from engine.errors import UsageError
-from engine.mlflow_artifacts import ArtifactUploadError, DatabricksArtifacts, RunArtifactRoot
+from engine.mlflow_artifacts import (
+    CLOUD_RETRY,
+    ArtifactUploadError,
+    DatabricksArtifacts,
+    RunArtifactRoot,
+)
 from engine.retry import Outcome, RetryPolicy, Tally
 from engine.transport import Response, Transport
 
@@ -213,7 +218,6 @@ class TrackingClient:
         headers: Mapping[str, str],
         *,
         caller: Caller | None = None,
-        storage_caller: Caller | None = None,
     ) -> None:
         self._transport = transport
         self.base_url = base_url
@@ -221,8 +225,9 @@ class TrackingClient:
         self._caller = caller or Caller(
             TRACKING_RETRY, random.Random(), time.monotonic, asyncio.sleep
         )
+        # storage requests share the client's randomness, clock and sleep, under their policy
         self._databricks = DatabricksArtifacts(
-            transport, base_url, self.send, caller=storage_caller
+            transport, base_url, self.send, replace(self._caller, policy=CLOUD_RETRY)
         )
 
     async def send(

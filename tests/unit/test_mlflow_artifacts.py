@@ -176,7 +176,6 @@ def client_for(transport: Scripted, slept: list[float]) -> TrackingClient:
     return TrackingClient(
         cast(Transport, transport), "https://ws", {"Authorization": "Bearer workspace-token"},
         caller=Caller(TRACKING_RETRY, random.Random(1), lambda: 0.0, sleep),
-        storage_caller=Caller(CLOUD_RETRY, random.Random(1), lambda: 0.0, sleep),
     )
 
 
