@@ -27,8 +27,6 @@ protocol.)
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import contextvars
 import http.client
@@ -44,6 +42,7 @@ from typing import IO, Any
 import orjson
 import pyarrow.fs as pafs
 
+from engine.aio import run_sync
 from engine.auth import connect
 from engine.config import Credentials
 from engine.errors import EngineError, OutputExistsError, UsageError
@@ -259,8 +258,7 @@ class WorkspaceTokens:
                 auth = await connect(transport, self.credentials)
                 return await auth.workspace_token()
 
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(lambda: asyncio.run(fetch())).result()
+        return run_sync(fetch)
 
 
 # --- the Files API, synchronously ---------------------------------------------------------
