@@ -141,6 +141,10 @@ CONCURRENCY_REFUSED_SHARE = 0.5
 #: ...and it is at least this (Databricks' smallest workload size serves 4 at once; below
 #: it, a rate limit paced at one or two in flight can look like a cap).
 MIN_CONCURRENCY_CAP = 4
+#: The share of requests at or under a concurrency cap that may still be refused by chance:
+#: the client counts a request in flight until its answer arrives, the endpoint frees its
+#: slot when it answers, so counts near the cap can be one off either way.
+CAP_SLIP_SHARE = 0.01
 #: Rounds kept for late answers.
 KEPT_ROUNDS = 64
 #: Two paced sends are never closer than this share of the pacing interval...
@@ -469,7 +473,11 @@ class RateController:
             above_accepted -= accepted[level]
             above_refused -= refused[level]
             answers_below = below_accepted + below_refused
-            clean_below = below_refused <= usual * answers_below + 1.0
+            # A few refusals at or under the cap: an answer's slot freed at the endpoint
+            # before the client heard, so "in flight when sent" was one too many (chance).
+            p = max(usual, CAP_SLIP_SHARE)
+            slips = max(1.0, LOSS_SIGMAS * math.sqrt(answers_below * p * (1.0 - p)))
+            clean_below = below_refused <= usual * answers_below + slips
             if not clean_below:
                 break
             answers_above = above_accepted + above_refused

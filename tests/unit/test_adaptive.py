@@ -251,6 +251,26 @@ def test_refusals_only_above_a_level_of_requests_in_flight_cap_requests_in_fligh
     assert not controller.paced or controller.rate >= 0.95 * 8 / 0.05
 
 
+def test_a_cap_is_found_although_a_few_requests_at_it_were_refused() -> None:
+    # The client counts a request in flight until its answer arrives; the endpoint frees the
+    # slot when it answers. So a few requests sent with 8 in flight meet a 9th at the
+    # endpoint (refused), and a few sent with 9 or 10 are accepted: seen in the simulation
+    # (seed 2: 4 refused of 969 at level 8), where the cap was then never learned.
+    controller = RateController(max_in_flight=64, initial_in_flight=64)
+    now = 0.0
+    for round_ in range(80):
+        for level in range(5, 12):
+            now += 0.001
+            controller.on_send(now)
+            slipped = level == 8 and round_ % 20 == 19  # 4 of 80 at the cap refused
+            lucky = level == 9 and round_ % 4 == 0  # a quarter at 9 accepted
+            if (level <= 8 and not slipped) or lucky:
+                controller.on_success(now + 0.05, 0.05, in_flight=level)
+            else:
+                controller.on_throttle(now + 0.002, 0.002, in_flight=level)
+    assert controller.concurrency_cap == 8
+
+
 def test_a_rate_limit_refusing_at_every_level_is_no_concurrency_cap() -> None:
     controller = RateController(max_in_flight=64)
     now = 0.0
@@ -314,11 +334,7 @@ def _missed(reason: str) -> pytest.MarkDecorator:
             marks=_missed("0.19-0.24 of capacity: 0.5 ms intervals are under the timer's "
                           "resolution, so requests go in pairs and the second is refused"),
         ),
-        pytest.param(
-            Endpoint(concurrency=((0, 8),), latency_s=0.05), id="concurrency-429",
-            marks=_missed("0.89 of capacity on seed 2 (0.94, 0.95 on seeds 1, 3; under 3 % "
-                          "refused): the cap is not learned on that seed, the pace holds it"),
-        ),
+        pytest.param(Endpoint(concurrency=((0, 8),), latency_s=0.05), id="concurrency-429"),
     ],
 )
 def test_issue_11_target_at_least_090_of_capacity_and_at_most_5_percent_refused_in_10_s(
