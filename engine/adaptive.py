@@ -156,8 +156,9 @@ STRICT_SPACING_MIN_INTERVAL_S = 0.004
 CATCH_UP_S = 0.002
 
 
-def turns_due(now: float, next_at: float, interval_s: float) -> tuple[int, float]:
-    """How many paced requests may leave at ``now``, and when the next one may.
+def turns_due(now: float, next_at: float, interval_s: float) -> tuple[float, float]:
+    """How many paced requests may leave at ``now`` (infinitely many when the pace was
+    lifted, ``interval_s`` 0), and when the next one may.
 
     A timer fires up to a millisecond late. Making the lost time up by releasing two requests
     back to back is what a token bucket with a burst of one refuses, so at intervals of
@@ -166,6 +167,8 @@ def turns_due(now: float, next_at: float, interval_s: float) -> tuple[int, float
     stays at least ``MIN_SPACING_SHARE`` of the interval. After an idle gap nothing is owed:
     no burst.
     """
+    if interval_s <= 0.0:  # no pace (it was lifted while requests waited): all go now
+        return math.inf, now
     if next_at > now:
         return 0, next_at
     if interval_s >= STRICT_SPACING_MIN_INTERVAL_S:

@@ -191,8 +191,16 @@ class Pacer:
             wait = self._next_at - self._clock()
             if wait > 0:
                 await self._sleep(wait)
+            # Turns wait under the in-flight limit of the moment, not the one they queued
+            # under: a limit that fell (a concurrency cap learned) is not overrun at once.
+            room = int(self.controller.in_flight_limit) - self.sent
+            if room <= 0:
+                self._freed.clear()
+                await self._freed.wait()
+                continue
             now = self._clock()
             due, next_at = turns_due(now, self._next_at, 1.0 / self.controller.rate)
+            due = min(due, room)
             while self._queue and due > 0:
                 turn = self._queue.popleft()
                 if turn.done():  # its task was cancelled while waiting

@@ -173,7 +173,11 @@ class _Sim:
 
     def on_tick(self, now: float) -> None:
         self.tick_pending = False
+        room = int(self.controller.in_flight_limit) - self.sending
+        if room <= 0:  # as the pacer: wait for an answer to free a slot
+            return
         due, self.next_at = turns_due(now, self.next_at, 1.0 / self.controller.rate)
+        due = min(due, room)
         while self.paced and due > 0:  # as the pacer
             self.send(now, self.paced.pop(0))
             due -= 1
@@ -189,6 +193,9 @@ class _Sim:
         for waiting in self.blocked:
             self.push(now, waiting, "ready")
         self.blocked.clear()
+        if self.paced and not self.tick_pending:  # a turn held for a free slot
+            self.tick_pending = True
+            self.push(max(now, self.next_at), -1, "tick")
         if status == 200:
             self.result.accepted.append(now)
             self.controller.on_success(now, latency_s, level)

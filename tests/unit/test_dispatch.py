@@ -386,3 +386,30 @@ async def test_the_pacer_sends_no_burst_after_an_idle_gap() -> None:
     gaps = [b - a for a, b in zip(sent_at, sent_at[1:])]
     assert all(gap >= 0.49 for gap in gaps), gaps
     await dispatcher.pacer.aclose()
+
+
+async def test_queued_turns_wait_under_a_lowered_in_flight_limit() -> None:
+    # Eight requests queue for their turns under a limit of 64; then a concurrency cap of 2
+    # is learned and the pace lifted. Before: all eight went at once, six past the cap.
+    from engine.dispatch import Pacer
+
+    clock = FakeClock()
+    controller = RateController(max_rate=1.0, max_in_flight=64, initial_in_flight=64)
+    pacer = Pacer(controller, clock=clock, sleep=clock.sleep)
+    most = 0
+
+    async def one() -> None:
+        nonlocal most
+        await pacer.acquire()
+        most = max(most, pacer.sent)
+        await asyncio.sleep(0)  # answered a loop turn later
+        pacer.release()
+
+    tasks = [asyncio.create_task(one()) for _ in range(8)]
+    await asyncio.sleep(0)
+    controller.in_flight_limit = 2.0
+    controller.max_rate = controller.rate = math.inf
+    await asyncio.gather(*tasks)
+    assert most <= 2
+    assert pacer.sent == 0
+    await pacer.aclose()
