@@ -156,9 +156,14 @@ STRICT_SPACING_MIN_INTERVAL_S = 0.004
 CATCH_UP_S = 0.002
 
 
-def turns_due(now: float, next_at: float, interval_s: float) -> tuple[float, float]:
-    """How many paced requests may leave at ``now`` (infinitely many when the pace was
-    lifted, ``interval_s`` 0), and when the next one may.
+def _chance(answers: float, share: float) -> float:
+    """How far above ``share`` × ``answers`` refusals may come by chance: ``LOSS_SIGMAS``
+    standard deviations of that many draws."""
+    return LOSS_SIGMAS * math.sqrt(answers * share * (1.0 - share))
+
+
+def turns_due(now: float, next_at: float, interval_s: float) -> tuple[int, float]:
+    """How many paced requests may leave at ``now``, and when the next one may.
 
     A timer fires up to a millisecond late. Making the lost time up by releasing two requests
     back to back is what a token bucket with a burst of one refuses, so at intervals of
@@ -167,8 +172,6 @@ def turns_due(now: float, next_at: float, interval_s: float) -> tuple[float, flo
     stays at least ``MIN_SPACING_SHARE`` of the interval. After an idle gap nothing is owed:
     no burst.
     """
-    if interval_s <= 0.0:  # no pace (it was lifted while requests waited): all go now
-        return math.inf, now
     if next_at > now:
         return 0, next_at
     if interval_s >= STRICT_SPACING_MIN_INTERVAL_S:
@@ -470,16 +473,16 @@ class RateController:
         found = None
         above_refused = sum(refused)
         above_accepted = sum(accepted)
+        # A few refusals at or under the cap are chance: an answer's slot freed at the
+        # endpoint before the client heard, so "in flight when sent" was one too many.
+        slip = max(usual, CAP_SLIP_SHARE)
         for level in range(1, len(accepted)):
             below_accepted += accepted[level]
             below_refused += refused[level]
             above_accepted -= accepted[level]
             above_refused -= refused[level]
             answers_below = below_accepted + below_refused
-            # A few refusals at or under the cap: an answer's slot freed at the endpoint
-            # before the client heard, so "in flight when sent" was one too many (chance).
-            p = max(usual, CAP_SLIP_SHARE)
-            slips = max(1.0, LOSS_SIGMAS * math.sqrt(answers_below * p * (1.0 - p)))
+            slips = max(1.0, _chance(answers_below, slip))
             clean_below = below_refused <= usual * answers_below + slips
             if not clean_below:
                 break
@@ -671,10 +674,8 @@ class RateController:
         """More throttles than the usual (noise) share explains: at least ``MIN_LOSSES``, and
         above it by ``margin`` × answers and by ``LOSS_SIGMAS`` of chance."""
         usual = 1.0 - self.accept_ratio
-        p = max(usual, 0.02)
-        chance = LOSS_SIGMAS * math.sqrt(answers * p * (1.0 - p))
         return throttled >= MIN_LOSSES and throttled > answers * usual + max(
-            margin * answers, chance
+            margin * answers, _chance(answers, max(usual, 0.02))
         )
 
     def _on_loss(self, done: _Round, now: float) -> None:

@@ -392,5 +392,3 @@ def test_refusals_above_the_startup_share_round_after_round_end_startup() -> Non
         result = simulate(Endpoint(latency_s=0.05, throttle_noise=0.2), seconds=10, workers=32,
                           seed=seed)
         assert result.controller is not None and result.controller.capacity is not None
-
-
