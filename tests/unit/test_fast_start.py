@@ -60,3 +60,33 @@ def test_lazy_module_imports_on_first_use_and_keeps_what_it_read() -> None:
     assert "JSONDecodeError" not in vars(lazy)
     assert lazy.JSONDecodeError is json.JSONDecodeError
     assert vars(lazy)["JSONDecodeError"] is json.JSONDecodeError  # later reads skip the import
+
+
+_CHECKPOINT_PROBE = """
+import json, sys, tempfile
+import pyarrow as pa
+from engine.checkpoint import Checkpoint
+# arrays built as a run builds them (pa.array() of Python values imports pyarrow.compute itself)
+offsets = pa.py_buffer(bytes(4) + (7).to_bytes(4, "little"))
+bad_row = pa.StringArray.from_buffers(1, offsets, pa.py_buffer(b"bad row"))
+store = Checkpoint.open(tempfile.mkdtemp())
+store.add("k1", pa.nulls(2, pa.float64()), pa.nulls(2, pa.string()))
+store.add("k2", pa.nulls(1, pa.float64()), bad_row)
+before = "pyarrow.compute" in sys.modules
+store.write(store.take_pending())
+print(json.dumps([before, "pyarrow.compute" in sys.modules]))
+"""
+
+
+def test_checkpoint_write_of_string_errors_does_not_import_pyarrow_compute() -> None:
+    # the first checkpoint write comes mid-run; a cast there imported pyarrow.compute on a
+    # worker thread, holding the GIL ~0.1 s while the loop had requests to send
+    result = subprocess.run(
+        [sys.executable, "-c", _CHECKPOINT_PROBE],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    assert json.loads(result.stdout) == [False, False]
