@@ -160,8 +160,8 @@ class RunStats:
     def percentiles_ms(self) -> dict[str, float]:
         if not self.latencies_s:
             return {"p50": 0.0, "p95": 0.0, "p99": 0.0}
-        p50, p95, p99 = np.percentile(np.asarray(self.latencies_s), [50, 95, 99]) * 1000.0
-        return {"p50": float(p50), "p95": float(p95), "p99": float(p99)}
+        ordered = np.sort(np.asarray(self.latencies_s))
+        return {f"p{q}": _percentile(ordered, q) * 1000.0 for q in (50, 95, 99)}
 
     def summary(self, **fields: Any) -> Summary:
         elapsed = time.monotonic() - self.started_at
@@ -188,3 +188,16 @@ class RunStats:
             latency_ms={k: round(v, 2) for k, v in self.percentiles_ms().items()},
             **fields,
         )
+
+
+def _percentile(ordered: np.ndarray[Any, Any], q: float) -> float:
+    """``np.percentile(values, q)`` (linear interpolation) of values sorted ascending.
+
+    Not ``np.percentile``: it calls ``np.unique``, whose first use imports ``numpy.ma``
+    (70 ms at the end of every run, measured with py-spy on a 0.9 s run).
+    """
+    position = q / 100.0 * (len(ordered) - 1)
+    below = int(position)
+    above = min(below + 1, len(ordered) - 1)
+    low, high = float(ordered[below]), float(ordered[above])
+    return low + (high - low) * (position - below)
