@@ -27,6 +27,8 @@ HEAVY = {
     "airflow": "the Airflow operator only",
     "pyspark": "the Spark integration only",
     "engine.emulator": "engine emulate only",
+    "engine.report": "--report or --mlflow-experiment only (~15 ms)",
+    "engine.tracking": "--mlflow-experiment only (~14 ms with mlflow_artifacts)",
     "aiohttp.web": "the emulator only",
 }
 
