@@ -7,11 +7,8 @@ the first request within ~0.3 s of interpreter start). Each is imported where it
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import in_fresh_interpreter
 
 #: module -> where it belongs instead
 HEAVY = {
@@ -42,15 +39,7 @@ print(json.dumps(sorted(m for m in sys.modules)))
 
 
 def test_score_imports_no_heavy_module() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", _PROBE],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-    )
-    loaded = set(json.loads(result.stdout))
+    loaded = set(in_fresh_interpreter(_PROBE))
     imported = {name: why for name, why in HEAVY.items() if name in loaded}
     assert not imported, f"imported by `engine score` before any request: {imported}"
 
@@ -83,12 +72,4 @@ print(json.dumps([before, "pyarrow.compute" in sys.modules]))
 def test_checkpoint_write_of_string_errors_does_not_import_pyarrow_compute() -> None:
     # the first checkpoint write comes mid-run; a cast there imported pyarrow.compute on a
     # worker thread, holding the GIL ~0.1 s while the loop had requests to send
-    result = subprocess.run(
-        [sys.executable, "-c", _CHECKPOINT_PROBE],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-    )
-    assert json.loads(result.stdout) == [False, False]
+    assert in_fresh_interpreter(_CHECKPOINT_PROBE) == [False, False]

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from engine.stats import RunStats
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import in_fresh_interpreter
 
 
 @pytest.mark.parametrize("count", [1, 2, 3, 7, 100, 1001])
@@ -40,12 +34,4 @@ def test_percentiles_do_not_import_numpy_ma() -> None:
         "stats.percentiles_ms()\n"
         "print(json.dumps('numpy.ma' in sys.modules))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-    )
-    assert json.loads(result.stdout) is False
+    assert in_fresh_interpreter(probe) is False
