@@ -25,18 +25,23 @@ from engine.auth import connect
 from engine.config import Credentials, ScoreConfig
 from engine.durable import check_writable_file
 from engine.errors import EngineError, Interrupted
+from engine.report import RunRecord, jsonable, render_html, write_report
 from engine.source.delta import TableRead
 from engine.stats import RunStats, Summary
 from engine.timeline import DEFAULT_INTERVAL_S, Sampler, Timeline, sample_every
+from engine.tracking import (
+    Metric,
+    MlflowTarget,
+    RunContent,
+    TrackingClient,
+    log_run,
+    now_ms,
+    server_headers,
+)
 from engine.transport import Transport
-
-# engine.report and engine.tracking (with mlflow_artifacts, ~30 ms of imports) are imported
-# where used: a run without --report or --mlflow-experiment never needs them.
 
 if TYPE_CHECKING:
     from engine.pipeline import Scorer
-    from engine.report import RunRecord
-    from engine.tracking import Metric, MlflowTarget, RunContent, TrackingClient
 
 __all__ = ["RunRecorder", "check_report_path", "run_settings"]
 
@@ -92,8 +97,6 @@ class RunRecorder:
         Raises:
             UsageError: the report path cannot be written, or the tracking URI is unusable.
         """
-        from engine.tracking import MlflowTarget  # only with a record asked for (~30 ms)
-
         report_path = check_report_path(report) if report else None
         target = MlflowTarget.create(mlflow_experiment, mlflow_tracking_uri) if (
             mlflow_experiment is not None
@@ -122,8 +125,6 @@ class RunRecorder:
 
     async def finish(self, summary: Summary, error: EngineError | None = None) -> RunRecord:
         """Stop sampling, take the last sample, then write the report and log to MLflow."""
-        from engine.report import RunRecord, write_report
-
         if self._task is not None:
             await cancel_quietly(self._task)
         stats: RunStats | None = self._sampler.stats if self._sampler else None
@@ -151,8 +152,6 @@ class RunRecorder:
         return record
 
     async def _log_mlflow(self, record: RunRecord) -> None:
-        from engine.tracking import log_run
-
         target = self.mlflow
         assert target is not None
         try:
@@ -172,8 +171,6 @@ class RunRecorder:
             )
 
     async def _client(self, transport: Transport, target: MlflowTarget) -> TrackingClient:
-        from engine.tracking import TrackingClient, server_headers
-
         host = self.credentials.host
         if not target.uses_workspace(host):
             return TrackingClient(transport, target.base_url(host), server_headers())
@@ -182,9 +179,6 @@ class RunRecorder:
         return TrackingClient(transport, target.base_url(auth.host), token.header)
 
     def _content(self, record: RunRecord) -> RunContent:
-        from engine.report import render_html
-        from engine.tracking import RunContent, now_ms
-
         summary = record.summary
         start_ms = int(self.started_at.timestamp() * 1000)
         artifacts = {
@@ -271,8 +265,6 @@ def _describe_inputs(inputs: Any) -> str | list[str]:
 
 def params_of(settings: Mapping[str, Any]) -> dict[str, str]:
     """Settings as MLflow params: text values, nested ones as JSON."""
-    from engine.report import jsonable
-
     return {
         name: value if isinstance(value, str) else orjson.dumps(value, default=jsonable).decode()
         for name, value in settings.items()
@@ -282,8 +274,6 @@ def params_of(settings: Mapping[str, Any]) -> dict[str, str]:
 
 def summary_metrics(summary: Summary, timestamp_ms: int) -> list[Metric]:
     """The run's figures, one value each (step 0)."""
-    from engine.tracking import Metric
-
     values: dict[str, float | None] = {
         "rows_per_s": summary.rows_per_s,
         "rows_scored": summary.rows_scored,
@@ -308,8 +298,6 @@ def summary_metrics(summary: Summary, timestamp_ms: int) -> list[Metric]:
 
 def timeline_metrics(record: RunRecord, start_ms: int) -> list[Metric]:
     """The timeline as step metrics (step = seconds since the start)."""
-    from engine.tracking import Metric
-
     metrics: list[Metric] = []
     previous_t, previous_rows, previous_429 = 0.0, 0, 0
     for point in record.points:

@@ -11,14 +11,10 @@ the requests each point saw (p99 keeps the larger: a merge never hides a slow se
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
+from typing import Any
 
 from engine.clock import Clock, Sleep
-
-if TYPE_CHECKING:
-    from engine.stats import RunStats
+from engine.stats import RunStats, latency_percentiles_ms
 
 __all__ = ["Point", "Sampler", "Timeline", "sample_every"]
 
@@ -149,9 +145,8 @@ class Sampler:
         self._seen += len(latencies)
         p50 = p95 = p99 = None
         if latencies:
-            p50, p95, p99 = (
-                float(v) for v in np.percentile(np.asarray(latencies), [50, 95, 99]) * 1000.0
-            )
+            at = latency_percentiles_ms(latencies)
+            p50, p95, p99 = at["p50"], at["p95"], at["p99"]
         limits = stats.limits()
         point = Point(
             t_s=round(t_s, 3),

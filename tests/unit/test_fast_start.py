@@ -24,8 +24,8 @@ HEAVY = {
     "airflow": "the Airflow operator only",
     "pyspark": "the Spark integration only",
     "engine.emulator": "engine emulate only",
-    "engine.report": "--report or --mlflow-experiment only (~15 ms)",
-    "engine.tracking": "--mlflow-experiment only (~14 ms with mlflow_artifacts)",
+    "engine.report": "--report or --mlflow-experiment only (10-13 ms with engine.tracking)",
+    "engine.tracking": "--report or --mlflow-experiment only (with mlflow_artifacts)",
     "aiohttp.web": "the emulator only",
 }
 
@@ -71,5 +71,5 @@ print(json.dumps([before, "pyarrow.compute" in sys.modules]))
 
 def test_checkpoint_write_of_string_errors_does_not_import_pyarrow_compute() -> None:
     # the first checkpoint write comes mid-run; a cast there imported pyarrow.compute on a
-    # worker thread, holding the GIL ~0.1 s while the loop had requests to send
+    # worker thread (35-45 ms of import, holding the GIL) while the loop had requests to send
     assert in_fresh_interpreter(_CHECKPOINT_PROBE) == [False, False]

@@ -25,7 +25,7 @@ def test_no_latencies_give_zeros() -> None:
 
 
 def test_percentiles_do_not_import_numpy_ma() -> None:
-    # np.percentile's first call imported numpy.ma: 70 ms at the end of every run
+    # np.percentile's first call imported numpy.ma: 7-9 ms at the end of every run
     probe = (
         "import json, sys\n"
         "from engine.stats import RunStats\n"
