@@ -108,7 +108,8 @@ def strict_scenarios(quick: bool) -> list[Scenario]:
                  "--retry-after", "none")
         return Scenario(
             name, f"concurrency 8 ({mode} mode), 50 ms", flags, int(160 * 100 * 15 * scale), None,
-            STRICT_CLIENTS, (), suite="strict", batch_rows=100, capacity=((0.0, 160.0),),
+            ("raw", *STRICT_CLIENTS), (), raw_concurrency=8, suite="strict", batch_rows=100,
+            capacity=((0.0, 160.0),),
         )
 
     def step(name: str, before: float, after: float) -> Scenario:
