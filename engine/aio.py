@@ -1,5 +1,6 @@
-"""Task and loop helpers: cancelling a task without its CancelledError leaking out, and the
-one bridge from synchronous callers into the engine's event loop.
+"""Task and loop helpers: cancelling a task without its CancelledError leaking out, a budget
+of bytes held at once, and the one bridge from synchronous callers into the engine's event
+loop.
 
 :func:`run_sync` runs one coroutine to the end for a synchronous caller (``engine.score``,
 Spark's driver); :class:`LoopThread` keeps an event loop on a thread of its own for callers
@@ -16,7 +17,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["LoopThread", "cancel_quietly", "run_sync"]
+__all__ = ["ByteBudget", "LoopThread", "cancel_quietly", "run_sync"]
 
 T = TypeVar("T")
 
@@ -31,6 +32,35 @@ async def cancel_quietly(task: asyncio.Future[Any]) -> None:
         current = asyncio.current_task()
         if current is not None and current.cancelling():
             raise
+
+
+class ByteBudget:
+    """At most ``limit`` bytes held at once by what one producer hands on (a semaphore
+    weighted by size).
+
+    :meth:`acquire` waits until the size fits beside what is held; an item larger than the
+    whole budget goes alone, once nothing else is held, so it waits but never deadlocks.
+    ``peak`` is the most ever held.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"a byte budget must be at least 1 byte, got {limit}")
+        self.limit = limit
+        self.held = 0
+        self.peak = 0
+        self._freed = asyncio.Event()
+
+    async def acquire(self, size: int) -> None:
+        while self.held and self.held + size > self.limit:
+            self._freed.clear()
+            await self._freed.wait()
+        self.held += size
+        self.peak = max(self.peak, self.held)
+
+    def release(self, size: int) -> None:
+        self.held -= size
+        self._freed.set()
 
 
 def run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:

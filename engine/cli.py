@@ -20,6 +20,7 @@ import orjson
 
 from engine.config import (
     DEFAULT_BATCH_ROWS,
+    DEFAULT_MAX_BUFFER_MIB,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_PUSHGATEWAY_JOB,
@@ -220,6 +221,14 @@ def _add_score(commands: Any) -> None:
         metavar="N",
         help="processes encoding request bodies off the event loop (default 0: encode on "
         "the loop, which measured faster on 2 cores)",
+    )
+    score.add_argument(
+        "--max-buffer-mib",
+        type=float,
+        default=DEFAULT_MAX_BUFFER_MIB,
+        metavar="MIB",
+        help="memory for input rows and request bodies read ahead of the writer (default "
+        f"{DEFAULT_MAX_BUFFER_MIB:g}); the reader waits beyond it",
     )
     score.add_argument(
         "--no-resume",
@@ -467,6 +476,7 @@ def _score_config(args: argparse.Namespace) -> ScoreConfig:
         concurrency=args.concurrency,
         qps=args.qps,
         encoders=args.encoders,
+        max_buffer_mib=args.max_buffer_mib,
         keep=keep,
         served_model=args.served_model,
         params=params,
@@ -604,6 +614,7 @@ FLAGS = {
     "concurrency": "--concurrency",
     "qps": "--qps",
     "encoders": "--encoders",
+    "max_buffer_mib": "--max-buffer-mib",
     "keep": "--keep",
     "params": "--params",
     "served_model": "--served-model",

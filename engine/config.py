@@ -26,6 +26,10 @@ DEFAULT_BATCH_ROWS = 1000
 #: Most requests in flight when --concurrency is not given (the adaptive limit finds the
 #: endpoint's capacity below it).
 DEFAULT_MAX_CONCURRENCY = 64
+#: Memory for batches between the reader and the writer (input rows and request bodies): read
+#: ahead, queued, in flight, or answered and waiting for an earlier batch. The reorder window
+#: alone counts batches, so on wide rows (embeddings: 4 MB bodies) it let 1 GB pile up.
+DEFAULT_MAX_BUFFER_MIB = 256.0
 #: Per-request bound: the endpoint runs a request for at most 297 s before timing it out
 #: itself, so an answer later than this will never come.
 DEFAULT_REQUEST_TIMEOUT_S = 300.0
@@ -291,6 +295,9 @@ class ScoreConfig:
         params: the model's ``params`` sent with every request.
         retry: per-request retry policy.
         reorder_window: batches that may be ahead of the writer; bounds memory.
+        max_buffer_mib: MiB of input rows and request bodies that may be ahead of the writer
+            (``--max-buffer-mib``): the reader waits beyond it. One batch larger than it
+            still goes, alone.
         max_error_rows: stop with exit 1 once more rows than this were rejected; None = never.
         wait_ready_s: how long to wait for a not-ready endpoint (at start and mid-run); 0
             fails at once, or with ``start_if_stopped`` waits up to 30 minutes.
@@ -322,6 +329,7 @@ class ScoreConfig:
     hang_floor_s: float = HANG_FLOOR_S
     token_timeout_s: float = DEFAULT_TOKEN_TIMEOUT_S
     reorder_window: int | None = None
+    max_buffer_mib: float = DEFAULT_MAX_BUFFER_MIB
     encoders: int | None = None
     max_error_rows: int | None = None
     wait_ready_s: float = 0.0
@@ -343,6 +351,10 @@ class ScoreConfig:
                 f"`concurrency` must be at least 1, got {self.concurrency}",
             ),
             (self.max_concurrency >= 1, "`max_concurrency` must be at least 1"),
+            (
+                self.max_buffer_mib >= 1,
+                f"`max_buffer_mib` must be at least 1, got {self.max_buffer_mib:g}",
+            ),
             (self.qps is None or self.qps > 0, f"`qps` must be positive, got {self.qps}"),
             (
                 self.encoders is None or self.encoders >= 0,
@@ -366,6 +378,11 @@ class ScoreConfig:
     def workers(self) -> int:
         """Tasks sending requests: the most that can ever be in flight."""
         return self.concurrency or self.max_concurrency
+
+    @property
+    def buffer_bytes(self) -> int:
+        """The byte budget of batches ahead of the writer (``max_buffer_mib``)."""
+        return int(self.max_buffer_mib * 2**20)
 
     @property
     def window(self) -> int:

@@ -104,6 +104,26 @@ def _compact(chunks: list[pa.RecordBatch]) -> pa.RecordBatch:
     return pa.concat_batches(chunks) if len(chunks) > 1 else pa.concat_batches([chunks[0]])
 
 
+#: Encoding inline, the input rows encoded at once before the loop hands them on: a whole
+#: 16k-row read on narrow rows (fewer loop turns), a few requests on wide ones (a read of
+#: embeddings is 16 bodies of 4 MB, which waited for the byte budget all at once).
+INLINE_GROUP_BYTES = 4 * 1024 * 1024
+
+
+def _by_size(chunks: list[pa.RecordBatch], limit: int) -> list[list[pa.RecordBatch]]:
+    """``chunks`` in order, in groups of at most ``limit`` input bytes (at least one each)."""
+    groups: list[list[pa.RecordBatch]] = []
+    size = limit
+    for chunk in chunks:
+        weight = chunk.nbytes
+        if size + weight > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(chunk)
+        size += weight
+    return groups
+
+
 class EncoderPool:
     """Encodes groups of chunks in ``workers`` processes, results in submission order.
 
@@ -134,7 +154,8 @@ class EncoderPool:
             starting = True
             async for chunks in groups:
                 if not starting:
-                    yield chunks, self.spec.pieces(chunks)
+                    for group in _by_size(chunks, INLINE_GROUP_BYTES):
+                        yield group, self.spec.pieces(group)
                     continue
                 # The first read: hand each request to the loop before encoding the next, so
                 # the first request does not wait for all 16 of a 16k-row read (embeddings:

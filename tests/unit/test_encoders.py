@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pyarrow as pa
 
-from engine.encoders import EncoderPool, EncodeSpec
+from engine.encoders import INLINE_GROUP_BYTES, EncoderPool, EncodeSpec
 from engine.schema import CastPlan
 
 
@@ -84,3 +84,29 @@ def test_inline_encoding_hands_over_each_chunk_before_encoding_the_next() -> Non
 
     assert asyncio.run(groups()) == [1, 1, 1, 1, 4]
     assert encoded == [1, 1, 1, 1, 4]
+
+
+def test_inline_encoding_of_wide_rows_goes_a_few_requests_at_a_time() -> None:
+    """A read is encoded whole only while its rows are small: 16 bodies of 4 MB each
+    (embeddings) would all wait for the byte budget at once."""
+    encoded: list[int] = []
+
+    class Counting:
+        def pieces(self, chunks: list[pa.RecordBatch]) -> list[list[tuple]]:
+            encoded.append(len(chunks))
+            return [[(0, chunk.num_rows, b"{}", False, "")] for chunk in chunks]
+
+    wide = pa.record_batch({"s": pa.array(["x" * 2048] * 1000)})  # ~2 MB a chunk
+    chunks = [wide.slice(i, 250) for i in range(0, 1000, 250)]  # ~0.5 MB each
+    assert 0.4 * 2**20 < chunks[0].nbytes < 0.6 * 2**20
+
+    async def groups() -> list[int]:
+        pool = EncoderPool(Counting(), workers=0)  # type: ignore[arg-type]
+        first = [wide.slice(0, 1)]
+        return [len(got) async for got, _ in pool.map(_groups([first, chunks * 4]))]
+
+    sizes = asyncio.run(groups())
+    assert sizes[0] == 1 and sum(sizes[1:]) == 16 and encoded == sizes
+    # at most INLINE_GROUP_BYTES (4 MiB) of rows at once, and no fewer than fit
+    per_group = INLINE_GROUP_BYTES // chunks[0].nbytes
+    assert sizes[1:] == [per_group, per_group], sizes
