@@ -299,6 +299,37 @@ def test_large_parquet_file_is_streamed_in_several_bounded_batches(tmp_path: Pat
     assert ids == list(range(50_000))
 
 
+@pytest.mark.parametrize("dictionary", [True, False])
+def test_wide_rows_are_read_a_few_at_a_time_and_narrow_ones_in_full_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dictionary: bool
+) -> None:
+    """A read holds about READ_BYTES of rows: a read of 16k rows of large documents would
+    be gigabytes. Narrow columns of the same file still come in full reads."""
+    import engine.source.parquet as parquet_source
+
+    monkeypatch.setattr(parquet_source, "READ_BYTES", 256 * 1024)
+    rows, doc_bytes = 2_000, 4_096
+    table = pa.table({
+        "id": pa.array(range(rows), pa.int64()),
+        "doc": [f"{i:06d}".ljust(doc_bytes, "abcdefgh"[i % 8]) for i in range(rows)],
+    })
+    path = tmp_path / "docs.parquet"
+    pq.write_table(table, path, row_group_size=500, use_dictionary=dictionary)
+    source = open_source(path)
+
+    wide = list(source.reader(["id", "doc"], batch_rows=16_384))
+    assert pa.Table.from_batches(wide).equals(table)
+    # first row group by its footer's estimate, the rest by what the first one decoded to
+    assert max(batch.nbytes for batch in wide) <= 1.1 * 256 * 1024
+    # and no smaller than that: as many reads as the budget needs, plus one a row group end
+    per_read = 256 * 1024 // (doc_bytes + 16)
+    assert len(wide) <= rows / per_read + 4 + 1, [batch.num_rows for batch in wide]
+
+    narrow = list(source.reader(["id"], batch_rows=16_384))
+    assert pa.Table.from_batches(narrow).column("id").to_pylist() == list(range(rows))
+    assert max(batch.num_rows for batch in narrow) >= 500  # a row group at a time, or more
+
+
 def test_each_reader_call_starts_again_from_the_first_row(tmp_path: Path) -> None:
     source = open_source(_parquet(tmp_path / "a.parquet"))
     assert _ids(source) == _ids(source) == [0, 1, 2]
