@@ -16,7 +16,7 @@ from engine.location import Location
 from engine.source.schemas import unify_all
 from engine.source.shards import Unit
 
-__all__ = ["parquet_batches", "parquet_units"]
+__all__ = ["footer_bytes_per_row", "parquet_batches", "parquet_units", "rows_per_read"]
 
 
 @contextlib.contextmanager
@@ -79,22 +79,22 @@ def parquet_batches(
         groups = list(range(meta.num_row_groups) if unit.row_groups is None else unit.row_groups)
         if not groups:
             return
-        per_row = _footer_bytes_per_row(meta, columns, groups[0])
+        per_row = footer_bytes_per_row(meta, columns, groups[0])
         for batch in file.iter_batches(
-            batch_size=_rows_per_read(per_row, batch_rows), columns=columns, row_groups=groups[:1]
+            batch_size=rows_per_read(per_row, batch_rows), columns=columns, row_groups=groups[:1]
         ):
             if batch.num_rows:
                 per_row = batch.nbytes / batch.num_rows
             yield batch
         if len(groups) > 1:
             yield from file.iter_batches(
-                batch_size=_rows_per_read(per_row, batch_rows),
+                batch_size=rows_per_read(per_row, batch_rows),
                 columns=columns,
                 row_groups=groups[1:],
             )
 
 
-def _footer_bytes_per_row(meta: pq.FileMetaData, columns: list[str], group: int) -> float:
+def footer_bytes_per_row(meta: pq.FileMetaData, columns: list[str], group: int = 0) -> float:
     """The read columns' uncompressed size per row in one row group, as its footer says."""
     row_group = meta.row_group(group)
     if not row_group.num_rows:
@@ -109,7 +109,9 @@ def _footer_bytes_per_row(meta: pq.FileMetaData, columns: list[str], group: int)
     return size / int(row_group.num_rows)
 
 
-def _rows_per_read(bytes_per_row: float, batch_rows: int) -> int:
+def rows_per_read(bytes_per_row: float, batch_rows: int) -> int:
+    """At most ``batch_rows``, and few enough rows of ``bytes_per_row`` (0: unknown) to hold
+    about ``READ_BYTES``."""
     if bytes_per_row <= 0:
         return batch_rows
     return max(1, min(batch_rows, int(READ_BYTES / bytes_per_row)))

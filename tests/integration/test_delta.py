@@ -227,6 +227,34 @@ def _z85(data: bytes) -> str:
     return "".join(out)
 
 
+def test_a_delta_table_of_wide_rows_is_read_a_few_rows_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As Parquet inputs: a read holds about READ_BYTES of rows, the first file by its
+    footer's estimate, the others by what the first decoded to; partition values kept."""
+    import engine.source.parquet as parquet_source
+
+    monkeypatch.setattr(parquet_source, "READ_BYTES", 256 * 1024)
+    root = tmp_path / "docs"
+    parts = []
+    for day, start in (("2025-01-01", 0), ("2025-01-02", 1_000)):
+        ids = range(start, start + 1_000)
+        part = pa.table({
+            "id": pa.array(ids, pa.int64()),
+            "doc": [f"{i:06d}".ljust(4_096, "abcdefgh"[i % 8]) for i in ids],
+        })
+        parts.append(_with_day(part, day))
+        deltalake.write_deltalake(str(root), parts[-1], partition_by=["day"], mode="append")
+    source = open_source(str(root))
+
+    batches = list(source.reader(["id", "doc", "day"], batch_rows=16_384))
+
+    read = pa.Table.from_batches(batches).sort_by("id")
+    assert read.equals(pa.concat_tables(parts).select(["id", "doc", "day"]))
+    assert max(batch.nbytes for batch in batches) <= 1.1 * 256 * 1024
+    assert len(batches) <= 2_000 / (256 * 1024 // (4_096 + 40)) + 2 + 2
+
+
 async def test_rows_a_deletion_vector_deletes_are_not_scored(
     emulator: Emulator, tmp_path: Path
 ) -> None:
