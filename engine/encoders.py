@@ -28,7 +28,7 @@ from engine.source import read_errors
 if TYPE_CHECKING:
     import concurrent.futures
 
-__all__ = ["EncodeSpec", "EncoderPool", "KeyedPiece", "default_encoders"]
+__all__ = ["EncodeSpec", "EncoderPool", "KeyedPiece", "default_encoders", "row_bytes"]
 
 #: A piece and its checkpoint key ("" when the run keeps no checkpoint, or for oversize rows).
 KeyedPiece = tuple[int, int, bytes, bool, str]
@@ -110,12 +110,26 @@ def _compact(chunks: list[pa.RecordBatch]) -> pa.RecordBatch:
 INLINE_GROUP_BYTES = 4 * 1024 * 1024
 
 
+def row_bytes(chunks: list[pa.RecordBatch]) -> float:
+    """Bytes per row of the first chunk, for all of them (chunks of one read are alike).
+
+    Once per read, not per chunk: ``nbytes`` of a slice walks its buffers (9 us for four
+    columns), which at 100-row requests was 3 % of the loop's time.
+    """
+    first = chunks[0] if chunks else None
+    if first is None or not first.num_rows:
+        return 0.0
+    return float(first.nbytes) / int(first.num_rows)
+
+
 def _by_size(chunks: list[pa.RecordBatch], limit: int) -> list[list[pa.RecordBatch]]:
-    """``chunks`` in order, in groups of at most ``limit`` input bytes (at least one each)."""
+    """``chunks`` in order, in groups of at most about ``limit`` input bytes (at least one
+    each)."""
+    per_row = row_bytes(chunks)
     groups: list[list[pa.RecordBatch]] = []
-    size = limit
+    size = float(limit)
     for chunk in chunks:
-        weight = chunk.nbytes
+        weight = chunk.num_rows * per_row
         if size + weight > limit:
             groups.append([])
             size = 0

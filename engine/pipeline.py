@@ -37,7 +37,7 @@ from engine.clock import Clock, Sleep
 from engine.codec import encode_dataframe_split
 from engine.config import ScoreConfig
 from engine.dispatch import BatchResult, Dispatcher, ReadyGate, SendingStopped
-from engine.encoders import EncoderPool, EncodeSpec, default_encoders
+from engine.encoders import EncoderPool, EncodeSpec, default_encoders, row_bytes
 from engine.errors import (
     EngineError,
     Interrupted,
@@ -382,12 +382,14 @@ class _Stages:
         pool = EncoderPool(self.encode_spec(), workers=self.encoders())
         try:
             async for chunks, pieces in pool.map(self._chunks(batcher)):
+                per_row = row_bytes(chunks)
                 for chunk, cut in zip(chunks, pieces, strict=True):
                     keys = [key for *_, key in cut]
                     numbered = batcher.number(chunk, [piece[:4] for piece in cut])
                     for batch, key in zip(numbered, keys, strict=True):
                         await self.window.acquire()
-                        weight = _footprint(batch)
+                        # what the batch holds until it is written: rows and body
+                        weight = int(batch.num_rows * per_row) + len(batch.body)
                         await self.budget.acquire(weight)
                         self.held.append(weight)
                         self.scorer.stats.buffer_peak_bytes = self.budget.peak
@@ -538,11 +540,6 @@ class _Stages:
                 # flush never appends to the manifest at the same time.
                 await asyncio.wait({write})
                 raise
-
-
-def _footprint(batch: RequestBatch) -> int:
-    """Bytes a batch holds until it is written: its input rows and its request body."""
-    return int(batch.rows.nbytes) + len(batch.body)
 
 
 async def _propagate(task: asyncio.Task[None]) -> None:
