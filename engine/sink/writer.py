@@ -69,6 +69,9 @@ class OrderedWriter:
             raise UsageError(f"kept columns cannot be named {' or '.join(RESULT_COLUMNS)}")
         self.spec = spec
         self._kept = kept_schema
+        #: the last result schema that fitted as it was: the pipeline's results all share it,
+        #: so one C++ comparison (0.05 us) accepts them instead of fit_result (5 us, timed)
+        self._fitted: pa.Schema | None = None
         self._order: InOrder[pa.Table] = InOrder()
         self._rows_written = 0
         self._out: Output | None = None
@@ -120,7 +123,10 @@ class OrderedWriter:
         self._require_open()
         if isinstance(table, pa.RecordBatch):
             table = pa.Table.from_batches([table])
-        table, self._kept = fit_result(batch_id, table, self._kept)
+        if self._fitted is None or not table.schema.equals(self._fitted):
+            fitted, self._kept = fit_result(batch_id, table, self._kept)
+            self._fitted = table.schema if fitted is table else None
+            table = fitted
         ready = self._order.add(batch_id, table)
         with self._storage("write"):
             for ready_id, ready_table in ready:

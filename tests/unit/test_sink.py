@@ -444,6 +444,23 @@ def test_kept_columns_are_cast_to_the_kept_schema(tmp_path: Path) -> None:
     assert read_output(tmp_path / "out.arrow").schema.field("id").type == pa.int32()
 
 
+def test_a_result_unlike_the_one_before_is_fitted_again(tmp_path: Path) -> None:
+    """Results whose schema fitted are accepted by one comparison; one that differs is
+    checked and fitted again, not let through."""
+    writer = OrderedWriter(OutputSpec(str(tmp_path / "out.arrow")))
+    writer.add(0, _result(0, [1.0]))
+    writer.add(1, _result(1, [2.0]))  # the same schema
+    narrower = _result(2, [3.0])
+    narrower = narrower.set_column(0, "id", narrower.column("id").cast(pa.int32()))
+    writer.add(2, narrower)  # cast back to the output's int64
+    with pytest.raises(EngineError, match=r"batch 3's kept columns are \['key'\]"):
+        writer.add(3, _result(3, [4.0]).rename_columns(["key", "prediction", "error"]))
+    writer.finish()
+    out = read_output(tmp_path / "out.arrow")
+    assert out.schema.field("id").type == pa.int64()
+    assert out.column("id").to_pylist() == [0, 100, 200]
+
+
 def test_kept_schema_may_not_use_a_result_column_name(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="cannot be named"):
         OrderedWriter(
