@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -61,6 +62,7 @@ from series import (
     rate_series,
     seconds_to_reach,
     seconds_to_settle,
+    share_between,
     share_series,
 )
 
@@ -218,6 +220,8 @@ class Result:
     hung: int = 0
     step_reach_s: float | None = None  # step up: to 0.9 of the new limit
     step_settle_s: float | None = None  # step down: until the 429 share stays under 5%
+    #: step down: the 429 share from 3 s after the fall to the end of the run
+    step_share_after_3s: float | None = None
     vs_baseline: float | None = None  # rows/s over the same client's in the baseline scenario
 
 
@@ -378,6 +382,8 @@ def _strict_measures(
     else:
         settle = seconds_to_settle(share_series(poller.counts), step, 0.05)
         result.step_settle_s = None if settle is None else round(settle, 2)
+        after = share_between(poller.counts, step + 3.0, math.inf)
+        result.step_share_after_3s = None if after is None else round(after, 4)
 
 
 def _budget(client: str, quick: bool) -> float:
@@ -411,7 +417,8 @@ def strict_table(results: list[Result], titles: dict[str, str]) -> str:
         "| scenario | client | rows | all rows back | rows answered 200 (server) "
         "| wall s (start-up incl.) | rows/s over wall "
         "| capacity rows/s | fraction of capacity | 429 share (rate/conc/random) "
-        "| step up: s to 0.9·new | step down: s to 429s < 5% | vs no faults | other errors "
+        "| step up: s to 0.9·new | step down: s until every 1 s window < 5% 429s; share from "
+        "3 s on | vs no faults | other errors "
         "| hung | exit |",
         "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: "
         "| ---: | ---: | --- |",
@@ -420,7 +427,10 @@ def strict_table(results: list[Result], titles: dict[str, str]) -> str:
         causes = "/".join(str(r.throttled_by_cause.get(c, 0)) for c in ("rate", "concurrency",
                                                                           "random"))
         step_up = _seconds(r.step_reach_s) if r.scenario == "stepup" else ""
-        step_down = _seconds(r.step_settle_s) if r.scenario == "stepdown" else ""
+        step_down = ""
+        if r.scenario == "stepdown":
+            after = "-" if r.step_share_after_3s is None else f"{r.step_share_after_3s:.1%}"
+            step_down = f"{_seconds(r.step_settle_s)}; {after}"
         exit_text = "stalled (killed)" if r.timed_out else str(r.exit_code)
         lines.append(
             f"| {titles[r.scenario]} | {r.client} | {r.rows:,} | {'yes' if r.complete else 'NO'} "

@@ -19,6 +19,7 @@ __all__ = [
     "rate_series",
     "seconds_to_reach",
     "seconds_to_settle",
+    "share_between",
     "share_series",
 ]
 
@@ -61,6 +62,16 @@ def share_series(samples: list[Sample], window_s: float = WINDOW_S) -> list[tupl
         if sent > 0:
             series.append((end.t, (end.throttled - start.throttled) / sent))
     return series
+
+
+def share_between(samples: list[Sample], start: float, end: float) -> float | None:
+    """The share of requests answered 429 from the first sample at or after ``start`` to the
+    last one at or before ``end`` (None: no request in between)."""
+    inside = [s for s in samples if start <= s.t <= end]
+    if len(inside) < 2 or inside[-1].total == inside[0].total:
+        return None
+    first, last = inside[0], inside[-1]
+    return (last.throttled - first.throttled) / (last.total - first.total)
 
 
 def limit_at(schedule: list[tuple[float, float]], elapsed_s: float) -> float:
