@@ -146,6 +146,11 @@ class OtelExporter:
             f"{PREFIX}.in_flight.limit", [self._limit("in_flight_limit")], unit="{request}",
             description="The capacity finder's current limit on requests in flight.",
         )
+        meter.create_observable_gauge(
+            f"{PREFIX}.buffer.size", [self._counter(lambda s: s.buffer_bytes)], unit="By",
+            description="Bytes of input rows and request bodies held between the reader and "
+            "the writer (at most --max-buffer-mib).",
+        )
 
     def start(self, view: RunView) -> None:
         self.view = view

@@ -392,7 +392,7 @@ class _Stages:
                         weight = int(batch.num_rows * per_row) + len(batch.body)
                         await self.budget.acquire(weight)
                         self.held.append(weight)
-                        self.scorer.stats.buffer_peak_bytes = self.budget.peak
+                        self._buffered()
                         await self.queue.put((batch, key))
         finally:
             pool.close()
@@ -500,12 +500,18 @@ class _Stages:
         for _ in range(written):
             self.window.release()
             self.budget.release(self.held.popleft())
+        if written:
+            self._buffered()
         limit = self.scorer.config.max_error_rows
         if limit is not None and stats.rows_rejected > limit:
             raise RunAborted(
                 f"{stats.rows_rejected} rows were rejected, more than `max_error_rows={limit}`; "
                 "their messages are in the checkpoint; rerun without the limit to see them"
             )
+
+    def _buffered(self) -> None:
+        stats = self.scorer.stats
+        stats.buffer_bytes, stats.buffer_peak_bytes = self.budget.held, self.budget.peak
 
     async def commit_checkpoint(self) -> None:
         """Group commit: a finished batch is written within ``FLUSH_INTERVAL_S`` (at once

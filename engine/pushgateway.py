@@ -142,6 +142,9 @@ def metric_families(
         gauge("duration_seconds", "Seconds the run has taken.", summary.elapsed_s),
         gauge("rows_per_second", "Rows scored or rejected per second over the run.",
               summary.rows_per_s),
+        gauge("buffer_peak_bytes",
+              "The most bytes of input rows and request bodies held at once between the "
+              "reader and the writer.", summary.buffer_peak_bytes),
     ]
     retries = CounterMetricFamily(
         f"{PREFIX}_retries", "Retries, by cause.", labels=[*names, "cause"]

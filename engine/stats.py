@@ -52,9 +52,9 @@ class Summary:
     #: for a Delta output, the table version holding the run's rows (the commit it made, or
     #: the earlier one a rerun found its transaction in)
     output_version: int | None = None
-    #: the most MiB of input rows and request bodies held at once between the reader and the
+    #: the most bytes of input rows and request bodies held at once between the reader and the
     #: writer (bounded by ``--max-buffer-mib``, or one batch larger than it)
-    buffer_peak_mib: float = 0.0
+    buffer_peak_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,7 +81,8 @@ class Summary:
             f"retries        {retries}",
             f"token refresh  {self.token_refreshes}",
             f"throughput     {self.rows_per_s:,.0f} rows/s over {self.elapsed_s:.1f} s",
-            f"buffered       at most {self.buffer_peak_mib:,.1f} MiB of rows and request bodies",
+            f"buffered       at most {self.buffer_peak_bytes / 2**20:,.1f} MiB of rows and request "
+            "bodies",
             f"latency        p50 {lat.get('p50', 0):.0f} ms, p95 {lat.get('p95', 0):.0f} ms, "
             f"p99 {lat.get('p99', 0):.0f} ms",
         ]
@@ -128,7 +129,9 @@ class RunStats:
     active_requests: int = 0
     #: told of each request as it ends (None: no telemetry configured)
     observer: RequestObserver | None = None
-    #: the most bytes of rows and bodies held between the reader and the writer
+    #: bytes of input rows and request bodies held between the reader and the writer: now,
+    #: and the most at once (bounded by ``--max-buffer-mib``)
+    buffer_bytes: int = 0
     buffer_peak_bytes: int = 0
 
     @property
@@ -187,7 +190,7 @@ class RunStats:
             throttled_share=round(self.throttled_share, 4),
             pacing_rps=self.limits()["pacing_rps"],
             requests_abandoned=self.requests_abandoned,
-            buffer_peak_mib=round(self.buffer_peak_bytes / 2**20, 1),
+            buffer_peak_bytes=self.buffer_peak_bytes,
             bound=None if self.controller is None else self.controller.bound,
             capacity_rps=None
             if self.controller is None or self.controller.capacity is None

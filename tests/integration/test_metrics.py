@@ -104,6 +104,7 @@ async def test_otlp_receiver_gets_http_and_engine_metrics_equal_to_the_summary_a
     for cause, count in summary["retries"].items():
         assert point_value(points["batch_engine.retries"], cause=cause, **run) == count
     assert point_value(points["batch_engine.in_flight.limit"], **run) > 0
+    assert point_value(points["batch_engine.buffer.size"], **run) == 0  # all written at exit
     assert point_value(points["http.client.active_requests"], **run) == 0  # all answered
 
     durations = points["http.client.request.duration"]
@@ -191,8 +192,10 @@ async def test_pushgateway_holds_the_runs_figures_equal_to_the_summary(
         ("batch_engine_requests_abandoned_total", "requests_abandoned"),
         ("batch_engine_token_refreshes_total", "token_refreshes"),
         ("batch_engine_exit_code", "exit_code"),
+        ("batch_engine_buffer_peak_bytes", "buffer_peak_bytes"),
     ]:
         assert sample_value(got, name, **group) == summary[key], name
+    assert summary["buffer_peak_bytes"] > 0
     for cause, count in summary["retries"].items():
         assert sample_value(got, "batch_engine_retries_total", cause=cause, **group) == count
     assert sample_value(got, "batch_engine_request_latency_seconds", quantile="0.5", **group) == (
