@@ -7,6 +7,7 @@ objects, so every entry point shares one set of defaults and one set of checks.
 from __future__ import annotations
 
 import configparser
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -352,8 +353,8 @@ class ScoreConfig:
             ),
             (self.max_concurrency >= 1, "`max_concurrency` must be at least 1"),
             (
-                self.max_buffer_mib >= 1,
-                f"`max_buffer_mib` must be at least 1, got {self.max_buffer_mib:g}",
+                1 <= self.max_buffer_mib < math.inf,
+                f"`max_buffer_mib` must be a number of MiB from 1, got {self.max_buffer_mib:g}",
             ),
             (self.qps is None or self.qps > 0, f"`qps` must be positive, got {self.qps}"),
             (

@@ -44,7 +44,7 @@ from engine.delta_table import (
 from engine.errors import InputError, UsageError, first_line
 from engine.location import is_uri, locate
 from engine.source.base import Source
-from engine.source.parquet import footer_bytes_per_row, rows_per_read
+from engine.source.parquet import decoded_bytes_per_row, footer_bytes_per_row, rows_per_read
 from engine.source.shards import deal
 
 if TYPE_CHECKING:
@@ -401,59 +401,36 @@ class _TableBatches:
     kept: dict[str, pa.BooleanArray] = field(default_factory=dict)
 
     def __call__(self, columns: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+        """The files' rows, file by file, in reads of about ``READ_BYTES`` (as Parquet inputs
+        are read); the rows a deletion vector deletes and those ``where`` rejects left out."""
         read = list(columns) or self.schema.names[:1]
         if self.row_filter is not None:
             read += [name for name in self.row_filter.columns if name not in read]
+        width = 0.0  # bytes per row the files read so far decoded to (0: none yet)
         try:
-            for run, keep in self._runs():
-                yield from self._scan(run, keep, read, batch_rows)
+            for fragment in self.fragments:
+                keep = self.kept.get(fragment.path)
+                position = 0  # the row's place in its file: what a deletion vector counts
+                for batch in self._file(fragment, read, batch_rows, width):
+                    if batch.num_rows:
+                        width = batch.nbytes / batch.num_rows
+                    if keep is not None:
+                        live = _live(keep, position, batch.num_rows)
+                        position += batch.num_rows
+                        batch = batch.filter(live)
+                    if self.row_filter is not None:
+                        batch = batch.filter(self.row_filter.mask(batch))
+                    yield batch
         except (pa.ArrowException, OSError) as exc:
             raise InputError(f"cannot read Delta table {self.name}: {first_line(exc)}") from exc
 
-    def _runs(self) -> Iterator[tuple[list[pds.Fragment], pa.BooleanArray | None]]:
-        """Consecutive files without deletion vectors as one scan; each other file alone."""
-        run: list[pds.Fragment] = []
-        for fragment in self.fragments:
-            keep = self.kept.get(fragment.path)
-            if keep is None:
-                run.append(fragment)
-                continue
-            if run:
-                yield run, None
-                run = []
-            yield [fragment], keep
-        if run:
-            yield run, None
-
-    def _scan(
-        self, fragments: list[pds.Fragment], keep: pa.BooleanArray | None, read: list[str],
-        batch_rows: int,
+    def _file(
+        self, fragment: pds.Fragment, read: list[str], batch_rows: int, per_row: float
     ) -> Iterator[pa.RecordBatch]:
-        position = 0  # the row's place in its file, which is what a deletion vector counts
-        for batch in self._batches(fragments, read, batch_rows):
-            if keep is not None:
-                live = _live(keep, position, batch.num_rows)
-                position += batch.num_rows
-                batch = batch.filter(live)
-            if self.row_filter is not None:
-                batch = batch.filter(self.row_filter.mask(batch))
-            yield batch
-
-    def _batches(
-        self, fragments: list[pds.Fragment], read: list[str], batch_rows: int
-    ) -> Iterator[pa.RecordBatch]:
-        """The files' rows, file by file, in reads of about ``READ_BYTES`` (as Parquet inputs
-        are read): the first file at the size its footer suggests, each next one at the size
-        the one before measured decoded."""
-        per_row = _fragment_bytes_per_row(fragments[0], read)
-        for fragment in fragments:
-            for batch in self._file(fragment, read, rows_per_read(per_row, batch_rows)):
-                if batch.num_rows:
-                    per_row = batch.nbytes / batch.num_rows
-                yield batch
-
-    def _file(self, fragment: pds.Fragment, read: list[str], rows: int) -> Iterator[pa.RecordBatch]:
-        """One file's rows in the table's schema, ``rows`` at a time.
+        """One file's rows in the table's schema, about ``READ_BYTES`` at a time: sized by
+        ``per_row``, the width the files before decoded to, or for the first file by what its
+        first rows decode to (a probe, as for Parquet inputs; its footer's when the scanner
+        reads it).
 
         Streamed from its row groups by ``ParquetFile.iter_batches`` when its columns map onto
         the table's simply (by name, a cast that exists, partition values, columns added
@@ -477,13 +454,23 @@ class _TableBatches:
                 )
                 plan = _column_plan(parquet.schema_arrow, target, fragment.partition_expression)
                 if plan is not None:
-                    yield from _streamed(parquet, plan, target, rows)
+                    if parquet.metadata.num_row_groups:
+                        columns = _file_columns(plan, parquet)
+                        width = per_row or decoded_bytes_per_row(parquet, columns, 0, batch_rows)
+                        yield from _streamed(
+                            parquet, plan, target, rows_per_read(width, batch_rows)
+                        )
                     return
+        if not per_row:
+            per_row = _fragment_bytes_per_row(fragment, read)
         dataset = pds.FileSystemDataset(
             [fragment], self.dataset.schema, self.dataset.format, self.dataset.filesystem
         )
         yield from dataset.scanner(
-            columns=read, batch_size=rows, batch_readahead=1, fragment_readahead=1
+            columns=read,
+            batch_size=rows_per_read(per_row, batch_rows),
+            batch_readahead=1,
+            fragment_readahead=1,
         ).to_batches()
 
 
@@ -523,13 +510,16 @@ def _column_plan(
     return plan
 
 
+def _file_columns(plan: _Plan, parquet: pq.ParquetFile) -> list[str]:
+    """The file's columns a plan reads; with none (all partition values), its first column,
+    which still counts the rows."""
+    return [name for kind, name in plan if kind == "file"] or parquet.schema_arrow.names[:1]
+
+
 def _streamed(
     parquet: pq.ParquetFile, plan: _Plan, target: pa.Schema, rows: int
 ) -> Iterator[pa.RecordBatch]:
-    columns = [name for kind, name in plan if kind == "file"]
-    # no column from the file (all partition values): its first column still counts rows
-    reading = columns or parquet.schema_arrow.names[:1]
-    for batch in parquet.iter_batches(batch_size=rows, columns=reading):
+    for batch in parquet.iter_batches(batch_size=rows, columns=_file_columns(plan, parquet)):
         n = batch.num_rows
         arrays = []
         for wanted, (kind, value) in zip(target, plan, strict=True):

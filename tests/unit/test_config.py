@@ -111,6 +111,7 @@ def test_missing_config_file_with_a_named_profile_says_so() -> None:
         ("max_request_bytes", 10, "--max-request-bytes"),
         ("max_error_rows", -1, "--max-error-rows"),
         ("max_buffer_mib", 0.5, "--max-buffer-mib"),
+        ("max_buffer_mib", float("inf"), "--max-buffer-mib"),
     ],
 )
 def test_bad_settings_name_their_parameter_and_the_cli_its_flag(

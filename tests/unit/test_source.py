@@ -274,7 +274,8 @@ def test_projection_is_pushed_down_to_the_parquet_file(
 
     monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
     source.reader(["x"]).read_all()
-    assert asked == [["x"]]
+    # the probe that measures the rows' width and the read itself: both ask for x alone
+    assert asked == [["x"], ["x"]]
 
 
 def test_csv_projection_reads_only_the_requested_columns(tmp_path: Path) -> None:
@@ -328,6 +329,27 @@ def test_wide_rows_are_read_a_few_at_a_time_and_narrow_ones_in_full_reads(
     narrow = list(source.reader(["id"], batch_rows=16_384))
     assert pa.Table.from_batches(narrow).column("id").to_pylist() == list(range(rows))
     assert max(batch.num_rows for batch in narrow) >= 500  # a row group at a time, or more
+
+
+def test_reads_are_sized_by_decoded_rows_not_by_a_dictionary_encoded_footer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A few long strings repeated (a prompt template) are a few bytes a row in the footer
+    (dictionary pages) and 4 KB decoded: a read sized by the footer was 16k rows."""
+    import engine.source.parquet as parquet_source
+
+    monkeypatch.setattr(parquet_source, "READ_BYTES", 256 * 1024)
+    prompts = [f"prompt {k} ".ljust(4_096, "xyzw"[k % 4]) for k in range(5)]
+    table = pa.table({"prompt": [prompts[i % 5] for i in range(3_000)]})
+    path = tmp_path / "prompts.parquet"
+    pq.write_table(table, path)  # one row group, dictionary-encoded
+    meta = pq.ParquetFile(path).metadata
+    assert meta.num_row_groups == 1 and meta.row_group(0).total_byte_size < 100_000
+
+    batches = list(open_source(path).reader(["prompt"], batch_rows=16_384))
+
+    assert pa.Table.from_batches(batches).equals(table)
+    assert max(batch.nbytes for batch in batches) <= 1.1 * 256 * 1024
 
 
 def test_each_reader_call_starts_again_from_the_first_row(tmp_path: Path) -> None:
