@@ -1,16 +1,18 @@
-"""The two output formats: an uncompressed Arrow IPC file written result by result, and a
-zstd Parquet file whose small results are gathered into large row groups (bounded).
+"""The two output formats: an uncompressed Arrow IPC file and a zstd Parquet file, both with
+small results gathered (bounded) into large record batches and row groups.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 __all__ = [
+    "IPC_BATCH_BYTES",
+    "IPC_BATCH_ROWS",
     "PARQUET_COMPRESSION",
     "ROW_GROUP_BYTES",
     "ROW_GROUP_ROWS",
@@ -30,6 +32,13 @@ ROW_GROUP_ROWS = 65_536
 ROW_GROUP_BYTES = 64 * 1024 * 1024
 
 
+#: Arrow IPC results are gathered into record batches of up to this many rows (or
+#: ``IPC_BATCH_BYTES``): a file of 2,000 record batches of 100 rows reads back as 2,000 chunks,
+#: and each write cost the loop a call into the writer.
+IPC_BATCH_ROWS = 65_536
+IPC_BATCH_BYTES = 16 * 1024 * 1024
+
+
 class Output(Protocol):
     def write(self, table: pa.Table) -> None: ...
     def close(self, *, flush: bool) -> None: ...
@@ -38,51 +47,81 @@ class Output(Protocol):
 SERIAL_IPC = ipc.IpcWriteOptions(use_threads=False)
 
 
-class IpcOutput:
-    """An uncompressed Arrow IPC file; each result is written as it comes."""
+class _Gather:
+    """Small results held until together they reach ``rows`` rows or ``size`` bytes.
 
-    def __init__(self, sink: pa.NativeFile, schema: pa.Schema) -> None:
+    Bytes are estimated from the first result of each gathering (``nbytes`` of a slice walks
+    its buffers: once per gathering, not once per result).
+    """
+
+    def __init__(self, rows: int, size: int) -> None:
+        self._max_rows = rows
+        self._max_bytes = size
+        self._held: list[pa.Table] = []
+        self._rows = 0
+        self._limit = rows
+
+    def add(self, table: pa.Table) -> pa.Table | None:
+        """Hold ``table``; the results held, as one table, once they reach the limit."""
+        if not self._held and table.num_rows:
+            per_row = table.nbytes / table.num_rows
+            self._limit = max(1, min(self._max_rows, int(self._max_bytes / max(per_row, 1.0))))
+        self._held.append(table)
+        self._rows += table.num_rows
+        return self.take() if self._rows >= self._limit else None
+
+    def take(self) -> pa.Table | None:
+        """The results held, as one table (None: none), and nothing held after."""
+        if not self._held:
+            return None
+        held, self._held, self._rows = self._held, [], 0
+        return pa.concat_tables(held)
+
+
+class _GatheredOutput:
+    """An output whose writer takes gathered results (see :class:`_Gather`)."""
+
+    def __init__(self, sink: pa.NativeFile, writer: Any, gather: _Gather) -> None:
         self._sink = sink
-        self._writer = ipc.new_file(self._sink, schema, options=SERIAL_IPC)
+        self._writer = writer
+        self._gather = gather
 
     def write(self, table: pa.Table) -> None:
+        gathered = self._gather.add(table)
+        if gathered is not None:
+            self._emit(gathered)
+
+    def _emit(self, table: pa.Table) -> None:
         self._writer.write_table(table)
 
     def close(self, *, flush: bool) -> None:
         try:
-            self._writer.close()
-        finally:
-            self._sink.close()
-
-
-class ParquetOutput:
-    """A zstd Parquet file; small results are gathered into large row groups (bounded)."""
-
-    def __init__(self, sink: pa.NativeFile, schema: pa.Schema) -> None:
-        self._sink = sink
-        self._writer = pq.ParquetWriter(sink, schema, compression=PARQUET_COMPRESSION)
-        self._buffer: list[pa.Table] = []
-        self._rows = 0
-        self._bytes = 0
-
-    def write(self, table: pa.Table) -> None:
-        self._buffer.append(table)
-        self._rows += table.num_rows
-        self._bytes += table.nbytes
-        if self._rows >= ROW_GROUP_ROWS or self._bytes >= ROW_GROUP_BYTES:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._buffer:
-            self._writer.write_table(pa.concat_tables(self._buffer))
-        self._buffer, self._rows, self._bytes = [], 0, 0
-
-    def close(self, *, flush: bool) -> None:
-        try:
-            if flush:
-                self._flush()
+            gathered = self._gather.take() if flush else None
+            if gathered is not None:
+                self._emit(gathered)
         finally:
             try:
                 self._writer.close()
             finally:
                 self._sink.close()
+
+
+class IpcOutput(_GatheredOutput):
+    """An uncompressed Arrow IPC file; small results are gathered into record batches of up
+    to ``IPC_BATCH_ROWS`` rows (bounded by ``IPC_BATCH_BYTES``)."""
+
+    def __init__(self, sink: pa.NativeFile, schema: pa.Schema) -> None:
+        writer = ipc.new_file(sink, schema, options=SERIAL_IPC)
+        super().__init__(sink, writer, _Gather(IPC_BATCH_ROWS, IPC_BATCH_BYTES))
+
+    def _emit(self, table: pa.Table) -> None:
+        # one record batch, not one a result (dictionaries that differ are unified)
+        self._writer.write_table(table.combine_chunks())
+
+
+class ParquetOutput(_GatheredOutput):
+    """A zstd Parquet file; small results are gathered into large row groups (bounded)."""
+
+    def __init__(self, sink: pa.NativeFile, schema: pa.Schema) -> None:
+        writer = pq.ParquetWriter(sink, schema, compression=PARQUET_COMPRESSION)
+        super().__init__(sink, writer, _Gather(ROW_GROUP_ROWS, ROW_GROUP_BYTES))

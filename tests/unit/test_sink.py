@@ -13,6 +13,7 @@ import pytest
 
 from engine.errors import EngineError, InputError, OutputExistsError, UsageError
 from engine.sink import ROW_GROUP_ROWS, OrderedWriter, OutputSpec, check_output, read_output
+from engine.sink.formats import IPC_BATCH_BYTES, IPC_BATCH_ROWS
 
 
 def _result(batch_id: int, predictions: list[Any], typ: pa.DataType | None = None) -> pa.Table:
@@ -281,6 +282,43 @@ def test_small_parquet_results_are_gathered_into_large_row_groups(tmp_path: Path
     assert metadata.num_rows == batches * per_batch
     assert metadata.num_row_groups <= 3
     assert metadata.row_group(0).num_rows >= ROW_GROUP_ROWS
+
+
+def test_small_arrow_results_are_gathered_into_large_record_batches(tmp_path: Path) -> None:
+    """2,000 results of 100 rows read back as a few record batches, not 2,000 chunks."""
+    path = tmp_path / "out.arrow"
+    writer = OrderedWriter(OutputSpec(str(path)))
+    for batch_id in range(2_000):
+        writer.add(batch_id, _result(batch_id, [float(batch_id)] * 100))
+    writer.finish()
+    with pa.ipc.open_file(path) as file:
+        sizes = [file.get_batch(i).num_rows for i in range(file.num_record_batches)]
+        table = file.read_all()
+    # results stay whole: a record batch is the first that reaches the row limit
+    assert len(sizes) == 4 and sum(sizes) == 200_000, sizes
+    assert all(IPC_BATCH_ROWS <= n < IPC_BATCH_ROWS + 100 for n in sizes[:-1]), sizes
+    assert table.column("prediction").to_pylist() == [float(i // 100) for i in range(200_000)]
+    assert table.column("id").to_pylist() == [
+        batch_id * 100 + i for batch_id in range(2_000) for i in range(100)
+    ]
+
+
+def test_wide_arrow_results_are_gathered_only_up_to_a_bound(tmp_path: Path) -> None:
+    """Rows of 64 KB: a record batch holds about IPC_BATCH_BYTES of them (passed by at most
+    one result), not 65k rows."""
+    path = tmp_path / "wide.arrow"
+    writer = OrderedWriter(OutputSpec(str(path)))
+    note = "n" * 65_536
+    for batch_id in range(40):
+        result = _result(batch_id, [1.0] * 100)
+        writer.add(batch_id, result.add_column(0, "note", pa.array([note] * 100)))
+    writer.finish()
+    with pa.ipc.open_file(path) as file:
+        batches = [file.get_batch(i) for i in range(file.num_record_batches)]
+    assert sum(batch.num_rows for batch in batches) == 4_000
+    assert len(batches) > 1
+    result_bytes = 100 * len(note)
+    assert max(batch.nbytes for batch in batches) <= IPC_BATCH_BYTES + 1.1 * result_bytes
 
 
 def test_output_schema_is_kept_columns_then_prediction_then_error(tmp_path: Path) -> None:
