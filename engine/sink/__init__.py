@@ -16,8 +16,9 @@ scored row). Decisions a reader should know:
 * Format by extension: ``.parquet``/``.pq`` is Parquet (zstd, row groups of at least
   ``ROW_GROUP_ROWS`` rows where the run is that long); ``.arrow``/``.ipc``/``.feather`` or no
   extension is an uncompressed Arrow IPC file, which readers can memory-map without a decode
-  step, in record batches of up to ``IPC_BATCH_ROWS`` rows (small results gathered). Any other extension (``out.csv``) is refused before anything is sent, rather than
-  writing Arrow IPC under a name that promises another format.
+  step, in record batches of up to ``IPC_BATCH_ROWS`` rows (small results gathered). Any
+  other extension (``out.csv``) is refused before anything is sent, rather than writing Arrow
+  IPC under a name that promises another format.
 * Files get mode 0666 less the umask, as ``open()`` would give them.
 * ``prediction``'s type is ``prediction_type`` when given. Otherwise the first result, in batch
   order, whose predictions are not all-null decides it; results before it (every row
