@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pyarrow as pa
+import pytest
 
 import engine
+from engine.sink import formats
 from engine.emulator import Emulator, Faults
 from engine.sink import read_output
 from tests.helpers import credentials_for, expected_predictions, regressor_table
@@ -42,6 +44,14 @@ def _wide_input(emulator: Emulator, alive: list[int]) -> tuple[pa.Table, pa.Reco
             yield fresh
 
     return table, pa.RecordBatchReader.from_batches(schema, produce())
+
+
+@pytest.fixture(autouse=True)
+def _results_written_as_they_come(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Arrow output gathers results up to IPC_BATCH_BYTES (16 MiB) before it writes them:
+    a buffer of its own, bounded and tested in tests/unit/test_sink.py. Here each result is
+    written as it comes, so what is measured is what the budget bounds."""
+    monkeypatch.setattr(formats, "IPC_BATCH_BYTES", 1)
 
 
 async def _score_wide(
