@@ -44,12 +44,11 @@ from engine.delta_table import (
 from engine.errors import InputError, UsageError, first_line
 from engine.location import is_uri, locate
 from engine.source.base import Source
-from engine.source.parquet import decoded_bytes_per_row, footer_bytes_per_row, rows_per_read
+from engine.source.parquet import STREAMING, footer_bytes_per_row, rows_per_read, sized_batches
 from engine.source.shards import deal
 
 if TYPE_CHECKING:
     import pyarrow.dataset as pds
-    import pyarrow.parquet as pq
 
 __all__ = ["TableRead", "open_table", "table_root"]
 
@@ -448,18 +447,19 @@ class _TableBatches:
             with self.dataset.filesystem.open_input_file(fragment.path) as handle:
                 parquet = pq.ParquetFile(
                     handle,
-                    pre_buffer=False,
-                    buffer_size=1 << 20,
+                    **STREAMING,
                     coerce_int96_timestamp_unit=options.coerce_int96_timestamp_unit,
                 )
                 plan = _column_plan(parquet.schema_arrow, target, fragment.partition_expression)
                 if plan is not None:
-                    if parquet.metadata.num_row_groups:
-                        columns = _file_columns(plan, parquet)
-                        width = per_row or decoded_bytes_per_row(parquet, columns, 0, batch_rows)
-                        yield from _streamed(
-                            parquet, plan, target, rows_per_read(width, batch_rows)
-                        )
+                    # no column from the file (all partition values): its first column still
+                    # counts the rows
+                    columns = [name for kind, name in plan if kind == "file"]
+                    batches = sized_batches(
+                        parquet, columns or parquet.schema_arrow.names[:1], batch_rows,
+                        width=per_row,
+                    )
+                    yield from _fitted(batches, plan, target)
                     return
         if not per_row:
             per_row = _fragment_bytes_per_row(fragment, read)
@@ -510,16 +510,11 @@ def _column_plan(
     return plan
 
 
-def _file_columns(plan: _Plan, parquet: pq.ParquetFile) -> list[str]:
-    """The file's columns a plan reads; with none (all partition values), its first column,
-    which still counts the rows."""
-    return [name for kind, name in plan if kind == "file"] or parquet.schema_arrow.names[:1]
-
-
-def _streamed(
-    parquet: pq.ParquetFile, plan: _Plan, target: pa.Schema, rows: int
+def _fitted(
+    batches: Iterator[pa.RecordBatch], plan: _Plan, target: pa.Schema
 ) -> Iterator[pa.RecordBatch]:
-    for batch in parquet.iter_batches(batch_size=rows, columns=_file_columns(plan, parquet)):
+    """A file's batches in the table's schema, as ``plan`` says."""
+    for batch in batches:
         n = batch.num_rows
         arrays = []
         for wanted, (kind, value) in zip(target, plan, strict=True):

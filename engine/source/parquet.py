@@ -17,11 +17,13 @@ from engine.source.schemas import unify_all
 from engine.source.shards import Unit
 
 __all__ = [
+    "STREAMING",
     "decoded_bytes_per_row",
     "footer_bytes_per_row",
     "parquet_batches",
     "parquet_units",
     "rows_per_read",
+    "sized_batches",
 ]
 
 
@@ -68,25 +70,40 @@ def parquet_units(files: Sequence[Location], split: bool) -> tuple[pa.Schema, li
 READ_BYTES = 16 * 1024 * 1024
 
 
+#: How every Parquet file is opened to stream it. pre_buffer=False: with it, pyarrow caches
+#: every row group it pre-buffered for the life of the reader, so memory grew with the file
+#: (252 MiB for a 3M-row file vs 25 MiB).
+STREAMING: dict[str, Any] = {"pre_buffer": False, "buffer_size": 1 << 20}
+
+
 def parquet_batches(
     unit: Unit, schema: pa.Schema, columns: list[str], batch_rows: int
 ) -> Iterator[pa.RecordBatch]:
-    """The unit's rows in batches of at most ``batch_rows`` rows and about ``READ_BYTES``,
-    sized by what its first rows measure decoded (:func:`decoded_bytes_per_row`)."""
-    # pre_buffer=False: with it, pyarrow caches every row group it pre-buffered for the life
-    # of the reader, so memory grew with the file (252 MiB for a 3M-row file vs 25 MiB).
-    with _parquet_file(unit.file, pre_buffer=False, buffer_size=1 << 20) as file:
+    """The unit's rows in batches of at most ``batch_rows`` rows and about ``READ_BYTES``."""
+    with _parquet_file(unit.file, **STREAMING) as file:
         if not columns:  # zero columns still need row counts: read the narrowest thing
             columns = schema.names[:1]
-        groups = list(
-            range(file.metadata.num_row_groups) if unit.row_groups is None else unit.row_groups
-        )
-        if not groups:
-            return
-        per_row = decoded_bytes_per_row(file, columns, groups[0], batch_rows)
-        yield from file.iter_batches(
-            batch_size=rows_per_read(per_row, batch_rows), columns=columns, row_groups=groups
-        )
+        row_groups = None if unit.row_groups is None else list(unit.row_groups)
+        yield from sized_batches(file, columns, batch_rows, row_groups)
+
+
+def sized_batches(
+    file: pq.ParquetFile,
+    columns: list[str],
+    batch_rows: int,
+    row_groups: list[int] | None = None,
+    width: float = 0.0,
+) -> Iterator[pa.RecordBatch]:
+    """``row_groups`` of ``file`` (None: all) in reads of at most ``batch_rows`` rows and
+    about ``READ_BYTES``: rows of ``width`` bytes, or when that is 0 of what the first rows
+    measure decoded (:func:`decoded_bytes_per_row`)."""
+    groups = list(range(file.metadata.num_row_groups)) if row_groups is None else row_groups
+    if not groups:
+        return
+    width = width or decoded_bytes_per_row(file, columns, groups[0], batch_rows)
+    yield from file.iter_batches(
+        batch_size=rows_per_read(width, batch_rows), columns=columns, row_groups=groups
+    )
 
 
 #: Rows decoded to measure a file's width before it is read.
