@@ -723,8 +723,10 @@ class RateController:
     def _end_probe_round(self, done: _Round, app_limited: bool, now: float) -> None:
         extra = done.excess / (1.0 + done.excess)  # the share of the pace that was extra
         taken = done.accept_ratio() >= self.accept_ratio * (1.0 - extra / 2.0)
-        if done.excess != self._excess:
-            return  # a step of this probe already judged
+        if done.excess != self._excess or done.capacity != self.capacity:
+            # A step of this probe already judged. Its excess alone does not say so: capped
+            # at MAX_PROBE_EXCESS, the step after a raise keeps it.
+            return
         if taken and not app_limited:
             # The endpoint took the extra at its usual ratio: look twice as far. What it took,
             # not the pace asked for (a round held back by the in-flight limit sends less).

@@ -295,6 +295,18 @@ def test_a_rate_limit_refusing_at_every_level_is_no_concurrency_cap() -> None:
     assert controller.concurrency_cap is None
 
 
+def test_a_probe_step_judged_late_does_not_end_the_step_after_it() -> None:
+    # Doubling from a low start, the excess is capped at its maximum: two steps in a row
+    # share it. A round of the earlier step judged after the later one began (cut short by
+    # the change of pace, so it looks app-limited) once ended the probe and then undid the
+    # capacity the earlier step had raised: a second cut on an endpoint that never moved.
+    endpoint = Endpoint(rate=((0, 200),), burst=1, latency_s=0.01)
+    for seed in (1, 2, 3, 4, 5, 6):
+        controller = simulate(endpoint, seconds=10, seed=seed).controller
+        assert controller is not None
+        assert controller.cuts == 1  # leaving startup, and never again
+
+
 def test_a_probe_ends_at_its_first_refusal() -> None:
     result = simulate(Endpoint(rate=((0, 40),), burst=4, latency_s=0.03), seconds=10, seed=1)
     controller = result.controller
