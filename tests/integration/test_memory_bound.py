@@ -14,9 +14,8 @@ import pyarrow as pa
 import pytest
 
 import engine
-from engine.sink import formats
 from engine.emulator import Emulator, Faults
-from engine.sink import read_output
+from engine.sink import formats, read_output
 from tests.helpers import credentials_for, expected_predictions, regressor_table
 
 ENDPOINT = "demo-regressor"
