@@ -1,9 +1,16 @@
 """The two output formats: an uncompressed Arrow IPC file and a zstd Parquet file, both with
 small results gathered (bounded) into large record batches and row groups.
+
+Gathered results are written by one background thread, one write at a time and in order:
+Arrow copies, compresses and writes without the GIL, so the event loop goes on sending while
+the file is written (on a table of 1 KB rows, writing the output took a fifth of the loop's
+time). A write's error is raised by the next write or by ``close``.
 """
 
 from __future__ import annotations
 
+import contextlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -79,28 +86,52 @@ class _Gather:
 
 
 class _GatheredOutput:
-    """An output whose writer takes gathered results (see :class:`_Gather`)."""
+    """An output whose writer takes gathered results (see :class:`_Gather`), written in a
+    background thread, one gathering at a time (the caller waits only when the previous one
+    is not written yet: at most two gatherings are held)."""
 
     def __init__(self, sink: pa.NativeFile, writer: Any, gather: _Gather) -> None:
         self._sink = sink
         self._writer = writer
         self._gather = gather
+        self._thread: ThreadPoolExecutor | None = None
+        self._writing: Future[None] | None = None
 
     def write(self, table: pa.Table) -> None:
         gathered = self._gather.add(table)
         if gathered is not None:
-            self._emit(gathered)
+            self._submit(gathered)
+
+    def _submit(self, table: pa.Table) -> None:
+        self._wait()  # in order, one at a time; raises the previous write's error
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="engine-output")
+        self._writing = self._thread.submit(self._emit, table)
+
+    def _wait(self) -> None:
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
 
     def _emit(self, table: pa.Table) -> None:
         self._writer.write_table(table)
 
     def close(self, *, flush: bool) -> None:
+        """Write what is gathered (``flush``) and close; without ``flush`` (an abort) a
+        write in progress is waited for and its error, if any, dropped."""
         try:
-            gathered = self._gather.take() if flush else None
-            if gathered is not None:
-                self._emit(gathered)
+            if flush:
+                gathered = self._gather.take()
+                if gathered is not None:
+                    self._submit(gathered)
+                self._wait()
+            else:
+                with contextlib.suppress(Exception):  # aborting: the output is deleted anyway
+                    self._wait()
         finally:
             try:
+                if self._thread is not None:
+                    self._thread.shutdown(wait=True)
                 self._writer.close()
             finally:
                 self._sink.close()

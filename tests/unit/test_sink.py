@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine.errors import EngineError, InputError, OutputExistsError, UsageError
+from engine.errors import EngineError, InputError, OutputExistsError, StorageError, UsageError
 from engine.sink import ROW_GROUP_ROWS, OrderedWriter, OutputSpec, check_output, read_output
-from engine.sink.formats import IPC_BATCH_BYTES, IPC_BATCH_ROWS
+from engine.sink.formats import IPC_BATCH_BYTES, IPC_BATCH_ROWS, IpcOutput, ParquetOutput
 
 
 def _result(batch_id: int, predictions: list[Any], typ: pa.DataType | None = None) -> pa.Table:
@@ -301,6 +302,50 @@ def test_small_arrow_results_are_gathered_into_large_record_batches(tmp_path: Pa
     assert table.column("id").to_pylist() == [
         batch_id * 100 + i for batch_id in range(2_000) for i in range(100)
     ]
+
+
+@pytest.mark.parametrize(("name", "output"), [("out.arrow", IpcOutput), ("out.parquet", ParquetOutput)])
+def test_gathered_results_are_written_off_the_callers_thread_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, output: type[Any]
+) -> None:
+    """The caller (the event loop) goes on while Arrow writes: every gathering is written
+    by one other thread, in batch order."""
+    writers: set[int] = set()
+    emit = output._emit
+
+    def recording(self: Any, table: pa.Table) -> None:
+        writers.add(threading.get_ident())
+        emit(self, table)
+
+    monkeypatch.setattr(output, "_emit", recording)
+    path = tmp_path / name
+    writer = OrderedWriter(OutputSpec(str(path)))
+    for batch_id in reversed(range(2_000)):
+        writer.add(batch_id, _result(batch_id, [float(batch_id)] * 100))
+    writer.finish()
+    assert len(writers) == 1 and threading.get_ident() not in writers
+    table = read_output(path)
+    assert table.column("id").to_pylist() == list(range(200_000))
+    assert table.column("prediction").to_pylist() == [float(i // 100) for i in range(200_000)]
+
+
+def test_a_write_that_fails_in_the_background_is_raised_by_a_later_add(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk met by the output thread is not lost: a later add raises it as a storage
+    error naming the output, and the abort leaves nothing behind."""
+    real = pa.OSFile
+
+    def full(path: str, mode: str = "r", **kwargs: Any) -> pa.NativeFile:
+        return real("/dev/full", mode) if mode == "wb" else real(path, mode, **kwargs)
+
+    monkeypatch.setattr(pa, "OSFile", full)
+    writer = OrderedWriter(OutputSpec(str(tmp_path / "out.arrow")))
+    with pytest.raises(StorageError, match="cannot write the output .*No space left on device"):
+        for batch_id in range(2_000):
+            writer.add(batch_id, _result(batch_id, [1.0] * 100))
+    writer.abort()
+    assert _files(tmp_path) == []
 
 
 def test_wide_arrow_results_are_gathered_only_up_to_a_bound(tmp_path: Path) -> None:
