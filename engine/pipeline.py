@@ -191,7 +191,7 @@ async def run(
         sink.abort()
         raise
     finally:
-        await dispatcher.pacer.aclose()
+        await dispatcher.aclose()
         progress.update(stats)
         progress.stop()
     return stats.summary(
