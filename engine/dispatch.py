@@ -482,8 +482,8 @@ class Dispatcher:
         request and died behind a live connection costs seconds, not the whole run.
 
         The request runs in the caller's task; one watchdog for all requests in flight
-        cancels the ones past the bound (a task, a timer and a wait per request cost ~7 % of
-        the loop's time in 100-row requests)."""
+        cancels the ones past the bound (a task, a timer and a wait per request made a run
+        in 100-row requests ~3 % slower)."""
         task = asyncio.current_task()
         assert task is not None
         self._watched[task] = started
@@ -516,16 +516,15 @@ class Dispatcher:
         while self._watched:
             now = self._clock()
             bound = self.hang.deadline_s()
-            waiting = [
-                (started, task)
-                for task, started in self._watched.items()
-                if task not in self._abandoned
-            ]
-            for started, task in waiting:
+            oldest = now  # the oldest request still waiting, for the next check
+            for task, started in self._watched.items():  # cancel() runs nothing now
+                if task in self._abandoned:
+                    continue
                 if now - started >= bound:
                     self._abandoned.add(task)
                     task.cancel()
-            oldest = min((s for s, t in waiting if t not in self._abandoned), default=now)
+                else:
+                    oldest = min(oldest, started)
             await self._sleep(max(0.0, min(HANG_CHECK_S, oldest + bound - now)))
             await asyncio.sleep(0)  # an injected sleep may not yield: let the requests run
 
