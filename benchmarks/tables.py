@@ -24,13 +24,21 @@ it (with ``PYTHONDONTWRITEBYTECODE`` set and no ``__pycache__``, every run would
 engine's source first). The raw client is the ceiling: it encodes every body before its clock
 starts (orjson over Python rows, float32 lists as numpy rows, which orjson writes in their
 shortest float32 form: the shortest exact form) and then posts them at a fixed concurrency.
-Each pair runs both, in alternating order; figures are medians over pairs. Reported per table:
+The plain client (``plain``) does the engine's whole job the way a user would write it in a
+page, with none of the engine's guarantees (no checkpoint, retry, validation or capacity
+finding): it reads, encodes as the raw client does, posts at the same fixed concurrency and
+writes the input and the predictions as Arrow IPC in order, timed as a whole process like
+the engine. The raw client's clock leaves out work the engine must do; the plain client's
+does not. Each round runs all three, each going first in turn; figures are medians over
+rounds. Reported per table:
 
 * rows/s ratio engine / raw, whole process (start-up included) and from the first request
   to the last answer (without start-up);
 * CPU µs per row of each client (the engine: the whole process; raw: its sending phase);
 * request bytes per row, as the server counted them;
-* cores used: CPU time / wall time.
+* cores used: CPU time / wall time;
+* the plain client's wall time over the engine's (above 1: the engine is faster), and its
+  CPU µs per row (whole process).
 
 The machine is shared: expect noise, compare medians, rerun before believing a 10% change.
 Writes benchmarks/results/tables.json and prints a Markdown table.
@@ -276,6 +284,60 @@ def raw(args: argparse.Namespace) -> None:
     print(json.dumps({"rows": scored, "wall_s": time.monotonic() - wall0, "cpu_s": _cpu() - cpu0}))
 
 
+def plain(args: argparse.Namespace) -> None:
+    """The engine's job written the plain way, with none of its guarantees (no checkpoint,
+    retry, validation or capacity finding): read, encode as the raw client does, post at a
+    fixed concurrency, write the input and the predictions as Arrow IPC in input order.
+    Timed by the caller as a whole process, as the engine is."""
+    import aiohttp
+    import pyarrow.ipc as ipc
+
+    url = f"{args.url}/serving-endpoints/{ENDPOINT}/invocations"
+    headers = {"Authorization": "Bearer t", "Content-Type": "application/json"}
+    batches = enumerate(pq.ParquetFile(args.input).iter_batches(batch_size=args.batch_rows))
+    done: dict[int, tuple[pa.RecordBatch, pa.Array]] = {}
+    writer: Any = None
+    written = 0
+
+    def write_ready() -> None:
+        nonlocal writer, written
+        while written in done:
+            batch, predictions = done.pop(written)
+            out = pa.RecordBatch.from_arrays(
+                [*batch.columns, predictions], names=[*batch.schema.names, "prediction"]
+            )
+            if writer is None:
+                writer = ipc.new_file(args.output, out.schema)
+            writer.write_batch(out)
+            written += 1
+
+    async def send() -> None:
+        connector = aiohttp.TCPConnector(limit=RAW_CONCURRENCY)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def worker() -> None:
+                for index, batch in batches:
+                    document = {
+                        "dataframe_split": {
+                            "columns": batch.schema.names,
+                            "data": _reference_rows(batch),
+                        }
+                    }
+                    body = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+                    async with session.post(url, data=body, headers=headers) as response:
+                        answer = await response.read()
+                        assert response.status == 200, response.status
+                    predictions = pa.array(orjson.loads(answer)["predictions"], pa.float64())
+                    done[index] = (batch, predictions)
+                    write_ready()
+
+            await asyncio.gather(*(worker() for _ in range(RAW_CONCURRENCY)))
+
+    asyncio.run(send())
+    if writer is not None:
+        writer.close()
+
+
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -360,24 +422,47 @@ def run_raw(server: Server, src: Path, batch_rows: int) -> dict[str, float]:
     }
 
 
+def run_plain(server: Server, src: Path, out: Path, batch_rows: int) -> dict[str, float]:
+    cmd = [
+        sys.executable,
+        __file__,
+        "plain",
+        str(src),
+        "--url",
+        server.url,
+        "--output",
+        str(out),
+        "--batch-rows",
+        str(batch_rows),
+    ]
+    server.take_stats()
+    usage = run_child(cmd, _env(server.url))
+    if usage.exit_code != 0:
+        raise SystemExit(f"plain client failed:\n{usage.stderr[-3000:]}")
+    seen = server.take_stats()
+    return {"wall_s": usage.wall_s, "cpu_s": usage.cpu_s, "rows": seen["rows"]}
+
+
 def compare(table: str, rows: int, pairs: int, encoders: int | None, tmp: Path) -> dict[str, Any]:
     _, batch_rows, parser = TABLES[table]
     src = write_table(table, rows, tmp / f"{table}.parquet")
     server = Server(parser)
-    engine_runs, raw_runs = [], []
+    runs: dict[str, list[dict[str, float]]] = {"engine": [], "raw": [], "plain": []}
+    clients = ("engine", "raw", "plain")
     try:
         for pair in range(pairs):
-            order = ("engine", "raw") if pair % 2 == 0 else ("raw", "engine")
-            for who in order:
+            for who in clients[pair % 3 :] + clients[: pair % 3]:  # each goes first in turn
                 if who == "engine":
-                    engine_runs.append(
+                    runs[who].append(
                         run_engine(server, src, tmp / "out.arrow", batch_rows, encoders)
                     )
+                elif who == "raw":
+                    runs[who].append(run_raw(server, src, batch_rows))
                 else:
-                    raw_runs.append(run_raw(server, src, batch_rows))
+                    runs[who].append(run_plain(server, src, tmp / "plain.arrow", batch_rows))
     finally:
         server.stop()
-    return _summary(table, rows, encoders, engine_runs, raw_runs)
+    return _summary(table, rows, encoders, runs["engine"], runs["raw"], runs["plain"])
 
 
 def _summary(
@@ -386,6 +471,7 @@ def _summary(
     encoders: int | None,
     engine: list[dict[str, float]],
     raw: list[dict[str, float]],
+    plain: list[dict[str, float]],
 ) -> dict[str, Any]:
     def med(runs: list[dict[str, float]], f: Any) -> float:
         return float(statistics.median(f(r) for r in runs))
@@ -402,6 +488,11 @@ def _summary(
         "ratio_no_startup": med(
             [{"v": r["active_s"] / e["active_s"]} for e, r in pairs], lambda x: x["v"]
         ),
+        "plain_over_engine_wall": med(
+            [{"v": p["wall_s"] / e["wall_s"]} for e, p in zip(engine, plain, strict=True)],
+            lambda x: x["v"],
+        ),
+        "plain_cpu_us_per_row": med(plain, lambda r: r["cpu_s"] / r["rows"] * 1e6),
         "engine_rows_per_s": med(engine, lambda r: r["rows"] / r["wall_s"]),
         "raw_rows_per_s": med(raw, lambda r: r["rows"] / r["wall_s"]),
         "engine_cpu_us_per_row": med(engine, lambda r: r["cpu_s"] / r["rows"] * 1e6),
@@ -418,8 +509,9 @@ def _summary(
 def _markdown(results: list[dict[str, Any]]) -> str:
     lines = [
         "| table | rows | encoders | engine/raw rows/s (whole) | (no start-up) | CPU µs/row "
-        "engine / raw | bytes/row engine / raw | cores engine / raw | first request | RSS |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "engine / raw | bytes/row engine / raw | cores engine / raw | first request | RSS "
+        "| plain / engine wall | plain CPU µs/row |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         lines.append(
@@ -427,7 +519,8 @@ def _markdown(results: list[dict[str, Any]]) -> str:
             f"{r['ratio_no_startup']:.2f} | {r['engine_cpu_us_per_row']:.2f} / "
             f"{r['raw_cpu_us_per_row']:.2f} | {r['engine_bytes_per_row']:.0f} / "
             f"{r['raw_bytes_per_row']:.0f} | {r['engine_cores']:.2f} / {r['raw_cores']:.2f} | "
-            f"{r['engine_first_request_s']:.2f} s | {r['engine_peak_rss_mib']:.0f} MiB |"
+            f"{r['engine_first_request_s']:.2f} s | {r['engine_peak_rss_mib']:.0f} MiB | "
+            f"{r['plain_over_engine_wall']:.2f} | {r['plain_cpu_us_per_row']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -454,6 +547,11 @@ def main() -> None:
     client.add_argument("input")
     client.add_argument("--url", required=True)
     client.add_argument("--batch-rows", type=int, default=1000)
+    plainly = commands.add_parser("plain")
+    plainly.add_argument("input")
+    plainly.add_argument("--url", required=True)
+    plainly.add_argument("--output", required=True)
+    plainly.add_argument("--batch-rows", type=int, default=1000)
     parser.add_argument("--tables", nargs="+", choices=list(TABLES), default=list(TABLES))
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of each table's rows")
@@ -470,6 +568,8 @@ def main() -> None:
         return serve(args)
     if args.command == "raw":
         return raw(args)
+    if args.command == "plain":
+        return plain(args)
     _compile_engine()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
