@@ -9,7 +9,17 @@ the 429 share over every trailing second stays under 5 %, and the 429 share from
 the fall to the end of the run; with random 429s and 503s, requests
 accepted over the same controller's on the fault-free endpoint.
 
+With ``--told``, beside each steady scenario: a client told the limit (``FixedPace``: the
+same pacer and timer at a pace fixed in advance, as a share of the capacity), at the best of
+the paces in ``TOLD_PACES`` that keeps the share answered 429 at or under 5 % for every seed
+(its fraction of capacity, the pace, the 429 share), or "none" when no pace does. What the
+pacer allows at all: a target a client told the limit misses is out of any finder's reach.
+It never paces above the limit, so where a burst absorbs the timer's lateness (bucket200-b20)
+or a queue keeps the endpoint busy (conc8-queue) the finder, which paces by what is
+delivered, can do better than it.
+
     PYTHONPATH=. python benchmarks/simulated_capacity.py [--seeds 1,2,3] [--only bucket40]
+    PYTHONPATH=. python benchmarks/simulated_capacity.py --told
 """
 
 from __future__ import annotations
@@ -21,16 +31,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.unit.simulation import Endpoint, Result, simulate
+from tests.unit.simulation import Endpoint, FixedPace, Result, simulate
 
 WINDOW_S = 1.0
 STEP_AT_S = 8.0
+#: The paces (shares of the capacity) a client told the limit is run at.
+TOLD_PACES = (1.0, 0.98, 0.96, 0.94, 0.92, 0.90, 0.85, 0.80, 0.70, 0.60, 0.50, 0.40, 0.30)
+TARGET_THROTTLED = 0.05
 
 
-def bucket(rate: float, burst: float, latency_s: float, retry_after_s: float | None = None
-           ) -> Endpoint:
-    return Endpoint(rate=((0, rate),), burst=burst, latency_s=latency_s,
-                    retry_after_s=retry_after_s)
+def bucket(
+    rate: float, burst: float, latency_s: float, retry_after_s: float | None = None
+) -> Endpoint:
+    return Endpoint(
+        rate=((0, rate),), burst=burst, latency_s=latency_s, retry_after_s=retry_after_s
+    )
 
 
 #: name -> the endpoint; its capacity is the endpoint's own (Endpoint.capacity)
@@ -53,8 +68,9 @@ QUIET = Endpoint(latency_s=0.05)
 NOISY = Endpoint(latency_s=0.05, throttle_noise=0.05, error_503_noise=0.03)
 
 
-def trailing(result: Result, measure: Callable[[Result, float, float], float], end_s: float
-             ) -> list[tuple[float, float]]:
+def trailing(
+    result: Result, measure: Callable[[Result, float, float], float], end_s: float
+) -> list[tuple[float, float]]:
     """(t, measure over [t - 1 s, t)) every 0.25 s."""
     ticks = [WINDOW_S + k * 0.25 for k in range(int((end_s - WINDOW_S) / 0.25) + 1)]
     return [(t, measure(result, t - WINDOW_S, t)) for t in ticks]
@@ -64,6 +80,26 @@ def steady(endpoint: Endpoint, seed: int) -> str:
     result = simulate(endpoint, seconds=10, seed=seed)
     fraction = result.accepted_between(0, 10) / (endpoint.capacity(0) * 10)
     return f"{fraction:.2f} / {result.throttle_share(0, 10):.1%}"
+
+
+def told(endpoint: Endpoint, seeds: list[int]) -> str:
+    """The most a client told the limit accepts over 10 s with at most 5 % answered 429."""
+    capacity = endpoint.capacity(0)
+    best: tuple[float, float, float] | None = None
+    for pace in TOLD_PACES:
+        runs = [
+            simulate(
+                endpoint, seconds=10, seed=seed, controller_type=FixedPace, max_rate=pace * capacity
+            )
+            for seed in seeds
+        ]
+        worst = min(r.accepted_between(0, 10) for r in runs) / (capacity * 10)
+        share = max(r.throttle_share(0, 10) for r in runs)
+        if share <= TARGET_THROTTLED and (best is None or worst > best[0]):
+            best = (worst, pace, share)
+    if best is None:
+        return "none"
+    return f"{best[0]:.2f} at {best[1]:.2f} × capacity / {best[2]:.1%}"
 
 
 def step_up(seed: int) -> str:
@@ -95,10 +131,14 @@ def noise(seed: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--only", help="scenarios, comma-separated")
+    parser.add_argument(
+        "--told", action="store_true", help="beside each steady scenario, a client told the limit"
+    )
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     runs: dict[str, Callable[[int], str]] = {
@@ -106,10 +146,14 @@ def main() -> None:
     }
     runs |= {"step-up": step_up, "step-down": step_down, "noise-vs-clean": noise}
     chosen = args.only.split(",") if args.only else list(runs)
-    print("| scenario | " + " | ".join(f"seed {s}" for s in seeds) + " |")
-    print("| --- |" + " --- |" * len(seeds))
+    told_column = " told the limit (worst seed) |" if args.told else ""
+    print("| scenario | " + " | ".join(f"seed {s}" for s in seeds) + " |" + told_column)
+    print("| --- |" + " --- |" * (len(seeds) + bool(args.told)))
     for name in chosen:
-        print(f"| {name} | " + " | ".join(runs[name](s) for s in seeds) + " |", flush=True)
+        cells = [runs[name](s) for s in seeds]
+        if args.told:
+            cells.append(told(STEADY[name], seeds) if name in STEADY else "")
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -87,6 +87,29 @@ class Result:
         return throttled / sent if sent else 0.0
 
 
+class FixedPace(RateController):
+    """A client told the limit: paced at ``max_rate`` from the first request, every request
+    in flight it likes, and nothing it sees changes that (the yardstick for the finder:
+    what the pacer and its timer allow at a pace chosen in advance)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.in_flight_limit = float(self.max_in_flight)
+
+    def on_success(
+        self, now: float, latency_s: float | None = None, in_flight: int | None = None
+    ) -> None:
+        pass
+
+    def on_throttle(
+        self, now: float, latency_s: float | None = None, in_flight: int | None = None
+    ) -> None:
+        pass
+
+    def noise_wait(self) -> float | None:
+        return None  # each refusal waits as the retry policy says
+
+
 def simulate(
     endpoint: Endpoint,
     *,
@@ -94,11 +117,12 @@ def simulate(
     workers: int = 64,
     seed: int = 1,
     timer_slack_s: float = 0.001,
+    controller_type: type[RateController] = RateController,
     **settings: float,
 ) -> Result:
-    """Drive ``RateController(**settings)`` against ``endpoint`` for ``seconds``."""
+    """Drive ``controller_type(**settings)`` against ``endpoint`` for ``seconds``."""
     rng = random.Random(seed)
-    controller = RateController(max_in_flight=workers, **settings)  # type: ignore[arg-type]
+    controller = controller_type(max_in_flight=workers, **settings)  # type: ignore[arg-type]
     result = Result(controller=controller)
     sim = _Sim(endpoint, controller, rng, result, timer_slack_s)
     sim.run(seconds, workers)

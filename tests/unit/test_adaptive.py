@@ -13,7 +13,7 @@ from engine.adaptive import (
     RateController,
     turns_due,
 )
-from tests.unit.simulation import Endpoint, Result, simulate
+from tests.unit.simulation import Endpoint, FixedPace, Result, simulate
 
 SEEDS = (1, 2, 3)
 
@@ -349,12 +349,15 @@ def _missed(reason: str) -> pytest.MarkDecorator:
         pytest.param(
             Endpoint(rate=((0, 200),), burst=1, latency_s=0.01), id="bucket-200-b1",
             marks=_missed("0.66 of capacity (under 1 % refused, seeds 1-3): at 5 ms intervals a "
-                          "timer up to 1 ms late leaves the pace short of the one asked"),
+                          "timer up to 1 ms late leaves the pace short of the one asked; a "
+                          "client told the limit gets at most 0.89 here "
+                          "(see test_a_client_told_the_limit_misses...)"),
         ),
         pytest.param(
             Endpoint(rate=((0, 2000),), burst=1, latency_s=0.01), id="bucket-2000-b1",
             marks=_missed("0.19-0.24 of capacity: 0.5 ms intervals are under the timer's "
-                          "resolution, so requests go in pairs and the second is refused"),
+                          "resolution, so requests go in pairs and the second is refused; a "
+                          "client told the limit gets under 0.45 with 5 % or fewer refused"),
         ),
         pytest.param(Endpoint(concurrency=((0, 8),), latency_s=0.05), id="concurrency-429"),
     ],
@@ -366,6 +369,41 @@ def test_issue_11_target_at_least_090_of_capacity_and_at_most_5_percent_refused_
         result = simulate(endpoint, seconds=10, seed=seed)
         assert fraction_of_capacity(endpoint, result, 0.0, 10.0) >= 0.90
         assert result.throttle_share(0.0, 10.0) <= 0.05
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "best"),
+    [
+        pytest.param(Endpoint(rate=((0, 200),), burst=1, latency_s=0.01), 0.90, id="200-b1"),
+        pytest.param(Endpoint(rate=((0, 2000),), burst=1, latency_s=0.01), 0.45, id="2000-b1"),
+    ],
+)
+def test_a_client_told_the_limit_misses_the_target_on_fast_buckets_with_a_burst_of_one(
+    endpoint: Endpoint, best: float
+) -> None:
+    """Why two of the xfails above are out of any finder's reach in this model: paced at a
+    fixed share of the limit (told it, never changing), the pacer and its timer get no more
+    than ``best`` of the capacity with at most 5 % refused, at any pace."""
+    capacity = endpoint.capacity(0)
+    for share in (1.0, 0.98, 0.96, 0.94, 0.92, 0.9, 0.85, 0.8, 0.6, 0.45, 0.3):
+        for seed in SEEDS:
+            result = simulate(endpoint, seconds=10, seed=seed, controller_type=FixedPace,
+                              max_rate=share * capacity)
+            assert result.controller is not None
+            assert result.controller.rate == share * capacity  # told, never changed
+            if result.throttle_share(0.0, 10.0) <= 0.05:
+                assert fraction_of_capacity(endpoint, result, 0.0, 10.0) < best
+
+
+def test_a_client_told_the_limit_of_a_slow_bucket_with_a_burst_of_one_meets_the_target() -> None:
+    """...while on slow ones it meets it: there the shortfall is the finder's."""
+    for endpoint in (Endpoint(rate=((0, 5),), burst=1, latency_s=0.01),
+                     Endpoint(rate=((0, 40),), burst=1, latency_s=0.03)):
+        for seed in SEEDS:
+            result = simulate(endpoint, seconds=10, seed=seed, controller_type=FixedPace,
+                              max_rate=0.96 * endpoint.capacity(0))
+            assert fraction_of_capacity(endpoint, result, 0.0, 10.0) >= 0.90
+            assert result.throttle_share(0.0, 10.0) <= 0.05
 
 
 def test_refusals_are_noise_until_they_come_in_a_run() -> None:
