@@ -67,7 +67,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import run_child
+from common import ChildUsage, run_child
 
 ROOT = Path(__file__).resolve().parent
 ENDPOINT = "bench"
@@ -396,22 +396,18 @@ def run_engine(
     }
 
 
-def run_raw(server: Server, src: Path, batch_rows: int) -> dict[str, float]:
-    cmd = [
-        sys.executable,
-        __file__,
-        "raw",
-        str(src),
-        "--url",
-        server.url,
-        "--batch-rows",
-        str(batch_rows),
-    ]
+def _run_client(server: Server, command: str, *args: str) -> tuple[ChildUsage, dict[str, float]]:
+    """This file's ``command`` client against ``server``: its usage, and what the server saw."""
+    cmd = [sys.executable, __file__, command, *args, "--url", server.url]
     server.take_stats()
     usage = run_child(cmd, _env(server.url))
     if usage.exit_code != 0:
-        raise SystemExit(f"raw client failed:\n{usage.stderr[-3000:]}")
-    seen = server.take_stats()
+        raise SystemExit(f"{command} client failed:\n{usage.stderr[-3000:]}")
+    return usage, server.take_stats()
+
+
+def run_raw(server: Server, src: Path, batch_rows: int) -> dict[str, float]:
+    usage, seen = _run_client(server, "raw", str(src), "--batch-rows", str(batch_rows))
     mine = json.loads(usage.stdout.strip().splitlines()[-1])
     return {
         "wall_s": mine["wall_s"],
@@ -423,23 +419,9 @@ def run_raw(server: Server, src: Path, batch_rows: int) -> dict[str, float]:
 
 
 def run_plain(server: Server, src: Path, out: Path, batch_rows: int) -> dict[str, float]:
-    cmd = [
-        sys.executable,
-        __file__,
-        "plain",
-        str(src),
-        "--url",
-        server.url,
-        "--output",
-        str(out),
-        "--batch-rows",
-        str(batch_rows),
-    ]
-    server.take_stats()
-    usage = run_child(cmd, _env(server.url))
-    if usage.exit_code != 0:
-        raise SystemExit(f"plain client failed:\n{usage.stderr[-3000:]}")
-    seen = server.take_stats()
+    usage, seen = _run_client(
+        server, "plain", str(src), "--output", str(out), "--batch-rows", str(batch_rows)
+    )
     return {"wall_s": usage.wall_s, "cpu_s": usage.cpu_s, "rows": seen["rows"]}
 
 
