@@ -246,12 +246,15 @@ def _reference_rows(batch: pa.RecordBatch) -> list[Any]:
     return list(zip(*columns, strict=True))
 
 
+def _body(batch: pa.RecordBatch) -> bytes:
+    """``batch`` as a ``dataframe_split`` body, the reference way (what both clients send)."""
+    document = {"dataframe_split": {"columns": batch.schema.names, "data": _reference_rows(batch)}}
+    return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 def _bodies(path: str, batch_rows: int) -> Iterator[tuple[int, bytes]]:
     for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
-        document = {
-            "dataframe_split": {"columns": batch.schema.names, "data": _reference_rows(batch)}
-        }
-        yield batch.num_rows, orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+        yield batch.num_rows, _body(batch)
 
 
 def raw(args: argparse.Namespace) -> None:
@@ -317,13 +320,7 @@ def plain(args: argparse.Namespace) -> None:
 
             async def worker() -> None:
                 for index, batch in batches:
-                    document = {
-                        "dataframe_split": {
-                            "columns": batch.schema.names,
-                            "data": _reference_rows(batch),
-                        }
-                    }
-                    body = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+                    body = _body(batch)
                     async with session.post(url, data=body, headers=headers) as response:
                         answer = await response.read()
                         assert response.status == 200, response.status
@@ -525,15 +522,12 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command")
     server = commands.add_parser("serve")
     server.add_argument("--parser", choices=["orjson", "json"], default="orjson")
-    client = commands.add_parser("raw")
-    client.add_argument("input")
-    client.add_argument("--url", required=True)
-    client.add_argument("--batch-rows", type=int, default=1000)
-    plainly = commands.add_parser("plain")
-    plainly.add_argument("input")
-    plainly.add_argument("--url", required=True)
-    plainly.add_argument("--output", required=True)
-    plainly.add_argument("--batch-rows", type=int, default=1000)
+    clients = {name: commands.add_parser(name) for name in ("raw", "plain")}
+    for client in clients.values():
+        client.add_argument("input")
+        client.add_argument("--url", required=True)
+        client.add_argument("--batch-rows", type=int, default=1000)
+    clients["plain"].add_argument("--output", required=True)
     parser.add_argument("--tables", nargs="+", choices=list(TABLES), default=list(TABLES))
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of each table's rows")
