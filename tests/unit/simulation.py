@@ -121,34 +121,55 @@ def simulate(
     **settings: float,
 ) -> Result:
     """Drive ``controller_type(**settings)`` against ``endpoint`` for ``seconds``."""
-    rng = random.Random(seed)
-    controller = controller_type(max_in_flight=workers, **settings)  # type: ignore[arg-type]
-    result = Result(controller=controller)
-    sim = _Sim(endpoint, controller, rng, result, timer_slack_s)
-    sim.run(seconds, workers)
+    client = Client(workers=workers, controller_type=controller_type, settings=settings)
+    (result,) = simulate_shared(
+        endpoint, [client], seconds=seconds, seed=seed, timer_slack_s=timer_slack_s
+    )
     return result
 
 
-class _Sim:
-    def __init__(
-        self,
-        endpoint: Endpoint,
-        controller: RateController,
-        rng: random.Random,
-        result: Result,
-        timer_slack_s: float,
-    ) -> None:
-        self.endpoint = endpoint
+@dataclass(frozen=True)
+class Client:
+    """One job sending to the shared endpoint: its own controller, pacer and workers, from
+    ``start_s`` until ``stop_s`` (then its workers send nothing new: the job is done)."""
+
+    workers: int = 64
+    start_s: float = 0.0
+    stop_s: float = math.inf
+    controller_type: type[RateController] = RateController
+    settings: dict[str, float] = field(default_factory=dict)
+
+
+def simulate_shared(
+    endpoint: Endpoint,
+    clients: list[Client],
+    *,
+    seconds: float,
+    seed: int = 1,
+    timer_slack_s: float = 0.001,
+) -> list[Result]:
+    """Drive several clients, each with a controller of its own, against one endpoint (one
+    bucket, one set of slots): neighbours' jobs that each find the capacity left to them."""
+    sim = _Sim(endpoint, random.Random(seed), timer_slack_s)
+    results = []
+    for client in clients:
+        controller = client.controller_type(  # type: ignore[arg-type]
+            max_in_flight=client.workers, **client.settings
+        )
+        results.append(sim.add_client(controller, client))
+    sim.run(seconds)
+    return results
+
+
+class _Client:
+    """A client's side: its controller applied the way ``engine.dispatch.Pacer`` does."""
+
+    def __init__(self, sim: _Sim, index: int, controller: RateController, spec: Client) -> None:
+        self.sim = sim
+        self.tick_id = -(index + 1)  # its pacer's timer events
         self.controller = controller
-        self.rng = rng
-        self.result = result
-        self.timer_slack_s = timer_slack_s
-        self.events: list[tuple[float, int, str, int, float]] = []
-        self.seq = 0
-        self.tokens = endpoint.burst
-        self.bucket_at = 0.0
-        self.serving = 0
-        self.slot_free_at: list[float] = []
+        self.spec = spec
+        self.result = Result(controller=controller)
         self.in_flight = 0
         self.blocked: list[int] = []
         self.paced: list[int] = []
@@ -159,29 +180,9 @@ class _Sim:
         self.sending = 0  # sent and not answered yet
         self.level: dict[int, int] = {}  # worker -> requests in flight when it sent
 
-    def push(self, at: float, worker: int, kind: str, sent_at: float = 0.0) -> None:
-        self.seq += 1
-        heapq.heappush(self.events, (at, self.seq, kind, worker, sent_at))
-
-    def run(self, seconds: float, workers: int) -> None:
-        for worker in range(workers):
-            self.push(0.0, worker, "ready")
-        while self.events:
-            now, _, kind, worker, sent_at = heapq.heappop(self.events)
-            if now > seconds:
-                break
-            if kind == "ready":
-                self.on_ready(now, worker)
-            elif kind == "tick":
-                self.on_tick(now)
-            elif kind == "arrive":
-                self.on_arrive(now, worker, sent_at)
-            else:  # an answer: "200", "429", "503"
-                self.answered(now, worker, int(kind), now - sent_at)
-
-    # -- client --------------------------------------------------------------------------
-
     def on_ready(self, now: float, worker: int) -> None:
+        if now >= self.spec.stop_s:
+            return  # the job is done: the worker sends nothing more
         controller = self.controller
         if self.in_flight >= int(controller.in_flight_limit):
             self.blocked.append(worker)
@@ -193,7 +194,10 @@ class _Sim:
         self.paced.append(worker)
         if not self.tick_pending:
             self.tick_pending = True
-            self.push(max(now, self.next_at) + self.rng.uniform(0, self.timer_slack_s), -1, "tick")
+            self.schedule_tick(max(now, self.next_at))
+
+    def schedule_tick(self, at: float) -> None:
+        self.sim.push(at + self.sim.rng.uniform(0, self.sim.timer_slack_s), self.tick_id, "tick")
 
     def on_tick(self, now: float) -> None:
         self.tick_pending = False
@@ -207,48 +211,92 @@ class _Sim:
             due -= 1
         if self.paced:
             self.tick_pending = True
-            at = max(now, self.next_at) + self.rng.uniform(0, self.timer_slack_s)
-            self.push(at, -1, "tick")
+            self.schedule_tick(max(now, self.next_at))
 
     def answered(self, now: float, worker: int, status: int, latency_s: float) -> None:
+        sim = self.sim
         self.in_flight -= 1
         self.sending -= 1
         level = self.level.pop(worker)
         for waiting in self.blocked:
-            self.push(now, waiting, "ready")
+            sim.push(now, waiting, "ready")
         self.blocked.clear()
         if self.paced and not self.tick_pending:  # a turn held for a free slot
             self.tick_pending = True
-            self.push(max(now, self.next_at), -1, "tick")
+            sim.push(max(now, self.next_at), self.tick_id, "tick")
         if status == 200:
             self.result.accepted.append(now)
             self.controller.on_success(now, latency_s, level)
             self.tallies.pop(worker, None)
-            self.push(now, worker, "ready")
+            sim.push(now, worker, "ready")
             return
         if status == 429:
             self.result.throttled.append(now)
             self.controller.on_throttle(now, latency_s, level)
-        retry_after = self.endpoint.retry_after_s if status == 429 else None
+        retry_after = sim.endpoint.retry_after_s if status == 429 else None
         outcome = Outcome(FailureKind.STATUS, status=status, retry_after_s=retry_after)
         delay, self.tallies[worker] = self.policy.decide(
             self.tallies.get(worker, Tally()),
             outcome,
-            self.rng,
+            sim.rng,
             noise_wait_s=self.controller.noise_wait(),  # as engine.dispatch asks it
         )
         assert delay is not None, "the default policy gave up on a throttled request"
-        self.push(now + delay, worker, "ready")
-
-    # -- endpoint ------------------------------------------------------------------------
+        sim.push(now + delay, worker, "ready")
 
     def send(self, now: float, worker: int) -> None:
         self.result.sent.append(now)
         self.sending += 1
         self.level[worker] = self.sending
         self.controller.on_send(now)
-        arrive = now + self.rng.uniform(0.0, 0.0002)
-        self.push(arrive, worker, "arrive", now)
+        arrive = now + self.sim.rng.uniform(0.0, 0.0002)
+        self.sim.push(arrive, worker, "arrive", now)
+
+
+class _Sim:
+    """The endpoint (one bucket, one set of slots) and the clock every client shares."""
+
+    def __init__(self, endpoint: Endpoint, rng: random.Random, timer_slack_s: float) -> None:
+        self.endpoint = endpoint
+        self.rng = rng
+        self.timer_slack_s = timer_slack_s
+        self.events: list[tuple[float, int, str, int, float]] = []
+        self.seq = 0
+        self.tokens = endpoint.burst
+        self.bucket_at = 0.0
+        self.slot_free_at: list[float] = []
+        self.clients: list[_Client] = []
+        self.owner: list[_Client] = []  # worker -> its client
+
+    def add_client(self, controller: RateController, spec: Client) -> Result:
+        client = _Client(self, len(self.clients), controller, spec)
+        self.clients.append(client)
+        for _ in range(spec.workers):
+            self.push(spec.start_s, len(self.owner), "ready")
+            self.owner.append(client)
+        return client.result
+
+    def push(self, at: float, worker: int, kind: str, sent_at: float = 0.0) -> None:
+        self.seq += 1
+        heapq.heappush(self.events, (at, self.seq, kind, worker, sent_at))
+
+    def run(self, seconds: float) -> None:
+        while self.events:
+            now, _, kind, worker, sent_at = heapq.heappop(self.events)
+            if now > seconds:
+                break
+            if kind == "tick":
+                self.clients[-worker - 1].on_tick(now)
+                continue
+            client = self.owner[worker]
+            if kind == "ready":
+                client.on_ready(now, worker)
+            elif kind == "arrive":
+                self.on_arrive(now, worker, sent_at)
+            else:  # an answer: "200", "429", "503"
+                client.answered(now, worker, int(kind), now - sent_at)
+
+    # -- endpoint ------------------------------------------------------------------------
 
     def on_arrive(self, now: float, worker: int, sent_at: float) -> None:
         endpoint = self.endpoint
