@@ -35,6 +35,10 @@ end of each round the controller compares what was delivered with what was sent:
   Refusals only above a level at which requests are otherwise accepted are the endpoint's
   provisioned concurrency, not its pace: requests in flight are capped there
   (:attr:`RateController.concurrency_cap`) and the pace is raised to what the cap allows.
+  While the cap is what holds the run, every ``PROBE_INTERVAL_S`` one more request may go
+  in flight: ``CAP_PROBE_ACCEPTS`` accepted there raise the cap a level (and try the next at
+  once), a refusal there ends the try. Provisioned concurrency that scales up, or a
+  neighbour's job that ends, is found in seconds, at one 429 a try when it has not.
 
 Noise is not capacity: a few percent of random 429s stay within the usual share (learned in
 the slow round after each probe and cut, and a round needs ``MIN_LOSSES`` beyond it), so they
@@ -145,6 +149,12 @@ MIN_CONCURRENCY_CAP = 4
 #: the client counts a request in flight until its answer arrives, the endpoint frees its
 #: slot when it answers, so counts near the cap can be one off either way.
 CAP_SLIP_SHARE = 0.01
+#: A known cap is tried one higher every ``PROBE_INTERVAL_S`` (provisioned concurrency scales
+#: up, a neighbour's job ends): it rose once this many requests were accepted there.
+CAP_PROBE_ACCEPTS = 3
+#: ...while the pace lets the requests in flight reach this share of the cap (else the pace,
+#: not the cap, is what holds the run).
+CAP_BINDS_SHARE = 0.9
 #: Rounds kept for late answers.
 KEPT_ROUNDS = 64
 #: Two paced sends are never closer than this share of the pacing interval...
@@ -291,6 +301,11 @@ class RateController:
     _lossy_startup_rounds: int = field(default=0, init=False, repr=False)
     _last_round_lossy: bool = field(default=False, init=False, repr=False)
     _last_refusal_concurrency: bool = field(default=False, init=False, repr=False)
+    #: trying one request in flight above the concurrency cap: since when (None: not), the
+    #: requests accepted there, and when the next try may start
+    _cap_probe_since: float | None = field(default=None, init=False, repr=False)
+    _cap_probe_accepted: int = field(default=0, init=False, repr=False)
+    _cap_probe_at: float = field(default=math.inf, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.in_flight_limit = float(min(self.initial_in_flight, self.max_in_flight))
@@ -358,6 +373,7 @@ class RateController:
         requests (itself included) in flight when it was."""
         self._refusals_in_a_row = 0
         self._count_level(in_flight, refused=False)
+        self._cap_probe_answer(now, in_flight, refused=False)
         self._count_second(now)
         sent_round = self._round_of(now - (latency_s or 0.0))
         if sent_round is not None:
@@ -376,7 +392,8 @@ class RateController:
         with ``in_flight`` requests (itself included) in flight when it was."""
         self.throttles += 1
         self._count_level(in_flight, refused=True)
-        self._last_refusal_concurrency = self._concurrency_refusal(in_flight)
+        self._cap_probe_answer(now, in_flight, refused=True)
+        self._last_refusal_concurrency = self._concurrency_refusal(in_flight, now)
         if self._last_refusal_concurrency:
             self._advance(now)
             return
@@ -444,7 +461,7 @@ class RateController:
         counts = self._level_refused if refused else self._level_accepted
         counts[level] += 1.0
 
-    def _concurrency_refusal(self, in_flight: int | None) -> bool:
+    def _concurrency_refusal(self, in_flight: int | None, now: float) -> bool:
         """Refused because more were in flight than the endpoint serves at once (its
         provisioned concurrency), not for the pace: cap requests in flight there instead
         of slowing down. The cap is the most in flight at which requests are accepted (seen
@@ -459,12 +476,65 @@ class RateController:
         self.concurrency_cap = cap
         self.in_flight_limit = min(self.in_flight_limit, float(cap))
         self.slow_start = False
+        self._cap_probe_at = now + PROBE_INTERVAL_S
         base = self.base_latency()
         if self.capacity is not None and base:
             # The refusals that set the pace were the cap's: pace no slower than it allows.
             self.capacity = max(self.capacity, cap / base)
             self._set_rate()
         return True
+
+    def _try_cap(self, now: float) -> None:
+        """Every ``PROBE_INTERVAL_S``, let one more request in flight than the cap: a limit
+        that rose (provisioned concurrency scaled up, a neighbour's job ended) is found, one
+        level per ``CAP_PROBE_ACCEPTS`` acceptances, at the cost of one 429 when it has not."""
+        cap = self.concurrency_cap
+        if cap is None or self._cap_probe_since is not None or now < self._cap_probe_at:
+            return
+        base = self.base_latency()
+        if cap >= self.max_in_flight or self.capacity is None or not base:
+            return
+        if self.capacity * base < CAP_BINDS_SHARE * cap:
+            return  # the pace holds the run under the cap: more in flight would not be used
+        self._cap_probe_since = now
+        self._cap_probe_accepted = 0
+        self.in_flight_limit = float(cap + 1)
+        self._set_rate()
+
+    def _cap_probe_answer(self, now: float, in_flight: int | None, *, refused: bool) -> None:
+        """An answer to a request sent with one more in flight than the cap, while trying it."""
+        cap = self.concurrency_cap
+        if self._cap_probe_since is None or cap is None or in_flight is None:
+            return
+        if in_flight <= cap:
+            if now - self._cap_probe_since > PROBE_INTERVAL_S:  # the level was never reached
+                self._end_cap_probe(now)
+            return
+        if refused:
+            self._end_cap_probe(now)
+            return
+        self._cap_probe_accepted += 1
+        if self._cap_probe_accepted < CAP_PROBE_ACCEPTS:
+            return
+        # The endpoint serves one more at once: what was refused above the old cap is stale.
+        cap += 1
+        self.concurrency_cap = cap
+        for level in range(cap, len(self._level_refused)):
+            self._level_refused[level] = 0.0
+        base = self.base_latency()
+        if self.capacity is not None and base:
+            self.capacity = max(self.capacity, cap / base)
+        self._cap_probe_since = None
+        self._cap_probe_at = now  # and on to the next level
+        self.in_flight_limit = float(cap)
+        self._try_cap(now)
+
+    def _end_cap_probe(self, now: float) -> None:
+        self._cap_probe_since = None
+        self._cap_probe_at = now + PROBE_INTERVAL_S
+        if self.concurrency_cap is not None:
+            self.in_flight_limit = min(self.in_flight_limit, float(self.concurrency_cap))
+        self._set_rate()
 
     def _find_concurrency_cap(self) -> int | None:
         accepted, refused = self._level_accepted, self._level_refused
@@ -543,6 +613,7 @@ class RateController:
 
     def _advance(self, now: float) -> None:
         """Judge every closed round whose answers are in (oldest first)."""
+        self._try_cap(now)
         self._open_round(now)  # closes the current round when its time is up
         settle = max(SETTLE_MIN_S, SETTLE_ROUND_TRIPS * (self.base_latency() or 0.0))
         while self._rounds and self._rounds[0].ended_at < math.inf:
@@ -774,13 +845,18 @@ class RateController:
         gain = 1.0 + self._excess if self.probing else self.cruise_gain
         if self._draining:
             gain = DRAIN_GAIN
-        self.rate = min(self.max_rate, max(self.min_rate, gain * self.capacity))
+        rate = gain * self.capacity
+        base = self.base_latency()
+        if self._cap_probe_since is not None and self.concurrency_cap is not None and base:
+            rate = max(rate, (self.concurrency_cap + 1) / base)  # pace for the level tried
+        self.rate = min(self.max_rate, max(self.min_rate, rate))
 
     def _grow_in_flight(self) -> None:
         limit = self.in_flight_limit
         ceiling = float(self.max_in_flight)
         if self.concurrency_cap is not None:
-            ceiling = min(ceiling, float(self.concurrency_cap))
+            trying = self._cap_probe_since is not None
+            ceiling = min(ceiling, float(self.concurrency_cap + trying))
         if self.slow_start:
             self.in_flight_limit = min(ceiling, limit + 1.0)
             self.slow_start = self.in_flight_limit < ceiling

@@ -8,8 +8,10 @@ import itertools
 import pytest
 
 from engine.adaptive import (
+    CAP_PROBE_ACCEPTS,
     MIN_SPACING_SHARE,
     NOISE_REFUSALS_IN_A_ROW,
+    PROBE_INTERVAL_S,
     RateController,
     turns_due,
 )
@@ -279,6 +281,80 @@ def test_a_cap_is_found_although_a_few_requests_at_it_were_refused() -> None:
             else:
                 controller.on_throttle(now + 0.002, 0.002, in_flight=level)
     assert controller.concurrency_cap == 8
+
+
+def _capped_at_8() -> tuple[RateController, float]:
+    """A controller that learned a cap of 8 (as in the test above), and the time it ended."""
+    controller = RateController(max_in_flight=64, initial_in_flight=64)
+    now = 0.0
+    for _ in range(12):
+        for level in range(1, 13):
+            now += 0.001
+            controller.on_send(now)
+            if level <= 8:
+                controller.on_success(now + 0.05, 0.05, in_flight=level)
+            else:
+                controller.on_throttle(now + 0.002, 0.002, in_flight=level)
+    assert controller.concurrency_cap == 8
+    return controller, now + 0.05
+
+
+def test_a_cap_is_tried_one_higher_and_rises_when_that_level_is_accepted() -> None:
+    controller, now = _capped_at_8()
+    controller.on_success(now, 0.05, in_flight=8)
+    assert controller.in_flight_limit <= 8  # not before the probe interval
+    now += PROBE_INTERVAL_S
+    controller.on_success(now, 0.05, in_flight=8)
+    assert int(controller.in_flight_limit) == 9  # one more may go
+    assert controller.rate >= 9 / 0.05 * 0.99  # and the pace lets it
+    for _ in range(CAP_PROBE_ACCEPTS):
+        now += 0.01
+        controller.on_send(now - 0.05)
+        controller.on_success(now, 0.05, in_flight=9)
+    assert controller.concurrency_cap == 9
+    assert int(controller.in_flight_limit) == 10  # and on to the next level at once
+    now += 0.01
+    controller.on_throttle(now, 0.002, in_flight=10)  # the endpoint serves 9 at once
+    assert controller.concurrency_cap == 9
+    assert int(controller.in_flight_limit) == 9
+    assert controller.capacity is not None and controller.capacity >= 0.99 * 9 / 0.05
+
+
+def test_a_cap_tried_higher_and_refused_there_stays() -> None:
+    controller, now = _capped_at_8()
+    now += PROBE_INTERVAL_S
+    controller.on_success(now, 0.05, in_flight=8)
+    assert int(controller.in_flight_limit) == 9
+    controller.on_success(now + 0.001, 0.05, in_flight=9)  # chance: a slot freed meanwhile
+    controller.on_throttle(now + 0.002, 0.002, in_flight=9)
+    assert controller.concurrency_cap == 8 and int(controller.in_flight_limit) == 8
+    controller.on_success(now + PROBE_INTERVAL_S / 2, 0.05, in_flight=8)
+    assert int(controller.in_flight_limit) == 8  # the next try waits its interval
+
+
+def test_a_cap_is_not_tried_higher_while_the_pace_holds_the_run_under_it() -> None:
+    controller, now = _capped_at_8()
+    controller.capacity = 40.0  # a rate limit met later: 2 in flight at 50 ms, not 8
+    now += PROBE_INTERVAL_S
+    controller.on_success(now, 0.05, in_flight=2)
+    assert controller.in_flight_limit <= 8
+
+
+def test_provisioned_concurrency_scaled_up_is_used_within_six_seconds() -> None:
+    """Issue 11's step-up target for a concurrency limit that answers 429: 4 slots, then 8
+    from 8 s on (autoscaling, or a neighbour's job ending). A cap learned once used to stay:
+    0.48 of the new capacity for the rest of the run."""
+    endpoint = Endpoint(concurrency=((0, 4), (8, 8)), latency_s=0.05)
+    for seed in SEEDS:
+        result = simulate(endpoint, seconds=20, seed=seed)
+        assert result.controller is not None and result.controller.concurrency_cap == 8
+        reached = [
+            t for t in (8.0 + 0.25 * k for k in range(4, 25))
+            if result.accepted_between(t - 1.0, t) >= 0.9 * endpoint.capacity(t)
+        ]
+        assert reached and reached[0] <= 8.0 + 6.0
+        assert fraction_of_capacity(endpoint, result, 14.0, 20.0) >= 0.9
+        assert result.throttle_share(8.0, 20.0) <= 0.05
 
 
 def test_a_rate_limit_refusing_at_every_level_is_no_concurrency_cap() -> None:
