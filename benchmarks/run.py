@@ -123,6 +123,15 @@ def strict_scenarios(quick: bool) -> list[Scenario]:
             (), suite="strict", batch_rows=100, capacity=((0.0, before), (8.0, after)),
         )
 
+    def scaled_up() -> Scenario:
+        flags = ("--concurrency-schedule", "0:4,8:8", "--concurrency-mode", "429",
+                 "--latency-ms", "50", "--retry-after", "none")
+        return Scenario(
+            "concstep", "concurrency 4 for 8 s, then 8 (429 mode), 50 ms", flags,
+            int((8 * 80 + 12 * 160) * 100 * scale), None, STRICT_CLIENTS, (), suite="strict",
+            batch_rows=100, capacity=((0.0, 80.0), (8.0, 160.0)),
+        )
+
     def tiny(rate: float, seconds: float) -> Scenario:
         flags = ("--qps", f"{rate:g}", "--qps-burst", "1", "--latency-ms", "10",
                  "--retry-after", "none")
@@ -141,6 +150,7 @@ def strict_scenarios(quick: bool) -> list[Scenario]:
         concurrency("concqueue", "queue"),
         step("stepup", 20.0, 60.0),
         step("stepdown", 60.0, 20.0),
+        scaled_up(),
         Scenario(
             "quiet", "30 ms, no faults, no limit", ("--latency-ms", "30"), int(300_000 * scale),
             None, engines, ("--concurrency", "64"), suite="strict",
@@ -426,7 +436,7 @@ def strict_table(results: list[Result], titles: dict[str, str]) -> str:
     for r in results:
         causes = "/".join(str(r.throttled_by_cause.get(c, 0)) for c in ("rate", "concurrency",
                                                                           "random"))
-        step_up = _seconds(r.step_reach_s) if r.scenario == "stepup" else ""
+        step_up = _seconds(r.step_reach_s) if r.scenario in ("stepup", "concstep") else ""
         step_down = ""
         if r.scenario == "stepdown":
             after = "-" if r.step_share_after_3s is None else f"{r.step_share_after_3s:.1%}"
@@ -551,8 +561,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--only", help="scenarios, comma-separated (zero,latency,limited,faults,tokens; strict: "
-        "bucket10,bucket40,conc429,concqueue,stepup,stepdown,quiet,noisy,hang,tiny5,tiny200,"
-        "tiny2000)"
+        "bucket10,bucket40,conc429,concqueue,stepup,stepdown,concstep,quiet,noisy,hang,tiny5,"
+        "tiny200,tiny2000)"
     )
     parser.add_argument("--clients", help="clients, comma-separated")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where results go")
