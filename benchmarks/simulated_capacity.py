@@ -7,7 +7,11 @@ the share of requests answered 429 over them; after a step up, seconds until the
 rate over a trailing second reaches 0.9 of the new limit; after a step down, seconds until
 the 429 share over every trailing second stays under 5 %, and the 429 share from 3 s after
 the fall to the end of the run; with random 429s and 503s, requests
-accepted over the same controller's on the fault-free endpoint.
+accepted over the same controller's on the fault-free endpoint. Neighbours' jobs, each an
+engine of its own on the one endpoint: ``two-jobs-*`` start together (fraction of capacity
+over 20 s, 429 share, the smaller job's share of what was accepted); ``neighbour-*`` has a
+second job from 5 s to 12 s (both together's fraction over 8-12 s, then the first job's over
+15-20 s, once the other is gone).
 
 With ``--told``, beside each steady scenario: a client told the limit (``FixedPace``: the
 same pacer and timer at a pace fixed in advance, as a share of the capacity), at the best of
@@ -31,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.unit.simulation import Endpoint, FixedPace, Result, simulate
+from tests.unit.simulation import Client, Endpoint, FixedPace, Result, simulate, simulate_shared
 
 WINDOW_S = 1.0
 STEP_AT_S = 8.0
@@ -126,6 +130,38 @@ def step_down(seed: int) -> str:
     return f"{every}; {result.throttle_share(STEP_AT_S + 3.0, 20.0):.1%} from 3 s on"
 
 
+#: endpoints two jobs share (each an engine of its own)
+SHARED: dict[str, Endpoint] = {
+    name: STEADY[name]
+    for name in ("bucket40-b4", "bucket40-b1", "bucket200-b20", "bucket2000-b200", "conc8-429",
+                 "conc8-queue")
+}
+
+
+def together(endpoint: Endpoint, seed: int) -> str:
+    """Two jobs from 0 s, 20 s: both together's fraction of capacity, 429 share, the smaller
+    job's share of what was accepted."""
+    runs = simulate_shared(endpoint, [Client(), Client()], seconds=20, seed=seed)
+    accepted = [len(r.accepted) for r in runs]
+    sent = sum(len(r.sent) for r in runs)
+    throttled = sum(len(r.throttled) for r in runs)
+    fraction = sum(accepted) / (endpoint.capacity(0) * 20)
+    return f"{fraction:.2f} / {throttled / sent:.1%} / {min(accepted) / sum(accepted):.2f}"
+
+
+def neighbour(endpoint: Endpoint, seed: int) -> str:
+    """A second job from 5 s to 12 s: both together's fraction of capacity over 8-12 s, then
+    the first job's over 15-20 s (after it is gone)."""
+    mine, theirs = simulate_shared(
+        endpoint, [Client(), Client(start_s=5.0, stop_s=12.0)], seconds=20, seed=seed
+    )
+    both = (mine.accepted_between(8, 12) + theirs.accepted_between(8, 12)) / (
+        endpoint.capacity(8) * 4
+    )
+    after = mine.accepted_between(15, 20) / (endpoint.capacity(15) * 5)
+    return f"{both:.2f}, then {after:.2f}"
+
+
 def noise(seed: int) -> str:
     clean = simulate(QUIET, seconds=10, workers=32, seed=seed)
     noisy = simulate(NOISY, seconds=10, workers=32, seed=seed)
@@ -146,6 +182,14 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     runs: dict[str, Callable[[int], str]] = {
         name: (lambda seed, e=endpoint: steady(e, seed)) for name, endpoint in STEADY.items()
+    }
+    runs |= {
+        f"two-jobs-{name}": (lambda seed, e=endpoint: together(e, seed))
+        for name, endpoint in SHARED.items()
+    }
+    runs |= {
+        f"neighbour-{name}": (lambda seed, e=endpoint: neighbour(e, seed))
+        for name, endpoint in SHARED.items()
     }
     runs |= {
         "step-up": step_up,

@@ -29,8 +29,10 @@ end of each round the controller compares what was delivered with what was sent:
   back (a bucket's burst can make a probe look taken). A round refused well above the usual
   share says the limit fell below the pace: C becomes what that round accepted once refused;
   a refusal in the next ``TENTATIVE_S`` takes it ``STEP_DOWN_MARGIN`` further down, and
-  probing waits ``STEP_DOWN_PROBE_HOLD_S`` longer. Cruise rounds that together were refused
-  more than noise explains lower C by the excess share.
+  probing waits ``STEP_DOWN_PROBE_HOLD_S`` longer. A round that accepted nothing measured no
+  rate (a neighbour's job took the limit for a moment): it halves C, as TCP, instead.
+  Cruise rounds that together were refused more than noise explains lower C by the excess
+  share.
 * **concurrency**: each answer says how many requests were in flight when it was sent.
   Refusals only above a level at which requests are otherwise accepted are the endpoint's
   provisioned concurrency, not its pace: requests in flight are capped there
@@ -155,6 +157,9 @@ CAP_PROBE_ACCEPTS = 3
 #: ...while the pace lets the requests in flight reach this share of the cap (else the pace,
 #: not the cap, is what holds the run).
 CAP_BINDS_SHARE = 0.9
+#: A round that accepted fewer than this measured no rate: a cut after it halves the pace.
+MIN_MEASURED = 1
+HALVING = 0.5
 #: Rounds kept for late answers.
 KEPT_ROUNDS = 64
 #: Two paced sends are never closer than this share of the pacing interval...
@@ -772,6 +777,10 @@ class RateController:
         # At the usual pace: the limit moved down (a neighbour's job, a scale-down). What was
         # accepted once refused may include a token or two left over: a refusal at the new
         # pace soon after takes it a step further down at once.
+        if done.accepted < MIN_MEASURED and self.capacity is not None:
+            # Too few accepted to measure a rate (a neighbour's burst took the limit for a
+            # moment): halve, as TCP, instead of cutting to next to nothing.
+            estimate = max(estimate, HALVING * self.capacity)
         self._cut(estimate, now)
         self._below = estimate * (1.0 - STEP_DOWN_MARGIN)
         self._tentative_until = now + TENTATIVE_S

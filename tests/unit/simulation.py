@@ -201,6 +201,9 @@ class _Client:
 
     def on_tick(self, now: float) -> None:
         self.tick_pending = False
+        if now >= self.spec.stop_s:  # the job is done: what waited for a turn is not sent
+            self.paced.clear()
+            return
         room = int(self.controller.in_flight_limit) - self.sending
         if room <= 0:  # as the pacer: wait for an answer to free a slot
             return

@@ -15,7 +15,7 @@ from engine.adaptive import (
     RateController,
     turns_due,
 )
-from tests.unit.simulation import Endpoint, FixedPace, Result, simulate
+from tests.unit.simulation import Client, Endpoint, FixedPace, Result, simulate, simulate_shared
 
 SEEDS = (1, 2, 3)
 
@@ -355,6 +355,47 @@ def test_provisioned_concurrency_scaled_up_is_used_within_six_seconds() -> None:
         assert reached and reached[0] <= 8.0 + 6.0
         assert fraction_of_capacity(endpoint, result, 14.0, 20.0) >= 0.9
         assert result.throttle_share(8.0, 20.0) <= 0.05
+
+
+def test_two_jobs_starting_together_on_one_concurrency_limit_both_get_through() -> None:
+    """Two engines on one endpoint of 8 slots (429 past them), started at once. A round of
+    the second job that the first one's start-up storm left with nothing accepted used to
+    cut its pace to the 0.5 req/s floor: 0 % of the 20 s run's answers on seed 1, for good."""
+    endpoint = Endpoint(concurrency=((0, 8),), latency_s=0.05)
+    for seed in SEEDS:
+        first, second = simulate_shared(endpoint, [Client(), Client()], seconds=20, seed=seed)
+        accepted = [len(first.accepted), len(second.accepted)]
+        assert sum(accepted) >= 0.85 * endpoint.capacity(0) * 20
+        assert min(accepted) >= 0.05 * sum(accepted)
+        sent = len(first.sent) + len(second.sent)
+        assert (len(first.throttled) + len(second.throttled)) / sent <= 0.05
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        pytest.param(Endpoint(rate=((0, 40),), burst=4, latency_s=0.03), id="bucket-40-b4"),
+        pytest.param(Endpoint(rate=((0, 200),), burst=20, latency_s=0.05), id="bucket-200"),
+        pytest.param(Endpoint(rate=((0, 2000),), burst=200, latency_s=0.01), id="bucket-2000"),
+        pytest.param(Endpoint(concurrency=((0, 8),), latency_s=0.05), id="concurrency-429"),
+        pytest.param(
+            Endpoint(concurrency=((0, 8),), concurrency_mode="queue", latency_s=0.05),
+            id="concurrency-queue",
+        ),
+    ],
+)
+def test_a_neighbours_job_shares_the_limit_and_its_end_gives_it_back(endpoint: Endpoint) -> None:
+    """Issue 11's "a neighbour's job": a second engine sends from 5 s to 12 s. While both
+    run they fill the limit together; once it is done the first is back at 0.9 of the
+    limit within 3 s (its capacity went back up as after a step up)."""
+    for seed in SEEDS:
+        mine, theirs = simulate_shared(
+            endpoint, [Client(), Client(start_s=5.0, stop_s=12.0)], seconds=20, seed=seed
+        )
+        both = mine.accepted_between(8.0, 12.0) + theirs.accepted_between(8.0, 12.0)
+        assert both >= 0.85 * endpoint.capacity(8.0) * 4.0
+        assert theirs.accepted_between(8.0, 12.0) >= 0.05 * both
+        assert fraction_of_capacity(endpoint, mine, 15.0, 20.0) >= 0.9
 
 
 def test_a_rate_limit_refusing_at_every_level_is_no_concurrency_cap() -> None:
