@@ -1,5 +1,6 @@
 """Rising latency bounds requests in flight: an endpoint at its provisioned concurrency that
-queues (no 429s) is kept busy without a queue of 64 requests waiting at it.
+queues (no 429s) is kept busy without a queue of 64 requests waiting at it. Provisioned
+concurrency that refuses (429) past its slots and scales up mid-run is used once it has.
 
 Both the emulator and the engine run on one virtual clock that moves only when the loop is
 idle (tests/virtual_time.py): the 100 ms the emulator injects is measured as exactly 100 ms
@@ -15,7 +16,7 @@ import asyncio
 import pyarrow.parquet as pq
 
 from engine.config import ScoreConfig
-from engine.emulator import Emulator, EmulatorConfig, EndpointConfig, Faults
+from engine.emulator import Emulator, EmulatorConfig, EndpointConfig, Faults, LimitStep
 from engine.pipeline import MemorySink, run
 from engine.prepare import prepare
 from engine.source import open_source
@@ -59,3 +60,41 @@ async def _queueing_endpoint_run(clock: VirtualClock, tmp_path) -> None:
     # times the endpoint's 4 slots instead of the 64 workers.
     assert controller.latency_cuts > 0
     assert controller.in_flight_limit <= 12
+
+
+def test_provisioned_concurrency_that_scales_up_mid_run_is_used(tmp_path) -> None:
+    clock = VirtualClock()
+    with asyncio.Runner(loop_factory=lambda: virtual_loop(clock)) as runner:
+        runner.run(_scaled_up_run(clock, tmp_path))
+
+
+async def _scaled_up_run(clock: VirtualClock, tmp_path) -> None:
+    # 4 slots of 50 ms (80 req/s), 429 past them; 8 from 5 s on; 1,280 requests of 100 rows.
+    steps = (LimitStep(at_s=5.0, max_concurrency=8),)
+    faults = Faults(max_concurrency=4, concurrency_mode="429", latency_ms=50.0, schedule=steps)
+    config = EmulatorConfig(endpoints=(EndpointConfig(name=ENDPOINT, faults=faults),))
+    async with Emulator(config, clock=clock, sleep=clock.sleep) as emulator:
+        table = emulator.model(ENDPOINT).sample(128_000, seed=9)
+        pq.write_table(table, tmp_path / "in.parquet")
+        source = open_source(tmp_path / "in.parquet")
+        sink = MemorySink()
+        settings = ScoreConfig(endpoint=ENDPOINT, batch_rows=100, progress="off")
+        async with Transport() as transport:
+            scorer = await prepare(
+                source, credentials_for(emulator), settings, transport,
+                clock=clock, sleep=clock.sleep,
+            )
+            summary = await run(source, sink, scorer, transport)
+        accounting = emulator.accounting(ENDPOINT)
+
+    controller = scorer.stats.controller
+    assert controller is not None
+    assert sink.table().column("prediction").to_pylist() == expected_predictions(
+        emulator, ENDPOINT, table
+    )
+    assert controller.concurrency_cap == 8  # learned at 4, tried higher once it scaled up
+    assert accounting["peak_admitted"] == 8
+    # and paced for 8 slots of 50 ms, not 4 (the run's wall time is no measure here: virtual
+    # time may jump while a thread reads or writes)
+    assert controller.capacity is not None and controller.capacity >= 0.9 * 8 / 0.050
+    assert summary.throttled_429 <= 0.05 * 1280
