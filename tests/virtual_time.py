@@ -21,9 +21,19 @@ import asyncio
 import heapq
 import itertools
 import selectors
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["VirtualClock", "virtual_loop"]
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from engine.emulator import Faults
+    from engine.pipeline import Scorer
+    from engine.stats import Summary
+
+__all__ = ["VirtualClock", "VirtualRun", "score_on_virtual_clock", "virtual_loop"]
 
 
 class VirtualClock:
@@ -100,3 +110,59 @@ class _IdleJumpSelector(selectors.BaseSelector):
 def virtual_loop(clock: VirtualClock, *, idle_s: float = 0.002) -> asyncio.AbstractEventLoop:
     """A new event loop on which ``clock`` jumps whenever the loop is idle for ``idle_s``."""
     return asyncio.SelectorEventLoop(_IdleJumpSelector(clock, idle_s))
+
+
+@dataclass
+class VirtualRun:
+    """What a run of the engine against the emulator on one virtual clock left."""
+
+    table: pa.Table  # the input
+    predictions: list[Any]  # the output's, in order
+    expected: list[Any]  # what the endpoint's model predicts for the input
+    summary: Summary
+    scorer: Scorer
+    accounting: dict[str, Any]  # the emulator's, for the endpoint
+
+
+def score_on_virtual_clock(
+    tmp_path: Path, faults: Faults, *, rows: int, seed: int, endpoint: str = "demo-regressor"
+) -> VirtualRun:
+    """Score ``rows`` sample rows with default settings (100-row requests) against an
+    emulator endpoint with ``faults``, both on one :class:`VirtualClock`."""
+    clock = VirtualClock()
+    with asyncio.Runner(loop_factory=lambda: virtual_loop(clock)) as runner:
+        return runner.run(_score(clock, tmp_path, faults, rows, seed, endpoint))
+
+
+async def _score(
+    clock: VirtualClock, tmp_path: Path, faults: Faults, rows: int, seed: int, endpoint: str
+) -> VirtualRun:
+    from engine.config import ScoreConfig
+    from engine.emulator import Emulator, EmulatorConfig, EndpointConfig
+    from engine.pipeline import MemorySink, run
+    from engine.prepare import prepare
+    from engine.source import open_source
+    from engine.transport import Transport
+    from tests.helpers import credentials_for, expected_predictions
+
+    config = EmulatorConfig(endpoints=(EndpointConfig(name=endpoint, faults=faults),))
+    async with Emulator(config, clock=clock, sleep=clock.sleep) as emulator:
+        table = emulator.model(endpoint).sample(rows, seed=seed)
+        pq.write_table(table, tmp_path / "in.parquet")
+        source = open_source(tmp_path / "in.parquet")
+        sink = MemorySink()
+        settings = ScoreConfig(endpoint=endpoint, batch_rows=100, progress="off")  # defaults
+        async with Transport() as transport:
+            scorer = await prepare(
+                source, credentials_for(emulator), settings, transport,
+                clock=clock, sleep=clock.sleep,
+            )
+            summary = await run(source, sink, scorer, transport)
+        return VirtualRun(
+            table=table,
+            predictions=sink.table().column("prediction").to_pylist(),
+            expected=expected_predictions(emulator, endpoint, table),
+            summary=summary,
+            scorer=scorer,
+            accounting=emulator.accounting(endpoint),
+        )

@@ -11,51 +11,18 @@ once left the limit at 13.4.)
 
 from __future__ import annotations
 
-import asyncio
-
-import pyarrow.parquet as pq
-
-from engine.config import ScoreConfig
-from engine.emulator import Emulator, EmulatorConfig, EndpointConfig, Faults, LimitStep
-from engine.pipeline import MemorySink, run
-from engine.prepare import prepare
-from engine.source import open_source
-from engine.transport import Transport
-from tests.helpers import credentials_for, expected_predictions
-from tests.virtual_time import VirtualClock, virtual_loop
-
-ENDPOINT = "demo-regressor"
+from engine.emulator import Faults, LimitStep
+from tests.virtual_time import score_on_virtual_clock
 
 
 def test_a_queueing_endpoint_gets_few_requests_in_flight_and_every_row(tmp_path) -> None:
-    clock = VirtualClock()
-    with asyncio.Runner(loop_factory=lambda: virtual_loop(clock)) as runner:
-        runner.run(_queueing_endpoint_run(clock, tmp_path))
-
-
-async def _queueing_endpoint_run(clock: VirtualClock, tmp_path) -> None:
     faults = Faults(max_concurrency=4, concurrency_mode="queue", latency_ms=100.0)
-    config = EmulatorConfig(endpoints=(EndpointConfig(name=ENDPOINT, faults=faults),))
-    async with Emulator(config, clock=clock, sleep=clock.sleep) as emulator:
-        table = emulator.model(ENDPOINT).sample(30_000, seed=8)
-        pq.write_table(table, tmp_path / "in.parquet")
-        source = open_source(tmp_path / "in.parquet")
-        sink = MemorySink()
-        settings = ScoreConfig(endpoint=ENDPOINT, batch_rows=100, progress="off")
-        async with Transport() as transport:
-            scorer = await prepare(
-                source, credentials_for(emulator), settings, transport,
-                clock=clock, sleep=clock.sleep,
-            )
-            summary = await run(source, sink, scorer, transport)
-        accounting = emulator.accounting(ENDPOINT)
+    done = score_on_virtual_clock(tmp_path, faults, rows=30_000, seed=8)
 
-    controller = scorer.stats.controller
+    controller = done.scorer.stats.controller
     assert controller is not None
-    assert sink.table().column("prediction").to_pylist() == expected_predictions(
-        emulator, ENDPOINT, table
-    )
-    assert summary.throttled_429 == 0 and accounting["peak_admitted"] == 4
+    assert done.predictions == done.expected
+    assert done.summary.throttled_429 == 0 and done.accounting["peak_admitted"] == 4
     # Slow start overshoots until latency has been seen; then the limit comes down to a few
     # times the endpoint's 4 slots instead of the 64 workers.
     assert controller.latency_cuts > 0
@@ -63,38 +30,17 @@ async def _queueing_endpoint_run(clock: VirtualClock, tmp_path) -> None:
 
 
 def test_provisioned_concurrency_that_scales_up_mid_run_is_used(tmp_path) -> None:
-    clock = VirtualClock()
-    with asyncio.Runner(loop_factory=lambda: virtual_loop(clock)) as runner:
-        runner.run(_scaled_up_run(clock, tmp_path))
-
-
-async def _scaled_up_run(clock: VirtualClock, tmp_path) -> None:
     # 4 slots of 50 ms (80 req/s), 429 past them; 8 from 5 s on; 1,280 requests of 100 rows.
     steps = (LimitStep(at_s=5.0, max_concurrency=8),)
     faults = Faults(max_concurrency=4, concurrency_mode="429", latency_ms=50.0, schedule=steps)
-    config = EmulatorConfig(endpoints=(EndpointConfig(name=ENDPOINT, faults=faults),))
-    async with Emulator(config, clock=clock, sleep=clock.sleep) as emulator:
-        table = emulator.model(ENDPOINT).sample(128_000, seed=9)
-        pq.write_table(table, tmp_path / "in.parquet")
-        source = open_source(tmp_path / "in.parquet")
-        sink = MemorySink()
-        settings = ScoreConfig(endpoint=ENDPOINT, batch_rows=100, progress="off")
-        async with Transport() as transport:
-            scorer = await prepare(
-                source, credentials_for(emulator), settings, transport,
-                clock=clock, sleep=clock.sleep,
-            )
-            summary = await run(source, sink, scorer, transport)
-        accounting = emulator.accounting(ENDPOINT)
+    done = score_on_virtual_clock(tmp_path, faults, rows=128_000, seed=9)
 
-    controller = scorer.stats.controller
+    controller = done.scorer.stats.controller
     assert controller is not None
-    assert sink.table().column("prediction").to_pylist() == expected_predictions(
-        emulator, ENDPOINT, table
-    )
+    assert done.predictions == done.expected
     assert controller.concurrency_cap == 8  # learned at 4, tried higher once it scaled up
-    assert accounting["peak_admitted"] == 8
+    assert done.accounting["peak_admitted"] == 8
     # and paced for 8 slots of 50 ms, not 4 (the run's wall time is no measure here: virtual
     # time may jump while a thread reads or writes)
     assert controller.capacity is not None and controller.capacity >= 0.9 * 8 / 0.050
-    assert summary.throttled_429 <= 0.05 * 1280
+    assert done.summary.throttled_429 <= 0.05 * 1280

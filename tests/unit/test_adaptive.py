@@ -246,7 +246,8 @@ def test_small_queueing_delays_are_ignored() -> None:
     assert controller.latency_cuts == 0
 
 
-def test_refusals_only_above_a_level_of_requests_in_flight_cap_requests_in_flight_there() -> None:
+def _capped_at_8() -> tuple[RateController, float]:
+    """A controller that learned a cap of 8, and the time its last answer came."""
     controller = RateController(max_in_flight=64, initial_in_flight=64)
     now = 0.0
     for _ in range(12):  # 8 slots, 50 ms: up to 8 in flight accepted, the 9th on refused
@@ -258,6 +259,11 @@ def test_refusals_only_above_a_level_of_requests_in_flight_cap_requests_in_fligh
             else:
                 controller.on_throttle(now + 0.002, 0.002, in_flight=level)
     assert controller.concurrency_cap == 8
+    return controller, now + 0.05
+
+
+def test_refusals_only_above_a_level_of_requests_in_flight_cap_requests_in_flight_there() -> None:
+    controller, _ = _capped_at_8()
     assert controller.in_flight_limit <= 8
     # the cap, not a slower pace, keeps the 429s away: 8 in flight at 50 ms is 160/s
     assert not controller.paced or controller.rate >= 0.95 * 8 / 0.05
@@ -281,22 +287,6 @@ def test_a_cap_is_found_although_a_few_requests_at_it_were_refused() -> None:
             else:
                 controller.on_throttle(now + 0.002, 0.002, in_flight=level)
     assert controller.concurrency_cap == 8
-
-
-def _capped_at_8() -> tuple[RateController, float]:
-    """A controller that learned a cap of 8 (as in the test above), and the time it ended."""
-    controller = RateController(max_in_flight=64, initial_in_flight=64)
-    now = 0.0
-    for _ in range(12):
-        for level in range(1, 13):
-            now += 0.001
-            controller.on_send(now)
-            if level <= 8:
-                controller.on_success(now + 0.05, 0.05, in_flight=level)
-            else:
-                controller.on_throttle(now + 0.002, 0.002, in_flight=level)
-    assert controller.concurrency_cap == 8
-    return controller, now + 0.05
 
 
 def test_a_cap_is_tried_one_higher_and_rises_when_that_level_is_accepted() -> None:
