@@ -12,7 +12,11 @@ Idle is detected in the loop's selector: :func:`virtual_loop` makes a loop whose
 asked to wait with nothing ready, waits ``idle_s`` of real time for I/O (loopback data
 between the two ends arrives in microseconds), and only if none came, advances the clock.
 Work on threads (``asyncio.to_thread``) does not count as busy: time may jump while a
-thread decodes, which delays what waits on that thread, never what a latency measures.
+thread decodes, which delays what waits on that thread, never what a latency measures
+(so a run's elapsed virtual time is no measure of its speed).
+
+:func:`score_on_virtual_clock` runs ``engine score``'s pipeline against an emulator endpoint
+with given faults, both on one such clock.
 """
 
 from __future__ import annotations
@@ -23,15 +27,18 @@ import itertools
 import selectors
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-if TYPE_CHECKING:
-    from engine.emulator import Faults
-    from engine.pipeline import Scorer
-    from engine.stats import Summary
+from engine.config import ScoreConfig
+from engine.emulator import Emulator, EmulatorConfig, EndpointConfig, Faults
+from engine.pipeline import MemorySink, Scorer, run
+from engine.prepare import prepare
+from engine.source import open_source
+from engine.stats import Summary
+from engine.transport import Transport
+from tests.helpers import credentials_for, expected_predictions
 
 __all__ = ["VirtualClock", "VirtualRun", "score_on_virtual_clock", "virtual_loop"]
 
@@ -116,7 +123,6 @@ def virtual_loop(clock: VirtualClock, *, idle_s: float = 0.002) -> asyncio.Abstr
 class VirtualRun:
     """What a run of the engine against the emulator on one virtual clock left."""
 
-    table: pa.Table  # the input
     predictions: list[Any]  # the output's, in order
     expected: list[Any]  # what the endpoint's model predicts for the input
     summary: Summary
@@ -137,14 +143,6 @@ def score_on_virtual_clock(
 async def _score(
     clock: VirtualClock, tmp_path: Path, faults: Faults, rows: int, seed: int, endpoint: str
 ) -> VirtualRun:
-    from engine.config import ScoreConfig
-    from engine.emulator import Emulator, EmulatorConfig, EndpointConfig
-    from engine.pipeline import MemorySink, run
-    from engine.prepare import prepare
-    from engine.source import open_source
-    from engine.transport import Transport
-    from tests.helpers import credentials_for, expected_predictions
-
     config = EmulatorConfig(endpoints=(EndpointConfig(name=endpoint, faults=faults),))
     async with Emulator(config, clock=clock, sleep=clock.sleep) as emulator:
         table = emulator.model(endpoint).sample(rows, seed=seed)
@@ -159,7 +157,6 @@ async def _score(
             )
             summary = await run(source, sink, scorer, transport)
         return VirtualRun(
-            table=table,
             predictions=sink.table().column("prediction").to_pylist(),
             expected=expected_predictions(emulator, endpoint, table),
             summary=summary,
