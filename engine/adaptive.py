@@ -157,8 +157,8 @@ CAP_PROBE_ACCEPTS = 3
 #: ...while the pace lets the requests in flight reach this share of the cap (else the pace,
 #: not the cap, is what holds the run).
 CAP_BINDS_SHARE = 0.9
-#: A round that accepted fewer than this measured no rate: a cut after it halves the pace.
-MIN_MEASURED = 1
+#: A round that accepted nothing measured no rate: a cut after it takes the capacity to this
+#: share of what it was (TCP's halving), not to next to nothing.
 HALVING = 0.5
 #: Rounds kept for late answers.
 KEPT_ROUNDS = 64
@@ -777,9 +777,8 @@ class RateController:
         # At the usual pace: the limit moved down (a neighbour's job, a scale-down). What was
         # accepted once refused may include a token or two left over: a refusal at the new
         # pace soon after takes it a step further down at once.
-        if done.accepted < MIN_MEASURED and self.capacity is not None:
-            # Too few accepted to measure a rate (a neighbour's burst took the limit for a
-            # moment): halve, as TCP, instead of cutting to next to nothing.
+        if done.accepted == 0 and self.capacity is not None:
+            # No rate measured (a neighbour's burst took the limit for a moment): halve.
             estimate = max(estimate, HALVING * self.capacity)
         self._cut(estimate, now)
         self._below = estimate * (1.0 - STEP_DOWN_MARGIN)
