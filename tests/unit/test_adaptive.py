@@ -338,11 +338,11 @@ def test_provisioned_concurrency_scaled_up_is_used_within_six_seconds() -> None:
     for seed in SEEDS:
         result = simulate(endpoint, seconds=20, seed=seed)
         assert result.controller is not None and result.controller.concurrency_cap == 8
-        reached = [
-            t for t in (8.0 + 0.25 * k for k in range(4, 25))
-            if result.accepted_between(t - 1.0, t) >= 0.9 * endpoint.capacity(t)
-        ]
-        assert reached and reached[0] <= 8.0 + 6.0
+        # some trailing second ending 1 to 6 s after the step carries 0.9 of the new limit
+        ends = (8.0 + 0.25 * k for k in range(4, 25))
+        assert any(
+            result.accepted_between(t - 1.0, t) >= 0.9 * endpoint.capacity(t) for t in ends
+        )
         assert fraction_of_capacity(endpoint, result, 14.0, 20.0) >= 0.9
         assert result.throttle_share(8.0, 20.0) <= 0.05
 
