@@ -11,6 +11,7 @@ Credentials come from DATABRICKS_HOST / DATABRICKS_CLIENT_ID / DATABRICKS_CLIENT
 given. See ``engine score --help`` for the command line.
 """
 
+import engine.allocator  # noqa: F401  (first: chooses Arrow's allocator before pyarrow loads)
 from engine.api import arun, ascore, ascore_table, score, score_table
 from engine.config import Credentials, MetricsConfig, ScoreConfig
 from engine.errors import (

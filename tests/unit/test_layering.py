@@ -61,7 +61,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "entry points",
         (
-            "engine", "engine.__main__", "engine.cli", "engine.airflow", "engine.spark",
+            "engine", "engine.allocator", "engine.__main__", "engine.cli", "engine.airflow",
+            "engine.spark",
             "engine.demo", "engine.emulator", "engine.emulator.*",
         ),
     ),
