@@ -29,8 +29,11 @@ page, with none of the engine's guarantees (no checkpoint, retry, validation or 
 finding): it reads, encodes as the raw client does, posts at the same fixed concurrency and
 writes the input and the predictions as Arrow IPC in order, timed as a whole process like
 the engine. The raw client's clock leaves out work the engine must do; the plain client's
-does not. Each round runs all three, each going first in turn; figures are medians over
-rounds. Reported per table:
+does not. The floor client (``floor``) does only the I/O of a whole job: it reads the input
+and writes it back with a prediction column, no encoding and no network, as a whole process
+(start-up included) with Arrow's jemalloc pool. Raw wall / floor wall bounds engine/raw for
+any client that reads and writes. Each round runs all four, each going first in turn;
+figures are medians over rounds. Reported per table:
 
 * rows/s ratio engine / raw, whole process (start-up included) and from the first request
   to the last answer (without start-up);
@@ -38,7 +41,8 @@ rounds. Reported per table:
 * request bytes per row, as the server counted them;
 * cores used: CPU time / wall time;
 * the plain client's wall time over the engine's (above 1: the engine is faster), and its
-  CPU µs per row (whole process).
+  CPU µs per row (whole process);
+* raw wall / floor wall (the bound above), and the engine's and the floor's wall times.
 
 The machine is shared: expect noise, compare medians, rerun before believing a 10% change.
 Writes benchmarks/results/tables.json and prints a Markdown table.
@@ -335,6 +339,26 @@ def plain(args: argparse.Namespace) -> None:
         writer.close()
 
 
+def floor(args: argparse.Namespace) -> None:
+    """Only the I/O any whole job does, with no network and no encoding: read the Parquet
+    input and write it back with a prediction column (zeros) as Arrow IPC. Timed by the caller
+    as a whole process. Its wall time bounds what any client that reads and writes can reach:
+    raw / floor is the most engine/raw could be, were sending free."""
+    import pyarrow.ipc as ipc
+
+    writer: Any = None
+    for batch in pq.ParquetFile(args.input).iter_batches(batch_size=16 * args.batch_rows):
+        zeros = pa.array(np.zeros(batch.num_rows))
+        out = pa.RecordBatch.from_arrays(
+            [*batch.columns, zeros], names=[*batch.schema.names, "prediction"]
+        )
+        if writer is None:
+            writer = ipc.new_file(args.output, out.schema)
+        writer.write_batch(out)
+    if writer is not None:
+        writer.close()
+
+
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -422,26 +446,40 @@ def run_plain(server: Server, src: Path, out: Path, batch_rows: int) -> dict[str
     return {"wall_s": usage.wall_s, "cpu_s": usage.cpu_s, "rows": seen["rows"]}
 
 
+def run_floor(src: Path, out: Path, batch_rows: int) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "floor", str(src), "--output", str(out)]
+    # Arrow's jemalloc pool, as the engine has it: the floor is the best a client could do.
+    env = {**os.environ, "ARROW_DEFAULT_MEMORY_POOL": "jemalloc"}
+    usage = run_child([*cmd, "--batch-rows", str(batch_rows)], env)
+    if usage.exit_code != 0:
+        raise SystemExit(f"floor client failed:\n{usage.stderr[-3000:]}")
+    return {"wall_s": usage.wall_s, "cpu_s": usage.cpu_s}
+
+
 def compare(table: str, rows: int, pairs: int, encoders: int | None, tmp: Path) -> dict[str, Any]:
     _, batch_rows, parser = TABLES[table]
     src = write_table(table, rows, tmp / f"{table}.parquet")
     server = Server(parser)
-    runs: dict[str, list[dict[str, float]]] = {"engine": [], "raw": [], "plain": []}
-    clients = ("engine", "raw", "plain")
+    runs: dict[str, list[dict[str, float]]] = {"engine": [], "raw": [], "plain": [], "floor": []}
+    clients = ("engine", "raw", "plain", "floor")
     try:
         for pair in range(pairs):
-            for who in clients[pair % 3 :] + clients[: pair % 3]:  # each goes first in turn
+            for who in clients[pair % 4 :] + clients[: pair % 4]:  # each goes first in turn
                 if who == "engine":
                     runs[who].append(
                         run_engine(server, src, tmp / "out.arrow", batch_rows, encoders)
                     )
                 elif who == "raw":
                     runs[who].append(run_raw(server, src, batch_rows))
+                elif who == "floor":
+                    runs[who].append(run_floor(src, tmp / "floor.arrow", batch_rows))
                 else:
                     runs[who].append(run_plain(server, src, tmp / "plain.arrow", batch_rows))
     finally:
         server.stop()
-    return _summary(table, rows, encoders, runs["engine"], runs["raw"], runs["plain"])
+    return _summary(
+        table, rows, encoders, runs["engine"], runs["raw"], runs["plain"], runs["floor"]
+    )
 
 
 def _summary(
@@ -451,6 +489,7 @@ def _summary(
     engine: list[dict[str, float]],
     raw: list[dict[str, float]],
     plain: list[dict[str, float]],
+    floor: list[dict[str, float]],
 ) -> dict[str, Any]:
     def med(runs: list[dict[str, float]], f: Any) -> float:
         return float(statistics.median(f(r) for r in runs))
@@ -472,6 +511,13 @@ def _summary(
             lambda x: x["v"],
         ),
         "plain_cpu_us_per_row": med(plain, lambda r: r["cpu_s"] / r["rows"] * 1e6),
+        # the most engine/raw (whole) any client that reads and writes could reach here
+        "raw_over_floor_wall": med(
+            [{"v": r["wall_s"] / f["wall_s"]} for r, f in zip(raw, floor, strict=True)],
+            lambda x: x["v"],
+        ),
+        "floor_wall_s": med(floor, lambda r: r["wall_s"]),
+        "engine_wall_s": med(engine, lambda r: r["wall_s"]),
         "engine_rows_per_s": med(engine, lambda r: r["rows"] / r["wall_s"]),
         "raw_rows_per_s": med(raw, lambda r: r["rows"] / r["wall_s"]),
         "engine_cpu_us_per_row": med(engine, lambda r: r["cpu_s"] / r["rows"] * 1e6),
@@ -489,8 +535,10 @@ def _markdown(results: list[dict[str, Any]]) -> str:
     lines = [
         "| table | rows | encoders | engine/raw rows/s (whole) | (no start-up) | CPU µs/row "
         "engine / raw | bytes/row engine / raw | cores engine / raw | first request | RSS "
-        "| plain / engine wall | plain CPU µs/row |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| plain / engine wall | plain CPU µs/row | raw / floor wall (bound) "
+        "| wall engine / floor |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: |",
     ]
     for r in results:
         lines.append(
@@ -499,7 +547,9 @@ def _markdown(results: list[dict[str, Any]]) -> str:
             f"{r['raw_cpu_us_per_row']:.2f} | {r['engine_bytes_per_row']:.0f} / "
             f"{r['raw_bytes_per_row']:.0f} | {r['engine_cores']:.2f} / {r['raw_cores']:.2f} | "
             f"{r['engine_first_request_s']:.2f} s | {r['engine_peak_rss_mib']:.0f} MiB | "
-            f"{r['plain_over_engine_wall']:.2f} | {r['plain_cpu_us_per_row']:.2f} |"
+            f"{r['plain_over_engine_wall']:.2f} | {r['plain_cpu_us_per_row']:.2f} | "
+            f"{r['raw_over_floor_wall']:.2f} | "
+            f"{r['engine_wall_s']:.2f} / {r['floor_wall_s']:.2f} s |"
         )
     return "\n".join(lines)
 
@@ -528,6 +578,10 @@ def main() -> None:
         client.add_argument("--url", required=True)
         client.add_argument("--batch-rows", type=int, default=1000)
     clients["plain"].add_argument("--output", required=True)
+    io_only = commands.add_parser("floor")
+    io_only.add_argument("input")
+    io_only.add_argument("--output", required=True)
+    io_only.add_argument("--batch-rows", type=int, default=1000)
     parser.add_argument("--tables", nargs="+", choices=list(TABLES), default=list(TABLES))
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of each table's rows")
@@ -546,6 +600,8 @@ def main() -> None:
         return raw(args)
     if args.command == "plain":
         return plain(args)
+    if args.command == "floor":
+        return floor(args)
     _compile_engine()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
