@@ -5,11 +5,18 @@ Gathered results are written by one background thread, one write at a time and i
 Arrow copies, compresses and writes without the GIL, so the event loop goes on sending while
 the file is written (on a table of 1 KB rows, writing the output took a fifth of the loop's
 time). A write's error is raised by the next write or by ``close``.
+
+A local output is also flushed to disk while it is written (``sync``, every
+``EARLY_SYNC_BYTES``, on a thread of its own so that writes never wait for the disk): the
+kernel otherwise holds a whole output in dirty pages until the final fsync, and then the run
+waits for all of it at the end (40-120 ms for a 300 MB output on this machine's disk, seconds
+on a cloud volume that writes 125 MB/s).
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -44,6 +51,10 @@ ROW_GROUP_BYTES = 64 * 1024 * 1024
 #: and each write cost the loop a call into the writer.
 IPC_BATCH_ROWS = 65_536
 IPC_BATCH_BYTES = 16 * 1024 * 1024
+
+
+#: A local output is synced to disk each time about this much more has been written.
+EARLY_SYNC_BYTES = 64 * 1024 * 1024
 
 
 class Output(Protocol):
@@ -90,12 +101,25 @@ class _GatheredOutput:
     background thread, one gathering at a time (the caller waits only when the previous one
     is not written yet: at most two gatherings are held)."""
 
-    def __init__(self, sink: pa.NativeFile, writer: Any, gather: _Gather) -> None:
+    def __init__(
+        self,
+        sink: pa.NativeFile,
+        writer: Any,
+        gather: _Gather,
+        *,
+        sync: Callable[[], None] | None = None,
+        sync_every_bytes: int | None = None,
+    ) -> None:
         self._sink = sink
         self._writer = writer
         self._gather = gather
         self._thread: ThreadPoolExecutor | None = None
         self._writing: Future[None] | None = None
+        self._sync = sync
+        self._sync_every = EARLY_SYNC_BYTES if sync_every_bytes is None else sync_every_bytes
+        self._unsynced = 0  # bytes written since the last sync began (output thread only)
+        self._syncer: ThreadPoolExecutor | None = None
+        self._syncing: Future[None] | None = None
 
     def write(self, table: pa.Table) -> None:
         gathered = self._gather.add(table)
@@ -106,7 +130,34 @@ class _GatheredOutput:
         self._wait()  # in order, one at a time; raises the previous write's error
         if self._thread is None:
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="engine-output")
-        self._writing = self._thread.submit(self._emit, table)
+        self._writing = self._thread.submit(self._write_and_sync, table)
+
+    def _write_and_sync(self, table: pa.Table) -> None:
+        """On the output thread: write a gathering; start a sync once enough is unsynced and
+        none is running (the buffered stream keeps at most its last MiB from it)."""
+        self._emit(table)
+        if self._sync is None:
+            return
+        self._unsynced += table.nbytes
+        if self._unsynced < self._sync_every or not self._sync_done(raise_error=True):
+            return
+        self._unsynced = 0
+        if self._syncer is None:
+            self._syncer = ThreadPoolExecutor(1, thread_name_prefix="engine-output-sync")
+        self._sink.flush()
+        self._syncing = self._syncer.submit(self._sync)
+
+    def _sync_done(self, *, raise_error: bool) -> bool:
+        """Whether no sync is running; a finished sync's error is raised (``raise_error``)."""
+        syncing = self._syncing
+        if syncing is None:
+            return True
+        if not syncing.done():
+            return False
+        self._syncing = None
+        if raise_error:
+            syncing.result()
+        return True
 
     def _wait(self) -> None:
         writing, self._writing = self._writing, None
@@ -118,20 +169,23 @@ class _GatheredOutput:
 
     def close(self, *, flush: bool) -> None:
         """Write what is gathered (``flush``) and close; without ``flush`` (an abort) a
-        write in progress is waited for and its error, if any, dropped."""
+        write or sync in progress is waited for and its error, if any, dropped."""
         try:
             if flush:
                 gathered = self._gather.take()
                 if gathered is not None:
                     self._submit(gathered)
                 self._wait()
+                if self._syncing is not None:
+                    self._syncing.result()  # its error, if any, is the output's
             else:
                 with contextlib.suppress(Exception):  # aborting: the output is deleted anyway
                     self._wait()
         finally:
             try:
-                if self._thread is not None:
-                    self._thread.shutdown(wait=True)
+                for thread in (self._thread, self._syncer):
+                    if thread is not None:
+                        thread.shutdown(wait=True)
                 self._writer.close()
             finally:
                 self._sink.close()
@@ -141,9 +195,11 @@ class IpcOutput(_GatheredOutput):
     """An uncompressed Arrow IPC file; small results are gathered into record batches of up
     to ``IPC_BATCH_ROWS`` rows (bounded by ``IPC_BATCH_BYTES``)."""
 
-    def __init__(self, sink: pa.NativeFile, schema: pa.Schema) -> None:
+    def __init__(
+        self, sink: pa.NativeFile, schema: pa.Schema, **syncing: Any
+    ) -> None:
         writer = ipc.new_file(sink, schema, options=SERIAL_IPC)
-        super().__init__(sink, writer, _Gather(IPC_BATCH_ROWS, IPC_BATCH_BYTES))
+        super().__init__(sink, writer, _Gather(IPC_BATCH_ROWS, IPC_BATCH_BYTES), **syncing)
 
     def _emit(self, table: pa.Table) -> None:
         # one record batch, not one a result (dictionaries that differ are unified)
@@ -153,6 +209,8 @@ class IpcOutput(_GatheredOutput):
 class ParquetOutput(_GatheredOutput):
     """A zstd Parquet file; small results are gathered into large row groups (bounded)."""
 
-    def __init__(self, sink: pa.NativeFile, schema: pa.Schema) -> None:
+    def __init__(
+        self, sink: pa.NativeFile, schema: pa.Schema, **syncing: Any
+    ) -> None:
         writer = pq.ParquetWriter(sink, schema, compression=PARQUET_COMPRESSION)
-        super().__init__(sink, writer, _Gather(ROW_GROUP_ROWS, ROW_GROUP_BYTES))
+        super().__init__(sink, writer, _Gather(ROW_GROUP_ROWS, ROW_GROUP_BYTES), **syncing)

@@ -5,6 +5,7 @@ schema-checked and published atomically.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
 from types import TracebackType
@@ -254,14 +255,17 @@ class OrderedWriter:
         self._spooled = self._remote is not None and volumes.is_volume_filesystem(
             self._remote.filesystem
         )
+        sync = None
         if self._remote is None or self._spooled:
             self._tmp = temp_beside(None if self._spooled else self.spec.path)
             # Buffered: one write call per MiB instead of several per result.
             sink = pa.BufferedOutputStream(pa.OSFile(self._tmp, "wb"), buffer_size=1 << 20)
+            if not self._spooled:  # a spool is uploaded and deleted: its disk copy is no matter
+                sync = functools.partial(fsync_path, self._tmp)
         else:
             self._tmp = remote_temp(self._remote)
             sink = remote_stream(self._remote, self._tmp)
-        self._out = output_type(sink, schema)
+        self._out = output_type(sink, schema, sync=sync)
         return self._out
 
     def _check_complete(self, expected_batches: int | None) -> None:

@@ -591,3 +591,75 @@ def test_abort_on_an_fsspec_filesystem_leaves_nothing(memory_fs: Any) -> None:
     writer.add(0, _result(0, [0.5]))
     writer.abort()
     assert memory_fs.find("/") == []
+
+
+# --- early sync: a local output reaches the disk while it is written -------------------------
+
+
+def _synced_output(path: Path, sync: Any) -> IpcOutput:
+    sink = pa.BufferedOutputStream(pa.OSFile(str(path), "wb"), buffer_size=1 << 20)
+    schema = pa.schema([("x", pa.float64())])
+    return IpcOutput(sink, schema, sync=sync, sync_every_bytes=1)
+
+
+def _gathering(rows: int = IPC_BATCH_ROWS) -> pa.Table:
+    return pa.table({"x": pa.array([0.5] * rows, pa.float64())})
+
+
+def test_a_local_output_is_synced_while_it_is_written_not_only_at_the_end(
+    tmp_path: Path,
+) -> None:
+    """Each sync sees the gatherings written before it already in the file, and runs on a
+    thread of its own, so the output thread never waits for the disk."""
+    path = tmp_path / "out.arrow"
+    seen: list[tuple[int, int]] = []  # (file size when the sync ran, its thread)
+
+    def sync() -> None:
+        seen.append((path.stat().st_size, threading.get_ident()))
+
+    output = _synced_output(path, sync)
+    for _ in range(3):
+        output.write(_gathering())
+    output.close(flush=True)
+    assert seen, "nothing was synced before close"
+    assert all(size >= IPC_BATCH_ROWS * 8 for size, _ in seen), seen
+    assert threading.get_ident() not in {thread for _, thread in seen}
+    assert pa.ipc.open_file(str(path)).read_all().num_rows == 3 * IPC_BATCH_ROWS
+
+
+def test_an_early_sync_that_fails_is_raised_by_close(tmp_path: Path) -> None:
+    def failing() -> None:
+        raise OSError(5, "Input/output error")
+
+    output = _synced_output(tmp_path / "out.arrow", failing)
+    output.write(_gathering())
+    with pytest.raises(OSError, match="Input/output error"):
+        output.close(flush=True)
+
+
+def test_the_writer_syncs_a_local_output_early(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through OrderedWriter: past ``EARLY_SYNC_BYTES`` the output file is synced before the
+    final fsync of ``finish``."""
+    import engine.sink.formats as formats
+    import engine.sink.writer as writer_module
+
+    monkeypatch.setattr(formats, "EARLY_SYNC_BYTES", 1)
+    synced: list[str] = []
+    real = writer_module.fsync_path
+
+    def recording(path: str) -> None:
+        synced.append(os.path.basename(path))
+        real(path)
+
+    monkeypatch.setattr(writer_module, "fsync_path", recording)
+    path = tmp_path / "out.arrow"
+    writer = OrderedWriter(OutputSpec(str(path)))
+    per_batch = 1_000
+    for batch_id in range((IPC_BATCH_ROWS // per_batch) * 2 + 5):
+        writer.add(batch_id, _result(batch_id, [1.0] * per_batch))
+    writer.finish()
+    # one or more early syncs of the temporary file, then the final one
+    assert len(synced) >= 2 and len(set(synced)) == 1, synced
+    assert read_output(path).num_rows == ((IPC_BATCH_ROWS // per_batch) * 2 + 5) * per_batch
