@@ -1,15 +1,19 @@
 """Local writes: refuse a file that could not be written, before a run starts; make writes
-durable (fsync a file, and the directory a rename happened in)."""
+durable (fsync a file, and the directory a rename happened in); tell a FUSE mount (an object
+store behind a local path) from a disk."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 
 from engine.errors import UsageError
 
-__all__ = ["check_writable_file", "fsync_directory", "fsync_path"]
+__all__ = ["check_writable_file", "filesystem_type", "fsync_directory", "fsync_path"]
+
+MOUNTINFO = Path("/proc/self/mountinfo")
 
 
 def check_writable_file(path: str | os.PathLike[str], what: str, example: str) -> Path:
@@ -51,3 +55,26 @@ def fsync_directory(directory: str | os.PathLike[str]) -> None:
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def filesystem_type(path: str | os.PathLike[str], mountinfo: str | None = None) -> str | None:
+    """The type of the filesystem ``path`` is on (``ext4``, ``fuse``, ``fuse.s3fs``...), from
+    ``mountinfo`` (``/proc/self/mountinfo`` when not given); None where that cannot be read
+    (not Linux)."""
+    if mountinfo is None:
+        try:
+            mountinfo = MOUNTINFO.read_text()
+        except OSError:
+            return None
+    target = os.path.realpath(path)
+    best, kind = "", None
+    for line in mountinfo.splitlines():
+        fields, _, after = line.partition(" - ")
+        parts = fields.split()
+        if len(parts) < 5 or not after:
+            continue
+        mount = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[4])
+        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= len(best):
+            best, kind = mount, after.split()[0]
+    return kind

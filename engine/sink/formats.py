@@ -6,11 +6,12 @@ Arrow copies, compresses and writes without the GIL, so the event loop goes on s
 the file is written (on a table of 1 KB rows, writing the output took a fifth of the loop's
 time). A write's error is raised by the next write or by ``close``.
 
-A local output is also flushed to disk while it is written (``sync``, every
-``EARLY_SYNC_BYTES``, on a thread of its own so that writes never wait for the disk): the
-kernel otherwise holds a whole output in dirty pages until the final fsync, and then the run
-waits for all of it at the end (40-120 ms for a 300 MB output on this machine's disk, seconds
-on a cloud volume that writes 125 MB/s).
+A local output is also synced to disk while it is written (``sync``, each time another
+``EARLY_SYNC_BYTES`` are in the file, on a thread of its own so that the output thread does
+not wait for the fsync): below the kernel's dirty-page thresholds (10 % of memory by
+default) nothing of the output reached the disk before the final fsync, and the run then
+waited for all of it after its last answer (36-120 ms for a 300 MB output on this machine's
+disk; seconds on a cloud volume that writes 125 MB/s).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ IPC_BATCH_ROWS = 65_536
 IPC_BATCH_BYTES = 16 * 1024 * 1024
 
 
-#: A local output is synced to disk each time about this much more has been written.
+#: A local output is synced to disk each time about this many more bytes are in the file.
 EARLY_SYNC_BYTES = 64 * 1024 * 1024
 
 
@@ -117,7 +118,7 @@ class _GatheredOutput:
         self._writing: Future[None] | None = None
         self._sync = sync
         self._sync_every = EARLY_SYNC_BYTES if sync_every_bytes is None else sync_every_bytes
-        self._unsynced = 0  # bytes written since the last sync began (output thread only)
+        self._synced_at = 0  # the file's size when the last sync began (output thread only)
         self._syncer: ThreadPoolExecutor | None = None
         self._syncing: Future[None] | None = None
 
@@ -133,30 +134,29 @@ class _GatheredOutput:
         self._writing = self._thread.submit(self._write_and_sync, table)
 
     def _write_and_sync(self, table: pa.Table) -> None:
-        """On the output thread: write a gathering; start a sync once enough is unsynced and
-        none is running (the buffered stream keeps at most its last MiB from it)."""
+        """On the output thread: write a gathering; once ``sync_every_bytes`` more are in
+        the file and no sync is running, hand what was written to the OS and start one."""
         self._emit(table)
         if self._sync is None:
             return
-        self._unsynced += table.nbytes
-        if self._unsynced < self._sync_every or not self._sync_done(raise_error=True):
+        size = self._sink.tell()  # bytes written, compressed or not
+        if size - self._synced_at < self._sync_every or not self._sync_done():
             return
-        self._unsynced = 0
+        self._synced_at = size
         if self._syncer is None:
             self._syncer = ThreadPoolExecutor(1, thread_name_prefix="engine-output-sync")
-        self._sink.flush()
+        self._sink.flush()  # the buffered stream's last MiB too
         self._syncing = self._syncer.submit(self._sync)
 
-    def _sync_done(self, *, raise_error: bool) -> bool:
-        """Whether no sync is running; a finished sync's error is raised (``raise_error``)."""
+    def _sync_done(self) -> bool:
+        """Whether no sync is running; a finished sync's error is raised here."""
         syncing = self._syncing
         if syncing is None:
             return True
         if not syncing.done():
             return False
         self._syncing = None
-        if raise_error:
-            syncing.result()
+        syncing.result()
         return True
 
     def _wait(self) -> None:
@@ -183,9 +183,10 @@ class _GatheredOutput:
                     self._wait()
         finally:
             try:
-                for thread in (self._thread, self._syncer):
-                    if thread is not None:
-                        thread.shutdown(wait=True)
+                if self._thread is not None:
+                    self._thread.shutdown(wait=True)
+                if self._syncer is not None:  # read only now: the output thread may start it
+                    self._syncer.shutdown(wait=True)
                 self._writer.close()
             finally:
                 self._sink.close()
@@ -196,10 +197,16 @@ class IpcOutput(_GatheredOutput):
     to ``IPC_BATCH_ROWS`` rows (bounded by ``IPC_BATCH_BYTES``)."""
 
     def __init__(
-        self, sink: pa.NativeFile, schema: pa.Schema, **syncing: Any
+        self,
+        sink: pa.NativeFile,
+        schema: pa.Schema,
+        *,
+        sync: Callable[[], None] | None = None,
+        sync_every_bytes: int | None = None,
     ) -> None:
         writer = ipc.new_file(sink, schema, options=SERIAL_IPC)
-        super().__init__(sink, writer, _Gather(IPC_BATCH_ROWS, IPC_BATCH_BYTES), **syncing)
+        gather = _Gather(IPC_BATCH_ROWS, IPC_BATCH_BYTES)
+        super().__init__(sink, writer, gather, sync=sync, sync_every_bytes=sync_every_bytes)
 
     def _emit(self, table: pa.Table) -> None:
         # one record batch, not one a result (dictionaries that differ are unified)
@@ -210,7 +217,13 @@ class ParquetOutput(_GatheredOutput):
     """A zstd Parquet file; small results are gathered into large row groups (bounded)."""
 
     def __init__(
-        self, sink: pa.NativeFile, schema: pa.Schema, **syncing: Any
+        self,
+        sink: pa.NativeFile,
+        schema: pa.Schema,
+        *,
+        sync: Callable[[], None] | None = None,
+        sync_every_bytes: int | None = None,
     ) -> None:
         writer = pq.ParquetWriter(sink, schema, compression=PARQUET_COMPRESSION)
-        super().__init__(sink, writer, _Gather(ROW_GROUP_ROWS, ROW_GROUP_BYTES), **syncing)
+        gather = _Gather(ROW_GROUP_ROWS, ROW_GROUP_BYTES)
+        super().__init__(sink, writer, gather, sync=sync, sync_every_bytes=sync_every_bytes)

@@ -13,7 +13,7 @@ from types import TracebackType
 import pyarrow as pa
 
 from engine import volumes
-from engine.durable import fsync_directory, fsync_path
+from engine.durable import filesystem_type, fsync_directory, fsync_path
 from engine.errors import EngineError, UsageError, storage_error
 from engine.location import locate
 from engine.ordering import InOrder
@@ -260,7 +260,9 @@ class OrderedWriter:
             self._tmp = temp_beside(None if self._spooled else self.spec.path)
             # Buffered: one write call per MiB instead of several per result.
             sink = pa.BufferedOutputStream(pa.OSFile(self._tmp, "wb"), buffer_size=1 << 20)
-            if not self._spooled:  # a spool is uploaded and deleted: its disk copy is no matter
+            if not self._spooled and not _on_fuse(self._tmp):
+                # a spool is uploaded and deleted, and a FUSE mount (/dbfs, /Volumes on a
+                # cluster) may upload a file at each fsync: only a disk is synced early
                 sync = functools.partial(fsync_path, self._tmp)
         else:
             self._tmp = remote_temp(self._remote)
@@ -301,3 +303,8 @@ def _id_list(ids: list[int]) -> str:
         f" and {len(ranges) - MAX_LISTED_IDS} more ranges" if len(ranges) > MAX_LISTED_IDS else ""
     )
     return ", ".join(ranges[:MAX_LISTED_IDS]) + more
+
+
+def _on_fuse(path: str) -> bool:
+    kind = filesystem_type(os.path.dirname(os.path.abspath(path)))
+    return kind is not None and kind.split(".")[0] in {"fuse", "fuseblk"}

@@ -615,7 +615,7 @@ def test_a_local_output_is_synced_while_it_is_written_not_only_at_the_end(
     seen: list[tuple[int, int]] = []  # (file size when the sync ran, its thread)
 
     def sync() -> None:
-        seen.append((path.stat().st_size, threading.get_ident()))
+        seen.append((path.stat().st_size, threading.current_thread().name))
 
     output = _synced_output(path, sync)
     for _ in range(3):
@@ -623,7 +623,7 @@ def test_a_local_output_is_synced_while_it_is_written_not_only_at_the_end(
     output.close(flush=True)
     assert seen, "nothing was synced before close"
     assert all(size >= IPC_BATCH_ROWS * 8 for size, _ in seen), seen
-    assert threading.get_ident() not in {thread for _, thread in seen}
+    assert all(name.startswith("engine-output-sync") for _, name in seen), seen
     assert pa.ipc.open_file(str(path)).read_all().num_rows == 3 * IPC_BATCH_ROWS
 
 
@@ -663,3 +663,99 @@ def test_the_writer_syncs_a_local_output_early(
     # one or more early syncs of the temporary file, then the final one
     assert len(synced) >= 2 and len(set(synced)) == 1, synced
     assert read_output(path).num_rows == ((IPC_BATCH_ROWS // per_batch) * 2 + 5) * per_batch
+
+
+def test_one_sync_at_a_time_and_writes_go_on_while_it_runs(tmp_path: Path) -> None:
+    """A sync that blocks (a slow disk) holds up neither the writes nor the caller; no second
+    sync starts until it is done, and close waits for it."""
+    release = threading.Event()
+    started: list[int] = []
+
+    def slow_sync() -> None:
+        started.append(1)
+        assert release.wait(timeout=60), "the test never released the sync"
+
+    path = tmp_path / "out.arrow"
+    output = _synced_output(path, slow_sync)
+    for _ in range(4):
+        output.write(_gathering())  # each would start a sync if none were running
+    output._wait()  # every gathering submitted so far is written, the sync still blocked
+    assert len(started) == 1
+    assert path.stat().st_size >= 3 * IPC_BATCH_ROWS * 8
+    release.set()
+    output.close(flush=True)
+    assert pa.ipc.open_file(str(path)).read_all().num_rows == 4 * IPC_BATCH_ROWS
+
+
+def test_an_abort_waits_for_a_sync_in_flight_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import engine.sink.formats as formats
+    import engine.sink.writer as writer_module
+
+    monkeypatch.setattr(formats, "EARLY_SYNC_BYTES", 1)
+    release = threading.Event()
+    in_flight = threading.Event()
+
+    def slow_sync(path: str) -> None:
+        in_flight.set()
+        assert release.wait(timeout=60), "the test never released the sync"
+
+    monkeypatch.setattr(writer_module, "fsync_path", slow_sync)
+    writer = OrderedWriter(OutputSpec(str(tmp_path / "out.arrow")))
+    for batch_id in range(IPC_BATCH_ROWS // 1_000 + 1):
+        writer.add(batch_id, _result(batch_id, [1.0] * 1_000))
+    assert in_flight.wait(timeout=60)
+    threading.Timer(0.05, release.set).start()  # the abort below must wait for this
+    writer.abort()
+    assert release.is_set()
+    assert _files(tmp_path) == []
+
+
+def test_an_output_on_a_fuse_mount_is_synced_only_at_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/dbfs and /Volumes on a cluster are FUSE mounts of an object store, which may upload
+    a file at each fsync: there the output is synced once, before it is moved into place."""
+    import engine.sink.formats as formats
+    import engine.sink.writer as writer_module
+
+    monkeypatch.setattr(formats, "EARLY_SYNC_BYTES", 1)
+    monkeypatch.setattr(writer_module, "filesystem_type", lambda path: "fuse")
+    synced: list[str] = []
+    real = writer_module.fsync_path
+
+    def recording(path: str) -> None:
+        synced.append(path)
+        real(path)
+
+    monkeypatch.setattr(writer_module, "fsync_path", recording)
+    writer = OrderedWriter(OutputSpec(str(tmp_path / "out.arrow")))
+    for batch_id in range((IPC_BATCH_ROWS // 1_000) * 2 + 5):
+        writer.add(batch_id, _result(batch_id, [1.0] * 1_000))
+    writer.finish()
+    assert len(synced) == 1
+
+
+_MOUNTINFO = """22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+30 22 0:40 / /Volumes rw,nosuid shared:7 - fuse /dev/fuse rw,user_id=0
+31 22 0:41 / /mnt/my\\040data rw - fuse.s3fs s3fs rw
+32 22 0:42 / /dbfs rw - fuse.dbfs dbfs rw
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [
+        ("/Volumes/main/default/v/out.arrow", "fuse"),
+        ("/Volumes", "fuse"),
+        ("/Volumesque/out.arrow", "ext4"),
+        ("/mnt/my data/out.arrow", "fuse.s3fs"),
+        ("/dbfs/tmp/out.arrow", "fuse.dbfs"),
+        ("/home/me/out.arrow", "ext4"),
+    ],
+)
+def test_the_filesystem_of_a_path_is_its_longest_mount(path: str, kind: str) -> None:
+    from engine.durable import filesystem_type
+
+    assert filesystem_type(path, _MOUNTINFO) == kind
