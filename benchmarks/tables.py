@@ -32,8 +32,9 @@ the engine. The raw client's clock leaves out work the engine must do; the plain
 does not. The floor client (``floor``) does only the I/O of a whole job: it reads the input
 and writes it back with a prediction column, no encoding and no network, as a whole process
 (start-up included) with Arrow's jemalloc pool. Raw wall / floor wall bounds engine/raw for
-any client that reads and writes. Each round runs all four, each going first in turn;
-figures are medians over rounds. Reported per table:
+a client that reads and writes (an estimate: a client could overlap reading and writing).
+Each round runs all four, rotating which goes first; figures are medians over rounds.
+Reported per table:
 
 * rows/s ratio engine / raw, whole process (start-up included) and from the first request
   to the last answer (without start-up);
@@ -494,28 +495,23 @@ def _summary(
     def med(runs: list[dict[str, float]], f: Any) -> float:
         return float(statistics.median(f(r) for r in runs))
 
-    pairs = list(zip(engine, raw, strict=True))
+    def ratio(tops: list[dict[str, float]], bottoms: list[dict[str, float]], key: str) -> float:
+        """Median over rounds of top[key] / bottom[key], each pair from the same round."""
+        return float(
+            statistics.median(t[key] / b[key] for t, b in zip(tops, bottoms, strict=True))
+        )
+
     return {
         "table": table,
         "rows": rows,
         "encoders": "auto" if encoders is None else encoders,
-        "pairs": len(pairs),
-        "ratio_whole": med(
-            [{"v": (r["wall_s"]) / e["wall_s"]} for e, r in pairs], lambda x: x["v"]
-        ),
-        "ratio_no_startup": med(
-            [{"v": r["active_s"] / e["active_s"]} for e, r in pairs], lambda x: x["v"]
-        ),
-        "plain_over_engine_wall": med(
-            [{"v": p["wall_s"] / e["wall_s"]} for e, p in zip(engine, plain, strict=True)],
-            lambda x: x["v"],
-        ),
+        "pairs": len(engine),
+        "ratio_whole": ratio(raw, engine, "wall_s"),
+        "ratio_no_startup": ratio(raw, engine, "active_s"),
+        "plain_over_engine_wall": ratio(plain, engine, "wall_s"),
         "plain_cpu_us_per_row": med(plain, lambda r: r["cpu_s"] / r["rows"] * 1e6),
         # the most engine/raw (whole) any client that reads and writes could reach here
-        "raw_over_floor_wall": med(
-            [{"v": r["wall_s"] / f["wall_s"]} for r, f in zip(raw, floor, strict=True)],
-            lambda x: x["v"],
-        ),
+        "raw_over_floor_wall": ratio(raw, floor, "wall_s"),
         "floor_wall_s": med(floor, lambda r: r["wall_s"]),
         "engine_wall_s": med(engine, lambda r: r["wall_s"]),
         "engine_rows_per_s": med(engine, lambda r: r["rows"] / r["wall_s"]),
