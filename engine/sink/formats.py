@@ -102,18 +102,21 @@ class _GatheredOutput:
     background thread, one gathering at a time (the caller waits only when the previous one
     is not written yet: at most two gatherings are held)."""
 
+    #: a gathering is written once it holds this many rows or bytes
+    GATHER_ROWS: int
+    GATHER_BYTES: int
+
     def __init__(
         self,
         sink: pa.NativeFile,
-        writer: Any,
-        gather: _Gather,
+        schema: pa.Schema,
         *,
         sync: Callable[[], None] | None = None,
         sync_every_bytes: int | None = None,
     ) -> None:
         self._sink = sink
-        self._writer = writer
-        self._gather = gather
+        self._writer = self._open_writer(sink, schema)
+        self._gather = _Gather(self.GATHER_ROWS, self.GATHER_BYTES)
         self._thread: ThreadPoolExecutor | None = None
         self._writing: Future[None] | None = None
         self._sync = sync
@@ -164,6 +167,9 @@ class _GatheredOutput:
         if writing is not None:
             writing.result()
 
+    def _open_writer(self, sink: pa.NativeFile, schema: pa.Schema) -> Any:
+        raise NotImplementedError
+
     def _emit(self, table: pa.Table) -> None:
         self._writer.write_table(table)
 
@@ -196,17 +202,11 @@ class IpcOutput(_GatheredOutput):
     """An uncompressed Arrow IPC file; small results are gathered into record batches of up
     to ``IPC_BATCH_ROWS`` rows (bounded by ``IPC_BATCH_BYTES``)."""
 
-    def __init__(
-        self,
-        sink: pa.NativeFile,
-        schema: pa.Schema,
-        *,
-        sync: Callable[[], None] | None = None,
-        sync_every_bytes: int | None = None,
-    ) -> None:
-        writer = ipc.new_file(sink, schema, options=SERIAL_IPC)
-        gather = _Gather(IPC_BATCH_ROWS, IPC_BATCH_BYTES)
-        super().__init__(sink, writer, gather, sync=sync, sync_every_bytes=sync_every_bytes)
+    GATHER_ROWS = IPC_BATCH_ROWS
+    GATHER_BYTES = IPC_BATCH_BYTES
+
+    def _open_writer(self, sink: pa.NativeFile, schema: pa.Schema) -> Any:
+        return ipc.new_file(sink, schema, options=SERIAL_IPC)
 
     def _emit(self, table: pa.Table) -> None:
         # one record batch, not one a result (dictionaries that differ are unified)
@@ -216,14 +216,8 @@ class IpcOutput(_GatheredOutput):
 class ParquetOutput(_GatheredOutput):
     """A zstd Parquet file; small results are gathered into large row groups (bounded)."""
 
-    def __init__(
-        self,
-        sink: pa.NativeFile,
-        schema: pa.Schema,
-        *,
-        sync: Callable[[], None] | None = None,
-        sync_every_bytes: int | None = None,
-    ) -> None:
-        writer = pq.ParquetWriter(sink, schema, compression=PARQUET_COMPRESSION)
-        gather = _Gather(ROW_GROUP_ROWS, ROW_GROUP_BYTES)
-        super().__init__(sink, writer, gather, sync=sync, sync_every_bytes=sync_every_bytes)
+    GATHER_ROWS = ROW_GROUP_ROWS
+    GATHER_BYTES = ROW_GROUP_BYTES
+
+    def _open_writer(self, sink: pa.NativeFile, schema: pa.Schema) -> Any:
+        return pq.ParquetWriter(sink, schema, compression=PARQUET_COMPRESSION)
