@@ -100,10 +100,28 @@ def sized_batches(
     groups = list(range(file.metadata.num_row_groups)) if row_groups is None else row_groups
     if not groups:
         return
-    width = width or decoded_bytes_per_row(file, columns, groups[0], batch_rows)
-    yield from file.iter_batches(
+    first = None
+    if not width:
+        width, first = _probe(file, columns, groups[0], batch_rows)
+        if first is not None and first.nbytes > READ_BYTES:
+            first = None  # sized by the footer's guess, the probe outgrew a read: drop it
+    reads = file.iter_batches(
         batch_size=rows_per_read(width, batch_rows), columns=columns, row_groups=groups
     )
+    if first is None:
+        yield from reads
+        return
+    # The probe's rows are the first read: the first request need not wait for a whole read
+    # (16 MiB of embeddings: 65 ms here, longer from object storage). The reads then start
+    # again from the top and skip them; the probe decoded them once more, as it always did.
+    yield first
+    skip = first.num_rows
+    for batch in reads:
+        if skip >= batch.num_rows:
+            skip -= batch.num_rows
+            continue
+        yield batch.slice(skip) if skip else batch
+        skip = 0
 
 
 #: Rows decoded to measure a file's width before it is read.
@@ -113,19 +131,26 @@ PROBE_ROWS = 1024
 def decoded_bytes_per_row(
     file: pq.ParquetFile, columns: list[str], group: int, batch_rows: int
 ) -> float:
-    """Bytes per row of the first rows of row group ``group``, decoded (a probe read, then
-    thrown away).
+    """Bytes per row of the first rows of row group ``group``, decoded (a probe read).
 
     The footer's sizes count encoded pages: a dictionary-encoded column of a few long
     strings (a repeated prompt) is 11 bytes a row there and 8 KB decoded, so a read sized by
     the footer alone was 128 MiB where 16 were meant. The footer only sizes the probe.
     """
+    return _probe(file, columns, group, batch_rows)[0]
+
+
+def _probe(
+    file: pq.ParquetFile, columns: list[str], group: int, batch_rows: int
+) -> tuple[float, pa.RecordBatch | None]:
+    """Decoded bytes per row of the first rows of row group ``group``, and those rows (None
+    when the group has none)."""
     guess = footer_bytes_per_row(file.metadata, columns, group)
     probe = min(PROBE_ROWS, rows_per_read(guess, batch_rows))
     first = next(file.iter_batches(batch_size=probe, columns=columns, row_groups=[group]), None)
     if first is None or not first.num_rows:
-        return guess
-    return float(first.nbytes) / int(first.num_rows)
+        return guess, None
+    return float(first.nbytes) / int(first.num_rows), first
 
 
 def footer_bytes_per_row(meta: pq.FileMetaData, columns: list[str], group: int = 0) -> float:

@@ -278,6 +278,32 @@ def test_projection_is_pushed_down_to_the_parquet_file(
     assert asked == [["x"], ["x"]]
 
 
+@pytest.mark.parametrize(
+    ("rows", "group_rows", "batch_rows"),
+    [
+        (5_000, 5_000, 4_096),  # one large row group: the probe is the head of the first read
+        (5_000, 300, 4_096),  # row groups smaller than the probe
+        (3_000, 1_000, 700),  # reads smaller than the probe
+        (100, 30, 4_096),
+        (1_024, 1_024, 1_024),  # the probe is the whole file
+        (1_500, 2_000, 16_384),
+    ],
+)
+def test_the_width_probe_is_the_first_read_and_no_row_is_read_twice(
+    tmp_path: Path, rows: int, group_rows: int, batch_rows: int
+) -> None:
+    """The first request need not wait for a whole read: the rows the width probe decoded
+    are handed on first, and the reads that follow skip them."""
+    from engine.source.parquet import PROBE_ROWS
+
+    path = _parquet(tmp_path / "a.parquet", rows=rows, row_group_size=group_rows)
+    batches = list(open_source(path).reader(["id", "name"], batch_rows=batch_rows))
+    table = pa.Table.from_batches(batches)
+    assert table.column("id").to_pylist() == list(range(rows))
+    assert table.column("name").to_pylist() == [f"n{i}" for i in range(rows)]
+    assert batches[0].num_rows <= min(PROBE_ROWS, batch_rows, group_rows)
+
+
 def test_csv_projection_reads_only_the_requested_columns(tmp_path: Path) -> None:
     (tmp_path / "a.csv").write_text("a,b,c\n1,2,3\n")
     reader = open_source(tmp_path).reader(["c", "a"])
