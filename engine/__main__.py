@@ -1,5 +1,5 @@
 """``python -m engine ...`` is the same as the ``engine`` command."""
 
-from engine.cli import main
+from engine.cli import command
 
-raise SystemExit(main())
+raise SystemExit(command())
