@@ -102,10 +102,6 @@ class _GatheredOutput:
     background thread, one gathering at a time (the caller waits only when the previous one
     is not written yet: at most two gatherings are held)."""
 
-    #: a gathering is written once it holds this many rows or bytes
-    GATHER_ROWS: int
-    GATHER_BYTES: int
-
     def __init__(
         self,
         sink: pa.NativeFile,
@@ -116,7 +112,7 @@ class _GatheredOutput:
     ) -> None:
         self._sink = sink
         self._writer = self._open_writer(sink, schema)
-        self._gather = _Gather(self.GATHER_ROWS, self.GATHER_BYTES)
+        self._gather = _Gather(*self._gather_limits())
         self._thread: ThreadPoolExecutor | None = None
         self._writing: Future[None] | None = None
         self._sync = sync
@@ -170,6 +166,11 @@ class _GatheredOutput:
     def _open_writer(self, sink: pa.NativeFile, schema: pa.Schema) -> Any:
         raise NotImplementedError
 
+    def _gather_limits(self) -> tuple[int, int]:
+        """A gathering is written once it holds this many rows, or bytes (read when the
+        output opens, so a test may lower the module's limits)."""
+        raise NotImplementedError
+
     def _emit(self, table: pa.Table) -> None:
         self._writer.write_table(table)
 
@@ -202,11 +203,11 @@ class IpcOutput(_GatheredOutput):
     """An uncompressed Arrow IPC file; small results are gathered into record batches of up
     to ``IPC_BATCH_ROWS`` rows (bounded by ``IPC_BATCH_BYTES``)."""
 
-    GATHER_ROWS = IPC_BATCH_ROWS
-    GATHER_BYTES = IPC_BATCH_BYTES
-
     def _open_writer(self, sink: pa.NativeFile, schema: pa.Schema) -> Any:
         return ipc.new_file(sink, schema, options=SERIAL_IPC)
+
+    def _gather_limits(self) -> tuple[int, int]:
+        return IPC_BATCH_ROWS, IPC_BATCH_BYTES
 
     def _emit(self, table: pa.Table) -> None:
         # one record batch, not one a result (dictionaries that differ are unified)
@@ -216,8 +217,8 @@ class IpcOutput(_GatheredOutput):
 class ParquetOutput(_GatheredOutput):
     """A zstd Parquet file; small results are gathered into large row groups (bounded)."""
 
-    GATHER_ROWS = ROW_GROUP_ROWS
-    GATHER_BYTES = ROW_GROUP_BYTES
-
     def _open_writer(self, sink: pa.NativeFile, schema: pa.Schema) -> Any:
         return pq.ParquetWriter(sink, schema, compression=PARQUET_COMPRESSION)
+
+    def _gather_limits(self) -> tuple[int, int]:
+        return ROW_GROUP_ROWS, ROW_GROUP_BYTES
