@@ -18,7 +18,6 @@ from engine.source.shards import Unit
 
 __all__ = [
     "STREAMING",
-    "decoded_bytes_per_row",
     "footer_bytes_per_row",
     "parquet_batches",
     "parquet_units",
@@ -96,7 +95,7 @@ def sized_batches(
 ) -> Iterator[pa.RecordBatch]:
     """``row_groups`` of ``file`` (None: all) in reads of at most ``batch_rows`` rows and
     about ``READ_BYTES``: rows of ``width`` bytes, or when that is 0 of what the first rows
-    measure decoded (:func:`decoded_bytes_per_row`)."""
+    measure decoded (:func:`_probe`)."""
     groups = list(range(file.metadata.num_row_groups)) if row_groups is None else row_groups
     if not groups:
         return
@@ -128,23 +127,16 @@ def sized_batches(
 PROBE_ROWS = 1024
 
 
-def decoded_bytes_per_row(
+def _probe(
     file: pq.ParquetFile, columns: list[str], group: int, batch_rows: int
-) -> float:
-    """Bytes per row of the first rows of row group ``group``, decoded (a probe read).
+) -> tuple[float, pa.RecordBatch | None]:
+    """Bytes per row of the first rows of row group ``group``, decoded, and those rows (None
+    when the group has none).
 
     The footer's sizes count encoded pages: a dictionary-encoded column of a few long
     strings (a repeated prompt) is 11 bytes a row there and 8 KB decoded, so a read sized by
     the footer alone was 128 MiB where 16 were meant. The footer only sizes the probe.
     """
-    return _probe(file, columns, group, batch_rows)[0]
-
-
-def _probe(
-    file: pq.ParquetFile, columns: list[str], group: int, batch_rows: int
-) -> tuple[float, pa.RecordBatch | None]:
-    """Decoded bytes per row of the first rows of row group ``group``, and those rows (None
-    when the group has none)."""
     guess = footer_bytes_per_row(file.metadata, columns, group)
     probe = min(PROBE_ROWS, rows_per_read(guess, batch_rows))
     first = next(file.iter_batches(batch_size=probe, columns=columns, row_groups=[group]), None)
