@@ -11,7 +11,7 @@ A local output is also synced to disk while it is written (``sync``, each time a
 not wait for the fsync): below the kernel's dirty-page thresholds (10 % of memory by
 default) nothing of the output reached the disk before the final fsync, and the run then
 waited for all of it after its last answer (36-120 ms for a 300 MB output on this machine's
-disk; seconds on a cloud volume that writes 125 MB/s).
+disk; on a cloud volume that writes 125 MB/s it would be seconds, not measured).
 """
 
 from __future__ import annotations
@@ -108,7 +108,6 @@ class _GatheredOutput:
         schema: pa.Schema,
         *,
         sync: Callable[[], None] | None = None,
-        sync_every_bytes: int | None = None,
     ) -> None:
         self._sink = sink
         self._writer = self._open_writer(sink, schema)
@@ -116,7 +115,7 @@ class _GatheredOutput:
         self._thread: ThreadPoolExecutor | None = None
         self._writing: Future[None] | None = None
         self._sync = sync
-        self._sync_every = EARLY_SYNC_BYTES if sync_every_bytes is None else sync_every_bytes
+        self._sync_every = EARLY_SYNC_BYTES  # read when the output opens (tests lower it)
         self._synced_at = 0  # the file's size when the last sync began (output thread only)
         self._syncer: ThreadPoolExecutor | None = None
         self._syncing: Future[None] | None = None
@@ -133,7 +132,7 @@ class _GatheredOutput:
         self._writing = self._thread.submit(self._write_and_sync, table)
 
     def _write_and_sync(self, table: pa.Table) -> None:
-        """On the output thread: write a gathering; once ``sync_every_bytes`` more are in
+        """On the output thread: write a gathering; once ``EARLY_SYNC_BYTES`` more are in
         the file and no sync is running, hand what was written to the OS and start one."""
         self._emit(table)
         if self._sync is None:

@@ -596,10 +596,17 @@ def test_abort_on_an_fsspec_filesystem_leaves_nothing(memory_fs: Any) -> None:
 # --- early sync: a local output reaches the disk while it is written -------------------------
 
 
+@pytest.fixture
+def sync_every_byte(monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.sink.formats as formats
+
+    monkeypatch.setattr(formats, "EARLY_SYNC_BYTES", 1)
+
+
 def _synced_output(path: Path, sync: Any) -> IpcOutput:
     sink = pa.BufferedOutputStream(pa.OSFile(str(path), "wb"), buffer_size=1 << 20)
     schema = pa.schema([("x", pa.float64())])
-    return IpcOutput(sink, schema, sync=sync, sync_every_bytes=1)
+    return IpcOutput(sink, schema, sync=sync)
 
 
 def _gathering(rows: int = IPC_BATCH_ROWS) -> pa.Table:
@@ -607,7 +614,7 @@ def _gathering(rows: int = IPC_BATCH_ROWS) -> pa.Table:
 
 
 def test_a_local_output_is_synced_while_it_is_written_not_only_at_the_end(
-    tmp_path: Path,
+    tmp_path: Path, sync_every_byte: None,
 ) -> None:
     """Each sync sees the gatherings written before it already in the file, and runs on a
     thread of its own, so the output thread never waits for the disk."""
@@ -627,7 +634,7 @@ def test_a_local_output_is_synced_while_it_is_written_not_only_at_the_end(
     assert pa.ipc.open_file(str(path)).read_all().num_rows == 3 * IPC_BATCH_ROWS
 
 
-def test_an_early_sync_that_fails_is_raised_by_close(tmp_path: Path) -> None:
+def test_an_early_sync_that_fails_is_raised_by_close(tmp_path: Path, sync_every_byte: None) -> None:
     def failing() -> None:
         raise OSError(5, "Input/output error")
 
@@ -665,7 +672,7 @@ def test_the_writer_syncs_a_local_output_early(
     assert read_output(path).num_rows == ((IPC_BATCH_ROWS // per_batch) * 2 + 5) * per_batch
 
 
-def test_one_sync_at_a_time_and_writes_go_on_while_it_runs(tmp_path: Path) -> None:
+def test_one_sync_at_a_time_and_writes_go_on_while_it_runs(tmp_path: Path, sync_every_byte: None) -> None:
     """A sync that blocks (a slow disk) holds up neither the writes nor the caller; no second
     sync starts until it is done, and close waits for it."""
     release = threading.Event()
