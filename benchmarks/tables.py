@@ -418,13 +418,18 @@ def run_engine(
     }
 
 
-def _run_client(server: Server, command: str, *args: str) -> tuple[ChildUsage, dict[str, float]]:
-    """This file's ``command`` client against ``server``: its usage, and what the server saw."""
-    cmd = [sys.executable, __file__, command, *args, "--url", server.url]
-    server.take_stats()
-    usage = run_child(cmd, _env(server.url))
+def _this_file(env: dict[str, str], command: str, *args: str) -> ChildUsage:
+    """This file's ``command`` run as its own process; stops the benchmark if it fails."""
+    usage = run_child([sys.executable, __file__, command, *args], env)
     if usage.exit_code != 0:
         raise SystemExit(f"{command} client failed:\n{usage.stderr[-3000:]}")
+    return usage
+
+
+def _run_client(server: Server, command: str, *args: str) -> tuple[ChildUsage, dict[str, float]]:
+    """This file's ``command`` client against ``server``: its usage, and what the server saw."""
+    server.take_stats()
+    usage = _this_file(_env(server.url), command, *args, "--url", server.url)
     return usage, server.take_stats()
 
 
@@ -448,12 +453,10 @@ def run_plain(server: Server, src: Path, out: Path, batch_rows: int) -> dict[str
 
 
 def run_floor(src: Path, out: Path, batch_rows: int) -> dict[str, float]:
-    cmd = [sys.executable, __file__, "floor", str(src), "--output", str(out)]
     # Arrow's jemalloc pool, as the engine has it: the floor is the best a client could do.
     env = {**os.environ, "ARROW_DEFAULT_MEMORY_POOL": "jemalloc"}
-    usage = run_child([*cmd, "--batch-rows", str(batch_rows)], env)
-    if usage.exit_code != 0:
-        raise SystemExit(f"floor client failed:\n{usage.stderr[-3000:]}")
+    args = (str(src), "--output", str(out), "--batch-rows", str(batch_rows))
+    usage = _this_file(env, "floor", *args)
     return {"wall_s": usage.wall_s, "cpu_s": usage.cpu_s}
 
 
