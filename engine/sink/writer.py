@@ -306,5 +306,6 @@ def _id_list(ids: list[int]) -> str:
 
 
 def _on_fuse(path: str) -> bool:
+    """On a FUSE filesystem (``fuse``, ``fuse.s3fs``, ``fuseblk``...)."""
     kind = filesystem_type(os.path.dirname(os.path.abspath(path)))
-    return kind is not None and kind.split(".")[0] in {"fuse", "fuseblk"}
+    return kind is not None and kind.startswith("fuse")
