@@ -18,7 +18,9 @@ end of each round the controller compares what was delivered with what was sent:
   more than ``STARTUP_STORM_SHARE`` refused of the requests old enough to be answered, or on
   two rounds in a row with more than ``STARTUP_LOSS_SHARE`` refused (one such round can be
   noise's bad luck). The capacity ``C`` is then the most of: half the rate that overran the
-  endpoint, what it accepted, what the last whole second delivered.
+  endpoint, what it accepted, what the last whole second delivered (after two lossy rounds:
+  what the last accepted once refused). Either way the limit was met, not lowered: the
+  search upward starts at once.
 * **paced**: requests leave evenly spaced (:func:`turns_due`) at ``cruise_gain`` × C. Every
   ``PROBE_INTERVAL_S`` (right after startup: at once) one round probes at (1 + excess) × C.
   If the endpoint took the extra, C rises to what it delivered and the next round probes
@@ -675,7 +677,10 @@ class RateController:
             self._lossy_startup_rounds = self._lossy_startup_rounds + 1 if lossy else 0
             self._last_round_lossy = lossy
             if self._lossy_startup_rounds >= 2:
-                self._on_loss(done, now)
+                # The limit was met, not lowered: pace at what was accepted once refused and
+                # search upward at once, as after a storm (no step-down hold, no step below).
+                self._cut(done.limit_estimate() / self.accept_ratio, now)
+                self._searching = True
             elif not lossy and done.answers >= ROUND_MIN_SENDS:  # refused when bearable: noise
                 self.accept_ratio += 0.3 * (done.accept_ratio() - self.accept_ratio)
                 self.accept_ratio = max(MIN_ACCEPT_RATIO, self.accept_ratio)

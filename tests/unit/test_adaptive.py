@@ -559,3 +559,25 @@ def test_refusals_above_the_startup_share_round_after_round_end_startup() -> Non
         result = simulate(Endpoint(latency_s=0.05, throttle_noise=0.2), seconds=10, workers=32,
                           seed=seed)
         assert result.controller is not None and result.controller.capacity is not None
+
+
+@pytest.mark.parametrize(
+    ("rate", "burst"),
+    [(40, 2), (100, 2), (200, 2), (200, 3)],
+    ids=["40-b2", "100-b2", "200-b2", "200-b3"],
+)
+def test_a_startup_ended_by_lossy_rounds_searches_upward_at_once(rate: float, burst: float) -> None:
+    """At 100 ms round trips the storm check rarely fires: startup ends on two lossy rounds.
+    That is the limit met, not a limit that fell: the search starts at once, with no
+    step-down hold, and the trailing second reaches 0.9 of the limit within 6.25 s (2-6 s
+    on seeds 1-3; 6.75-9 s when this ending was taken for a fall)."""
+    endpoint = Endpoint(rate=((0, rate),), burst=burst, latency_s=0.1)
+    for seed in SEEDS:
+        result = simulate(endpoint, seconds=10, seed=seed)
+        assert result.controller is not None and result.controller.capacity is not None
+        reached = [
+            k * 0.25
+            for k in range(37)
+            if result.accepted_between(k * 0.25, k * 0.25 + 1.0) >= 0.9 * rate
+        ]
+        assert reached and reached[0] <= 6.25
