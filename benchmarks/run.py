@@ -141,6 +141,15 @@ def strict_scenarios(quick: bool) -> list[Scenario]:
             batch_rows=100, capacity=((0.0, rate),),
         )
 
+    def slow_bucket(rate: float, burst: float, seconds: float) -> Scenario:
+        flags = ("--qps", f"{rate:g}", "--qps-burst", f"{burst:g}", "--latency-ms", "100",
+                 "--retry-after", "none")
+        return Scenario(
+            f"slow{rate:g}", f"bucket {rate:g}/s burst {burst:g}, 100 ms", flags,
+            int(rate * 100 * seconds * scale), None, STRICT_CLIENTS, (), suite="strict",
+            batch_rows=100, capacity=((0.0, rate),),
+        )
+
     noisy = ("--throttle-rate", "0.05", "--error-503-rate", "0.03", "--reset-before-rate", "0.01")
     engines = ("engine", "engine-tuned", "sdk", "aiometer")
     return [
@@ -168,6 +177,7 @@ def strict_scenarios(quick: bool) -> list[Scenario]:
         tiny(5.0, 10.0),
         tiny(200.0, 10.0),
         tiny(2000.0, 2.0),
+        slow_bucket(100.0, 2.0, 10.0),
     ]
 
 
@@ -562,7 +572,7 @@ def main() -> None:
     parser.add_argument(
         "--only", help="scenarios, comma-separated (zero,latency,limited,faults,tokens; strict: "
         "bucket10,bucket40,conc429,concqueue,stepup,stepdown,concstep,quiet,noisy,hang,tiny5,"
-        "tiny200,tiny2000)"
+        "tiny200,tiny2000,slow100)"
     )
     parser.add_argument("--clients", help="clients, comma-separated")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where results go")

@@ -22,13 +22,23 @@ It never paces above the limit, so where a burst absorbs the timer's lateness (b
 or a queue keeps the endpoint busy (conc8-queue) the finder, which paces by what is
 delivered, can do better than it.
 
+With ``--grid``, the same steady target over a grid of endpoints nobody tuned the finder to
+(:data:`GRID`: token buckets of 5 to 2,000 req/s with bursts of one request, two to five
+requests and a tenth of a second's worth, provisioned concurrency of 4 to 32 that refuses or
+queues, each at 10, 30 or 50 and 100 ms): per endpoint, the worst seed's fraction of capacity
+and 429 share, whether issue 11's target (>= 0.90, <= 5 %) holds on every seed, and a count
+per family. ``--grid --told`` adds a client told the limit beside each (slow: every pace).
+``--json FILE`` writes the grid's rows.
+
     PYTHONPATH=. python benchmarks/simulated_capacity.py [--seeds 1,2,3] [--only bucket40]
     PYTHONPATH=. python benchmarks/simulated_capacity.py --told
+    PYTHONPATH=. python benchmarks/simulated_capacity.py --grid [--told] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -169,6 +179,74 @@ def noise(seed: int) -> str:
     return f"{ratio:.2f}"
 
 
+def _grid() -> dict[str, tuple[str, Endpoint]]:
+    """name -> (family, endpoint)."""
+    grid: dict[str, tuple[str, Endpoint]] = {}
+    for rate in (5, 10, 20, 40, 100, 200, 500, 2000):
+        for burst in sorted({1, 2, 3, 5, max(2, round(rate / 10))}):
+            family = (
+                "bucket, burst 1" if burst == 1
+                else "bucket, burst 0.1 s" if burst == max(2, round(rate / 10)) and burst > 5
+                else "bucket, burst 2-5"
+            )
+            for latency in (0.01, 0.03, 0.1):
+                name = f"bucket{rate}-b{burst}-{latency * 1000:g}ms"
+                grid[name] = (family, bucket(rate, burst, latency))
+    for cap in (4, 8, 16, 32):
+        for latency in (0.01, 0.05, 0.1):
+            for mode in ("429", "queue"):
+                name = f"conc{cap}-{mode}-{latency * 1000:g}ms"
+                grid[name] = (
+                    f"concurrency, {mode}",
+                    Endpoint(concurrency=((0, cap),), concurrency_mode=mode, latency_s=latency),
+                )
+    return grid
+
+
+#: Endpoints nobody tuned the finder to (see ``--grid``).
+GRID = _grid()
+
+
+def grid_row(name: str, seeds: list[int], with_told: bool) -> dict[str, object]:
+    family, endpoint = GRID[name]
+    results = [simulate(endpoint, seconds=10, seed=seed) for seed in seeds]
+    fractions = [r.accepted_between(0, 10) / (endpoint.capacity(0) * 10) for r in results]
+    shares = [r.throttle_share(0, 10) for r in results]
+    row: dict[str, object] = {
+        "endpoint": name,
+        "family": family,
+        "fraction_worst": round(min(fractions), 3),
+        "share_429_worst": round(max(shares), 4),
+        "met": min(fractions) >= 0.9 and max(shares) <= TARGET_THROTTLED,
+    }
+    if with_told:
+        row["told"] = told(endpoint, seeds)
+    return row
+
+
+def run_grid(seeds: list[int], with_told: bool, out: str | None) -> None:
+    rows = []
+    told_head = " told the limit |" if with_told else ""
+    print("| endpoint | fraction of capacity (worst seed) | 429 share (worst seed) | target |"
+          + told_head)
+    print("| --- | ---: | ---: | --- |" + (" --- |" if with_told else ""))
+    for name in GRID:
+        row = grid_row(name, seeds, with_told)
+        rows.append(row)
+        told_cell = f" {row['told']} |" if with_told else ""
+        print(f"| {name} | {row['fraction_worst']:.2f} | {row['share_429_worst']:.1%} | "
+              f"{'met' if row['met'] else 'missed'} |" + told_cell, flush=True)
+    print()
+    print("| family | target met (every seed) |")
+    print("| --- | ---: |")
+    for family in dict.fromkeys(str(r["family"]) for r in rows):
+        mine = [r for r in rows if r["family"] == family]
+        print(f"| {family} | {sum(bool(r['met']) for r in mine)} of {len(mine)} |")
+    print(f"| all | {sum(bool(r['met']) for r in rows)} of {len(rows)} |")
+    if out:
+        Path(out).write_text(json.dumps({"seeds": seeds, "rows": rows}, indent=1) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -178,8 +256,13 @@ def main() -> None:
     parser.add_argument(
         "--told", action="store_true", help="beside each steady scenario, a client told the limit"
     )
+    parser.add_argument("--grid", action="store_true", help="the target over GRID")
+    parser.add_argument("--json", help="with --grid: write the rows to this file")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.grid:
+        run_grid(seeds, args.told, args.json)
+        return
     runs: dict[str, Callable[[int], str]] = {
         name: (lambda seed, e=endpoint: steady(e, seed)) for name, endpoint in STEADY.items()
     }
