@@ -677,9 +677,11 @@ class RateController:
             self._lossy_startup_rounds = self._lossy_startup_rounds + 1 if lossy else 0
             self._last_round_lossy = lossy
             if self._lossy_startup_rounds >= 2:
-                # The limit was met, not lowered: pace at what was accepted once refused and
-                # search upward at once, as after a storm (no step-down hold, no step below).
-                self._cut(done.limit_estimate() / self.accept_ratio, now)
+                # The limit was met, not lowered: pace at what was accepted once refused (or
+                # what the last whole second delivered, if more) and search upward at once,
+                # as after a storm (no step-down hold, no step below).
+                estimate = done.limit_estimate() / self.accept_ratio
+                self._cut(max(estimate, self._delivered_last_second(now)), now)
                 self._searching = True
             elif not lossy and done.answers >= ROUND_MIN_SENDS:  # refused when bearable: noise
                 self.accept_ratio += 0.3 * (done.accept_ratio() - self.accept_ratio)
