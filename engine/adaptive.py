@@ -659,13 +659,16 @@ class RateController:
         span = max(now - current.started_at, base, STARTUP_MIN_SPAN_S)
         answered_span = max(now - base - current.started_at, STARTUP_MIN_SPAN_S)
         accepted_rate = current.accepted / answered_span
-        # A startup that ran for seconds (a limit it overran only now and then) measured
-        # the limit itself: what the last whole second delivered.
-        delivered = self._delivered_last_second(now)
-        self._cut(max(0.5 * current.sent / span / self.cruise_gain, accepted_rate, delivered), now)
-        self._searching = True
+        self._end_startup(max(0.5 * current.sent / span / self.cruise_gain, accepted_rate), now)
         for pending in self._rounds:  # the storm's rounds were at another pace
             pending.rate = math.inf
+
+    def _end_startup(self, estimate: float, now: float) -> None:
+        """Startup met the limit (it did not see it fall): pace at ``estimate``, or at what the
+        last whole second delivered if more (a startup that ran for seconds, overrunning the
+        limit only now and then, measured the limit itself), and search upward at once."""
+        self._cut(max(estimate, self._delivered_last_second(now)), now)
+        self._searching = True
 
     def _judge(self, done: _Round, now: float) -> None:
         if done.answers == 0:
@@ -676,13 +679,8 @@ class RateController:
             lossy = done.throttled >= MIN_LOSSES and done.throttled_share() > STARTUP_LOSS_SHARE
             self._lossy_startup_rounds = self._lossy_startup_rounds + 1 if lossy else 0
             self._last_round_lossy = lossy
-            if self._lossy_startup_rounds >= 2:
-                # The limit was met, not lowered: pace at what was accepted once refused (or
-                # what the last whole second delivered, if more) and search upward at once,
-                # as after a storm (no step-down hold, no step below).
-                estimate = done.limit_estimate() / self.accept_ratio
-                self._cut(max(estimate, self._delivered_last_second(now)), now)
-                self._searching = True
+            if self._lossy_startup_rounds >= 2:  # as after a storm: no step-down hold
+                self._end_startup(done.limit_estimate() / self.accept_ratio, now)
             elif not lossy and done.answers >= ROUND_MIN_SENDS:  # refused when bearable: noise
                 self.accept_ratio += 0.3 * (done.accept_ratio() - self.accept_ratio)
                 self.accept_ratio = max(MIN_ACCEPT_RATIO, self.accept_ratio)
