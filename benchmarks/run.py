@@ -132,20 +132,13 @@ def strict_scenarios(quick: bool) -> list[Scenario]:
             batch_rows=100, capacity=((0.0, 80.0), (8.0, 160.0)),
         )
 
-    def tiny(rate: float, seconds: float) -> Scenario:
-        flags = ("--qps", f"{rate:g}", "--qps-burst", "1", "--latency-ms", "10",
-                 "--retry-after", "none")
+    def small_burst(
+        prefix: str, rate: float, burst: float, latency_ms: int, seconds: float
+    ) -> Scenario:
+        flags = ("--qps", f"{rate:g}", "--qps-burst", f"{burst:g}", "--latency-ms",
+                 str(latency_ms), "--retry-after", "none")
         return Scenario(
-            f"tiny{rate:g}", f"bucket {rate:g}/s burst 1, 10 ms", flags,
-            int(rate * 100 * seconds * scale), None, STRICT_CLIENTS, (), suite="strict",
-            batch_rows=100, capacity=((0.0, rate),),
-        )
-
-    def slow_bucket(rate: float, burst: float, seconds: float) -> Scenario:
-        flags = ("--qps", f"{rate:g}", "--qps-burst", f"{burst:g}", "--latency-ms", "100",
-                 "--retry-after", "none")
-        return Scenario(
-            f"slow{rate:g}", f"bucket {rate:g}/s burst {burst:g}, 100 ms", flags,
+            f"{prefix}{rate:g}", f"bucket {rate:g}/s burst {burst:g}, {latency_ms} ms", flags,
             int(rate * 100 * seconds * scale), None, STRICT_CLIENTS, (), suite="strict",
             batch_rows=100, capacity=((0.0, rate),),
         )
@@ -174,10 +167,10 @@ def strict_scenarios(quick: bool) -> list[Scenario]:
             ("--latency-ms", "10", "--hang-every", "500"), 100_000, None, STRICT_CLIENTS, (),
             suite="strict", batch_rows=100, budget_s=150.0,
         ),
-        tiny(5.0, 10.0),
-        tiny(200.0, 10.0),
-        tiny(2000.0, 2.0),
-        slow_bucket(100.0, 2.0, 10.0),
+        small_burst("tiny", 5.0, 1.0, 10, 10.0),
+        small_burst("tiny", 200.0, 1.0, 10, 10.0),
+        small_burst("tiny", 2000.0, 1.0, 10, 2.0),
+        small_burst("slow", 100.0, 2.0, 100, 10.0),
     ]
 
 
