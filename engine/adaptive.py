@@ -418,7 +418,13 @@ class RateController:
                 self._leave_startup(sent_round, now)
             elif sent_round.excess > 0.0 and sent_round.excess == self._excess:
                 self._abort_probe_if_refused(sent_round, now)
-            elif now < self._tentative_until and sent_round.capacity == self.capacity:
+            elif (
+                sent_round.excess == 0.0
+                and now < self._tentative_until
+                and sent_round.capacity == self.capacity
+            ):
+                # Not a probe's round: a probe refused once has ended, and the rest of
+                # its requests, already sent past the limit, say nothing more.
                 self._revert_if_refused(sent_round, now)
         self._advance(now)
 

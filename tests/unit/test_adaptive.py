@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 
@@ -421,6 +422,48 @@ def test_a_probe_ends_at_its_first_refusal() -> None:
     # each probe past the limit costs about one refusal, not a round of them
     steady = [t for t in result.throttled if t >= 2.0]
     assert len(steady) <= 2 * controller.probes + 2
+
+
+class _ProbeWatch(RateController):
+    """Records each refusal of a request sent while probing that lowered the capacity."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.sends: list[tuple[float, bool]] = []  # (sent at, probing then)
+        self.undone: list[tuple[float, float, float]] = []  # (when, capacity before, after)
+
+    def on_send(self, now: float) -> None:
+        self.sends.append((now, self.probing))
+        super().on_send(now)
+
+    def on_throttle(
+        self, now: float, latency_s: float | None = None, in_flight: int | None = None
+    ) -> None:
+        sent_at = now - (latency_s or 0.0)
+        index = bisect.bisect_right(self.sends, (sent_at, True)) - 1
+        from_probe = index >= 0 and self.sends[index][1]
+        before = self.capacity
+        super().on_throttle(now, latency_s, in_flight)
+        after = self.capacity
+        if from_probe and before is not None and after is not None and after < before:
+            self.undone.append((now, before, after))
+
+
+@pytest.mark.parametrize("rate", [500.0, 2000.0])
+def test_the_refusals_of_a_probe_that_overshot_do_not_undo_what_its_steps_found(
+    rate: float,
+) -> None:
+    # A probe past the limit is refused once for each request it already sent there, and
+    # the first refusal ends it. The later ones once read as "refused at the pace a probe
+    # just raised" (a burst's doing) and sent the capacity back under the probe's last
+    # accepted step, and cleared the binary search: at 500 requests/s with a burst of
+    # three the run then cruised at half the limit for seconds (0.57 of capacity, seed 1).
+    endpoint = Endpoint(rate=((0, rate),), burst=3, latency_s=0.01)
+    for seed in (1, 2, 3, 4, 5, 6):
+        result = simulate(endpoint, seconds=10, seed=seed, controller_type=_ProbeWatch)
+        watch = result.controller
+        assert isinstance(watch, _ProbeWatch) and watch.probes >= 1
+        assert watch.undone == [], f"seed {seed}"
 
 
 def _missed(reason: str) -> pytest.MarkDecorator:
