@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import random
@@ -412,6 +413,65 @@ async def test_the_pacer_sends_no_burst_after_an_idle_gap() -> None:
     assert len(sent_at) == 3 and sent_at[0] == 100.0
     assert all(gap >= MIN_SPACING_SHARE * 0.5 - 1e-9 for gap in gaps), (gaps, sent_at)
     await dispatcher.aclose()
+
+
+class EpollClock:
+    """Time as asyncio's timers see it: a sleep ends at the next whole millisecond of its
+    wait (epoll's timeout, rounded up), and every read of the clock finds 20 µs more gone
+    (the loop's own work), so yielding to the loop lets time pass."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 20e-6
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += math.ceil(max(0.0, seconds) * 1000.0 - 1e-9) / 1000.0
+        await asyncio.sleep(0)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known defect: a timer a millisecond late is a turn a millisecond late, never made "
+    "up at these spacings (198 turns a second at 240/s, 142 at 150/s, 58.7 at 60/s). A pacer "
+    "that slept to a millisecond before each turn and yielded to the loop until it kept the "
+    "pace exactly, but in the simulation that precision let a running job on a 40/s bucket "
+    "hold 36-38 req/s while a newcomer got 2-5 req/s from 6 s to 12 s (seed 3 of "
+    "test_a_neighbours_job_shares...): the shared refusals were 31 % of the newcomer's sends "
+    "and 4.5 % of the incumbent's, which had learned 2.6 % as noise. Fair sharing first.",
+)
+@pytest.mark.parametrize("rate", [240.0, 150.0, 60.0])
+async def test_evenly_spaced_turns_keep_their_pace_although_timers_wake_late(rate: float) -> None:
+    # Turns this far apart may not be made up after a late wake-up (a bucket with a burst of
+    # one refuses the second of two close ones), so each late wake-up costs pace.
+    from engine.dispatch import Pacer
+
+    clock = EpollClock()
+    controller = RateController(max_rate=rate, max_in_flight=8, initial_in_flight=8)
+    sent_at: list[float] = []
+    on_send = controller.on_send
+
+    def timed(now: float) -> None:
+        sent_at.append(now)
+        on_send(now)
+
+    controller.on_send = timed  # type: ignore[method-assign]
+    pacer = Pacer(controller, clock=clock, sleep=clock.sleep)
+    turns = int(rate)  # a second's worth
+
+    async def worker() -> None:
+        while len(sent_at) < turns:
+            await pacer.acquire()
+            pacer.release()
+
+    await asyncio.gather(*(worker() for _ in range(4)))
+    await pacer.aclose()
+    span = sent_at[turns - 1] - sent_at[0]
+    assert (turns - 1) / span >= 0.995 * rate, f"{(turns - 1) / span:.1f} a second"
+    gaps = [b - a for a, b in itertools.pairwise(sent_at[:turns])]
+    assert min(gaps) >= MIN_SPACING_SHARE / rate - 1e-9
 
 
 async def test_queued_turns_wait_under_a_lowered_in_flight_limit() -> None:
