@@ -1,6 +1,7 @@
 """Counters for tests and benchmarks: what the emulator saw and did.
 
-Per endpoint: data-plane requests by status, dropped connections, per-row ``rows_scored``
+Per endpoint: data-plane requests by status, dropped connections, answers written after the
+client had gone (``answers_lost``: its timeout, a Ctrl-C), per-row ``rows_scored``
 (the model ran, even if the answer was lost) and ``rows_delivered`` (a 200 was written),
 429s by cause (``throttled_rate``: the QPS bucket; ``throttled_concurrency``: the concurrency
 cap in 429 mode; ``throttled_random``: ``throttle_rate``; ``throttled``: their sum), requests
@@ -27,6 +28,7 @@ class EndpointAccounting:
     rows_delivered: Counter[str] = field(default_factory=Counter)
     resets_before: int = 0
     resets_after: int = 0
+    answers_lost: int = 0
     throttled_rate: int = 0
     throttled_concurrency: int = 0
     throttled_random: int = 0
@@ -71,6 +73,7 @@ class EndpointAccounting:
             "rows_delivered": dict(self.rows_delivered),
             "resets_before": self.resets_before,
             "resets_after": self.resets_after,
+            "answers_lost": self.answers_lost,
             "throttled": self.throttled,
             "throttled_rate": self.throttled_rate,
             "throttled_concurrency": self.throttled_concurrency,

@@ -101,6 +101,11 @@ async def invoke(
     except ApiError as error:
         accounting.requests_by_status[error.status] += 1
         raise
+    except _ClientGone as gone:
+        # The client left before its answer (its timeout, a Ctrl-C): what a server sees
+        # every day, counted, not logged as a server error with a traceback.
+        accounting.answers_lost += 1
+        return gone.response
     if response.prepared:
         accounting.requests_by_status[response.status] += 1
     return response
@@ -257,7 +262,18 @@ async def _deliver(
         content_type="application/json",
         headers={"served-model-name": runtime.config.served_entity_name()},
     )
-    await response.prepare(request)
-    await response.write_eof()
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError as exc:
+        raise _ClientGone(response) from exc
     runtime.accounting.rows_delivered.update(scoring.row_keys)
     return response
+
+
+class _ClientGone(Exception):
+    """The answer could not be written: the client had closed the connection."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        super().__init__("the client closed the connection before its answer")
+        self.response = response

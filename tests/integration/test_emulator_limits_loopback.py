@@ -231,3 +231,33 @@ async def test_stopping_the_emulator_drops_hanging_requests_instead_of_waiting(
         with pytest.raises(aiohttp.ClientError):
             await task
     assert (counters(emu)["hung"], counters(emu)["hanging"]) == (3, 0)
+
+
+async def test_a_client_gone_before_its_answer_is_counted_not_logged_as_a_server_error(
+    emulator_factory, emu_client_factory, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    # A client's timeout or Ctrl-C closes the connection while the model runs. Writing the
+    # answer then fails; aiohttp logged that as "Error handling request" with a traceback,
+    # once per request, in the terminal of `engine emulate`.
+    gate = Gate()
+    emu = await emulator_factory(sleep=gate)
+    client: EmuClient = emu_client_factory(emu)
+    token = await client.data_plane_token(ENDPOINT)
+    emu.set_faults(ENDPOINT, Faults(latency_ms=1.0))
+    data_plane = emu._runners[-1].server
+    assert data_plane is not None
+    request = asyncio.create_task(client.invoke(ENDPOINT, BODY, token))
+    await until(lambda: counters(emu)["in_flight"] == 1)  # held at the gate
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    # the server saw the close (the handler, still running, keeps its place in the list)
+    await until(lambda: all(h.transport is None for h in data_plane.connections))
+    caplog.set_level("DEBUG")
+    gate.event.set()
+    await until(lambda: counters(emu)["in_flight"] == 0)
+    assert not [r for r in caplog.records if r.levelno >= 40], caplog.text
+    accounting = counters(emu)
+    assert accounting["answers_lost"] == 1
+    assert accounting["requests_by_status"] == {}  # no answer was delivered
+    assert accounting["rows_delivered"] == {}
