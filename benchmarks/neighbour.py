@@ -1,0 +1,135 @@
+"""Two jobs on one endpoint: the engine as its own neighbour.
+
+    python benchmarks/neighbour.py                       # bucket 40/s, burst 4, 30 ms, 3 runs
+    python benchmarks/neighbour.py --qps 200 --burst 20 --runs 1
+
+Two ``engine score`` processes, with default flags, against one strict emulator endpoint (a
+token bucket, no Retry-After). Job A starts alone; job B starts ``--delay`` seconds later and
+scores ``--rows-b`` rows while A is still running. While both run, the endpoint's capacity is
+theirs to share: what a team sees when two nightly jobs (two backfills, two Airflow tasks)
+hit one endpoint. The emulator's own counters give what the endpoint accepted while B ran;
+B's summary gives B's part of it.
+
+Reported per run: both jobs together as a fraction of capacity while B ran, B's share of
+what was accepted (a fair split is one half), B's 429 share, and the same fraction for A
+alone in the second before B started. Results go to ``results/neighbour.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import ENDPOINT, EmulatorProcess, write_input
+
+ROOT = Path(__file__).resolve().parent
+BATCH_ROWS = 100
+
+
+def _ok(emulator: EmulatorProcess) -> int:
+    return int(emulator.accounting()["requests_by_status"].get("200", 0))
+
+
+def _job(emulator: EmulatorProcess, src: Path, out: Path, summary: Path) -> subprocess.Popen[str]:
+    cmd = [
+        sys.executable, "-m", "engine", "score", str(src), "--endpoint", ENDPOINT,
+        "--output", str(out), "--overwrite", "--progress", "off", "--quiet",
+        "--batch-rows", str(BATCH_ROWS), "--summary", str(summary),
+    ]
+    return subprocess.Popen(
+        cmd, env=emulator.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True
+    )
+
+
+def one_run(args: argparse.Namespace, tmp: Path, seed: int) -> dict[str, Any]:
+    flags = ("--qps", f"{args.qps:g}", "--qps-burst", f"{args.burst:g}",
+             "--latency-ms", str(args.latency_ms), "--retry-after", "none")
+    emulator = EmulatorProcess.start(*flags)
+    a_src = write_input(tmp / "a.parquet", args.rows_a, seed=seed)
+    b_src = write_input(tmp / "b.parquet", args.rows_b, seed=seed + 1000)
+    a = _job(emulator, a_src, tmp / "a.arrow", tmp / "a.json")
+    b: subprocess.Popen[str] | None = None
+    try:
+        time.sleep(args.delay - 1.0)
+        alone_ok, alone_at = _ok(emulator), time.monotonic()
+        time.sleep(1.0)
+        start_ok, start_at = _ok(emulator), time.monotonic()
+        a_alone = (start_ok - alone_ok) / (start_at - alone_at) / args.qps
+        b = _job(emulator, b_src, tmp / "b.arrow", tmp / "b.json")
+        b.wait(timeout=args.timeout)
+        end_ok, end_at = _ok(emulator), time.monotonic()
+        if a.poll() is not None:
+            raise SystemExit("job A ended before job B: raise --rows-a")  # A must outlast B
+    finally:
+        for job in (a, b):
+            if job is not None and job.poll() is None:
+                job.terminate()  # the engine stops sending, lets what is in flight land
+                try:
+                    job.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    job.kill()
+                    job.wait()
+        emulator.stop()
+    summary = json.loads((tmp / "b.json").read_text())
+    both = (end_ok - start_ok) / (end_at - start_at)
+    b_rate = summary["requests_ok"] / (end_at - start_at)
+    return {
+        "seed": seed,
+        "b_seconds": round(end_at - start_at, 2),
+        "a_alone_fraction": round(a_alone, 3),
+        "both_fraction": round(both / args.qps, 3),
+        "b_share": round(b_rate / both, 3) if both else 0.0,
+        "b_429_share": summary["throttled_share"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--qps", type=float, default=40.0)
+    parser.add_argument("--burst", type=float, default=4.0)
+    parser.add_argument("--latency-ms", type=int, default=30)
+    parser.add_argument("--delay", type=float, default=5.0, help="seconds before job B starts")
+    parser.add_argument("--rows-b", type=int, default=None, help="default: 2 s of capacity")
+    parser.add_argument(
+        "--rows-a", type=int, default=None, help="default: --timeout s of capacity (A outlasts B)"
+    )
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=300.0, help="the most B may take")
+    parser.add_argument("--output", default=str(ROOT / "results" / "neighbour.json"))
+    args = parser.parse_args()
+    args.rows_b = args.rows_b or int(args.qps * BATCH_ROWS * 2)
+    args.rows_a = args.rows_a or int(args.qps * BATCH_ROWS * (args.delay + args.timeout))
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(1, args.runs + 1):
+            run = one_run(args, Path(tmp), seed)
+            runs.append(run)
+            print(json.dumps(run), flush=True)
+    setup = (f"bucket {args.qps:g}/s burst {args.burst:g}, {args.latency_ms} ms, B started "
+             f"{args.delay:g} s after A, {args.rows_b:,} rows for B in {BATCH_ROWS}-row requests")
+    lines = [
+        f"Two engine jobs on one endpoint ({setup}):",
+        "",
+        "| run | A alone, s before B (of capacity) | both while B ran (of capacity) "
+        "| B's share of that | B's 429 share | B's seconds |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for run in runs:
+        lines.append(
+            f"| {run['seed']} | {run['a_alone_fraction']:.2f} | {run['both_fraction']:.2f} | "
+            f"{run['b_share']:.2f} | {run['b_429_share']:.1%} | {run['b_seconds']:.1f} |"
+        )
+    Path(args.output).parent.mkdir(exist_ok=True)
+    Path(args.output).write_text(json.dumps({"setup": setup, "runs": runs}, indent=2) + "\n")
+    Path(args.output).with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
