@@ -392,12 +392,8 @@ async def test_a_lowercase_retry_after_is_honoured() -> None:
     assert max(clock.slept) >= 7.0
 
 
-async def test_the_pacer_sends_no_burst_after_an_idle_gap() -> None:
-    """Turns are timed where the pacer lets each request go: after a long idle gap nothing is
-    owed, so the three requests leave a pacing interval apart (at least MIN_SPACING_SHARE of
-    it, the slack turns_due allows), not together."""
-    clock = FakeClock()
-    controller = RateController(max_rate=2.0)
+def record_sends(controller: RateController) -> list[float]:
+    """When each request the pacer lets go leaves (the controller's ``on_send``)."""
     sent_at: list[float] = []
     on_send = controller.on_send
 
@@ -406,6 +402,16 @@ async def test_the_pacer_sends_no_burst_after_an_idle_gap() -> None:
         on_send(now)
 
     controller.on_send = timed  # type: ignore[method-assign]
+    return sent_at
+
+
+async def test_the_pacer_sends_no_burst_after_an_idle_gap() -> None:
+    """Turns are timed where the pacer lets each request go: after a long idle gap nothing is
+    owed, so the three requests leave a pacing interval apart (at least MIN_SPACING_SHARE of
+    it, the slack turns_due allows), not together."""
+    clock = FakeClock()
+    controller = RateController(max_rate=2.0)
+    sent_at = record_sends(controller)
     dispatcher, _ = make_dispatcher(FakeTransport(doubling_model), clock, controller=controller)
     clock.now = 100.0  # long idle before the first request
     await asyncio.gather(*(dispatcher.score(batch_of([float(i)])) for i in range(3)))
@@ -450,14 +456,7 @@ async def test_evenly_spaced_turns_keep_their_pace_although_timers_wake_late(rat
 
     clock = EpollClock()
     controller = RateController(max_rate=rate, max_in_flight=8, initial_in_flight=8)
-    sent_at: list[float] = []
-    on_send = controller.on_send
-
-    def timed(now: float) -> None:
-        sent_at.append(now)
-        on_send(now)
-
-    controller.on_send = timed  # type: ignore[method-assign]
+    sent_at = record_sends(controller)
     pacer = Pacer(controller, clock=clock, sleep=clock.sleep)
     turns = int(rate)  # a second's worth
 
