@@ -1,13 +1,14 @@
 """Counters for tests and benchmarks: what the emulator saw and did.
 
-Per endpoint: data-plane requests by status, dropped connections, answers written after the
-client had gone (``answers_lost``: its timeout, a Ctrl-C), per-row ``rows_scored``
-(the model ran, even if the answer was lost) and ``rows_delivered`` (a 200 was written),
-429s by cause (``throttled_rate``: the QPS bucket; ``throttled_concurrency``: the concurrency
-cap in 429 mode; ``throttled_random``: ``throttle_rate``; ``throttled``: their sum), requests
-left hanging (``hung`` in all, ``hanging`` now), in-flight peaks, and requests that carried an
-expiring or expired token. Cumulative counts polled over time give the accepted rate. Globally:
-tokens issued by kind and token requests by status. Snapshots are plain dicts.
+Per endpoint: data-plane requests by status, dropped connections, 200 answers the client had
+gone before (``answers_lost``: its timeout, a Ctrl-C; not counted by status), per-row
+``rows_scored`` (the model ran, even if the answer was lost) and ``rows_delivered`` (a 200
+was written), 429s by cause (``throttled_rate``: the QPS bucket; ``throttled_concurrency``:
+the concurrency cap in 429 mode; ``throttled_random``: ``throttle_rate``; ``throttled``: their
+sum), requests left hanging (``hung`` in all, ``hanging`` now), in-flight peaks, and requests
+that carried an expiring or expired token. Cumulative counts polled over time give the
+accepted rate. Globally: tokens issued by kind and token requests by status. Snapshots are
+plain dicts.
 """
 
 from __future__ import annotations
