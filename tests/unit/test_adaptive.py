@@ -627,7 +627,8 @@ def test_a_startup_ended_by_lossy_rounds_searches_upward_at_once(rate: float, bu
 
 
 #: Endpoints of ``benchmarks/simulated_capacity.py --grid`` (nobody tuned the finder to them)
-#: where issue 11's target holds on seeds 1-3 today: 33 of its 135 (2026-12-06, 1466d79).
+#: where issue 11's target holds on seeds 1-3: 33 of its 135 (2026-12-06 at 1466d79; the
+#: same 33 at a1a8012).
 #: (rate, burst, latency) of a bucket, or (slots, mode, latency) of provisioned concurrency.
 GRID_MET_BUCKETS = [
     (40, 3, 0.03), (40, 4, 0.03), (100, 2, 0.01), (100, 2, 0.03), (100, 3, 0.01),

@@ -672,7 +672,9 @@ def test_the_writer_syncs_a_local_output_early(
     assert read_output(path).num_rows == ((IPC_BATCH_ROWS // per_batch) * 2 + 5) * per_batch
 
 
-def test_one_sync_at_a_time_and_writes_go_on_while_it_runs(tmp_path: Path, sync_every_byte: None) -> None:
+def test_one_sync_at_a_time_and_writes_go_on_while_it_runs(
+    tmp_path: Path, sync_every_byte: None
+) -> None:
     """A sync that blocks (a slow disk) holds up neither the writes nor the caller; no second
     sync starts until it is done, and close waits for it."""
     release = threading.Event()
