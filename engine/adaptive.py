@@ -591,6 +591,13 @@ class RateController:
             full = now - current.started_at >= length
             if not full and current.rate == self.rate:
                 return current
+            if now <= current.started_at:
+                # A new pace the instant the round began (a coarse clock ticks once for many
+                # events): the round is the new pace's. Closed here it would span no time, and
+                # a rate over it divide by zero.
+                current.rate, current.excess = self.rate, self._excess
+                current.drain, current.capacity = self._draining, self.capacity
+                return current
             # A round spans its length, not the idle time until the next send, and one pace:
             # a probe's next step or a cut starts a round of its own.
             current.ended_at = min(now, current.started_at + length)

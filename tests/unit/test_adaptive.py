@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
+import random
 
 import pytest
 
@@ -171,6 +172,31 @@ def test_startup_ends_at_once_on_a_run_of_refusals() -> None:
         controller.on_send(0.03)
         controller.on_throttle(0.032 + i * 0.0001, 0.002)
     assert controller.paced and controller.capacity is not None
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_a_clock_that_ticks_once_for_many_events_never_breaks_the_finder(seed: int) -> None:
+    # A coarse clock (Windows' monotonic clock ticks every 15.6 ms; a virtual one jumps) gives
+    # many sends and answers one timestamp. A change of pace at the instant a round began
+    # closed that round with no length, and a lossy one divided by zero (seeds 0 and 38).
+    rng = random.Random(seed)
+    controller = RateController(max_in_flight=16)
+    now = 0.0
+    pending: list[float] = []
+    for _ in range(3000):
+        if rng.random() < 0.3:
+            now += 0.01
+        if rng.random() < 0.5 and len(pending) < 16:
+            controller.on_send(now)
+            pending.append(now)
+        elif pending:
+            sent = pending.pop(0)
+            if rng.random() < 0.3:
+                controller.on_throttle(now, now - sent, len(pending) + 1)
+            else:
+                controller.on_success(now, now - sent, len(pending) + 1)
+    assert all(r.ended_at > r.started_at for r in controller._rounds)
+    assert controller.capacity is None or controller.capacity >= controller.min_rate
 
 
 def simulate_queueing(
