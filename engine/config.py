@@ -31,6 +31,8 @@ DEFAULT_MAX_CONCURRENCY = 64
 #: ahead, queued, in flight, or answered and waiting for an earlier batch. The reorder window
 #: alone counts batches, so on wide rows (embeddings: 4 MB bodies) it let 1 GB pile up.
 DEFAULT_MAX_BUFFER_MIB = 256.0
+#: The reorder window, in batches per worker (see :attr:`ScoreConfig.window`).
+WINDOW_ROUND_TRIPS = 64
 #: Per-request bound: the endpoint runs a request for at most 297 s before timing it out
 #: itself, so an answer later than this will never come.
 DEFAULT_REQUEST_TIMEOUT_S = 300.0
@@ -381,11 +383,26 @@ class ScoreConfig:
         return self.concurrency or self.max_concurrency
 
     @property
+    def sending_batches(self) -> int:
+        """Batches being sent at once (waiting for a slot, in flight, or answered and being
+        handed to the writer): twice the most in flight, so the next request is ready when a
+        slot frees. A batch waiting to be sent again (a ``Retry-After``, a backoff) does not
+        count: the slots stay full while it waits."""
+        return 2 * self.workers
+
+    @property
     def buffer_bytes(self) -> int:
         """The byte budget of batches ahead of the writer (``max_buffer_mib``)."""
         return int(self.max_buffer_mib * 2**20)
 
     @property
     def window(self) -> int:
-        """Batches allowed between the writer's position and the newest batch read."""
-        return self.reorder_window or max(8, 4 * self.workers)
+        """Batches allowed between the writer's position and the newest batch read.
+
+        The writer keeps input order, so a batch waiting out a ``Retry-After`` holds back
+        every batch answered after it: the window lets ``WINDOW_ROUND_TRIPS`` round trips'
+        worth of batches at full concurrency pile up behind it (4 x workers stalled a run
+        with 5 % random 429s carrying ``Retry-After: 1`` within a quarter of a second). The
+        byte budget (``max_buffer_mib``) is what bounds their memory; the count bounds the
+        small per-batch objects it does not weigh."""
+        return self.reorder_window or max(8, WINDOW_ROUND_TRIPS * self.workers)

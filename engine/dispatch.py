@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import heapq
+import itertools
 import logging
 import random
 import time
@@ -66,6 +68,10 @@ HANG_CHECK_S = 5.0
 LONG_WAIT_S = 10.0
 #: A server-given Retry-After at least this long pauses every request, not just the one.
 SHARED_PAUSE_MIN_S = 5.0
+#: A batch waiting at least this long to be sent again (not for the endpoint's limit) gives
+#: its place to the next batch meanwhile; a shorter wait (a noise 429 resent after about a
+#: round trip) keeps it, as a request in flight would.
+FREE_PLACE_MIN_WAIT_S = 0.2
 
 
 class SendingStopped(Exception):
@@ -127,10 +133,12 @@ class ReadyGate:
 class Pacer:
     """Applies a :class:`RateController`: an in-flight cap and evenly spaced request starts.
 
-    Paced requests wait in one FIFO; a single ticker lets one go every ``1 / rate`` seconds
-    (:func:`~engine.adaptive.turns_due`: evenly spaced, never two back to back after a late
-    wake-up), reading the rate *when it fires*, so a cut applies to the very next request
-    instead of after a backlog of slots reserved at the old rate.
+    Requests wait for a free slot oldest batch first (the writer waits for it: a batch back
+    from a Retry-After goes before the newer ones that took its slot meanwhile), each freed
+    slot waking one. Paced requests then wait in one FIFO; a single ticker lets one go every
+    ``1 / rate`` seconds (:func:`~engine.adaptive.turns_due`: evenly spaced, never two back to
+    back after a late wake-up), reading the rate *when it fires*, so a cut applies to the very
+    next request instead of after a backlog of slots reserved at the old rate.
     """
 
     def __init__(self, controller: RateController, *, clock: Clock, sleep: Sleep) -> None:
@@ -140,21 +148,30 @@ class Pacer:
         self._next_at = 0.0
         self.in_flight = 0  # slots taken, waiting for a turn included
         self.sent = 0  # requests let go and not answered yet
-        self._freed = asyncio.Event()
+        self._freed = asyncio.Event()  # for the ticker: a request was answered
+        # (priority, arrival, future) of the requests waiting for a slot; cancelled ones are
+        # skipped when they come up. An event woke every waiter on every answer: with a
+        # hundred batches waiting beside a full pipe, a hundred task switches a request.
+        self._slot_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._arrivals = itertools.count()
+        self._woken = 0  # woken for a slot and not yet running
         self._queue: collections.deque[asyncio.Future[int]] = collections.deque()
         self._ticker: asyncio.Task[None] | None = None
         self.stopped = False
 
-    async def acquire(self) -> int:
-        """Wait for a free slot and a turn; raises SendingStopped once :meth:`stop` was called.
+    async def acquire(self, priority: int = 0) -> int:
+        """Wait for a free slot (lowest ``priority`` first: the batch id) and a turn; raises
+        SendingStopped once :meth:`stop` was called.
 
         Returns:
             The requests in flight as this one goes, itself included: passed back with its
             answer (:meth:`record`), it tells a concurrency limit from a rate limit.
         """
+        arrival = next(self._arrivals)
+        if self._slot_waiters or self._room() <= 0:  # no overtaking those waiting
+            await self._wait_for_slot(priority, arrival)
         while self.in_flight >= int(self.controller.in_flight_limit) and not self.stopped:
-            self._freed.clear()
-            await self._freed.wait()
+            await self._wait_for_slot(priority, arrival)  # the limit fell meanwhile
         if self.stopped:
             raise SendingStopped
         self.in_flight += 1
@@ -172,6 +189,35 @@ class Pacer:
             self.in_flight -= 1
             raise
 
+    def _room(self) -> int:
+        return int(self.controller.in_flight_limit) - self.in_flight - self._woken
+
+    async def _wait_for_slot(self, priority: int, arrival: int) -> None:
+        if self.stopped:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._slot_waiters, (priority, arrival, waiter))
+        self._wake_slot_waiters()  # a slot may be free already
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if not waiter.cancelled():  # woken, then cancelled: pass the slot on
+                self._woken -= 1
+                self._wake_slot_waiters()
+            raise
+        self._woken -= 1
+
+    def _wake_slot_waiters(self) -> None:
+        """Wake as many waiting requests as there are free slots (the limit may have grown)."""
+        room = self._room()
+        while room > 0 and self._slot_waiters:
+            *_, waiter = heapq.heappop(self._slot_waiters)
+            if waiter.done():  # its task was cancelled
+                continue
+            waiter.set_result(None)
+            self._woken += 1
+            room -= 1
+
     def _let_go(self, now: float) -> int:
         self.sent += 1
         self.controller.on_send(now)
@@ -184,6 +230,11 @@ class Pacer:
             turn = self._queue.popleft()
             if not turn.done():
                 turn.set_exception(SendingStopped())
+        while self._slot_waiters:
+            *_, waiter = heapq.heappop(self._slot_waiters)
+            if not waiter.done():
+                waiter.set_result(None)
+                self._woken += 1
         self._freed.set()
 
     async def _tick(self) -> None:
@@ -213,6 +264,7 @@ class Pacer:
         self.in_flight -= 1
         self.sent -= 1
         self._freed.set()
+        self._wake_slot_waiters()
 
     def record(
         self, status: int | None, latency_s: float | None = None, in_flight: int | None = None
@@ -222,6 +274,7 @@ class Pacer:
             self.controller.on_success(self._clock(), latency_s, in_flight)
         elif status == 429:
             self.controller.on_throttle(self._clock(), latency_s, in_flight)
+        self._wake_slot_waiters()  # an acceptance may have raised the in-flight limit
 
     async def aclose(self) -> None:
         if self._ticker is not None:
@@ -298,15 +351,22 @@ class Dispatcher:
         :class:`SendingStopped`); requests already in flight finish."""
         self.pacer.stop()
 
-    async def score(self, batch: RequestBatch) -> BatchResult:
-        """Score every row of ``batch``; rejected rows carry the server's message."""
+    async def score(
+        self, batch: RequestBatch, *, on_wait: Callable[[], None] | None = None
+    ) -> BatchResult:
+        """Score every row of ``batch``; rejected rows carry the server's message.
+
+        ``on_wait`` is called before a long wait (``FREE_PLACE_MIN_WAIT_S``) to send a
+        request again that is not for the endpoint's limit (a noise 429's ``Retry-After``, a
+        5xx's backoff): the caller may let another batch take this one's place meanwhile.
+        """
         if batch.oversize:
             message = (
                 "row is larger than `max_request_bytes` (--max-request-bytes) on its own; "
                 "it was not sent"
             )
             return self._rejected(batch.batch_id, batch.num_rows, message)
-        preds, errors = await self._score_rows(batch.batch_id, batch.rows, batch.body)
+        preds, errors = await self._score_rows(batch.batch_id, batch.rows, batch.body, on_wait)
         return BatchResult(
             batch_id=batch.batch_id,
             predictions=preds,
@@ -321,22 +381,28 @@ class Dispatcher:
         )
 
     async def _score_rows(
-        self, batch_id: int, rows: pa.RecordBatch, body: bytes
+        self,
+        batch_id: int,
+        rows: pa.RecordBatch,
+        body: bytes,
+        on_wait: Callable[[], None] | None = None,
     ) -> tuple[pa.Array, pa.Array]:
         try:
-            preds = await self._post(batch_id, rows.num_rows, body)
+            preds = await self._post(batch_id, rows.num_rows, body, on_wait)
         except _BadRows as bad:
             if rows.num_rows == 1:
                 return pa.nulls(1, self.prediction_type or pa.null()), pa.array([bad.message])
             self._stats.bisections += 1
             half = rows.num_rows // 2
             left, right = rows.slice(0, half), rows.slice(half)
-            lp, le = await self._score_rows(batch_id, left, self._encode(left))
-            rp, re = await self._score_rows(batch_id, right, self._encode(right))
+            lp, le = await self._score_rows(batch_id, left, self._encode(left), on_wait)
+            rp, re = await self._score_rows(batch_id, right, self._encode(right), on_wait)
             return concat_predictions([lp, rp]), pa.concat_arrays([le, re])
         return preds, pa.nulls(rows.num_rows, pa.string())
 
-    async def _post(self, batch_id: int, rows: int, body: bytes) -> pa.Array:
+    async def _post(
+        self, batch_id: int, rows: int, body: bytes, on_wait: Callable[[], None] | None = None
+    ) -> pa.Array:
         """POST through the one call loop until the endpoint's predictions come back.
 
         Raises _BadRows (the caller bisects), BatchFailed, SendingStopped or a fatal
@@ -347,7 +413,7 @@ class Dispatcher:
 
         async def send() -> Response:
             nonlocal token
-            response, token = await self._send_once(body)
+            response, token = await self._send_once(body, batch_id)
             return response
 
         async def judge(response: Response) -> pa.Array | Outcome:
@@ -373,6 +439,12 @@ class Dispatcher:
 
         async def on_retry(outcome: Outcome, delay_s: float, tally: Tally) -> None:
             self._note_retry(batch_id, outcome, delay_s, tally)
+            if (
+                on_wait is not None
+                and delay_s >= FREE_PLACE_MIN_WAIT_S
+                and not self._refused_at_the_limit(outcome)
+            ):
+                on_wait()
 
         def give_up(outcome: Outcome, tally: Tally) -> EngineError:
             message = outcome.message if outcome.kind is not FailureKind.STATUS else (
@@ -392,6 +464,14 @@ class Dispatcher:
         return await caller.call(
             send, judge, give_up=give_up, on_retry=on_retry, noise=self.pacer.controller.noise_wait
         )
+
+    def _refused_at_the_limit(self, outcome: Outcome) -> bool:
+        """A 429 or 503 the capacity finder reads as the endpoint's limit, not noise: its
+        batch keeps its place while it waits (waiting is the back-pressure). Any other wait
+        (noise, a 5xx, a dropped connection) is not the endpoint's capacity, so the batch gives
+        its place to the next."""
+        throttled = self._policy.reason_of(outcome) is Reason.THROTTLED
+        return throttled and not self.pacer.controller.refusals_are_noise()
 
     def _note_retry(self, batch_id: int, outcome: Outcome, delay_s: float, tally: Tally) -> None:
         """Count, log and (for a long Retry-After) share a retry before its wait."""
@@ -437,8 +517,9 @@ class Dispatcher:
             until=until.isoformat(timespec="seconds"),
         )
 
-    async def _send_once(self, body: bytes) -> tuple[Response, Token]:
-        """Wait for every gate, then POST once; feeds the capacity finder and the stats.
+    async def _send_once(self, body: bytes, batch_id: int = 0) -> tuple[Response, Token]:
+        """Wait for every gate, then POST once (slots go to the oldest batch first); feeds
+        the capacity finder and the stats.
 
         Raises TransportError (no answer) or SendingStopped (the run is stopping).
         """
@@ -447,7 +528,7 @@ class Dispatcher:
         await self.gate.wait()
         if self.limiter is not None:
             await self.limiter.acquire()
-        sent_with = await self.pacer.acquire()  # raises SendingStopped once the run stops
+        sent_with = await self.pacer.acquire(batch_id)  # SendingStopped once the run stops
         started = self._clock()
         try:
             token = await self._tokens.get()

@@ -25,6 +25,7 @@ import asyncio
 import heapq
 import itertools
 import selectors
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,17 +132,35 @@ class VirtualRun:
 
 
 def score_on_virtual_clock(
-    tmp_path: Path, faults: Faults, *, rows: int, seed: int, endpoint: str = "demo-regressor"
+    tmp_path: Path,
+    faults: Faults,
+    *,
+    rows: int,
+    seed: int,
+    endpoint: str = "demo-regressor",
+    options: Mapping[str, Any] | None = None,
+    transport: Callable[[VirtualClock], Transport] | None = None,
 ) -> VirtualRun:
-    """Score ``rows`` sample rows with default settings (100-row requests) against an
-    emulator endpoint with ``faults``, both on one :class:`VirtualClock`."""
+    """Score ``rows`` sample rows with default settings (100-row requests) but ``options``
+    (:class:`~engine.config.ScoreConfig` fields) against an emulator endpoint with ``faults``,
+    both on one :class:`VirtualClock`, through ``transport(clock)`` (a plain one if None)."""
     clock = VirtualClock()
+    make = transport or (lambda _: Transport())
     with asyncio.Runner(loop_factory=lambda: virtual_loop(clock)) as runner:
-        return runner.run(_score(clock, tmp_path, faults, rows, seed, endpoint))
+        return runner.run(
+            _score(clock, tmp_path, faults, rows, seed, endpoint, dict(options or {}), make)
+        )
 
 
 async def _score(
-    clock: VirtualClock, tmp_path: Path, faults: Faults, rows: int, seed: int, endpoint: str
+    clock: VirtualClock,
+    tmp_path: Path,
+    faults: Faults,
+    rows: int,
+    seed: int,
+    endpoint: str,
+    options: dict[str, Any],
+    make: Callable[[VirtualClock], Transport],
 ) -> VirtualRun:
     config = EmulatorConfig(endpoints=(EndpointConfig(name=endpoint, faults=faults),))
     async with Emulator(config, clock=clock, sleep=clock.sleep) as emulator:
@@ -149,8 +168,10 @@ async def _score(
         pq.write_table(table, tmp_path / "in.parquet")
         source = open_source(tmp_path / "in.parquet")
         sink = MemorySink()
-        settings = ScoreConfig(endpoint=endpoint, batch_rows=100, progress="off")  # defaults
-        async with Transport() as transport:
+        settings = ScoreConfig(
+            endpoint=endpoint, **{"batch_rows": 100, "progress": "off", **options}
+        )
+        async with make(clock) as transport:
             scorer = await prepare(
                 source, credentials_for(emulator), settings, transport,
                 clock=clock, sleep=clock.sleep,

@@ -1,6 +1,6 @@
 """Memory between the reader and the writer is bounded in bytes, not only in batches.
 
-Wide rows make a few batches large: the reorder window (4 x workers batches) alone let a
+Wide rows make a few batches large: the reorder window (then 4 x workers batches) alone let a
 table of embeddings pile up a gigabyte. The input here is a RecordBatchReader whose rows
 carry a 2 KB kept column; at each batch it hands out it notes how many Arrow bytes are alive:
 input rows read and not yet written, and the output file's 1 MiB write buffer.
@@ -91,10 +91,10 @@ async def test_wide_rows_wait_for_the_byte_budget(emulator: Emulator, tmp_path) 
     assert 2 * batch_bytes <= summary.buffer_peak_bytes <= 2**20
 
 
-async def test_without_a_tight_budget_the_window_alone_lets_more_pile_up(
+async def test_without_a_tight_budget_more_piles_up(
     emulator: Emulator, tmp_path
 ) -> None:
-    # The same run with the default budget: the window (16 batches at concurrency 4) binds.
+    # The same run with the default budget: the queue and the batches being sent bind.
     # It shows what the test above measures does move with the budget.
     alive, batch_bytes, summary = await _score_wide(emulator, tmp_path)
     assert max(alive) > OUTPUT_BUFFER + 2**20 + 6 * batch_bytes, (max(alive), batch_bytes)

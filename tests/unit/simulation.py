@@ -8,7 +8,10 @@ cap, then one FIFO released every ``1 / rate`` seconds at the rate current when 
 goes (:func:`~engine.adaptive.turns_due`), with a timer that fires up to 1 ms late.
 Refused requests wait as the engine's default :class:`~engine.retry.RetryPolicy` says (a
 429's ``Retry-After``; a refusal the controller judges noise a short jittered wait; else a
-429 at least its default second, a 503 a jittered backoff) and go round again. Everything is
+429 at least its default second, a 503 a jittered backoff) and go round again, first in line
+for a slot; a refusal the controller takes for noise and told to wait long (a
+``Retry-After``) leaves its worker free for the next request meanwhile (as
+``engine.pipeline``). Everything is
 seeded: a run is reproducible.
 """
 
@@ -20,6 +23,7 @@ import random
 from dataclasses import dataclass, field
 
 from engine.adaptive import RateController, turns_due
+from engine.dispatch import FREE_PLACE_MIN_WAIT_S
 from engine.retry import FailureKind, Outcome, RetryPolicy, Tally
 
 #: (at_s, value): a limit that changes at ``at_s`` seconds into the run
@@ -179,13 +183,18 @@ class _Client:
         self.tallies: dict[int, Tally] = {}
         self.sending = 0  # sent and not answered yet
         self.level: dict[int, int] = {}  # worker -> requests in flight when it sent
+        #: requests waiting to be sent again: their workers went on to the next request
+        self.retrying: set[int] = set()
 
     def on_ready(self, now: float, worker: int) -> None:
         if now >= self.spec.stop_s:
             return  # the job is done: the worker sends nothing more
         controller = self.controller
         if self.in_flight >= int(controller.in_flight_limit):
-            self.blocked.append(worker)
+            if worker in self.retrying:  # the oldest batch first, as engine.dispatch.Pacer
+                self.blocked.insert(0, worker)
+            else:
+                self.blocked.append(worker)
             return
         self.in_flight += 1
         if not controller.paced:
@@ -231,20 +240,31 @@ class _Client:
             self.result.accepted.append(now)
             self.controller.on_success(now, latency_s, level)
             self.tallies.pop(worker, None)
-            sim.push(now, worker, "ready")
+            if worker in self.retrying:
+                self.retrying.discard(worker)  # that request is done; its worker went on
+            else:
+                sim.push(now, worker, "ready")
             return
         if status == 429:
             self.result.throttled.append(now)
             self.controller.on_throttle(now, latency_s, level)
         retry_after = sim.endpoint.retry_after_s if status == 429 else None
         outcome = Outcome(FailureKind.STATUS, status=status, retry_after_s=retry_after)
-        delay, self.tallies[worker] = self.policy.decide(
-            self.tallies.get(worker, Tally()),
-            outcome,
-            sim.rng,
-            noise_wait_s=self.controller.noise_wait(),  # as engine.dispatch asks it
+        noise_wait = self.controller.noise_wait()  # as engine.dispatch asks it
+        delay, tally = self.policy.decide(
+            self.tallies.pop(worker, Tally()), outcome, sim.rng, noise_wait_s=noise_wait
         )
         assert delay is not None, "the default policy gave up on a throttled request"
+        if worker not in self.retrying and noise_wait is not None and (
+            delay >= FREE_PLACE_MIN_WAIT_S
+        ):
+            # As engine.pipeline: a refusal that is noise, told to wait long, waits to be sent
+            # again while its worker goes on to the next request (one read as the limit, or
+            # resent after a round trip, holds its worker).
+            sim.push(now, worker, "ready")
+            worker = sim.add_worker(self)
+            self.retrying.add(worker)
+        self.tallies[worker] = tally
         sim.push(now + delay, worker, "ready")
 
     def send(self, now: float, worker: int) -> None:
@@ -278,6 +298,10 @@ class _Sim:
             self.push(spec.start_s, len(self.owner), "ready")
             self.owner.append(client)
         return client.result
+
+    def add_worker(self, client: _Client) -> int:
+        self.owner.append(client)
+        return len(self.owner) - 1
 
     def push(self, at: float, worker: int, kind: str, sent_at: float = 0.0) -> None:
         self.seq += 1

@@ -499,3 +499,54 @@ async def test_queued_turns_wait_under_a_lowered_in_flight_limit() -> None:
     assert most <= 2
     assert pacer.sent == 0
     await pacer.aclose()
+
+
+async def test_a_freed_slot_goes_to_the_oldest_batch_waiting() -> None:
+    # One slot, held by batch 5. Batches 9, 7 and 8 wait for it in that order, then batch 3
+    # comes back from a Retry-After: the writer waits for batch 3 first, so it goes first.
+    from engine.dispatch import Pacer
+
+    clock = FakeClock()
+    controller = RateController(max_in_flight=1, initial_in_flight=1)
+    pacer = Pacer(controller, clock=clock, sleep=clock.sleep)
+    await pacer.acquire(5)
+    order: list[int] = []
+
+    async def send(batch_id: int) -> None:
+        await pacer.acquire(batch_id)
+        order.append(batch_id)
+        await asyncio.sleep(0)  # answered a loop turn later
+        pacer.release()
+
+    tasks = []
+    for batch_id in (9, 7, 8, 3):
+        tasks.append(asyncio.create_task(send(batch_id)))
+        await asyncio.sleep(0)
+    assert order == []
+    pacer.release()
+    await asyncio.gather(*tasks)
+    assert order == [3, 7, 8, 9]
+    assert pacer.in_flight == 0
+    await pacer.aclose()
+
+
+async def test_a_request_cancelled_while_it_waits_for_a_slot_leaves_the_slot_to_the_next() -> None:
+    from engine.dispatch import Pacer
+
+    clock = FakeClock()
+    controller = RateController(max_in_flight=1, initial_in_flight=1)
+    pacer = Pacer(controller, clock=clock, sleep=clock.sleep)
+    await pacer.acquire(0)
+    waiting = [asyncio.create_task(pacer.acquire(batch_id)) for batch_id in (1, 2, 3)]
+    await asyncio.sleep(0)
+    waiting[0].cancel()  # cancelled while it waits
+    await asyncio.sleep(0)
+    pacer.release()  # wakes batch 2 (batch 1 is gone)...
+    waiting[1].cancel()  # ...which is cancelled before it runs: the slot passes to batch 3
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert waiting[0].cancelled() and waiting[1].cancelled()
+    assert waiting[2].done() and pacer.in_flight == 1
+    pacer.release()
+    assert pacer.in_flight == 0
+    await pacer.aclose()
