@@ -105,6 +105,9 @@ STARTUP_STORM_SHARE = 0.3
 #: happen every few runs (a 2 % floor called that a storm once noise refusals were resent
 #: at once instead of after a second).
 STORM_NOISE_FLOOR = 0.05
+#: ...judged over the latest this many in-flight limits' worth of sends (at least this many)...
+STORM_WINDOW = 2.0
+STORM_MIN_SENDS = 16
 #: ...or on this many refusals in a row (noise of a few percent almost never strings them).
 STARTUP_REFUSALS_IN_A_ROW = 5
 #: This many refusals in a row (no success between) are a limit, not noise: normal backoff.
@@ -646,22 +649,41 @@ class RateController:
     def _startup_overrun(self, current: _Round, now: float) -> bool:
         """Unpaced and refused far more than noise: stop the storm before the round ends.
 
-        Judged over the requests sent at least one and a half round trips ago, whose answers
-        are all in: a 429 comes back faster than an acceptance, so over the newest requests
-        refusals outnumber acceptances even when they are rare noise. A run of refusals
-        says it at once.
+        Judged over the latest requests sent at least one and a half round trips ago, whose
+        answers are all in: a 429 comes back faster than an acceptance, so over the newest
+        requests refusals outnumber acceptances even when they are rare noise. Over the
+        latest only (``STORM_WINDOW`` in-flight limits' worth): a storm that begins
+        mid-round, once a bucket's burst is spent, is not diluted by the acceptances before
+        it. A run of refusals says it at once, unless the noise a volley of requests in
+        flight can bring explains it (:meth:`_noise_run`).
         """
-        if self._refusals_in_a_row >= STARTUP_REFUSALS_IN_A_ROW:
-            return True
+        usual = 1.0 - self.accept_ratio
         cutoff = now - 1.5 * (self.base_latency() or 0.0)
         settled = bisect.bisect_right(current.send_times, cutoff)
-        refused = sum(1 for sent_at in current.throttle_times if sent_at <= cutoff)
-        usual = 1.0 - self.accept_ratio
+        first = max(0, settled - max(STORM_MIN_SENDS, int(STORM_WINDOW * self.in_flight_limit)))
+        since = current.send_times[first] if settled > first else cutoff
+        refused = sum(1 for sent_at in current.throttle_times if since <= sent_at <= cutoff)
+        settled -= first
+        if self._refusals_in_a_row >= max(STARTUP_REFUSALS_IN_A_ROW, self._noise_run(usual)):
+            return True
         # Looked at on every refusal: a storm is far above noise, not just above it.
         chance = 2.0 * LOSS_SIGMAS * math.sqrt(settled * max(usual, STORM_NOISE_FLOOR))
         return refused >= MIN_LOSSES and refused > max(
             STARTUP_STORM_SHARE * settled, usual * settled + chance
         )
+
+    def _noise_run(self, usual: float) -> float:
+        """How many refusals in a row noise alone strings together while unpaced: a random
+        429 comes back at once and an acceptance a round trip later, so the noise among
+        requests that left together (up to the in-flight limit) arrives before any of their
+        acceptances. With 64 in flight at 5 % noise (the least the storm check assumes), one
+        volley in five brings five refusals, and a 3M-row run with random 429s left start-up
+        on them, paced at half what the endpoint took. Far above noise, as the storm's
+        share (it is looked at on every refusal): twelve in a row there, five at 16 in
+        flight or fewer."""
+        usual = max(usual, STORM_NOISE_FLOOR)
+        in_flight = self.in_flight_limit
+        return usual * in_flight + 2.0 * _chance(in_flight, usual)
 
     def _leave_startup(self, current: _Round, now: float) -> None:
         """Pace at half the rate that overran the endpoint (TCP's halving): the next rounds
