@@ -2,9 +2,9 @@
 
 ::
 
-    reader thread ──► work queue (bounded) ──► N dispatch tasks ──► ordered sink
-         ▲                                                              │
-         └──── window semaphore + byte budget: released as batches are written ┘
+    reader thread ──► work queue (bounded) ──► a task per batch ──► ordered sink
+         ▲                  (2 x workers being sent; a long wait gives the place up)  │
+         └──── window semaphore + byte budget: released as batches are written ───────┘
 
 The window and the budget bound memory: the reader never runs more than ``config.window``
 batches, nor ``config.max_buffer_mib`` of input rows and request bodies, ahead of the writer,

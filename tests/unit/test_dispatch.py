@@ -15,7 +15,7 @@ import pytest
 from engine.adaptive import MIN_SPACING_SHARE, NOISE_WAIT_S, RateController
 from engine.batching import RequestBatch
 from engine.codec import encode_dataframe_split
-from engine.dispatch import Dispatcher, ReadyGate, SendingStopped
+from engine.dispatch import Dispatcher, Pacer, ReadyGate, SendingStopped
 from engine.errors import AuthError, BatchFailed, SchemaError, TransportError
 from engine.hang import HangBound
 from engine.retry import RetryPolicy
@@ -501,14 +501,16 @@ async def test_queued_turns_wait_under_a_lowered_in_flight_limit() -> None:
     await pacer.aclose()
 
 
+def one_slot_pacer() -> Pacer:
+    clock = FakeClock()
+    controller = RateController(max_in_flight=1, initial_in_flight=1)
+    return Pacer(controller, clock=clock, sleep=clock.sleep)
+
+
 async def test_a_freed_slot_goes_to_the_oldest_batch_waiting() -> None:
     # One slot, held by batch 5. Batches 9, 7 and 8 wait for it in that order, then batch 3
     # comes back from a Retry-After: the writer waits for batch 3 first, so it goes first.
-    from engine.dispatch import Pacer
-
-    clock = FakeClock()
-    controller = RateController(max_in_flight=1, initial_in_flight=1)
-    pacer = Pacer(controller, clock=clock, sleep=clock.sleep)
+    pacer = one_slot_pacer()
     await pacer.acquire(5)
     order: list[int] = []
 
@@ -531,11 +533,7 @@ async def test_a_freed_slot_goes_to_the_oldest_batch_waiting() -> None:
 
 
 async def test_a_request_cancelled_while_it_waits_for_a_slot_leaves_the_slot_to_the_next() -> None:
-    from engine.dispatch import Pacer
-
-    clock = FakeClock()
-    controller = RateController(max_in_flight=1, initial_in_flight=1)
-    pacer = Pacer(controller, clock=clock, sleep=clock.sleep)
+    pacer = one_slot_pacer()
     await pacer.acquire(0)
     waiting = [asyncio.create_task(pacer.acquire(batch_id)) for batch_id in (1, 2, 3)]
     await asyncio.sleep(0)
