@@ -162,6 +162,17 @@ def strict_scenarios(quick: bool) -> list[Scenario]:
             ("--latency-ms", "30", *noisy), int(300_000 * scale), None, engines,
             ("--concurrency", "64"), suite="strict", baseline="quiet",
         ),
+        # The same, ten times longer: the 300-request runs above last about a second, so a
+        # batch's 1 s Retry-After near the end decides their time; here the run's rate does.
+        Scenario(
+            "quietlong", "30 ms, no faults, no limit, 3M rows", ("--latency-ms", "30"),
+            int(3_000_000 * scale), None, engines, ("--concurrency", "64"), suite="strict",
+        ),
+        Scenario(
+            "noisylong", "30 ms, 5% random 429s + 3% 503s + 1% resets, no limit, 3M rows",
+            ("--latency-ms", "30", *noisy), int(3_000_000 * scale), None, engines,
+            ("--concurrency", "64"), suite="strict", baseline="quietlong",
+        ),
         Scenario(
             "hang", "2 hung requests in 1000, 10 ms, 150 s budget",
             ("--latency-ms", "10", "--hang-every", "500"), 100_000, None, STRICT_CLIENTS, (),
@@ -564,8 +575,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--only", help="scenarios, comma-separated (zero,latency,limited,faults,tokens; strict: "
-        "bucket10,bucket40,conc429,concqueue,stepup,stepdown,concstep,quiet,noisy,hang,tiny5,"
-        "tiny200,tiny2000,slow100)"
+        "bucket10,bucket40,conc429,concqueue,stepup,stepdown,concstep,quiet,noisy,quietlong,"
+        "noisylong,hang,tiny5,tiny200,tiny2000,slow100)"
     )
     parser.add_argument("--clients", help="clients, comma-separated")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where results go")
