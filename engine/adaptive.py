@@ -658,14 +658,14 @@ class RateController:
         flight can bring explains it (:meth:`_noise_run`).
         """
         usual = 1.0 - self.accept_ratio
+        if self._refusals_in_a_row >= max(STARTUP_REFUSALS_IN_A_ROW, self._noise_run(usual)):
+            return True
         cutoff = now - 1.5 * (self.base_latency() or 0.0)
         settled = bisect.bisect_right(current.send_times, cutoff)
         first = max(0, settled - max(STORM_MIN_SENDS, int(STORM_WINDOW * self.in_flight_limit)))
         since = current.send_times[first] if settled > first else cutoff
         refused = sum(1 for sent_at in current.throttle_times if since <= sent_at <= cutoff)
         settled -= first
-        if self._refusals_in_a_row >= max(STARTUP_REFUSALS_IN_A_ROW, self._noise_run(usual)):
-            return True
         # Looked at on every refusal: a storm is far above noise, not just above it.
         chance = 2.0 * LOSS_SIGMAS * math.sqrt(settled * max(usual, STORM_NOISE_FLOOR))
         return refused >= MIN_LOSSES and refused > max(

@@ -517,7 +517,7 @@ class Dispatcher:
             until=until.isoformat(timespec="seconds"),
         )
 
-    async def _send_once(self, body: bytes, batch_id: int = 0) -> tuple[Response, Token]:
+    async def _send_once(self, body: bytes, batch_id: int) -> tuple[Response, Token]:
         """Wait for every gate, then POST once (slots go to the oldest batch first); feeds
         the capacity finder and the stats.
 
