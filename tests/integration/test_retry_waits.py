@@ -64,7 +64,7 @@ def test_while_a_batch_waits_out_a_retry_after_the_others_keep_every_slot_busy(t
         if resent_at > invocations[-1][0] - 1.0:
             continue  # the input ran out while it waited
         # The three other slots and the refused batch's own: 4 per 100 ms (before: a worker
-        # waited with its batch, and the window of 16 batches stalled the rest after 0.4 s).
+        # waited with its batch, and the window let 16 batches be answered behind it).
         assert len(meanwhile) >= 0.8 * 4 * (resent_at - answered_at) / 0.1, (
             index, len(meanwhile), resent_at - answered_at,
         )
