@@ -773,7 +773,10 @@ class RateController:
             self.cuts += 1
             return  # the drain ran under an overestimate: it says nothing about noise
         if not app_limited:
-            self.accept_ratio += 0.3 * (done.accept_ratio() - self.accept_ratio)
+            # A round cut short by a change of pace says less: one refused request alone
+            # would take the ratio 30 % of the way to "everything refused".
+            weight = 0.3 * min(1.0, done.answers / ROUND_MIN_SENDS)
+            self.accept_ratio += weight * (done.accept_ratio() - self.accept_ratio)
             self.accept_ratio = max(MIN_ACCEPT_RATIO, self.accept_ratio)
 
     def _start_probe(self) -> None:
