@@ -466,17 +466,35 @@ def test_a_neighbours_job_shares_the_limit_and_its_end_gives_it_back(name: str) 
     assert len(misses) <= NEIGHBOUR_MISSES_AT_48F2141[name], misses
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="known defect: sharing is not fair. A newcomer that leaves start-up with a small "
-    "estimate next to a job that keeps the limit nearly full gets a few percent of it: at "
-    "2026-12-07 2-10 of 20 seeds miss per endpoint (bucket 40/s 4, 200/s 4, 2,000/s 2, "
-    "refusing concurrency 10); against the emulator B's share was 0.04-0.47 of 0.50 "
-    "(benchmarks/results/neighbour.md).",
-)
 @pytest.mark.parametrize(
-    "name", ["bucket-40-b4", "bucket-200", "bucket-2000", "concurrency-429"]
+    "name",
+    [
+        "bucket-40-b4",
+        "bucket-2000",
+        "concurrency-queue",
+        pytest.param(
+            "bucket-200",
+            marks=pytest.mark.xfail(
+                strict=True,
+                raises=AssertionError,
+                reason="known defect: sharing is not fair. A newcomer that leaves start-up "
+                "with a small estimate next to a job that keeps the limit nearly full gets a "
+                "few percent of it: 3 of 20 seeds miss (2026-12-07, 8329dd1..); against the "
+                "emulator B's share was 0.04-0.47 of 0.50 (benchmarks/results/neighbour.md).",
+            ),
+        ),
+        pytest.param(
+            "concurrency-429",
+            marks=pytest.mark.xfail(
+                strict=True,
+                raises=AssertionError,
+                reason="known defect: a job holding every slot of a refusing provisioned "
+                "concurrency hears almost none of the newcomer's 429s, so it never gives a slot "
+                "up; the newcomer, never accepted often enough at any level to learn the cap, "
+                "reads its 429s as a rate limit and slows to the floor: 8 of 20 seeds miss.",
+            ),
+        ),
+    ],
 )
 def test_a_neighbours_job_gets_its_share_on_every_seed(name: str) -> None:
     assert _neighbour_misses(name) == []
@@ -741,12 +759,15 @@ def test_a_startup_ended_by_lossy_rounds_searches_upward_at_once(rate: float, bu
 #: where issue 11's target holds on seeds 1-3: 33 of its 135 (2026-12-06 at 1466d79; the
 #: same 33 at a1a8012). Traded on 2026-12-07: 500 req/s with a burst of 50 at 100 ms (0.873
 #: on seed 2) for 200 req/s with a burst of 20 at 30 ms (0.96 with 8.0 % 429s before, 1.00
-#: with 3.5 % after), when a refusal told to wait long stopped holding its worker.
+#: with 3.5 % after), when a refusal told to wait long stopped holding its worker. Two more
+#: since a probe's raise that a refusal reverts is searched halfway at once (35 of 135):
+#: 100 req/s with a burst of 5 at 10 ms and 200 req/s with a burst of 5 at 30 ms.
 #: (rate, burst, latency) of a bucket, or (slots, mode, latency) of provisioned concurrency.
 GRID_MET_BUCKETS = [
     (40, 3, 0.03), (40, 4, 0.03), (100, 2, 0.01), (100, 2, 0.03), (100, 3, 0.01),
-    (100, 3, 0.03), (100, 5, 0.03), (100, 5, 0.1), (100, 10, 0.01), (100, 10, 0.03),
-    (100, 10, 0.1), (200, 5, 0.01), (200, 20, 0.01), (200, 20, 0.03), (200, 20, 0.1),
+    (100, 3, 0.03), (100, 5, 0.01), (100, 5, 0.03), (100, 5, 0.1), (100, 10, 0.01),
+    (100, 10, 0.03), (100, 10, 0.1), (200, 5, 0.01), (200, 5, 0.03), (200, 20, 0.01),
+    (200, 20, 0.03), (200, 20, 0.1),
     (500, 50, 0.01), (500, 50, 0.03), (2000, 200, 0.01), (2000, 200, 0.03),
 ]
 GRID_MET_CONCURRENCY = [
