@@ -28,7 +28,9 @@ end of each round the controller compares what was delivered with what was sent:
   ends at its first refusal beyond noise; one that overshot by ``BISECT_MIN_EXCESS`` or more
   is followed at once by probes halfway (in ratio) to where it overshot, a binary search. A
   capacity a probe raised is tentative for ``TENTATIVE_S``: a refusal at the new pace sends it
-  back (a bucket's burst can make a probe look taken). A round refused well above the usual
+  back (a bucket's burst can make a probe look taken), and when the two levels are
+  ``BISECT_MIN_EXCESS`` or more apart the next probes search halfway between them at once.
+  A round refused well above the usual
   share says the limit fell below the pace: C becomes what that round accepted once refused;
   a refusal in the next ``TENTATIVE_S`` takes it ``STEP_DOWN_MARGIN`` further down, and
   probing waits ``STEP_DOWN_PROBE_HOLD_S`` longer. A round that accepted nothing measured no
@@ -293,7 +295,8 @@ class RateController:
     _probe_ended_at: float = field(default=-math.inf, init=False, repr=False)
     #: from startup's end until a probe first overshoots: the limit is not bracketed yet
     _searching: bool = field(default=False, init=False, repr=False)
-    #: the pace a large probe overshot at: the next probe goes halfway to it, at once
+    #: the pace a large probe overshot at, or a raise a refusal reverted from far above: the
+    #: next probe goes halfway to it, at once
     _bisect_to: float | None = field(default=None, init=False, repr=False)
     #: after a probe raised the capacity: the level below, and until when a refusal at the
     #: new pace sends it back there (a bucket's burst can make a probe look taken)
@@ -447,10 +450,14 @@ class RateController:
         if self._below is not None and self._refused_beyond_noise(cruise):
             self._tentative_until = -math.inf
             self._searching = False  # the limit is bracketed now: between the two levels
-            raised, below = self.capacity, self._below
-            self._cut(below, now)
-            if raised is not None and raised >= (1.0 + BISECT_MIN_EXCESS) * below:
-                self._bisect_to = raised
+            raised = self.capacity
+            self._cut(self._below, now)
+            far = raised is not None and self.capacity is not None and (
+                raised >= (1.0 + BISECT_MIN_EXCESS) * self.capacity
+            )
+            # Close together: bracketed closely enough. A target an earlier overshoot left
+            # would now lie above the very pace just refused.
+            self._bisect_to = raised if far else None
 
     def _abort_probe_if_refused(self, probe: _Round, now: float) -> None:
         """A probe refused more than noise explains ends at once, not when its round is
@@ -779,8 +786,9 @@ class RateController:
             self.cuts += 1
             return  # the drain ran under an overestimate: it says nothing about noise
         if not app_limited:
-            # A round cut short by a change of pace says less: one refused request alone
-            # would take the ratio 30 % of the way to "everything refused".
+            # A round of few answers says less (one cut short by a change of pace, one that
+            # timed out waiting for its answers): one refused request alone would take the
+            # ratio 30 % of the way to "everything refused".
             weight = 0.3 * min(1.0, done.answers / ROUND_MIN_SENDS)
             self.accept_ratio += weight * (done.accept_ratio() - self.accept_ratio)
             self.accept_ratio = max(MIN_ACCEPT_RATIO, self.accept_ratio)

@@ -432,9 +432,10 @@ NEIGHBOUR_SEEDS = range(1, 21)
 #: Seeds of those 20 on which issue 11's "a neighbour's job" misses, as a floor. At 48f2141
 #: (when the test looked at seeds 1-3 only, all of which passed): 4, 6, 2, 10, 0. Sharing is
 #: chaotic: a change anywhere in start-up moves which seeds miss, so the floor is the count.
-#: Lowered to the counts at 06b58b0, where the 40/s and 2,000/s buckets stopped missing.
+#: Lowered to the counts of 2026-12-07's halfway search after a reverted raise (the 2,000/s
+#: bucket stopped missing; the 40/s one misses on seed 18, where the newcomer gets 4 of 161).
 NEIGHBOUR_MISSES = {
-    "bucket-40-b4": 0, "bucket-200": 3, "bucket-2000": 0, "concurrency-429": 8,
+    "bucket-40-b4": 1, "bucket-200": 3, "bucket-2000": 0, "concurrency-429": 8,
     "concurrency-queue": 0,
 }
 
@@ -470,9 +471,19 @@ def test_a_neighbours_job_shares_the_limit_and_its_end_gives_it_back(name: str) 
 @pytest.mark.parametrize(
     "name",
     [
-        "bucket-40-b4",
         "bucket-2000",
         "concurrency-queue",
+        pytest.param(
+            "bucket-40-b4",
+            marks=pytest.mark.xfail(
+                strict=True,
+                raises=AssertionError,
+                reason="known defect: sharing is not fair. 1 of 20 seeds misses (18: the "
+                "newcomer gets 4 of the 161 requests accepted from 8 s to 12 s). 06b58b0 met "
+                "all 20, but only through a defect: a stale search target made the first job "
+                "probe above a pace just refused, and be refused, more often.",
+            ),
+        ),
         pytest.param(
             "bucket-200",
             marks=pytest.mark.xfail(
@@ -702,6 +713,33 @@ def test_a_bucket_without_random_refusals_teaches_next_to_no_noise() -> None:
         if controller.accept_ratio < 0.95:
             noisy.append((rate, burst, latency_s, seed, round(controller.accept_ratio, 3)))
     assert len(noisy) <= 2, noisy
+
+
+@pytest.mark.parametrize(
+    ("raised", "searched"), [(132.0, False), (200.0, True)], ids=["close", "far"]
+)
+def test_a_reverted_raise_searches_halfway_only_when_the_levels_are_far_apart(
+    raised: float, searched: bool
+) -> None:
+    # A probe stepped 100 -> 110 -> 132, its next step overshot at 184.8 (a search target),
+    # and then a cruise at the raised capacity is refused: back to 110. Close levels are
+    # bracketed closely enough; the old target, above the pace just refused, must not be
+    # probed at once (an independent review found it was, on 67 of 497 reverts). Far apart,
+    # the limit lies between them: search halfway at once.
+    controller = RateController(max_in_flight=64)
+    controller.capacity = raised
+    controller._below = 110.0
+    controller._tentative_until = 10.0
+    controller._bisect_to = 184.8
+    controller._set_rate()
+    controller.on_send(1.0)
+    controller.on_throttle(1.01, 0.01)
+    assert controller.capacity == 110.0
+    step = controller._halfway()
+    if searched:
+        assert step is not None and 110.0 * (1.0 + step) < raised
+    else:
+        assert step is None
 
 
 def test_a_lossy_round_is_a_capacity_signal_not_noise() -> None:
