@@ -468,43 +468,37 @@ def test_a_neighbours_job_shares_the_limit_and_its_end_gives_it_back(name: str) 
     assert len(misses) <= NEIGHBOUR_MISSES[name], misses
 
 
+def _unfair(name: str, reason: str) -> object:
+    """A neighbour endpoint on which sharing is known to miss: a strict xfail."""
+    known = pytest.mark.xfail(strict=True, raises=AssertionError, reason="known defect: " + reason)
+    return pytest.param(name, marks=known)
+
+
 @pytest.mark.parametrize(
     "name",
     [
         "bucket-2000",
         "concurrency-queue",
-        pytest.param(
+        _unfair(
             "bucket-40-b4",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="known defect: sharing is not fair. 1 of 20 seeds misses (18: the "
-                "newcomer gets 4 of the 161 requests accepted from 8 s to 12 s). 06b58b0 met "
-                "all 20, but only through a defect: a stale search target made the first job "
-                "probe above a pace just refused, and be refused, more often.",
-            ),
+            "sharing is not fair. 1 of 20 seeds misses (18: the newcomer gets 4 of the 161 "
+            "requests accepted from 8 s to 12 s). 06b58b0 met all 20, but only through a "
+            "defect: a stale search target made the first job probe above a pace just refused, "
+            "and be refused, more often.",
         ),
-        pytest.param(
+        _unfair(
             "bucket-200",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="known defect: sharing is not fair. A newcomer that leaves start-up "
-                "with a small estimate next to a job that keeps the limit nearly full gets a "
-                "few percent of it: 3 of 20 seeds miss (2026-12-07, 8329dd1..); against the "
-                "emulator B's share was 0.04-0.47 of 0.50 (benchmarks/results/neighbour.md).",
-            ),
+            "sharing is not fair. A newcomer that leaves start-up with a small estimate next "
+            "to a job that keeps the limit nearly full gets a few percent of it: 3 of 20 seeds "
+            "miss (2026-12-07, 8329dd1..); against the emulator B's share was 0.04-0.47 of "
+            "0.50 (benchmarks/results/neighbour.md).",
         ),
-        pytest.param(
+        _unfair(
             "concurrency-429",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="known defect: a job holding every slot of a refusing provisioned "
-                "concurrency hears almost none of the newcomer's 429s, so it never gives a slot "
-                "up; the newcomer, never accepted often enough at any level to learn the cap, "
-                "reads its 429s as a rate limit and slows to the floor: 8 of 20 seeds miss.",
-            ),
+            "a job holding every slot of a refusing provisioned concurrency hears almost none "
+            "of the newcomer's 429s, so it never gives a slot up; the newcomer, never accepted "
+            "often enough at any level to learn the cap, reads its 429s as a rate limit and "
+            "slows to the floor: 8 of 20 seeds miss.",
         ),
     ],
 )
