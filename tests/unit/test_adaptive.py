@@ -718,7 +718,7 @@ def test_a_reverted_raise_searches_halfway_only_when_the_levels_are_far_apart(
     # A probe stepped 100 -> 110 -> 132, its next step overshot at 184.8 (a search target),
     # and then a cruise at the raised capacity is refused: back to 110. Close levels are
     # bracketed closely enough; the old target, above the pace just refused, must not be
-    # probed at once (an independent review found it was, on 67 of 497 reverts). Far apart,
+    # probed at once (at 06b58b0 it was: 85 of 632 reverts on the grid's buckets). Far apart,
     # the limit lies between them: search halfway at once.
     controller = RateController(max_in_flight=64)
     controller.capacity = raised
