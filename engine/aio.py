@@ -1,6 +1,6 @@
 """Task and loop helpers: cancelling a task without its CancelledError leaking out, a budget
-of bytes held at once, and the one bridge from synchronous callers into the engine's event
-loop.
+of bytes held at once, a sleep that wakes on time, and the one bridge from synchronous
+callers into the engine's event loop.
 
 :func:`run_sync` runs one coroutine to the end for a synchronous caller (``engine.score``,
 Spark's driver); :class:`LoopThread` keeps an event loop on a thread of its own for callers
@@ -14,10 +14,11 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["ByteBudget", "LoopThread", "cancel_quietly", "run_sync"]
+__all__ = ["ByteBudget", "LoopThread", "PreciseSleep", "cancel_quietly", "run_sync"]
 
 T = TypeVar("T")
 
@@ -61,6 +62,59 @@ class ByteBudget:
     def release(self, size: int) -> None:
         self.held -= size
         self._freed.set()
+
+
+class PreciseSleep:
+    """``asyncio.sleep`` that wakes within about 0.2 ms of the time asked, not up to 1 ms late.
+
+    The event loop's selector waits in whole milliseconds, rounded up (``epoll_wait``), so a
+    sleep of 5.4 ms lasts 6 ms or more: a pacer spacing requests 5.6 ms apart lost a tenth of
+    its pace to it (measured against the emulator: 158 requests/s sent with ``--qps 180``).
+    Here the loop sleeps all but the last ``FINE_S``, and a thread of its own sleeps the rest
+    (``nanosleep``: tens of microseconds late), waking the loop when done. A thread, not a busy
+    loop: one wake-up per sleep costs tens of microseconds of CPU, not a millisecond.
+
+    Args:
+        clock: monotonic seconds.
+        coarse: the loop's own sleep, for all but the last ``FINE_S``.
+        fine: a blocking sleep, run on the thread for the rest.
+    """
+
+    #: The part of a wait slept on the thread: more than the loop's rounding (1 ms).
+    FINE_S = 0.0015
+    #: Woken from the thread, the loop runs the sleeper this long later (measured: a median of
+    #: 0.13-0.16 ms here): the thread wakes that much early.
+    HANDOFF_S = 0.0001
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        coarse: Callable[[float], Coroutine[Any, Any, None]] = asyncio.sleep,
+        fine: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._clock = clock
+        self._coarse = coarse
+        self._fine = fine
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    async def __call__(self, delay: float) -> None:
+        deadline = self._clock() + delay
+        if delay > self.FINE_S:
+            await self._coarse(delay - self.FINE_S)
+        rest = deadline - self._clock() - self.HANDOFF_S
+        if rest <= 0:
+            await self._coarse(0)
+            return
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pacer")
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._fine, rest)
+
+    def close(self) -> None:
+        """Let the thread go (a sleep under way ends on its own, within ``FINE_S``)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
 
 
 def run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:

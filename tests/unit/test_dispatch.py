@@ -447,7 +447,8 @@ class EpollClock:
     "pace exactly, but in the simulation that precision let a running job on a 40/s bucket "
     "hold 36-38 req/s while a newcomer got 2-5 req/s from 6 s to 12 s (seed 3 of "
     "test_a_neighbours_job_shares...): the shared refusals were 31 % of the newcomer's sends "
-    "and 4.5 % of the incumbent's, which had learned 2.6 % as noise. Fair sharing first.",
+    "and 4.5 % of the incumbent's, which had learned 2.6 % as noise. Fair sharing first. "
+    "A told pace (--qps) is kept: see the test below.",
 )
 @pytest.mark.parametrize("rate", [240.0, 150.0, 60.0])
 async def test_evenly_spaced_turns_keep_their_pace_although_timers_wake_late(rate: float) -> None:
@@ -468,6 +469,40 @@ async def test_evenly_spaced_turns_keep_their_pace_although_timers_wake_late(rat
 
     await asyncio.gather(*(worker() for _ in range(4)))
     await pacer.aclose()
+    span = sent_at[turns - 1] - sent_at[0]
+    assert (turns - 1) / span >= 0.995 * rate, f"{(turns - 1) / span:.1f} a second"
+    gaps = [b - a for a, b in itertools.pairwise(sent_at[:turns])]
+    assert min(gaps) >= MIN_SPACING_SHARE / rate - 1e-9
+
+
+@pytest.mark.parametrize("rate", [240.0, 150.0, 60.0])
+async def test_a_told_pace_is_kept_with_the_precise_sleep_although_loop_timers_wake_late(
+    rate: float,
+) -> None:
+    # The same turns as above, paced as a Dispatcher told --qps paces them: the loop's timer
+    # (rounded up to the millisecond) sleeps all but the last 1.5 ms, a thread the rest.
+    from engine.aio import PreciseSleep
+    from engine.dispatch import Pacer
+
+    clock = EpollClock()
+
+    def fine(seconds: float) -> None:  # nanosleep: on time, to this test's resolution
+        clock.now += seconds
+
+    precise = PreciseSleep(clock=clock, coarse=clock.sleep, fine=fine)
+    controller = RateController(max_rate=rate, max_in_flight=8, initial_in_flight=8)
+    sent_at = record_sends(controller)
+    pacer = Pacer(controller, clock=clock, sleep=precise)
+    turns = int(rate)
+
+    async def worker() -> None:
+        while len(sent_at) < turns:
+            await pacer.acquire()
+            pacer.release()
+
+    await asyncio.gather(*(worker() for _ in range(4)))
+    await pacer.aclose()
+    precise.close()
     span = sent_at[turns - 1] - sent_at[0]
     assert (turns - 1) / span >= 0.995 * rate, f"{(turns - 1) / span:.1f} a second"
     gaps = [b - a for a, b in itertools.pairwise(sent_at[:turns])]
