@@ -102,10 +102,13 @@ class PreciseSleep:
         deadline = self._clock() + delay
         if delay > self.FINE_S:
             await self._coarse(delay - self.FINE_S)
-        rest = deadline - self._clock() - self.HANDOFF_S
-        if rest <= 0:
+        left = deadline - self._clock()
+        if left <= 0:
             await self._coarse(0)
             return
+        # About the handoff left (the caller, woken early, asks again): sleep it all, or a
+        # caller that waits for the clock would spin until then.
+        rest = left - self.HANDOFF_S if left > 2 * self.HANDOFF_S else left
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pacer")
         await asyncio.get_running_loop().run_in_executor(self._pool, self._fine, rest)

@@ -492,7 +492,7 @@ async def test_a_told_pace_is_kept_with_the_precise_sleep_although_loop_timers_w
     precise = PreciseSleep(clock=clock, coarse=clock.sleep, fine=fine)
     controller = RateController(max_rate=rate, max_in_flight=8, initial_in_flight=8)
     sent_at = record_sends(controller)
-    pacer = Pacer(controller, clock=clock, sleep=precise)
+    pacer = Pacer(controller, clock=clock, sleep=clock.sleep, precise=precise)
     turns = int(rate)
 
     async def worker() -> None:

@@ -10,10 +10,12 @@ import asyncio
 import random
 import threading
 
+import pytest
 from aiolimiter import AsyncLimiter
 
+from engine.adaptive import RateController
 from engine.aio import PreciseSleep
-from engine.dispatch import Dispatcher
+from engine.dispatch import Dispatcher, Pacer
 from engine.retry import RetryPolicy
 from engine.stats import RunStats
 from engine.tokens import Token, TokenRefresher
@@ -62,6 +64,23 @@ async def test_a_late_coarse_wake_up_shortens_the_fine_part_instead_of_adding_to
     [(rest, _)] = fake.fine
     assert abs(rest - (PreciseSleep.FINE_S - 0.0009 - PreciseSleep.HANDOFF_S)) < 1e-12
     assert abs(fake.now - (100.0 + 0.01 - PreciseSleep.HANDOFF_S)) < 1e-12
+
+
+async def test_asked_again_within_the_handoff_it_sleeps_the_rest_instead_of_returning_early(
+) -> None:
+    # Woken HANDOFF_S early (on purpose: the loop runs the sleeper about that much later), a
+    # pacer finds its turn not yet due and asks for the last 0.1 ms: returning at once would
+    # have it spin on the loop until the clock got there.
+    fake = Fake()
+    sleep = PreciseSleep(clock=fake.clock, coarse=fake.coarse_sleep, fine=fake.fine_sleep)
+    try:
+        await sleep(0.005)
+        due = 100.0 + 0.005
+        await sleep(due - fake.now)
+    finally:
+        sleep.close()
+    assert fake.now >= due - 1e-12
+    assert len(fake.fine) == 2
 
 
 async def test_a_coarse_wake_up_past_the_deadline_sleeps_no_more() -> None:
@@ -113,7 +132,7 @@ def _dispatcher(**kwargs: object) -> Dispatcher:
     )
 
 
-async def test_a_told_qps_paces_with_the_precise_sleep_and_finding_the_capacity_does_not() -> None:
+async def test_only_a_told_qps_gives_the_pacer_the_precise_sleep() -> None:
     told = _dispatcher(limiter=AsyncLimiter(9, 0.05))
     found = _dispatcher()
 
@@ -122,10 +141,42 @@ async def test_a_told_qps_paces_with_the_precise_sleep_and_finding_the_capacity_
 
     tested = _dispatcher(limiter=AsyncLimiter(9, 0.05), sleep=injected)
     try:
-        assert isinstance(told.pacer._sleep, PreciseSleep)
-        assert found.pacer._sleep is asyncio.sleep
-        assert tested.pacer._sleep is injected  # an injected sleep is used as it is
+        assert isinstance(told.pacer._precise, PreciseSleep)
+        assert told.pacer._sleep is asyncio.sleep
+        assert found.pacer._precise is None
+        assert tested.pacer._precise is None  # an injected sleep is used as it is
+        assert tested.pacer._sleep is injected
     finally:
         for dispatcher in (told, found, tested):
             await dispatcher.aclose()
     assert told._precise is not None and told._precise._pool is None  # closed
+
+
+@pytest.mark.parametrize(("capacity", "precise_turns"), [(None, True), (100.0, False)])
+async def test_turns_are_precise_at_the_users_cap_and_not_below_it(
+    capacity: float | None, precise_turns: bool
+) -> None:
+    # Told --qps 200: with the endpoint's capacity unknown the pace is the cap, and the turns
+    # wake on time; once the endpoint is found below the cap (100/s), the finder paces with
+    # the loop's own timer, the one it was tuned against.
+    clock = Fake()
+    loop_sleeps: list[float] = []
+
+    async def loop_sleep(seconds: float) -> None:
+        loop_sleeps.append(seconds)
+        clock.now += seconds
+
+    precise = PreciseSleep(clock=clock.clock, coarse=clock.coarse_sleep, fine=clock.fine_sleep)
+    controller = RateController(max_rate=200.0, max_in_flight=8, initial_in_flight=8)
+    if capacity is not None:
+        controller.capacity = capacity
+        controller._set_rate()
+    assert (controller.rate == 200.0) == (capacity is None)
+    pacer = Pacer(controller, clock=clock.clock, sleep=loop_sleep, precise=precise)
+    for _ in range(5):
+        await pacer.acquire()
+        pacer.release()
+    await pacer.aclose()
+    precise.close()
+    assert bool(clock.fine) == precise_turns
+    assert bool(loop_sleeps) != precise_turns
