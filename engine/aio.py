@@ -69,10 +69,14 @@ class PreciseSleep:
 
     The event loop's selector waits in whole milliseconds, rounded up (``epoll_wait``), so a
     sleep of 5.4 ms lasts 6 ms or more: a pacer spacing requests 5.6 ms apart lost a tenth of
-    its pace to it (measured against the emulator: 158 requests/s sent with ``--qps 180``).
+    its pace to it (``benchmarks/told_pace.py``: 161 requests/s sent with ``--qps 180``).
     Here the loop sleeps all but the last ``FINE_S``, and a thread of its own sleeps the rest
-    (``nanosleep``: tens of microseconds late), waking the loop when done. A thread, not a busy
-    loop: one wake-up per sleep costs tens of microseconds of CPU, not a millisecond.
+    (``nanosleep``: tens of microseconds late) and wakes the loop, which runs the sleeper
+    about ``HANDOFF_S`` later. A thread, not a busy loop: one wake-up per sleep costs tens of
+    microseconds of CPU, not a millisecond.
+
+    One per event loop, used from that loop only (its thread is made on first use, and one
+    thread serves one sleeper at a time). Once closed, it sleeps on the loop's timer alone.
 
     Args:
         clock: monotonic seconds.
@@ -97,8 +101,12 @@ class PreciseSleep:
         self._coarse = coarse
         self._fine = fine
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._closed = False
 
     async def __call__(self, delay: float) -> None:
+        if self._closed:
+            await self._coarse(delay)
+            return
         deadline = self._clock() + delay
         if delay > self.FINE_S:
             await self._coarse(delay - self.FINE_S)
@@ -115,6 +123,7 @@ class PreciseSleep:
 
     def close(self) -> None:
         """Let the thread go (a sleep under way ends on its own, within ``FINE_S``)."""
+        self._closed = True
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None

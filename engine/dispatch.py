@@ -22,6 +22,7 @@ import collections
 import heapq
 import itertools
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from engine.adaptive import RateController, turns_due
+from engine.adaptive import STRICT_SPACING_MIN_INTERVAL_S, RateController, turns_due
 from engine.aio import PreciseSleep, cancel_quietly
 from engine.batching import RequestBatch
 from engine.calls import Caller, error_outcome, malformed
@@ -270,8 +271,16 @@ class Pacer:
             self._next_at = next_at
 
     def _sleep_for(self, wait: float) -> Awaitable[None]:
-        at_cap = self.controller.rate >= self.controller.max_rate
-        return (self._precise if at_cap and self._precise is not None else self._sleep)(wait)
+        """The precise sleep while the pace is the user's cap and its turns are far enough
+        apart that a late one is not made up (:func:`~engine.adaptive.turns_due`); closer
+        together the catch-up keeps the pace, and a thread round trip a turn would be waste."""
+        rate = self.controller.rate
+        precise = (
+            self._precise is not None
+            and rate >= self.controller.max_rate
+            and 1.0 / rate >= STRICT_SPACING_MIN_INTERVAL_S
+        )
+        return (self._precise if precise and self._precise is not None else self._sleep)(wait)
 
     def release(self) -> None:
         self.in_flight -= 1
@@ -354,15 +363,14 @@ class Dispatcher:
         self._rng = rng or random.Random()
         self.gate = PauseGate(clock=clock, sleep=sleep)
         # At the user's own cap (--qps) the pacer's turns wake on time (the loop's own timer
-        # fires up to 1 ms late: --qps 180 sent 158 requests/s). Below it, finding the
+        # fires up to 1 ms late: --qps 180 sent 161 requests/s). Below it, finding the
         # capacity, they keep the loop's timer: the controller measures what was delivered
         # and was tuned, in the simulation, against that lateness, and precise turns there
         # were not measured to help. An injected sleep (a test's) is used as it is.
-        told = limiter is not None and sleep is asyncio.sleep
+        controller = controller or RateController()
+        told = math.isfinite(controller.max_rate) and sleep is asyncio.sleep
         self._precise = PreciseSleep() if told else None
-        self.pacer = Pacer(
-            controller or RateController(), clock=clock, sleep=sleep, precise=self._precise
-        )
+        self.pacer = Pacer(controller, clock=clock, sleep=sleep, precise=self._precise)
         #: requests in flight (the task sending each) and when each left, for the watchdog
         self._watched: dict[asyncio.Task[object], float] = {}
         self._abandoned: set[asyncio.Task[object]] = set()
@@ -632,12 +640,16 @@ class Dispatcher:
             await asyncio.sleep(0)  # an injected sleep may not yield: let the requests run
 
     async def aclose(self) -> None:
-        """Stop the pacer's ticker and the hang watchdog."""
-        await self.pacer.aclose()
-        if self._precise is not None:
-            self._precise.close()
-        if self._watchdog is not None:
-            await cancel_quietly(self._watchdog)
+        """Stop the pacer's ticker, its precise sleep's thread and the hang watchdog; all
+        three even when the run itself is being cancelled (a caller's timeout)."""
+        try:
+            await self.pacer.aclose()
+        finally:
+            if self._precise is not None:
+                self._precise.close()
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                await cancel_quietly(self._watchdog)
 
     async def _handle_400(self, error: Outcome) -> None:
         """Returns once a not-ready endpoint is ready again; raises for the batch's own rows

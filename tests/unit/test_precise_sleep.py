@@ -66,8 +66,7 @@ async def test_a_late_coarse_wake_up_shortens_the_fine_part_instead_of_adding_to
     assert abs(fake.now - (100.0 + 0.01 - PreciseSleep.HANDOFF_S)) < 1e-12
 
 
-async def test_asked_again_within_the_handoff_it_sleeps_the_rest_instead_of_returning_early(
-) -> None:
+async def test_asked_again_within_the_handoff_it_sleeps_the_rest() -> None:
     # Woken HANDOFF_S early (on purpose: the loop runs the sleeper about that much later), a
     # pacer finds its turn not yet due and asks for the last 0.1 ms: returning at once would
     # have it spin on the loop until the clock got there.
@@ -100,7 +99,8 @@ async def test_a_short_delay_is_slept_on_the_thread_alone() -> None:
     finally:
         sleep.close()
     assert fake.coarse == []
-    assert [round(rest, 12) for rest, _ in fake.fine] == [round(0.0008 - PreciseSleep.HANDOFF_S, 12)]
+    [(rest, _)] = fake.fine
+    assert abs(rest - (0.0008 - PreciseSleep.HANDOFF_S)) < 1e-12
 
 
 async def test_with_the_real_clock_it_never_wakes_before_the_time_less_the_handoff() -> None:
@@ -132,14 +132,29 @@ def _dispatcher(**kwargs: object) -> Dispatcher:
     )
 
 
+def _told(qps: float = 200.0) -> RateController:
+    return RateController(max_rate=qps, max_in_flight=8, initial_in_flight=8)
+
+
+def _pacer_threads() -> set[threading.Thread]:
+    return {thread for thread in threading.enumerate() if thread.name.startswith("pacer")}
+
+
+def _still_alive(threads: set[threading.Thread]) -> list[threading.Thread]:
+    """Those of ``threads`` alive after a generous wait to end (a last sleep is 1.5 ms)."""
+    for thread in threads:
+        thread.join(timeout=10.0)
+    return [thread for thread in threads if thread.is_alive()]
+
+
 async def test_only_a_told_qps_gives_the_pacer_the_precise_sleep() -> None:
-    told = _dispatcher(limiter=AsyncLimiter(9, 0.05))
+    told = _dispatcher(limiter=AsyncLimiter(9, 0.05), controller=_told())
     found = _dispatcher()
 
     async def injected(seconds: float) -> None:
         await asyncio.sleep(0)
 
-    tested = _dispatcher(limiter=AsyncLimiter(9, 0.05), sleep=injected)
+    tested = _dispatcher(limiter=AsyncLimiter(9, 0.05), controller=_told(), sleep=injected)
     try:
         assert isinstance(told.pacer._precise, PreciseSleep)
         assert told.pacer._sleep is asyncio.sleep
@@ -149,16 +164,89 @@ async def test_only_a_told_qps_gives_the_pacer_the_precise_sleep() -> None:
     finally:
         for dispatcher in (told, found, tested):
             await dispatcher.aclose()
-    assert told._precise is not None and told._precise._pool is None  # closed
 
 
-@pytest.mark.parametrize(("capacity", "precise_turns"), [(None, True), (100.0, False)])
+async def _pace(dispatcher: Dispatcher, stop_after: int | None) -> None:
+    turns = 0
+    while stop_after is None or turns < stop_after:
+        await dispatcher.pacer.acquire()
+        dispatcher.pacer.release()
+        turns += 1
+
+
+async def _make_the_thread(dispatcher: Dispatcher) -> set[threading.Thread]:
+    """One sleep on the thread, whatever the machine's timing (a frozen clock: all of the
+    0.001 s is the fine part), and the thread it made."""
+    before = _pacer_threads()
+    precise = dispatcher._precise
+    assert precise is not None
+    clock = precise._clock
+    precise._clock = lambda: 0.0
+    try:
+        await precise(0.001)
+    finally:
+        precise._clock = clock
+    ours = _pacer_threads() - before
+    assert len(ours) == 1 and precise._pool is not None
+    return ours
+
+
+async def test_closing_the_dispatcher_lets_the_pacer_thread_go() -> None:
+    dispatcher = _dispatcher(limiter=AsyncLimiter(9, 0.05), controller=_told())
+    try:
+        ours = await _make_the_thread(dispatcher)
+        await _pace(dispatcher, stop_after=4)
+    finally:
+        await dispatcher.aclose()
+    assert dispatcher._precise._pool is None
+    assert _still_alive(ours) == []
+
+
+async def test_a_run_cancelled_while_pacing_still_lets_the_pacer_thread_go() -> None:
+    # A caller's timeout (asyncio.wait_for around ascore) cancels the run; the pipeline's
+    # `finally: await dispatcher.aclose()` then runs inside a cancelled task, where waiting
+    # for the ticker raises CancelledError again. The thread must go all the same.
+    dispatcher = _dispatcher(limiter=AsyncLimiter(9, 0.05), controller=_told(qps=2.0))
+    ours = await _make_the_thread(dispatcher)
+    await _pace(dispatcher, stop_after=1)  # the next turn is half a second away
+
+    async def run() -> None:
+        try:
+            await _pace(dispatcher, stop_after=None)
+        finally:
+            await dispatcher.aclose()
+
+    task = asyncio.create_task(run())
+    await asyncio.sleep(0)  # it waits for its turn now, and the ticker to give it
+    assert dispatcher.pacer._ticker is not None and not dispatcher.pacer._ticker.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert dispatcher._precise is not None and dispatcher._precise._pool is None
+    assert _still_alive(ours) == []
+
+
+async def test_once_closed_it_sleeps_on_the_loops_timer_alone() -> None:
+    fake = Fake()
+    sleep = PreciseSleep(clock=fake.clock, coarse=fake.coarse_sleep, fine=fake.fine_sleep)
+    sleep.close()
+    await sleep(0.005)
+    assert fake.coarse == [0.005] and fake.fine == []
+    assert sleep._pool is None
+
+
+@pytest.mark.parametrize(
+    ("qps", "capacity", "precise_turns"),
+    [(200.0, None, True), (200.0, 100.0, False), (1000.0, None, False)],
+    ids=["at-the-cap", "below-the-cap", "cap-too-fast-to-matter"],
+)
 async def test_turns_are_precise_at_the_users_cap_and_not_below_it(
-    capacity: float | None, precise_turns: bool
+    qps: float, capacity: float | None, precise_turns: bool
 ) -> None:
     # Told --qps 200: with the endpoint's capacity unknown the pace is the cap, and the turns
     # wake on time; once the endpoint is found below the cap (100/s), the finder paces with
-    # the loop's own timer, the one it was tuned against.
+    # the loop's own timer, the one it was tuned against. At 1,000/s (1 ms apart) a late
+    # turn is made up by the next (turns_due): no thread round trip per turn.
     clock = Fake()
     loop_sleeps: list[float] = []
 
@@ -167,11 +255,11 @@ async def test_turns_are_precise_at_the_users_cap_and_not_below_it(
         clock.now += seconds
 
     precise = PreciseSleep(clock=clock.clock, coarse=clock.coarse_sleep, fine=clock.fine_sleep)
-    controller = RateController(max_rate=200.0, max_in_flight=8, initial_in_flight=8)
+    controller = RateController(max_rate=qps, max_in_flight=8, initial_in_flight=8)
     if capacity is not None:
         controller.capacity = capacity
         controller._set_rate()
-    assert (controller.rate == 200.0) == (capacity is None)
+    assert (controller.rate == qps) == (capacity is None)
     pacer = Pacer(controller, clock=clock.clock, sleep=loop_sleep, precise=precise)
     for _ in range(5):
         await pacer.acquire()
