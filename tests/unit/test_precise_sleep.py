@@ -40,13 +40,21 @@ class Fake:
         self.now += seconds
 
 
-async def test_the_loop_sleeps_all_but_the_last_part_and_a_thread_sleeps_the_rest() -> None:
-    fake = Fake()
+async def _slept(*delays: float, late_s: float = 0.0) -> Fake:
+    """What a PreciseSleep on a fake clock did for ``delays`` (the loop's timer ``late_s``
+    late)."""
+    fake = Fake(late_s)
     sleep = PreciseSleep(clock=fake.clock, coarse=fake.coarse_sleep, fine=fake.fine_sleep)
     try:
-        await sleep(0.0054)
+        for delay in delays:
+            await sleep(delay)
     finally:
         sleep.close()
+    return fake
+
+
+async def test_the_loop_sleeps_all_but_the_last_part_and_a_thread_sleeps_the_rest() -> None:
+    fake = await _slept(0.0054)
     assert fake.coarse == [0.0054 - PreciseSleep.FINE_S]
     [(rest, on_main)] = fake.fine
     assert abs(rest - (PreciseSleep.FINE_S - PreciseSleep.HANDOFF_S)) < 1e-12
@@ -55,12 +63,7 @@ async def test_the_loop_sleeps_all_but_the_last_part_and_a_thread_sleeps_the_res
 
 
 async def test_a_late_coarse_wake_up_shortens_the_fine_part_instead_of_adding_to_it() -> None:
-    fake = Fake(late_s=0.0009)
-    sleep = PreciseSleep(clock=fake.clock, coarse=fake.coarse_sleep, fine=fake.fine_sleep)
-    try:
-        await sleep(0.01)
-    finally:
-        sleep.close()
+    fake = await _slept(0.01, late_s=0.0009)
     [(rest, _)] = fake.fine
     assert abs(rest - (PreciseSleep.FINE_S - 0.0009 - PreciseSleep.HANDOFF_S)) < 1e-12
     assert abs(fake.now - (100.0 + 0.01 - PreciseSleep.HANDOFF_S)) < 1e-12
@@ -83,21 +86,13 @@ async def test_asked_again_within_the_handoff_it_sleeps_the_rest() -> None:
 
 
 async def test_a_coarse_wake_up_past_the_deadline_sleeps_no_more() -> None:
-    fake = Fake(late_s=0.002)
-    sleep = PreciseSleep(clock=fake.clock, coarse=fake.coarse_sleep, fine=fake.fine_sleep)
-    await sleep(0.005)
+    fake = await _slept(0.005, late_s=0.002)
     assert fake.fine == []
     assert fake.coarse == [0.005 - PreciseSleep.FINE_S, 0]  # one yield to the loop
-    sleep.close()
 
 
 async def test_a_short_delay_is_slept_on_the_thread_alone() -> None:
-    fake = Fake()
-    sleep = PreciseSleep(clock=fake.clock, coarse=fake.coarse_sleep, fine=fake.fine_sleep)
-    try:
-        await sleep(0.0008)
-    finally:
-        sleep.close()
+    fake = await _slept(0.0008)
     assert fake.coarse == []
     [(rest, _)] = fake.fine
     assert abs(rest - (0.0008 - PreciseSleep.HANDOFF_S)) < 1e-12
