@@ -275,12 +275,8 @@ class Pacer:
         apart that a late one is not made up (:func:`~engine.adaptive.turns_due`); closer
         together the catch-up keeps the pace, and a thread round trip a turn would be waste."""
         rate = self.controller.rate
-        precise = (
-            self._precise is not None
-            and rate >= self.controller.max_rate
-            and 1.0 / rate >= STRICT_SPACING_MIN_INTERVAL_S
-        )
-        return (self._precise if precise and self._precise is not None else self._sleep)(wait)
+        at_cap = rate >= self.controller.max_rate and 1.0 / rate >= STRICT_SPACING_MIN_INTERVAL_S
+        return (self._precise if at_cap and self._precise else self._sleep)(wait)
 
     def release(self) -> None:
         self.in_flight -= 1
@@ -648,7 +644,6 @@ class Dispatcher:
             if self._precise is not None:
                 self._precise.close()
             if self._watchdog is not None:
-                self._watchdog.cancel()
                 await cancel_quietly(self._watchdog)
 
     async def _handle_400(self, error: Outcome) -> None:
