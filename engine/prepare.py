@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -61,17 +61,6 @@ async def prepare(
     check_served_model(endpoint, config.served_model)
     if endpoint.endpoint_url:
         credentials.require_oauth()  # a PAT cannot query a route-optimized endpoint
-    plan = await plan_input(workspace, config.endpoint, source)
-    if plan.model is None:
-        log.warning(
-            "endpoint '%s' publishes no input schema (no model signature?): "
-            "sending the input columns as they are",
-            config.endpoint,
-        )
-    kept = _kept_columns(plan.input_schema, config.keep)
-    wanted = set(plan.cast.columns) | set(kept)
-    read_columns = tuple(name for name in plan.input_schema.names if name in wanted)
-    if endpoint.endpoint_url:
         authorization = endpoint.data_plane_authorization_details()
         tokens = TokenRefresher(
             lambda: auth.data_plane_token(authorization, config.endpoint),
@@ -87,7 +76,19 @@ async def prepare(
             config.endpoint,
         )
         tokens = workspace.tokens  # the workspace token (OAuth or a PAT) queries it
-    await tokens.get()  # refuse bad credentials or a missing CAN_QUERY before any row is read
+    # Both need only the endpoint: the schema and the first token come in one round trip,
+    # not two. The token refuses bad credentials or a missing CAN_QUERY before any row is
+    # read; a schema error is still the one shown when both fail.
+    plan = await _with_first_token(plan_input(workspace, config.endpoint, source), tokens)
+    if plan.model is None:
+        log.warning(
+            "endpoint '%s' publishes no input schema (no model signature?): "
+            "sending the input columns as they are",
+            config.endpoint,
+        )
+    kept = _kept_columns(plan.input_schema, config.keep)
+    wanted = set(plan.cast.columns) | set(kept)
+    read_columns = tuple(name for name in plan.input_schema.names if name in wanted)
     return Scorer(
         config,
         endpoint,
@@ -102,6 +103,25 @@ async def prepare(
         read_types=plan.read_types,
         input_schema=plan.input_schema,
     )
+
+
+async def _with_first_token(planning: Awaitable[InputPlan], tokens: TokenRefresher) -> InputPlan:
+    """``planning``'s plan, once ``tokens`` also holds its first token (fetched meanwhile).
+
+    Raises ``planning``'s error if it fails (the token fetch is then cancelled, whatever its
+    own outcome), else the token fetch's.
+    """
+    fetch = asyncio.ensure_future(tokens.get())
+    try:
+        plan = await planning
+    except BaseException:
+        fetch.cancel()
+        await asyncio.wait({fetch})
+        if not fetch.cancelled():
+            fetch.exception()  # retrieved: the schema's error is the one to show
+        raise
+    await fetch
+    return plan
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,15 +140,20 @@ def score_on_virtual_clock(
     endpoint: str = "demo-regressor",
     options: Mapping[str, Any] | None = None,
     transport: Callable[[VirtualClock], Transport] | None = None,
+    emulator: Mapping[str, Any] | None = None,
 ) -> VirtualRun:
     """Score ``rows`` sample rows with default settings (100-row requests) but ``options``
-    (:class:`~engine.config.ScoreConfig` fields) against an emulator endpoint with ``faults``,
-    both on one :class:`VirtualClock`, through ``transport(clock)`` (a plain one if None)."""
+    (:class:`~engine.config.ScoreConfig` fields) against an emulator endpoint with ``faults``
+    (and ``emulator``'s :class:`~engine.emulator.EmulatorConfig` fields), both on one
+    :class:`VirtualClock`, through ``transport(clock)`` (a plain one if None)."""
     clock = VirtualClock()
     make = transport or (lambda _: Transport())
+    settings = dict(emulator or {})
     with asyncio.Runner(loop_factory=lambda: virtual_loop(clock)) as runner:
         return runner.run(
-            _score(clock, tmp_path, faults, rows, seed, endpoint, dict(options or {}), make)
+            _score(
+                clock, tmp_path, faults, rows, seed, endpoint, dict(options or {}), make, settings
+            )
         )
 
 
@@ -161,8 +166,11 @@ async def _score(
     endpoint: str,
     options: dict[str, Any],
     make: Callable[[VirtualClock], Transport],
+    emulator_settings: dict[str, Any],
 ) -> VirtualRun:
-    config = EmulatorConfig(endpoints=(EndpointConfig(name=endpoint, faults=faults),))
+    config = EmulatorConfig(
+        endpoints=(EndpointConfig(name=endpoint, faults=faults),), **emulator_settings
+    )
     async with Emulator(config, clock=clock, sleep=clock.sleep) as emulator:
         table = emulator.model(endpoint).sample(rows, seed=seed)
         pq.write_table(table, tmp_path / "in.parquet")

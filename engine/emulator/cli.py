@@ -56,6 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PORT",
         help="data-plane port (default: a free one)",
     )
+    net.add_argument(
+        "--control-latency-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="added to every workspace REST call: endpoint lookups, the OpenAPI schema, the "
+        "Files API (default 0; a real control plane takes tens to hundreds of ms)",
+    )
     auth = parser.add_argument_group("auth")
     auth.add_argument(
         "--token-ttl",
@@ -278,6 +286,7 @@ def _build(args: argparse.Namespace, file: dict[str, Any]) -> EmulatorConfig:
         token_faults=token_faults,
         port=args.port,
         data_plane_port=args.data_plane_port,
+        control_latency_ms=args.control_latency_ms,
         workspace_id=str(file.get("workspace_id", DEFAULT_WORKSPACE_ID)),
         track_rows=not args.no_row_accounting,
         volumes_root=_volumes_root(args.volumes_root),

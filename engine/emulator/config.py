@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
@@ -320,6 +321,10 @@ class EmulatorConfig:
             with distinct rows; turn off for very long runs).
         volumes_root: a local directory served as ``/Volumes`` by the Files API
             (``DIR/<catalog>/<schema>/<volume>/...``); None: the Files API answers 404.
+        control_latency_ms: added to every workspace REST call (``/api/...``: endpoint
+            lookups, the OpenAPI schema, the Files API). A real workspace's control plane
+            answers in tens to hundreds of milliseconds; at 0 a client that makes its calls
+            one after another looks as fast as one that overlaps them.
     """
 
     endpoints: tuple[EndpointConfig, ...] = field(default_factory=_default_endpoints)
@@ -333,6 +338,7 @@ class EmulatorConfig:
     max_payload_bytes: int = MAX_PAYLOAD_BYTES
     track_rows: bool = True
     volumes_root: str | None = None
+    control_latency_ms: float = 0.0
 
     def __post_init__(self) -> None:
         names = [e.name for e in self.endpoints]
@@ -342,5 +348,9 @@ class EmulatorConfig:
             raise ValueError("at least one service principal is needed")
         if self.token_ttl_s <= 0:
             raise ValueError(f"token_ttl_s must be positive, got {self.token_ttl_s}")
+        if not math.isfinite(self.control_latency_ms) or self.control_latency_ms < 0:
+            raise ValueError(
+                f"control_latency_ms must be 0 or more, got {self.control_latency_ms}"
+            )
         if not self.workspace_id.isdigit():
             raise ValueError(f"workspace_id must be digits, got {self.workspace_id!r}")

@@ -21,7 +21,7 @@ from engine.emulator.config import EmulatorConfig, Faults, TokenFaults
 from engine.emulator.mlflow import MlflowStore
 from engine.emulator.models import Model
 from engine.emulator.runtime import EmulatorState, EndpointRuntime
-from engine.emulator.web import STATE_KEY, error_middleware
+from engine.emulator.web import STATE_KEY, control_latency_middleware, error_middleware
 
 __all__ = ["Emulator", "EmulatorThread"]
 
@@ -35,7 +35,7 @@ def _application(
     state: EmulatorState, add_routes: Callable[[web.Application], None]
 ) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware],
+        middlewares=[error_middleware, control_latency_middleware],
         client_max_size=state.config.max_payload_bytes + _READ_SLACK_BYTES,
     )
     app[STATE_KEY] = state

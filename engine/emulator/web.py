@@ -10,7 +10,13 @@ from aiohttp import web
 
 from engine.emulator.apierror import ApiError, OAuthError
 
-__all__ = ["STATE_KEY", "drop_connection", "error_middleware", "json_response"]
+__all__ = [
+    "STATE_KEY",
+    "control_latency_middleware",
+    "drop_connection",
+    "error_middleware",
+    "json_response",
+]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -34,6 +40,18 @@ def drop_connection(request: web.Request) -> web.Response:
     if transport is not None:
         transport.abort()
     return web.Response(status=500)
+
+
+@web.middleware
+async def control_latency_middleware(
+    request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    """Answer every workspace REST call (``/api/...``) ``control_latency_ms`` late."""
+    state = request.app[STATE_KEY]
+    delay_ms = state.config.control_latency_ms
+    if delay_ms > 0 and request.path.startswith("/api/"):
+        await state.sleep(delay_ms / 1000.0)
+    return await handler(request)
 
 
 @web.middleware

@@ -1,0 +1,139 @@
+"""Round trips before the first request (issue 12: a fast start is interpreter start plus the
+network round trips, so no more of them than the calls' dependencies need).
+
+Before any row is sent the engine needs the workspace token, the endpoint's description, its
+OpenAPI schema and a data-plane token. The schema and the data-plane token both need only
+the endpoint: they go together, one round trip instead of two. The emulator answers every
+workspace REST call ``control_latency_ms`` late, as a real control plane answers in tens to
+hundreds of milliseconds; at 0 ms a client making these calls one by one looks as fast as
+one that overlaps them.
+
+Emulator and engine share one virtual clock that moves only when the loop is idle
+(tests/virtual_time.py): 200 ms of latency is exactly that, whatever the machine's load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from engine.emulator import Emulator, EmulatorConfig, Faults, TokenFaults
+from engine.errors import AuthError, SchemaError
+from engine.prepare import _with_first_token
+from engine.transport import Response, Transport
+from tests.virtual_time import VirtualClock, score_on_virtual_clock, virtual_loop
+
+LATENCY_S = 0.2
+
+
+class CallLog(Transport):
+    """Notes every call: (sent at, answered at, method, path)."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.calls: list[tuple[float, float, str, str]] = []
+
+    async def request(self, method: str, url: str, **options: Any) -> Response:
+        sent_at = self.clock()
+        response = await super().request(method, url, **options)
+        path = "/" + url.split("://", 1)[1].split("/", 1)[1]
+        self.calls.append((sent_at, self.clock(), method, path))
+        return response
+
+
+def test_the_schema_and_the_data_plane_token_are_fetched_in_one_round_trip(tmp_path) -> None:
+    logs: list[CallLog] = []
+
+    def transport(clock: VirtualClock) -> Transport:
+        logs.append(CallLog(clock))
+        return logs[0]
+
+    done = score_on_virtual_clock(
+        tmp_path,
+        Faults(),
+        rows=200,
+        seed=3,
+        transport=transport,
+        emulator={
+            "control_latency_ms": LATENCY_S * 1000,
+            "token_faults": TokenFaults(latency_ms=LATENCY_S * 1000),
+        },
+    )
+    assert done.predictions == done.expected
+    calls = logs[0].calls
+    start = min(sent for sent, *_ in calls)
+    tokens = sorted(c for c in calls if c[3] == "/oidc/v1/token")
+    (endpoint,) = [c for c in calls if c[3] == "/api/2.0/serving-endpoints/demo-regressor"]
+    (schema,) = [c for c in calls if c[3].endswith("/openapi")]
+    data_plane_token = tokens[1]  # after the workspace token (later ones: refreshes)
+    assert endpoint[0] - start == pytest.approx(LATENCY_S, abs=0.01)
+    # Both sent once the endpoint was described, together: the token does not wait for the
+    # schema's answer (one round trip later, before).
+    assert schema[0] == pytest.approx(endpoint[1], abs=0.01)
+    assert data_plane_token[0] == pytest.approx(endpoint[1], abs=0.01)
+    assert data_plane_token[0] < schema[1] - LATENCY_S / 2
+    # The first row waits for both answers, no longer (the clock jumps while the input is
+    # read on a thread, so the time of the first invocation itself says nothing here).
+    first_invocation = min(sent for sent, _, _, path in calls if path.endswith("/invocations"))
+    assert first_invocation >= max(schema[1], data_plane_token[1])
+
+
+def test_the_emulator_answers_workspace_calls_late_but_not_the_data_plane() -> None:
+    clock = VirtualClock()
+
+    async def timed() -> tuple[float, float]:
+        config = EmulatorConfig(control_latency_ms=LATENCY_S * 1000)
+        emulator = Emulator(config, clock=clock, sleep=clock.sleep)
+        async with emulator, Transport() as transport:
+            started = clock()
+            listed = await transport.request("GET", emulator.host + "/api/2.0/serving-endpoints")
+            control_s = clock() - started
+            assert listed.status == 401  # no token: still answered late
+            started = clock()
+            await transport.request("GET", emulator.host + "/debug/accounting")
+            return control_s, clock() - started
+
+    with asyncio.Runner(loop_factory=lambda: virtual_loop(clock)) as runner:
+        control_s, other_s = runner.run(timed())
+    assert control_s == pytest.approx(LATENCY_S, abs=0.01)
+    assert other_s < 0.01
+
+
+def test_a_negative_control_latency_is_refused() -> None:
+    with pytest.raises(ValueError, match="control_latency_ms"):
+        EmulatorConfig(control_latency_ms=-1.0)
+
+
+class _RefusedTokens:
+    """A token source that fails once the loop runs it."""
+
+    def __init__(self) -> None:
+        self.asked = False
+
+    async def get(self) -> object:
+        self.asked = True
+        await asyncio.sleep(0)
+        raise AuthError("refused")
+
+
+def test_a_schema_error_is_the_one_shown_when_the_token_fails_too() -> None:
+    async def bad_schema() -> Any:
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the token fetch fails first
+        raise SchemaError("column 'x' is missing")
+
+    tokens = _RefusedTokens()
+    with pytest.raises(SchemaError, match="column 'x'"):
+        asyncio.run(_with_first_token(bad_schema(), tokens))  # type: ignore[arg-type]
+    assert tokens.asked
+
+
+def test_a_token_error_is_raised_once_the_schema_is_fine() -> None:
+    async def fine() -> str:
+        return "plan"
+
+    with pytest.raises(AuthError, match="refused"):
+        asyncio.run(_with_first_token(fine(), _RefusedTokens()))  # type: ignore[arg-type]
