@@ -38,10 +38,10 @@ from engine.pipeline import MemorySink, Scorer, run
 from engine.prepare import prepare
 from engine.source import open_source
 from engine.stats import Summary
-from engine.transport import Transport
+from engine.transport import Response, Transport
 from tests.helpers import credentials_for, expected_predictions
 
-__all__ = ["VirtualClock", "VirtualRun", "score_on_virtual_clock", "virtual_loop"]
+__all__ = ["CallLog", "VirtualClock", "VirtualRun", "score_on_virtual_clock", "virtual_loop"]
 
 
 class VirtualClock:
@@ -118,6 +118,34 @@ class _IdleJumpSelector(selectors.BaseSelector):
 def virtual_loop(clock: VirtualClock, *, idle_s: float = 0.002) -> asyncio.AbstractEventLoop:
     """A new event loop on which ``clock`` jumps whenever the loop is idle for ``idle_s``."""
     return asyncio.SelectorEventLoop(_IdleJumpSelector(clock, idle_s))
+
+
+class CallLog(Transport):
+    """A transport that notes every call: (sent at, answered at, method, path, status, body),
+    times on ``clock``, the path without scheme and host."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.calls: list[tuple[float, float, str, str, int, bytes | None]] = []
+
+    async def request(self, method: str, url: str, **options: Any) -> Response:
+        sent_at = self.clock()
+        response = await super().request(method, url, **options)
+        path = "/" + url.split("://", 1)[1].split("/", 1)[1]
+        self.calls.append(
+            (sent_at, self.clock(), method, path, response.status, options.get("data"))
+        )
+        return response
+
+    @property
+    def invocations(self) -> list[tuple[float, float, int, bytes]]:
+        """The data-plane calls: (sent at, answered at, status, body)."""
+        return [
+            (sent, answered, status, body or b"")
+            for sent, answered, _, path, status, body in self.calls
+            if path.endswith("/invocations")
+        ]
 
 
 @dataclass

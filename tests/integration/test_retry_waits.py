@@ -15,37 +15,19 @@ whatever the machine's speed or load.
 
 from __future__ import annotations
 
-from typing import Any
-
 from engine.emulator import Faults
-from engine.transport import Response, Transport
-from tests.virtual_time import VirtualClock, score_on_virtual_clock
-
-
-class RecordingTransport(Transport):
-    """Notes every invocation: (sent at, answered at, status, body)."""
-
-    def __init__(self, clock: VirtualClock) -> None:
-        super().__init__()
-        self.clock = clock
-        self.invocations: list[tuple[float, float, int, bytes]] = []
-
-    async def request(self, method: str, url: str, **options: Any) -> Response:
-        sent_at = self.clock()
-        response = await super().request(method, url, **options)
-        if url.endswith("/invocations"):
-            self.invocations.append((sent_at, self.clock(), response.status, options["data"]))
-        return response
+from engine.transport import Transport
+from tests.virtual_time import CallLog, VirtualClock, score_on_virtual_clock
 
 
 def test_while_a_batch_waits_out_a_retry_after_the_others_keep_every_slot_busy(tmp_path) -> None:
     # 4 slots of 100 ms: 40 requests a second. 2 % of requests are refused at random with
     # Retry-After: 1.
     faults = Faults(throttle_rate=0.02, latency_ms=100.0, seed=5)
-    recorder: list[RecordingTransport] = []
+    recorder: list[CallLog] = []
 
     def transport(clock: VirtualClock) -> Transport:
-        recorder.append(RecordingTransport(clock))
+        recorder.append(CallLog(clock))
         return recorder[0]
 
     done = score_on_virtual_clock(

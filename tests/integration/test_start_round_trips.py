@@ -22,26 +22,10 @@ import pytest
 from engine.emulator import Emulator, EmulatorConfig, Faults, TokenFaults
 from engine.errors import AuthError, SchemaError
 from engine.prepare import _with_first_token
-from engine.transport import Response, Transport
-from tests.virtual_time import VirtualClock, score_on_virtual_clock, virtual_loop
+from engine.transport import Transport
+from tests.virtual_time import CallLog, VirtualClock, score_on_virtual_clock, virtual_loop
 
 LATENCY_S = 0.2
-
-
-class CallLog(Transport):
-    """Notes every call: (sent at, answered at, method, path)."""
-
-    def __init__(self, clock: VirtualClock) -> None:
-        super().__init__()
-        self.clock = clock
-        self.calls: list[tuple[float, float, str, str]] = []
-
-    async def request(self, method: str, url: str, **options: Any) -> Response:
-        sent_at = self.clock()
-        response = await super().request(method, url, **options)
-        path = "/" + url.split("://", 1)[1].split("/", 1)[1]
-        self.calls.append((sent_at, self.clock(), method, path))
-        return response
 
 
 def test_the_schema_and_the_data_plane_token_are_fetched_in_one_round_trip(tmp_path) -> None:
@@ -65,7 +49,7 @@ def test_the_schema_and_the_data_plane_token_are_fetched_in_one_round_trip(tmp_p
     assert done.predictions == done.expected
     calls = logs[0].calls
     start = min(sent for sent, *_ in calls)
-    tokens = sorted(c for c in calls if c[3] == "/oidc/v1/token")
+    tokens = sorted((c for c in calls if c[3] == "/oidc/v1/token"), key=lambda c: c[0])
     (endpoint,) = [c for c in calls if c[3] == "/api/2.0/serving-endpoints/demo-regressor"]
     (schema,) = [c for c in calls if c[3].endswith("/openapi")]
     data_plane_token = tokens[1]  # after the workspace token (later ones: refreshes)
@@ -77,7 +61,7 @@ def test_the_schema_and_the_data_plane_token_are_fetched_in_one_round_trip(tmp_p
     assert data_plane_token[0] < schema[1] - LATENCY_S / 2
     # The first row waits for both answers, no longer (the clock jumps while the input is
     # read on a thread, so the time of the first invocation itself says nothing here).
-    first_invocation = min(sent for sent, _, _, path in calls if path.endswith("/invocations"))
+    first_invocation = min(sent for sent, *_ in logs[0].invocations)
     assert first_invocation >= max(schema[1], data_plane_token[1])
 
 
