@@ -592,7 +592,11 @@ def command() -> int:
     after each run: measured from the summary's last line to the process's exit, 53-67 ->
     15-24 ms (text and narrow tables, three runs each). Frozen, they are left to the OS.
     atexit handlers (log flushing, telemetry) run as before.
+
+    The objects the imports made are frozen first, too: the run's full collections then walk
+    only what the run made (a 2M-row run here: its one full collection took 26-32 ms).
     """
+    gc.freeze()
     code = main()
     gc.freeze()
     return code
