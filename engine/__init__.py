@@ -14,13 +14,17 @@ given. See ``engine score --help`` for the command line.
 import gc as _gc
 
 # The imports below (pyarrow, numpy, aiohttp and the engine) make some 100k long-lived objects
-# and no garbage, yet started ~100 cyclic collections that walked them: 22 ms of a 0.41 s
-# import on a 2-core machine. The collector is paused while they load and left as it was;
-# what they made goes straight to the oldest generation (frozen, then unfrozen: moved there
-# unscanned), or the first young collection after the imports walks it all (18 ms). Not when
-# the host froze objects itself (a pre-fork server): unfreezing would undo that.
+# and no garbage, yet started ~100 cyclic collections that walked them: 22 ms of collections
+# in a 0.41 s import on a 2-core machine. The collector is paused while they load (for every
+# thread of the process: a host's threads too, for those 0.4 s) and left as it was. Then the
+# young generations, where the imports' objects are, go to the oldest one unscanned (frozen,
+# then unfrozen), or the first young collection after the imports walks them all (18 ms). A
+# host's young garbage is collected first, so it is not moved with them; and a host that froze
+# objects itself (a pre-fork server) keeps them frozen: nothing is moved then.
 _collecting = _gc.isenabled()
 _host_froze = _gc.get_freeze_count() > 0
+if _collecting and not _host_froze:
+    _gc.collect(1)
 _gc.disable()
 try:
     import engine.allocator  # noqa: F401  (first: chooses Arrow's allocator before pyarrow loads)

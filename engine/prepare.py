@@ -108,14 +108,15 @@ async def prepare(
 async def _with_first_token(planning: Awaitable[InputPlan], tokens: TokenRefresher) -> InputPlan:
     """``planning``'s plan, once ``tokens`` also holds its first token (fetched meanwhile).
 
-    Raises ``planning``'s error if it fails (the token fetch is then cancelled, whatever its
-    own outcome), else the token fetch's.
+    Raises ``planning``'s error if it fails, or if the caller is cancelled meanwhile (the
+    token request is then stopped, whatever its own outcome), else the token fetch's.
     """
     fetch = asyncio.ensure_future(tokens.get())
     try:
         plan = await planning
     except BaseException:
         fetch.cancel()
+        await tokens.cancel_fetch()  # the request itself: ``get`` shields it from ``fetch``
         await asyncio.wait({fetch})
         if not fetch.cancelled():
             fetch.exception()  # retrieved: the schema's error is the one to show

@@ -116,6 +116,21 @@ class TokenRefresher:
             self._inflight = asyncio.ensure_future(self._fetch_once())
         return await asyncio.shield(self._inflight)
 
+    async def cancel_fetch(self) -> None:
+        """Stop a fetch under way and wait until it has ended (its outcome dropped).
+
+        Cancelling a caller of :meth:`get` leaves the shared fetch running (it is shielded
+        for the other waiters): when no one will wait for it any more, this ends the request
+        itself, so it cannot outlive the transport nor fail unobserved.
+        """
+        inflight = self._inflight
+        if inflight is None:
+            return
+        inflight.cancel()
+        await asyncio.wait({inflight})
+        if not inflight.cancelled():
+            inflight.exception()  # retrieved: nobody waits for it
+
     async def _fetch_once(self) -> Token:
         try:
             token = await self._fetch()

@@ -15,6 +15,7 @@ Emulator and engine share one virtual clock that moves only when the loop is idl
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ import pytest
 from engine.emulator import Emulator, EmulatorConfig, Faults, TokenFaults
 from engine.errors import AuthError, SchemaError
 from engine.prepare import _with_first_token
+from engine.tokens import TokenRefresher
 from engine.transport import Transport
 from tests.virtual_time import CallLog, VirtualClock, score_on_virtual_clock, virtual_loop
 
@@ -91,33 +93,97 @@ def test_a_negative_control_latency_is_refused() -> None:
         EmulatorConfig(control_latency_ms=-1.0)
 
 
-class _RefusedTokens:
-    """A token source that fails once the loop runs it."""
+def _token_request(
+    events: list[str], *, outcome: BaseException | None, sent: asyncio.Event | None = None
+) -> Any:
+    """A token endpoint that fails at once with ``outcome``, or never answers (None)."""
 
-    def __init__(self) -> None:
-        self.asked = False
+    async def fetch() -> Any:
+        events.append("sent")
+        if sent is not None:
+            sent.set()
+        if outcome is not None:
+            raise outcome
+        try:
+            await asyncio.Event().wait()  # never answered: it ends only if cancelled
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
 
-    async def get(self) -> object:
-        self.asked = True
+    return fetch
+
+
+def _run_watching_unobserved(main: Any) -> list[dict[str, Any]]:
+    """Run ``main()``; the errors asyncio would log as never retrieved."""
+    unobserved: list[dict[str, Any]] = []
+
+    async def watched() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: unobserved.append(ctx))
+        await main()
+        gc.collect()  # a future never retrieved is logged when it is collected
         await asyncio.sleep(0)
-        raise AuthError("refused")
+
+    asyncio.run(watched())
+    return unobserved
 
 
-def test_a_schema_error_is_the_one_shown_when_the_token_fails_too() -> None:
-    async def bad_schema() -> Any:
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)  # the token fetch fails first
-        raise SchemaError("column 'x' is missing")
+def test_a_schema_error_stops_the_token_request_and_is_the_one_shown() -> None:
+    events: list[str] = []
 
-    tokens = _RefusedTokens()
-    with pytest.raises(SchemaError, match="column 'x'"):
-        asyncio.run(_with_first_token(bad_schema(), tokens))  # type: ignore[arg-type]
-    assert tokens.asked
+    async def main() -> None:
+        sent = asyncio.Event()
+
+        async def bad_schema() -> Any:
+            await sent.wait()  # the token request is under way
+            raise SchemaError("column 'x' is missing")
+
+        tokens = TokenRefresher(_token_request(events, outcome=None, sent=sent))
+        with pytest.raises(SchemaError, match="column 'x'"):
+            await _with_first_token(bad_schema(), tokens)
+        # Ended by then: the shared fetch is shielded from its waiter, so cancelling the
+        # waiter alone left the request running past the transport's close.
+        assert events == ["sent", "cancelled"]
+
+    assert _run_watching_unobserved(main) == []
+
+
+def test_a_refused_token_under_a_schema_error_is_not_left_unobserved() -> None:
+    events: list[str] = []
+
+    async def main() -> None:
+        async def bad_schema() -> Any:
+            for _ in range(3):
+                await asyncio.sleep(0)  # the token is refused first
+            raise SchemaError("column 'x' is missing")
+
+        tokens = TokenRefresher(_token_request(events, outcome=AuthError("refused")))
+        with pytest.raises(SchemaError):
+            await _with_first_token(bad_schema(), tokens)
+
+    assert _run_watching_unobserved(main) == []
+    assert events == ["sent"]
+
+
+def test_a_cancelled_caller_stops_the_token_request() -> None:
+    events: list[str] = []
+
+    async def main() -> None:
+        sent = asyncio.Event()
+        tokens = TokenRefresher(_token_request(events, outcome=None, sent=sent))
+        waiting = asyncio.ensure_future(_with_first_token(asyncio.Event().wait(), tokens))
+        await sent.wait()
+        waiting.cancel()  # a caller's timeout
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert events == ["sent", "cancelled"]
+
+    assert _run_watching_unobserved(main) == []
 
 
 def test_a_token_error_is_raised_once_the_schema_is_fine() -> None:
     async def fine() -> str:
         return "plan"
 
+    tokens = TokenRefresher(_token_request([], outcome=AuthError("refused")))
     with pytest.raises(AuthError, match="refused"):
-        asyncio.run(_with_first_token(fine(), _RefusedTokens()))  # type: ignore[arg-type]
+        asyncio.run(_with_first_token(fine(), tokens))  # type: ignore[arg-type]

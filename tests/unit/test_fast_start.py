@@ -124,3 +124,21 @@ def test_importing_the_engine_leaves_the_hosts_collector_as_it_was() -> None:
     host = _import_engine("gc.freeze()")  # a pre-fork server froze its objects
     assert host["frozen"] > 0
     assert host["enabled"] is True
+
+
+def test_the_hosts_young_garbage_is_still_collected_by_the_import() -> None:
+    # Moving what the imports made to the oldest generation must not take the host's young
+    # garbage along: a cycle left just before `import engine` would then outlive it until a
+    # full collection (in a long-lived Airflow or Spark process, a long time).
+    seen = in_fresh_interpreter(
+        """
+import gc, json, weakref
+class Node: pass
+node = Node(); node.me = node; alive = weakref.ref(node)
+gc.collect(0)  # still referenced: it moves on to the middle generation
+del node  # garbage now, where young collections do not look
+import engine
+print(json.dumps({"garbage_alive": alive() is not None}))
+"""
+    )
+    assert seen == {"garbage_alive": False}
