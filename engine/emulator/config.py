@@ -225,6 +225,8 @@ class TokenFaults:
         for name in ("error_rate", "timeout_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"token {name} must be between 0 and 1, got {getattr(self, name)}")
+        if not 0.0 <= self.latency_ms < math.inf:  # NaN fails too
+            raise ValueError(f"token latency_ms must not be negative, got {self.latency_ms}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -348,9 +350,9 @@ class EmulatorConfig:
             raise ValueError("at least one service principal is needed")
         if self.token_ttl_s <= 0:
             raise ValueError(f"token_ttl_s must be positive, got {self.token_ttl_s}")
-        if not math.isfinite(self.control_latency_ms) or self.control_latency_ms < 0:
+        if not 0.0 <= self.control_latency_ms < math.inf:  # NaN fails too
             raise ValueError(
-                f"control_latency_ms must be 0 or more, got {self.control_latency_ms}"
+                f"control_latency_ms must not be negative, got {self.control_latency_ms}"
             )
         if not self.workspace_id.isdigit():
             raise ValueError(f"workspace_id must be digits, got {self.workspace_id!r}")

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +31,7 @@ from engine.transport import Transport
 from tests.virtual_time import CallLog, VirtualClock, score_on_virtual_clock, virtual_loop
 
 LATENCY_S = 0.2
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_schema_and_the_data_plane_token_are_fetched_in_one_round_trip(tmp_path) -> None:
@@ -88,9 +92,17 @@ def test_the_emulator_answers_workspace_calls_late_but_not_the_data_plane() -> N
     assert other_s < 0.01
 
 
-def test_a_negative_control_latency_is_refused() -> None:
-    with pytest.raises(ValueError, match="control_latency_ms"):
-        EmulatorConfig(control_latency_ms=-1.0)
+@pytest.mark.parametrize("flag", ["--control-latency-ms", "--token-latency-ms"])
+@pytest.mark.parametrize("value", ["-1", "nan"])
+def test_a_negative_latency_is_refused_in_one_line(flag: str, value: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", "emulate", flag, value, "--json"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )
+    assert done.returncode == 2
+    assert "must not be negative" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""  # never started
 
 
 def _token_request(
