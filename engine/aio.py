@@ -18,7 +18,14 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["ByteBudget", "LoopThread", "PreciseSleep", "cancel_quietly", "run_sync"]
+__all__ = [
+    "ByteBudget",
+    "LoopThread",
+    "PreciseSleep",
+    "cancel_and_drop",
+    "cancel_quietly",
+    "run_sync",
+]
 
 T = TypeVar("T")
 
@@ -33,6 +40,17 @@ async def cancel_quietly(task: asyncio.Future[Any]) -> None:
         current = asyncio.current_task()
         if current is not None and current.cancelling():
             raise
+
+
+async def cancel_and_drop(future: asyncio.Future[Any]) -> None:
+    """Cancel ``future``, wait until it has ended and drop its outcome, whatever it is: for
+    work that nobody will wait for any more. Unlike :func:`cancel_quietly`, its own error is
+    not raised, nor logged as never retrieved (``cancel`` silences an error it already
+    ended with; one it ends with after the cancel is retrieved here)."""
+    future.cancel()
+    await asyncio.wait({future})
+    if not future.cancelled():
+        future.exception()
 
 
 class ByteBudget:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from engine.aio import cancel_and_drop
 from engine.auth import connect
 from engine.clock import Clock, Sleep
 from engine.config import Credentials, ScoreConfig
@@ -114,12 +115,9 @@ async def _with_first_token(planning: Awaitable[InputPlan], tokens: TokenRefresh
     fetch = asyncio.ensure_future(tokens.get())
     try:
         plan = await planning
-    except BaseException:
-        fetch.cancel()
-        await tokens.cancel_fetch()  # the request itself: ``get`` shields it from ``fetch``
-        await asyncio.wait({fetch})
-        if not fetch.cancelled():
-            fetch.exception()  # retrieved: the schema's error is the one to show
+    except BaseException:  # the schema's error (or the caller's cancellation) is the one
+        await cancel_and_drop(fetch)  # this wait for the token only: ``get`` shields...
+        await tokens.cancel_fetch()  # ...the request itself, stopped here
         raise
     await fetch
     return plan

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from engine.aio import cancel_and_drop
 from engine.clock import Clock, Sleep
 from engine.errors import EngineError
 
@@ -123,13 +124,8 @@ class TokenRefresher:
         for the other waiters): when no one will wait for it any more, this ends the request
         itself, so it cannot outlive the transport nor fail unobserved.
         """
-        inflight = self._inflight
-        if inflight is None:
-            return
-        inflight.cancel()
-        await asyncio.wait({inflight})
-        if not inflight.cancelled():
-            inflight.exception()  # retrieved: nobody waits for it
+        if self._inflight is not None:
+            await cancel_and_drop(self._inflight)
 
     async def _fetch_once(self) -> Token:
         try:
