@@ -163,12 +163,15 @@ def test_a_refused_token_under_a_schema_error_is_not_left_unobserved() -> None:
     events: list[str] = []
 
     async def main() -> None:
+        sent = asyncio.Event()
+
         async def bad_schema() -> Any:
-            for _ in range(3):
-                await asyncio.sleep(0)  # the token is refused first
+            await sent.wait()
+            for _ in range(10):  # the refusal reaches the token's waiter first (3 loop turns)
+                await asyncio.sleep(0)
             raise SchemaError("column 'x' is missing")
 
-        tokens = TokenRefresher(_token_request(events, outcome=AuthError("refused")))
+        tokens = TokenRefresher(_token_request(events, outcome=AuthError("refused"), sent=sent))
         with pytest.raises(SchemaError):
             await _with_first_token(bad_schema(), tokens)
 
