@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from engine.emulator import control, dataplane, files, mlflow, oauth
 from engine.emulator.clock import Clock, Sleep
@@ -32,10 +33,10 @@ _READ_SLACK_BYTES = 0
 
 
 def _application(
-    state: EmulatorState, add_routes: Callable[[web.Application], None]
+    state: EmulatorState, add_routes: Callable[[web.Application], None], *extra: Middleware
 ) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware, control_latency_middleware],
+        middlewares=[error_middleware, *extra],
         client_max_size=state.config.max_payload_bytes + _READ_SLACK_BYTES,
     )
     app[STATE_KEY] = state
@@ -105,7 +106,9 @@ class Emulator:
         bind = self.config.bind_host
         self._state.stopping.clear()
         control_runner, control_port = await _start(
-            _application(self._state, _control_routes), bind, self.config.port
+            _application(self._state, _control_routes, control_latency_middleware),
+            bind,
+            self.config.port,
         )
         self._runners.append(control_runner)
         data_runner, data_port = await _start(

@@ -46,7 +46,8 @@ def drop_connection(request: web.Request) -> web.Response:
 async def control_latency_middleware(
     request: web.Request, handler: Handler
 ) -> web.StreamResponse:
-    """Answer every workspace REST call (``/api/...``) ``control_latency_ms`` late."""
+    """Answer every workspace REST call (``/api/...``) ``control_latency_ms`` late (on the
+    control plane's application only: the data plane's requests never pass through it)."""
     state = request.app[STATE_KEY]
     delay_ms = state.config.control_latency_ms
     if delay_ms > 0 and request.path.startswith("/api/"):
