@@ -143,6 +143,15 @@ def _add_tuning_flags(parser: argparse.ArgumentParser) -> None:
         "one far slower than the endpoint's usual latency is abandoned and sent again sooner",
     )
     group.add_argument(
+        "--no-hedge",
+        dest="hedge",
+        action="store_false",
+        help="never send a second copy of a request that is far slower than the endpoint's "
+        "usual latency (by default one goes after 3x its p99, at least 1 s, for at most ~2%% "
+        "of requests, and the first answer is kept); for endpoints where each request costs "
+        "or acts beyond its answer",
+    )
+    group.add_argument(
         "--max-retry-after",
         type=float,
         default=DEFAULT_MAX_RETRY_AFTER_S,
@@ -483,6 +492,7 @@ def _score_config(args: argparse.Namespace) -> ScoreConfig:
         params=params,
         retry=RetryPolicy(max_attempts=args.max_attempts, max_retry_after_s=args.max_retry_after),
         request_timeout_s=args.request_timeout,
+        hedge=args.hedge,
         max_error_rows=args.max_error_rows,
         wait_ready_s=args.wait_ready,
         progress=args.progress,
@@ -640,6 +650,7 @@ FLAGS = {
     "max_attempts": "--max-attempts",
     "max_retry_after_s": "--max-retry-after",
     "request_timeout_s": "--request-timeout",
+    "hedge": "--no-hedge",
     "max_error_rows": "--max-error-rows",
     "wait_ready_s": "--wait-ready",
     "start_if_stopped": "--start-if-stopped",

@@ -312,6 +312,9 @@ class ScoreConfig:
         request_timeout_s: the longest one request may take (``--request-timeout``).
         hang_floor_s: a request is abandoned as hung after 10 × the endpoint's p99 latency,
             but never sooner than this.
+        hedge: a request unanswered after 3 × the endpoint's p99 latency (at least 1 s) is
+            sent a second time and the first answer kept (``--no-hedge``: never; for an
+            endpoint where each request costs, or acts, beyond its answer).
         encoders: processes that encode and key request bodies off the event loop
             (``--encoders``); 0 or None (the default) encodes on the loop.
         metrics: OpenTelemetry and Pushgateway export (see :class:`MetricsConfig`).
@@ -330,6 +333,7 @@ class ScoreConfig:
     served_model: str | None = None
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     hang_floor_s: float = HANG_FLOOR_S
+    hedge: bool = True
     token_timeout_s: float = DEFAULT_TOKEN_TIMEOUT_S
     reorder_window: int | None = None
     max_buffer_mib: float = DEFAULT_MAX_BUFFER_MIB

@@ -299,6 +299,18 @@ class Pacer:
             await cancel_quietly(self._ticker)
 
 
+@dataclass(slots=True)
+class _InFlight:
+    """A request the watchdog looks after: when it left, what it sent (for a second copy),
+    and that copy once sent."""
+
+    started: float
+    batch_id: int
+    headers: dict[str, str]
+    body: bytes
+    hedge: asyncio.Task[None] | None = None
+
+
 class _BadRows(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -367,9 +379,11 @@ class Dispatcher:
         told = math.isfinite(controller.max_rate) and sleep is asyncio.sleep
         self._precise = PreciseSleep() if told else None
         self.pacer = Pacer(controller, clock=clock, sleep=sleep, precise=self._precise)
-        #: requests in flight (the task sending each) and when each left, for the watchdog
-        self._watched: dict[asyncio.Task[object], float] = {}
+        #: requests in flight (the task sending each), for the watchdog
+        self._watched: dict[asyncio.Task[object], _InFlight] = {}
         self._abandoned: set[asyncio.Task[object]] = set()
+        #: requests a second copy answered first: the copy's answer, for the original's task
+        self._hedge_answers: dict[asyncio.Task[object], Response] = {}
         self._watchdog: asyncio.Task[None] | None = None
 
     def stop_sending(self) -> None:
@@ -566,7 +580,9 @@ class Dispatcher:
             started = self._clock()
             self._stats.active_requests += 1
             try:
-                response = await self._bounded_request(headers, body, started)
+                response, own = await self._bounded_request(
+                    _InFlight(started, batch_id, headers, body)
+                )
             finally:
                 self._stats.active_requests -= 1
         except TransportError as exc:
@@ -575,37 +591,47 @@ class Dispatcher:
         finally:
             self.pacer.release()
         latency = self._clock() - started
+        if not own:  # a second copy's answer: the copy counted itself; this one got none
+            self._stats.record_request(None, latency, "hedged")
+            return response, token
         if response.ok:
             self.hang.record(latency)
         self.pacer.record(response.status, latency, sent_with)
         self._stats.record_request(response.status, latency)
         return response, token
 
-    async def _bounded_request(
-        self, headers: dict[str, str], body: bytes, started: float
-    ) -> Response:
-        """POST, abandoning the request once it has taken far longer than the endpoint's
-        usual latency (see :class:`~engine.hang.HangBound`): a backend that read the
-        request and died behind a live connection costs seconds, not the whole run.
+    async def _bounded_request(self, request: _InFlight) -> tuple[Response, bool]:
+        """POST; the answer, and whether it is this request's own (else a second copy's).
+
+        A request far slower than the endpoint's usual latency gets a second copy (see
+        :class:`~engine.hang.HangBound`), and the first answer of the two is kept; one that
+        has taken far longer still is abandoned: a backend that read the request and died
+        behind a live connection costs seconds, not the whole run.
 
         The request runs in the caller's task; one watchdog for all requests in flight
-        cancels the ones past the bound (a task, a timer and a wait per request made a run
-        in 100-row requests ~3 % slower)."""
+        sends the copies and cancels the requests past the bound (a task, a timer and a wait
+        per request made a run in 100-row requests ~3 % slower)."""
         task = asyncio.current_task()
         assert task is not None
-        self._watched[task] = started
+        self._watched[task] = request
         if self._watchdog is None or self._watchdog.done():
             self._watchdog = asyncio.create_task(self._watch_for_hangs())
         try:
-            return await self._transport.request(
-                "POST", self.endpoint_url, headers=headers, data=body,
+            response = await self._transport.request(
+                "POST", self.endpoint_url, headers=request.headers, data=request.body,
                 timeout_s=self.hang.ceiling_s,
             )
+            return response, True
         except asyncio.CancelledError:
-            if task not in self._abandoned or task.uncancel() > 0:
+            answer = self._hedge_answers.pop(task, None)
+            ours = answer is not None or task in self._abandoned
+            if not ours or task.uncancel() > 0:
                 raise  # not ours, or the run is stopping too
+            if answer is not None:
+                self._stats.hedges_won += 1
+                return answer, False
             self._stats.requests_abandoned += 1
-            waited = self._clock() - started
+            waited = self._clock() - request.started
             self.hang.record(waited)  # many of these and the bound rises
             raise TransportError(
                 f"no answer after {waited:.0f} s (the endpoint's p99 latency is "
@@ -616,24 +642,75 @@ class Dispatcher:
         finally:
             del self._watched[task]
             self._abandoned.discard(task)
+            self._hedge_answers.pop(task, None)
+            if request.hedge is not None:
+                request.hedge.cancel()  # the first answer came: the other is not wanted
 
     async def _watch_for_hangs(self) -> None:
-        """While requests are in flight: cancel each one past the hang bound (the bound
-        moves as the endpoint's latency is learned, so it is read at every check)."""
+        """While requests are in flight: send a second copy of each one past the hedge
+        delay, cancel each one past the hang bound (both move as the endpoint's latency is
+        learned, so they are read at every check)."""
         while self._watched:
             now = self._clock()
             bound = self.hang.deadline_s()
-            oldest = now  # the oldest request still waiting, for the next check
-            for task, started in self._watched.items():  # cancel() runs nothing now
-                if task in self._abandoned:
+            hedge_after = self.hang.hedge_after_s()
+            # The next check: a request sent meanwhile gets its copy at most a quarter of the
+            # delay late (of its floor, while the delay is not known yet).
+            check = (hedge_after or self.hang.hedge_floor_s) / 4 if self.hang.hedge else math.inf
+            wake = now + min(HANG_CHECK_S, check)
+            for task, request in self._watched.items():  # cancel() runs nothing now
+                if task in self._abandoned or task in self._hedge_answers:
                     continue
-                if now - started >= bound:
+                waited = now - request.started
+                if waited >= bound:
                     self._abandoned.add(task)
                     task.cancel()
-                else:
-                    oldest = min(oldest, started)
-            await self._sleep(max(0.0, min(HANG_CHECK_S, oldest + bound - now)))
+                    continue
+                wake = min(wake, request.started + bound)
+                if hedge_after is None or request.hedge is not None:
+                    continue
+                if waited < hedge_after:
+                    wake = min(wake, request.started + hedge_after)
+                elif self.hang.take_hedge():
+                    request.hedge = asyncio.create_task(self._hedge(task, request))
+            await self._sleep(max(0.0, wake - now))
             await asyncio.sleep(0)  # an injected sleep may not yield: let the requests run
+
+    async def _hedge(self, original: asyncio.Task[object], request: _InFlight) -> None:
+        """Send ``request`` a second time, under the same pacer as any request: an accepted
+        answer goes to ``original``'s task (cancelled out of its wait to take it); any other
+        outcome is only counted, and the original keeps waiting, up to the hang bound."""
+        try:
+            sent_with = await self.pacer.acquire(request.batch_id)
+        except SendingStopped:
+            return
+        started = self._clock()
+        self._stats.requests_hedged += 1
+        self._stats.active_requests += 1
+        try:
+            response = await self._transport.request(
+                "POST", self.endpoint_url, headers=request.headers, data=request.body,
+                timeout_s=self.hang.ceiling_s,
+            )
+        except TransportError as exc:
+            self._stats.record_request(None, self._clock() - started, exc.kind)
+            return
+        finally:
+            self._stats.active_requests -= 1
+            self.pacer.release()
+        latency = self._clock() - started
+        if response.ok:
+            self.hang.record(latency)
+        self.pacer.record(response.status, latency, sent_with)
+        self._stats.record_request(response.status, latency)
+        if (
+            response.ok
+            and original in self._watched
+            and original not in self._abandoned
+            and not original.done()
+        ):
+            self._hedge_answers[original] = response
+            original.cancel()
 
     async def aclose(self) -> None:
         """Stop the pacer's ticker, its precise sleep's thread and the hang watchdog; all

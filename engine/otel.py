@@ -125,6 +125,11 @@ class OtelExporter:
                 "requests.abandoned", "{request}", "Requests abandoned as hung and sent again.",
                 lambda s: s.requests_abandoned,
             ),
+            (
+                "requests.hedged", "{request}",
+                "Second copies sent of requests far slower than the endpoint's usual latency.",
+                lambda s: s.requests_hedged,
+            ),
         ]
         for name, unit, description, read in counters:
             meter.create_observable_counter(

@@ -229,7 +229,9 @@ def _dispatcher(scorer: Scorer, transport: Transport) -> Dispatcher:
         ready=ready,
         endpoint_ready=endpoint_ready,
         prediction_type=scorer.model.prediction_type if scorer.model else None,
-        hang=HangBound(ceiling_s=config.request_timeout_s, floor_s=config.hang_floor_s),
+        hang=HangBound(
+            ceiling_s=config.request_timeout_s, floor_s=config.hang_floor_s, hedge=config.hedge
+        ),
         clock=scorer.clock,
         sleep=scorer.sleep,
         rng=random.Random(),

@@ -45,6 +45,10 @@ class Summary:
     pacing_rps: float | None = None
     #: requests abandoned as hung (far slower than the endpoint's p99) and sent again
     requests_abandoned: int = 0
+    #: second copies sent of requests far slower than the endpoint's p99, and how many of
+    #: them were answered first (their answer was kept)
+    requests_hedged: int = 0
+    hedges_won: int = 0
     #: what held the run back at the end: qps, endpoint, latency or concurrency
     bound: str | None = None
     #: the endpoint's capacity the controller measured, requests/s (None: no limit met)
@@ -77,7 +81,13 @@ class Summary:
                 if self.capacity_rps
                 else ""
             )
-            + (f", {self.requests_abandoned:,} hung, resent" if self.requests_abandoned else ""),
+            + (f", {self.requests_abandoned:,} hung, resent" if self.requests_abandoned else "")
+            + (
+                f", {self.requests_hedged:,} slow, sent twice ({self.hedges_won:,} answered "
+                "first by the copy)"
+                if self.requests_hedged
+                else ""
+            ),
             f"retries        {retries}",
             f"token refresh  {self.token_refreshes}",
             f"throughput     {self.rows_per_s:,.0f} rows/s over {self.elapsed_s:.1f} s",
@@ -118,6 +128,9 @@ class RunStats:
     bisections: int = 0
     #: requests given up on for taking far longer than the endpoint's usual latency
     requests_abandoned: int = 0
+    #: second copies sent of requests far slower than usual, and those answered first
+    requests_hedged: int = 0
+    hedges_won: int = 0
     retries: Counter[str] = field(default_factory=Counter)
     latencies_s: list[float] = field(default_factory=list)
     #: the dispatcher's adaptive controller, read for progress lines and the summary
@@ -190,6 +203,8 @@ class RunStats:
             throttled_share=round(self.throttled_share, 4),
             pacing_rps=self.limits()["pacing_rps"],
             requests_abandoned=self.requests_abandoned,
+            requests_hedged=self.requests_hedged,
+            hedges_won=self.hedges_won,
             buffer_peak_bytes=self.buffer_peak_bytes,
             bound=None if self.controller is None else self.controller.bound,
             capacity_rps=None

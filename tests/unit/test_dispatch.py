@@ -272,7 +272,7 @@ class HangingOnceTransport(FakeTransport):
 async def test_a_hung_request_is_abandoned_after_the_floor_and_sent_again() -> None:
     clock = FakeClock()
     transport = HangingOnceTransport(doubling_model)
-    hang = HangBound(ceiling_s=300.0, floor_s=30.0)
+    hang = HangBound(ceiling_s=300.0, floor_s=30.0, hedge=False)  # no second copy first
     for _ in range(100):
         hang.record(0.01)  # the endpoint answers in 10 ms
     dispatcher, stats = make_dispatcher(transport, clock, hang=hang)
@@ -280,6 +280,112 @@ async def test_a_hung_request_is_abandoned_after_the_floor_and_sent_again() -> N
     assert result.predictions.to_pylist() == [2.0, 4.0]
     assert stats.requests_abandoned == 1 and stats.retries["timeout"] == 1
     assert 30.0 <= clock.now < 60.0  # the floor, not the 300 s request timeout
+
+
+def fast_endpoint_bound(**kwargs: object) -> HangBound:
+    hang = HangBound(ceiling_s=300.0, floor_s=30.0, **kwargs)  # type: ignore[arg-type]
+    for _ in range(100):
+        hang.record(0.01)  # the endpoint answers in 10 ms
+    return hang
+
+
+async def test_a_hung_request_gets_a_second_copy_whose_answer_is_kept() -> None:
+    clock = FakeClock()
+    transport = HangingOnceTransport(doubling_model)
+    dispatcher, stats = make_dispatcher(transport, clock, hang=fast_endpoint_bound())
+    result = await dispatcher.score(batch_of([1.0, 2.0]))
+    assert result.predictions.to_pylist() == [2.0, 4.0]
+    assert stats.requests_hedged == 1 and stats.hedges_won == 1
+    assert stats.requests_abandoned == 0 and not stats.retries  # nothing was resent
+    # before the 30 s floor (this fake clock jumps whenever anyone sleeps: the timing itself
+    # is checked on a virtual clock, in tests/integration/test_hung_requests.py)
+    assert 1.0 <= clock.now < 30.0
+    assert stats.requests == 2 and stats.requests_ok == 1  # the copy, and the hung one
+    assert dispatcher.pacer.in_flight == 0 and dispatcher.pacer.sent == 0
+    await dispatcher.aclose()
+
+
+class HangThenAnswer(FakeTransport):
+    """The first POST hangs; later ones are answered with ``then`` (a status)."""
+
+    def __init__(self, handler: Handler, then: int) -> None:
+        super().__init__(handler)
+        self.then = then
+        self.calls = 0
+
+    async def request(self, method: str, url: str, *, headers=None, data=None, **kw: object) -> Response:
+        self.calls += 1
+        if self.calls == 1:
+            await asyncio.Event().wait()
+        if self.calls == 2 and self.then != 200:
+            return error(self.then, "REQUEST_LIMIT_EXCEEDED", "slow down")
+        return await super().request(method, url, headers=headers, data=data, **kw)
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_a_refused_copy_leaves_the_hung_request_to_its_bound(status: int) -> None:
+    clock = FakeClock()
+    transport = HangThenAnswer(doubling_model, then=status)
+    dispatcher, stats = make_dispatcher(transport, clock, hang=fast_endpoint_bound())
+    result = await dispatcher.score(batch_of([3.0]))
+    assert result.predictions.to_pylist() == [6.0]
+    assert stats.requests_hedged == 1 and stats.hedges_won == 0
+    assert stats.requests_abandoned == 1  # abandoned at the floor, then sent again
+    assert 30.0 <= clock.now < 60.0
+    assert dispatcher.pacer.in_flight == 0 and dispatcher.pacer.sent == 0
+    await dispatcher.aclose()
+
+
+async def test_with_hedging_off_no_copy_is_sent() -> None:
+    clock = FakeClock()
+    transport = HangingOnceTransport(doubling_model)
+    dispatcher, stats = make_dispatcher(transport, clock, hang=fast_endpoint_bound(hedge=False))
+    await dispatcher.score(batch_of([1.0]))
+    assert stats.requests_hedged == 0 and stats.requests_abandoned == 1
+    await dispatcher.aclose()
+
+
+class SlowThenHung(FakeTransport):
+    """The first POST answers once ``release`` is set; every later one hangs."""
+
+    def __init__(self, handler: Handler) -> None:
+        super().__init__(handler)
+        self.release = asyncio.Event()
+        self.calls = 0
+        self.copy_cancelled = False
+
+    async def request(self, method: str, url: str, *, headers=None, data=None, **kw: object) -> Response:
+        self.calls += 1
+        if self.calls == 1:
+            await self.release.wait()
+            return await super().request(method, url, headers=headers, data=data, **kw)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.copy_cancelled = True
+            raise
+        raise AssertionError("unreachable")
+
+
+async def test_when_the_original_answers_first_the_copy_is_cancelled() -> None:
+    clock = FakeClock()
+    transport = SlowThenHung(doubling_model)
+    dispatcher, stats = make_dispatcher(transport, clock, hang=fast_endpoint_bound())
+    task = asyncio.ensure_future(dispatcher.score(batch_of([5.0])))
+    for _ in range(50):
+        if transport.calls == 2:
+            break
+        await asyncio.sleep(0)
+    assert transport.calls == 2 and not task.done()  # the copy went out
+    transport.release.set()
+    result = await task
+    assert result.predictions.to_pylist() == [10.0]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert transport.copy_cancelled
+    assert stats.requests_hedged == 1 and stats.hedges_won == 0 and stats.requests_ok == 1
+    assert dispatcher.pacer.in_flight == 0 and dispatcher.pacer.sent == 0
+    await dispatcher.aclose()
 
 
 async def test_before_any_latency_is_known_a_request_may_take_the_request_timeout() -> None:

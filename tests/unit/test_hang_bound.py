@@ -47,3 +47,61 @@ def test_abandoned_waits_raise_the_bound_for_an_endpoint_that_became_slow() -> N
     for _ in range(64):  # every request now takes longer than the bound: each abandoned wait
         bound.record(30.0)
     assert bound.deadline_s() == 300.0
+
+
+# --- a second copy (hedge) of a request far slower than usual --------------------------------
+
+
+def test_no_copy_is_sent_before_the_endpoint_s_latency_is_known() -> None:
+    bound = HangBound(ceiling_s=300.0)
+    for _ in range(19):
+        bound.record(0.01)
+    assert bound.hedge_after_s() is None
+    bound.record(0.01)
+    assert bound.hedge_after_s() == 1.0
+
+
+def test_a_fast_endpoint_s_requests_get_a_copy_after_the_one_second_floor() -> None:
+    bound = HangBound(ceiling_s=300.0, floor_s=30.0)
+    for _ in range(200):
+        bound.record(0.010)
+    assert bound.hedge_after_s() == 1.0
+    assert bound.deadline_s() == 30.0  # the copy comes long before the request is abandoned
+
+
+def test_a_slow_endpoint_s_requests_get_a_copy_after_three_times_its_p99() -> None:
+    bound = HangBound(ceiling_s=300.0, floor_s=30.0)
+    for i in range(200):
+        bound.record(4.0 + (i % 10) * 0.1)  # 4.0 .. 4.9 s
+    assert bound.hedge_after_s() == 3.0 * 4.9
+
+
+def test_no_copy_when_it_would_come_no_sooner_than_the_abandonment() -> None:
+    bound = HangBound(ceiling_s=10.0, floor_s=30.0)
+    for _ in range(100):
+        bound.record(5.0)  # 3 x p99 = 15 s, past the 10 s request timeout
+    assert bound.hedge_after_s() is None
+
+
+def test_hedging_turned_off_sends_no_copy() -> None:
+    bound = HangBound(ceiling_s=300.0, hedge=False)
+    for _ in range(100):
+        bound.record(0.01)
+    assert bound.hedge_after_s() is None
+
+
+def test_copies_are_budgeted_to_a_small_share_of_the_answers() -> None:
+    bound = HangBound(ceiling_s=300.0)
+    assert bound.take_hedge()  # one to start with: the first hang is caught
+    assert not bound.take_hedge()
+    for _ in range(49):
+        bound.record(0.01)
+    assert not bound.take_hedge()  # 49 answers earn 0.98 of a copy
+    bound.record(0.01)
+    assert bound.take_hedge()
+    for _ in range(10_000):  # a long quiet stretch saves a few, not hundreds
+        bound.record(0.01)
+    taken = 0
+    while bound.take_hedge():
+        taken += 1
+    assert taken == 4
