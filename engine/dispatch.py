@@ -311,6 +311,10 @@ class _InFlight:
     hedge: asyncio.Task[None] | None = None
 
 
+def _headers(token: Token) -> dict[str, str]:
+    return {**token.header, "Content-Type": "application/json", "Accept": "application/json"}
+
+
 class _BadRows(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -563,20 +567,11 @@ class Dispatcher:
 
         Raises TransportError (no answer) or SendingStopped (the run is stopping).
         """
-        if self._ready is not None:
-            await self._ready.wait()
-        await self.gate.wait()
-        if self.limiter is not None:
-            await self.limiter.acquire()
-        sent_with = await self.pacer.acquire(batch_id)  # SendingStopped once the run stops
+        sent_with = await self._turn(batch_id)
         started = self._clock()
         try:
             token = await self._tokens.get()
-            headers = {
-                **token.header,
-                "Content-Type": "application/json",
-                "Accept": "application/json",
-            }
+            headers = _headers(token)
             started = self._clock()
             self._stats.active_requests += 1
             try:
@@ -599,6 +594,19 @@ class Dispatcher:
         self.pacer.record(response.status, latency, sent_with)
         self._stats.record_request(response.status, latency)
         return response, token
+
+    async def _turn(self, batch_id: int) -> int:
+        """Wait for every gate (the endpoint ready, a shared Retry-After pause, ``--qps``),
+        then for a slot and a turn; what :meth:`Pacer.acquire` returns.
+
+        Raises SendingStopped once the run stops.
+        """
+        if self._ready is not None:
+            await self._ready.wait()
+        await self.gate.wait()
+        if self.limiter is not None:
+            await self.limiter.acquire()
+        return await self.pacer.acquire(batch_id)
 
     async def _bounded_request(self, request: _InFlight) -> tuple[Response, bool]:
         """POST; the answer, and whether it is this request's own (else a second copy's).
@@ -661,16 +669,20 @@ class Dispatcher:
             for task, request in self._watched.items():  # cancel() runs nothing now
                 if task in self._abandoned or task in self._hedge_answers:
                     continue
-                waited = now - request.started
-                if waited >= bound:
+                # Each deadline is one number, tested and slept to alike: ``now - started <
+                # after`` can hold while ``started + after == now`` (float rounding), and the
+                # watchdog would sleep 0 s over and over.
+                abandon_at = request.started + bound
+                if now >= abandon_at:
                     self._abandoned.add(task)
                     task.cancel()
                     continue
-                wake = min(wake, request.started + bound)
+                wake = min(wake, abandon_at)
                 if hedge_after is None or request.hedge is not None:
                     continue
-                if waited < hedge_after:
-                    wake = min(wake, request.started + hedge_after)
+                hedge_at = request.started + hedge_after
+                if now < hedge_at:
+                    wake = min(wake, hedge_at)
                 elif self.hang.take_hedge():
                     request.hedge = asyncio.create_task(self._hedge(task, request))
             await self._sleep(max(0.0, wake - now))
@@ -681,19 +693,31 @@ class Dispatcher:
         answer goes to ``original``'s task (cancelled out of its wait to take it); any other
         outcome is only counted, and the original keeps waiting, up to the hang bound."""
         try:
-            sent_with = await self.pacer.acquire(request.batch_id)
+            sent_with = await self._turn(request.batch_id)
         except SendingStopped:
             return
         started = self._clock()
         self._stats.requests_hedged += 1
         self._stats.active_requests += 1
         try:
+            # the token of the moment: the original's may have been refused since
+            headers = _headers(await self._tokens.get())
+            started = self._clock()
             response = await self._transport.request(
-                "POST", self.endpoint_url, headers=request.headers, data=request.body,
+                "POST", self.endpoint_url, headers=headers, data=request.body,
                 timeout_s=self.hang.ceiling_s,
             )
         except TransportError as exc:
             self._stats.record_request(None, self._clock() - started, exc.kind)
+            return
+        except Exception as exc:  # the original is still waited for: say it, go on
+            log.warning(
+                "batch %d: the second copy of a slow request failed (%s: %s); the first is "
+                "still waited for",
+                request.batch_id,
+                type(exc).__name__,
+                exc,
+            )
             return
         finally:
             self._stats.active_requests -= 1

@@ -130,6 +130,11 @@ class OtelExporter:
                 "Second copies sent of requests far slower than the endpoint's usual latency.",
                 lambda s: s.requests_hedged,
             ),
+            (
+                "requests.hedges_won", "{request}",
+                "Slow requests whose second copy was answered first (its answer kept).",
+                lambda s: s.hedges_won,
+            ),
         ]
         for name, unit, description, read in counters:
             meter.create_observable_counter(

@@ -99,6 +99,7 @@ async def test_otlp_receiver_gets_http_and_engine_metrics_equal_to_the_summary_a
         ("batch_engine.requests.throttled", "throttled_429"),
         ("batch_engine.requests.abandoned", "requests_abandoned"),
         ("batch_engine.requests.hedged", "requests_hedged"),
+        ("batch_engine.requests.hedges_won", "hedges_won"),
         ("batch_engine.token.refreshes", "token_refreshes"),
     ]:
         assert point_value(points[name], **run) == summary[key], name
@@ -192,6 +193,7 @@ async def test_pushgateway_holds_the_runs_figures_equal_to_the_summary(
         ("batch_engine_requests_throttled_total", "throttled_429"),
         ("batch_engine_requests_abandoned_total", "requests_abandoned"),
         ("batch_engine_requests_hedged_total", "requests_hedged"),
+        ("batch_engine_requests_hedges_won_total", "hedges_won"),
         ("batch_engine_token_refreshes_total", "token_refreshes"),
         ("batch_engine_exit_code", "exit_code"),
         ("batch_engine_buffer_peak_bytes", "buffer_peak_bytes"),

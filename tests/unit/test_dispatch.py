@@ -388,6 +388,119 @@ async def test_when_the_original_answers_first_the_copy_is_cancelled() -> None:
     await dispatcher.aclose()
 
 
+class SpinGuardClock(FakeClock):
+    """A fake clock that notices a watchdog sleeping 0 s over and over (a busy loop: the
+    clock would never move) and moves on by a millisecond so that the test can end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.zero_in_a_row = 0
+        self.spun = False
+
+    async def sleep(self, seconds: float) -> None:
+        self.zero_in_a_row = self.zero_in_a_row + 1 if seconds == 0 else 0
+        if self.zero_in_a_row > 1000:
+            self.spun = True
+            seconds = 0.001
+        await super().sleep(seconds)
+
+
+async def test_the_watchdog_never_spins_on_a_deadline_float_rounding_puts_at_now() -> None:
+    """3 x 0.4 s is 1.2000000000000002: with the clock at 10.0, ``10.0 + 1.2000000000000002``
+    is 11.2 while ``11.2 - 10.0 < 1.2000000000000002``; found by an independent review."""
+    clock = SpinGuardClock()
+    clock.now = 10.0
+    hang = HangBound(ceiling_s=300.0, floor_s=30.0)
+    for _ in range(100):
+        hang.record(0.4)
+    transport = HangingOnceTransport(doubling_model)
+    dispatcher, stats = make_dispatcher(transport, clock, hang=hang)
+    result = await dispatcher.score(batch_of([1.0]))
+    assert result.predictions.to_pylist() == [2.0]
+    assert not clock.spun
+    assert stats.hedges_won == 1
+    await dispatcher.aclose()
+
+
+class RecordingHang(HangingOnceTransport):
+    """The first POST hangs; records when each POST was sent."""
+
+    def __init__(self, handler: Handler, clock: FakeClock) -> None:
+        super().__init__(handler)
+        self.clock = clock
+        self.sent_at: list[float] = []
+
+    async def request(self, method: str, url: str, *, headers=None, data=None, **kw: object) -> Response:
+        self.sent_at.append(self.clock.now)
+        return await super().request(method, url, headers=headers, data=data, **kw)
+
+
+async def test_a_copy_waits_out_a_shared_retry_after_pause_like_any_request() -> None:
+    """Found by an independent review: copies went straight to the pacer."""
+    clock = FakeClock()
+    transport = RecordingHang(doubling_model, clock)
+    dispatcher, stats = make_dispatcher(transport, clock, hang=fast_endpoint_bound())
+    task = asyncio.ensure_future(dispatcher.score(batch_of([1.0])))
+    for _ in range(20):
+        if transport.hung:
+            break
+        await asyncio.sleep(0)
+    assert transport.hung
+    dispatcher.gate.pause(60.0)  # another batch was told Retry-After: 60; every request waits
+    paused_until = dispatcher.gate.until
+    result = await task
+    assert result.predictions.to_pylist() == [2.0]
+    assert stats.hedges_won == 1
+    assert transport.sent_at[1:] and all(t >= paused_until for t in transport.sent_at[1:])
+    await dispatcher.aclose()
+
+
+class HangThenBreak(HangingOnceTransport):
+    """The first POST hangs, the second raises what no transport should (a bug's error)."""
+
+    def __init__(self, handler: Handler) -> None:
+        super().__init__(handler)
+        self.calls = 0
+
+    async def request(self, method: str, url: str, *, headers=None, data=None, **kw: object) -> Response:
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("unexpected")
+        return await super().request(method, url, headers=headers, data=data, **kw)
+
+
+async def test_a_copy_that_breaks_is_said_and_the_original_keeps_its_bound(caplog) -> None:
+    """Found by an independent review: such an error vanished without a word."""
+    clock = FakeClock()
+    transport = HangThenBreak(doubling_model)
+    dispatcher, stats = make_dispatcher(transport, clock, hang=fast_endpoint_bound())
+    with caplog.at_level("WARNING", logger="engine.dispatch"):
+        result = await dispatcher.score(batch_of([4.0]))
+    assert result.predictions.to_pylist() == [8.0]
+    assert stats.requests_hedged == 1 and stats.hedges_won == 0 and stats.requests_abandoned == 1
+    assert "second copy of a slow request failed (RuntimeError: unexpected)" in caplog.text
+    assert dispatcher.pacer.in_flight == 0 and stats.active_requests == 0
+    await dispatcher.aclose()
+
+
+async def test_a_copy_carries_the_token_of_the_moment_not_the_original_s() -> None:
+    clock = FakeClock()
+    transport = RecordingHang(doubling_model, clock)
+    dispatcher, stats = make_dispatcher(transport, clock, hang=fast_endpoint_bound())
+    task = asyncio.ensure_future(dispatcher.score(batch_of([1.0])))
+    for _ in range(20):
+        if transport.hung:
+            break
+        await asyncio.sleep(0)
+    first = await dispatcher._tokens.get()
+    dispatcher._tokens.invalidate(first)  # another batch's 401 meanwhile
+    await task
+    assert stats.hedges_won == 1
+    # the hung original left with tok1 (a hung request records nothing); its copy with tok2
+    assert first.access_token == "tok1" and transport.tokens_seen == ["Bearer tok2"]
+    await dispatcher.aclose()
+
+
 async def test_before_any_latency_is_known_a_request_may_take_the_request_timeout() -> None:
     clock = FakeClock()
     transport = HangingOnceTransport(doubling_model)
