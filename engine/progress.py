@@ -63,6 +63,8 @@ class LogProgress:
             "throttled_429": stats.throttled_429,
             "throttled_share": round(stats.throttled_share, 4),
             "retries": dict(stats.retries),
+            "requests_hedged": stats.requests_hedged,
+            "requests_abandoned": stats.requests_abandoned,
             **stats.limits(),
         }
         pacing = fields["pacing_rps"]
@@ -73,6 +75,8 @@ class LogProgress:
             + (f", paced at {pacing:,.1f}/s" if pacing else "")
             + f"), {stats.throttled_429} throttled ({stats.throttled_share:.1%}), "
             f"{sum(stats.retries.values())} retries"
+            + (f", {stats.requests_hedged} slow sent twice" if stats.requests_hedged else "")
+            + (f", {stats.requests_abandoned} hung, resent" if stats.requests_abandoned else "")
         )
         log.info(message, extra={"event": "progress", "fields": fields})
 
