@@ -435,17 +435,25 @@ class RecordingHang(HangingOnceTransport):
         return await super().request(method, url, headers=headers, data=data, **kw)
 
 
-async def test_a_copy_waits_out_a_shared_retry_after_pause_like_any_request() -> None:
-    """Found by an independent review: copies went straight to the pacer."""
-    clock = FakeClock()
-    transport = RecordingHang(doubling_model, clock)
-    dispatcher, stats = make_dispatcher(transport, clock, hang=fast_endpoint_bound())
-    task = asyncio.ensure_future(dispatcher.score(batch_of([1.0])))
+async def sent_and_hung(
+    dispatcher: Dispatcher, transport: HangingOnceTransport, values: list[float]
+) -> asyncio.Future[object]:
+    """Start scoring ``values`` and return once its request hangs at ``transport``."""
+    task: asyncio.Future[object] = asyncio.ensure_future(dispatcher.score(batch_of(values)))
     for _ in range(20):
         if transport.hung:
             break
         await asyncio.sleep(0)
     assert transport.hung
+    return task
+
+
+async def test_a_copy_waits_out_a_shared_retry_after_pause_like_any_request() -> None:
+    """Found by an independent review: copies went straight to the pacer."""
+    clock = FakeClock()
+    transport = RecordingHang(doubling_model, clock)
+    dispatcher, stats = make_dispatcher(transport, clock, hang=fast_endpoint_bound())
+    task = await sent_and_hung(dispatcher, transport, [1.0])
     dispatcher.gate.pause(60.0)  # another batch was told Retry-After: 60; every request waits
     paused_until = dispatcher.gate.until
     result = await task
@@ -487,11 +495,7 @@ async def test_a_copy_carries_the_token_of_the_moment_not_the_original_s() -> No
     clock = FakeClock()
     transport = RecordingHang(doubling_model, clock)
     dispatcher, stats = make_dispatcher(transport, clock, hang=fast_endpoint_bound())
-    task = asyncio.ensure_future(dispatcher.score(batch_of([1.0])))
-    for _ in range(20):
-        if transport.hung:
-            break
-        await asyncio.sleep(0)
+    task = await sent_and_hung(dispatcher, transport, [1.0])
     first = await dispatcher._tokens.get()
     dispatcher._tokens.invalidate(first)  # another batch's 401 meanwhile
     await task
