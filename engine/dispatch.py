@@ -588,12 +588,17 @@ class Dispatcher:
         latency = self._clock() - started
         if not own:  # a second copy's answer: the copy counted itself; this one got none
             self._stats.record_request(None, latency, "hedged")
-            return response, token
+        else:
+            self._answered(response, latency, sent_with)
+        return response, token
+
+    def _answered(self, response: Response, latency: float, sent_with: int) -> None:
+        """An answer, ``latency`` after its request left with ``sent_with`` in flight: for
+        the hang bound (accepted ones: they ran the model), the capacity finder, the stats."""
         if response.ok:
             self.hang.record(latency)
         self.pacer.record(response.status, latency, sent_with)
         self._stats.record_request(response.status, latency)
-        return response, token
 
     async def _turn(self, batch_id: int) -> int:
         """Wait for every gate (the endpoint ready, a shared Retry-After pause, ``--qps``),
@@ -722,11 +727,7 @@ class Dispatcher:
         finally:
             self._stats.active_requests -= 1
             self.pacer.release()
-        latency = self._clock() - started
-        if response.ok:
-            self.hang.record(latency)
-        self.pacer.record(response.status, latency, sent_with)
-        self._stats.record_request(response.status, latency)
+        self._answered(response, self._clock() - started, sent_with)
         if (
             response.ok
             and original in self._watched
