@@ -179,11 +179,17 @@ def strict_scenarios(quick: bool) -> list[Scenario]:
             suite="strict", batch_rows=100, budget_s=150.0,
         ),
         # The same hang rate over a run ten times longer (10 hangs in 10,000 requests): what
-        # each hang costs the whole run, once the reorder window has filled behind it.
+        # each hang costs the whole run, once the reorder window has filled behind it, against
+        # the same run without hangs.
+        Scenario(
+            "hangnone", "no hung requests, 10 ms, 1M rows", ("--latency-ms", "10"), 1_000_000,
+            None, ("engine",), (), suite="strict", batch_rows=100,
+        ),
         Scenario(
             "hanglong", "10 hung requests in 10,000, 10 ms, 1M rows, 900 s budget",
             ("--latency-ms", "10", "--hang-every", "1000"), 1_000_000,
             None, ("engine",), (), suite="strict", batch_rows=100, budget_s=900.0,
+            baseline="hangnone",
         ),
         small_burst("tiny", 5.0, 1.0, 10, 10.0),
         small_burst("tiny", 200.0, 1.0, 10, 10.0),
@@ -583,7 +589,7 @@ def main() -> None:
     parser.add_argument(
         "--only", help="scenarios, comma-separated (zero,latency,limited,faults,tokens; strict: "
         "bucket10,bucket40,conc429,concqueue,stepup,stepdown,concstep,quiet,noisy,quietlong,"
-        "noisylong,hang,hanglong,tiny5,tiny200,tiny2000,slow100)"
+        "noisylong,hang,hangnone,hanglong,tiny5,tiny200,tiny2000,slow100)"
     )
     parser.add_argument("--clients", help="clients, comma-separated")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where results go")
