@@ -11,16 +11,23 @@ Time is cut into **rounds** of at least ``ROUND_MIN_S`` (and two round trips, an
 ``ROUND_MIN_SENDS`` requests), each at one pace (a change of pace starts a new round). At the
 end of each round the controller compares what was delivered with what was sent:
 
-* **startup**: nothing is paced; requests in flight start at ``initial_in_flight`` and grow
-  by one per accepted request (doubling every round trip) up to the worker count; a refused
-  request's slot is taken away rather than handed on, so the workers do not each draw a 429
-  before the pace is set. It ends on a run of ``STARTUP_REFUSALS_IN_A_ROW`` refusals, on
-  more than ``STARTUP_STORM_SHARE`` refused of the requests old enough to be answered, or on
-  two rounds in a row with more than ``STARTUP_LOSS_SHARE`` refused (one such round can be
-  noise's bad luck). The capacity ``C`` is then the most of: half the rate that overran the
-  endpoint, what it accepted, what the last whole second delivered (after two lossy rounds:
-  what the last accepted once refused). Either way the limit was met, not lowered: the
-  search upward starts at once.
+* **startup**: no capacity is known; requests in flight start at ``initial_in_flight`` and
+  grow by one per accepted request (doubling every round trip) up to the worker count; a
+  refused request's slot is taken away rather than handed on, so the workers do not each draw
+  a 429 before the pace is set. Once a round trip is measured the requests leave spread over
+  it (:attr:`RateController.pace`: ``STARTUP_PACE_GAIN`` × the in-flight limit per round
+  trip while it grows, the limit's own rate once it is full), not in volleys a bucket with
+  a small burst refuses whatever its rate. It ends on a run of
+  ``STARTUP_REFUSALS_IN_A_ROW`` refusals, on more than ``STARTUP_STORM_SHARE`` refused of
+  the requests old enough to be answered, or on two rounds in a row with more than
+  ``STARTUP_LOSS_SHARE`` refused (one such round can be noise's bad luck). The capacity ``C``
+  is then the most of: half the rate that overran the endpoint, what it accepted (over the
+  whole storm, or since its first refusal if more: a bucket's burst spent, it accepts its
+  refill rate), what the last whole second delivered (after two lossy rounds: what the last
+  accepted once refused). Either way the limit was met, not lowered: the search upward starts
+  at once. C is a guess until a loss measures the limit, a probe is taken or a whole cruise
+  round is accepted: until then what the slow round after it refused is the guess's excess,
+  not noise.
 * **paced**: requests leave evenly spaced (:func:`turns_due`) at ``cruise_gain`` × C. Every
   ``PROBE_INTERVAL_S`` (right after startup: at once) one round probes at (1 + excess) × C.
   If the endpoint took the extra, C rises to what it delivered and the next round probes
@@ -122,6 +129,11 @@ NOISE_WAIT_S = 0.05
 STORM_MIN_IN_FLIGHT = 2.0
 #: Startup's overrun is measured over at least this span.
 STARTUP_MIN_SPAN_S = 0.1
+#: In startup, once a round trip is measured, requests leave spread out at this many times
+#: the in-flight limit per round trip (TCP BBR paces its startup at 2/ln 2 of its estimate),
+#: not in volleys: a bucket with a burst of a request or two refuses most of a volley sent at
+#: once whatever its rate, and startup would end far below the limit.
+STARTUP_PACE_GAIN = 2.0
 #: The usual share of answers accepted (1 - noise) is never taken as lower than this.
 MIN_ACCEPT_RATIO = 0.92
 #: How often the paced phase probes above the measured capacity, and its first excess.
@@ -196,6 +208,8 @@ def turns_due(now: float, next_at: float, interval_s: float) -> tuple[int, float
     """
     if next_at > now:
         return 0, next_at
+    if interval_s <= 0.0:  # nothing paces: every request waiting may go
+        return 1 << 30, now
     if interval_s >= STRICT_SPACING_MIN_INTERVAL_S:
         return 1, max(next_at + interval_s, now + MIN_SPACING_SHARE * interval_s)
     due = max(now - CATCH_UP_S, next_at)
@@ -312,6 +326,9 @@ class RateController:
     #: (whole second, requests accepted in it), the last few seconds
     _accepted_by_second: deque[list[int]] = field(default_factory=deque, init=False, repr=False)
     _lossy_startup_rounds: int = field(default=0, init=False, repr=False)
+    #: False from startup's end until the capacity is borne out (a loss measured the limit,
+    #: a probe or a cruise round was taken whole): below a guess, refusals are not noise
+    _confirmed: bool = field(default=True, init=False, repr=False)
     _last_round_lossy: bool = field(default=False, init=False, repr=False)
     _last_refusal_concurrency: bool = field(default=False, init=False, repr=False)
     #: trying one request in flight above the concurrency cap: since when (None: not), the
@@ -329,6 +346,19 @@ class RateController:
     @property
     def paced(self) -> bool:
         return math.isfinite(self.rate)
+
+    @property
+    def pace(self) -> float:
+        """Requests/s the pacer lets go: :attr:`rate`, and in startup (unpaced by the
+        endpoint's limit) ``STARTUP_PACE_GAIN`` × the in-flight limit per shortest round trip,
+        once one is known (infinity before, and while nothing paces)."""
+        if self.capacity is not None or self.paced:
+            return self.rate
+        base = self.base_latency()
+        if not base:
+            return math.inf
+        gain = STARTUP_PACE_GAIN if self.slow_start else 1.0
+        return gain * self.in_flight_limit / base
 
     @property
     def probing(self) -> bool:
@@ -702,11 +732,16 @@ class RateController:
         """Pace at half the rate that overran the endpoint (TCP's halving): the next rounds
         measure the limit itself (a loss cuts to what was accepted once refused), and probing
         finds it from below. The span is floored so a first burst of fast 429s cannot read
-        as a huge rate."""
+        as a huge rate. Or at what the endpoint accepted since its first refusal, if more:
+        its burst spent, a bucket accepts its refill rate (200 req/s with a burst of two,
+        at 10 ms: 171 req/s measured where the halving said 83)."""
         base = self.base_latency() or 0.0
         span = max(now - current.started_at, base, STARTUP_MIN_SPAN_S)
         answered_span = max(now - base - current.started_at, STARTUP_MIN_SPAN_S)
         accepted_rate = current.accepted / answered_span
+        after = now - base - current.first_loss_sent_at
+        if current.accepted_after_loss >= 4 and after > 0:
+            accepted_rate = max(accepted_rate, current.accepted_after_loss / after)
         self._end_startup(max(0.5 * current.sent / span / self.cruise_gain, accepted_rate), now)
         for pending in self._rounds:  # the storm's rounds were at another pace
             pending.rate = math.inf
@@ -717,6 +752,7 @@ class RateController:
         limit only now and then, measured the limit itself), and search upward at once."""
         self._cut(max(estimate, self._delivered_last_second(now)), now)
         self._searching = True
+        self._confirmed = False
 
     def _judge(self, done: _Round, now: float) -> None:
         if done.answers == 0:
@@ -745,6 +781,9 @@ class RateController:
             self._end_drain_round(done, app_limited)
         else:
             if not app_limited:
+                self._confirmed = self._confirmed or (
+                    done.throttled == 0 and done.answers >= ROUND_MIN_SENDS
+                )
                 self._cruise_answers += done.answers
                 self._cruise_throttled += done.throttled
                 if self._overestimated(now):
@@ -785,7 +824,7 @@ class RateController:
             self.capacity = max(self.min_rate, self.capacity * (1.0 - over))
             self.cuts += 1
             return  # the drain ran under an overestimate: it says nothing about noise
-        if not app_limited:
+        if not app_limited and self._confirmed:
             # A round of few answers says less (one cut short by a change of pace, one that
             # timed out waiting for its answers): one refused request alone would take the
             # ratio 30 % of the way to "everything refused".
@@ -816,8 +855,12 @@ class RateController:
         if done.capacity is None and self.capacity is not None:
             # a startup round (its storm), judged after startup ended
             if done.accepted_after_loss >= 4:
+                # The limit measured, if under startup's estimate (over a storm's few round
+                # trips, a rate above it says nothing).
+                self._confirmed = self._confirmed or estimate < self.capacity
                 self._cut(min(self.capacity, estimate), now)
             return
+        self._confirmed = True  # a round at a pace measured the limit
         if self.capacity is not None and done.capacity is not None and (
             self.capacity < done.capacity * 0.999
         ):
@@ -864,6 +907,7 @@ class RateController:
             # at MAX_PROBE_EXCESS, the step after a raise keeps it.
             return
         if taken and not app_limited:
+            self._confirmed = True
             # The endpoint took the extra at its usual ratio: look twice as far. What it took,
             # not the pace asked for (a round held back by the in-flight limit sends less).
             span = done.ended_at - done.started_at

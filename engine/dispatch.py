@@ -131,6 +131,11 @@ class ReadyGate:
         self._open.set()
 
 
+def _interval(pace: float) -> float:
+    """Seconds between turns at ``pace``: none when nothing paces (every turn due now)."""
+    return 1.0 / pace if math.isfinite(pace) else 0.0
+
+
 class Pacer:
     """Applies a :class:`RateController`: an in-flight cap and evenly spaced request starts.
 
@@ -185,7 +190,7 @@ class Pacer:
         if self.stopped:
             raise SendingStopped
         self.in_flight += 1
-        if not self.controller.paced:
+        if not math.isfinite(self.controller.pace):
             return self._let_go(self._clock())
         turn: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._queue.append(turn)
@@ -260,7 +265,7 @@ class Pacer:
                 await self._freed.wait()
                 continue
             now = self._clock()
-            due, next_at = turns_due(now, self._next_at, 1.0 / self.controller.rate)
+            due, next_at = turns_due(now, self._next_at, _interval(self.controller.pace))
             due = min(due, room)
             while self._queue and due > 0:
                 turn = self._queue.popleft()

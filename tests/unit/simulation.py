@@ -200,7 +200,7 @@ class _Client:
                 self.blocked.append(worker)
             return
         self.in_flight += 1
-        if not controller.paced:
+        if not math.isfinite(controller.pace):
             self.send(now, worker)
             return
         self.paced.append(worker)
@@ -219,7 +219,9 @@ class _Client:
         room = int(self.controller.in_flight_limit) - self.sending
         if room <= 0:  # as the pacer: wait for an answer to free a slot
             return
-        due, self.next_at = turns_due(now, self.next_at, 1.0 / self.controller.rate)
+        pace = self.controller.pace
+        interval = 1.0 / pace if math.isfinite(pace) else 0.0
+        due, self.next_at = turns_due(now, self.next_at, interval)
         due = min(due, room)
         while self.paced and due > 0:  # as the pacer
             self.send(now, self.paced.pop(0))

@@ -644,6 +644,29 @@ async def test_the_pacer_sends_no_burst_after_an_idle_gap() -> None:
     await dispatcher.aclose()
 
 
+async def test_the_pacer_spreads_startups_requests_over_the_round_trip() -> None:
+    """In startup (no limit met yet) the requests leave spread over the measured round trip
+    at the controller's start-up pace, not all at once: a bucket with a burst of one or two
+    refuses most of a volley whatever its rate."""
+    clock = FakeClock()
+    controller = RateController(max_in_flight=8, initial_in_flight=4)
+    controller.on_send(0.0)
+    controller.on_success(0.03, 0.03)  # one round trip measured: 5 in flight now
+    assert controller.capacity is None and math.isfinite(controller.pace)
+    interval = 1.0 / controller.pace
+    sent_at = record_sends(controller)
+    pacer = Pacer(controller, clock=clock, sleep=clock.sleep)
+
+    async def request() -> None:
+        await pacer.acquire()
+
+    await asyncio.gather(*(request() for _ in range(5)))
+    await pacer.aclose()
+    gaps = [b - a for a, b in itertools.pairwise(sent_at)]
+    assert len(sent_at) == 5
+    assert min(gaps) >= MIN_SPACING_SHARE * interval - 1e-9, (gaps, interval)
+
+
 class EpollClock:
     """Time as asyncio's timers see it: a sleep ends at the next whole millisecond of its
     wait (epoll's timeout, rounded up), and every read of the clock finds 20 µs more gone
