@@ -205,16 +205,17 @@ def test_startup_against_a_burst_of_two_ends_near_the_limit(latency_s: float) ->
         assert ended and ended[0] >= 0.6 * 200, (seed, ended)
 
 
-def test_refusals_under_startups_guess_are_not_learned_as_noise() -> None:
-    # Startup's estimate is a guess: the drain round after it, at 0.85 of it, can still be
-    # over the limit. What that round has refused is the limit's doing, not noise; learned as
-    # noise, it hid a capacity 16 % over a 40 req/s bucket for seconds (8 % of requests 429).
+def _drain_round_after_a_guess(*, measured: bool) -> RateController:
+    """Startup guessed 52 req/s; the drain round after it, at 44 req/s against a limit of
+    40, had one request of nine refused, and is judged. ``measured``: as if a loss had
+    measured the capacity instead."""
     controller = RateController(max_in_flight=64)
     controller.on_send(0.0)
     controller.on_success(0.03, 0.03)
     controller._end_startup(52.0, 0.05)
+    controller._confirmed = measured
     assert controller.rate == pytest.approx(0.85 * 52.0)  # the drain round's pace
-    for i in range(9):  # a round at 44 req/s against a limit of 40: one of nine refused
+    for i in range(9):
         t = 0.05 + i * 0.0226
         controller.on_send(t)
         if i == 4:
@@ -223,26 +224,19 @@ def test_refusals_under_startups_guess_are_not_learned_as_noise() -> None:
             controller.on_success(t + 0.03, 0.03)
     controller.on_send(0.3)  # the next round begins; the drain round is judged
     controller.on_success(1.0, 0.03)
-    assert controller.accept_ratio == 1.0
+    return controller
+
+
+def test_refusals_under_startups_guess_are_not_learned_as_noise() -> None:
+    # Startup's estimate is a guess: the drain round after it, at 0.85 of it, can still be
+    # over the limit. What that round has refused is the limit's doing, not noise; learned as
+    # noise, it hid a capacity 16 % over a 40 req/s bucket for seconds (8 % of requests 429).
+    assert _drain_round_after_a_guess(measured=False).accept_ratio == 1.0
 
 
 def test_refusals_under_a_measured_capacity_are_learned_as_noise() -> None:
     # The same round under a capacity a loss measured: its one refusal is noise.
-    controller = RateController(max_in_flight=64)
-    controller.on_send(0.0)
-    controller.on_success(0.03, 0.03)
-    controller._end_startup(52.0, 0.05)
-    controller._confirmed = True
-    for i in range(9):
-        t = 0.05 + i * 0.0226
-        controller.on_send(t)
-        if i == 4:
-            controller.on_throttle(t + 0.002, 0.002)
-        else:
-            controller.on_success(t + 0.03, 0.03)
-    controller.on_send(0.3)
-    controller.on_success(1.0, 0.03)
-    assert controller.accept_ratio < 1.0
+    assert _drain_round_after_a_guess(measured=True).accept_ratio < 1.0
 
 
 def test_startup_ends_at_once_on_a_run_of_refusals() -> None:
