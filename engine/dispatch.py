@@ -131,6 +131,10 @@ class ReadyGate:
         self._open.set()
 
 
+#: In startup the ticker looks at the pace at least this often (it follows the round trip).
+STARTUP_RECHECK_S = 0.05
+
+
 def _interval(pace: float) -> float:
     """Seconds between turns at ``pace``: none when nothing paces (every turn due now)."""
     return 1.0 / pace if math.isfinite(pace) else 0.0
@@ -161,6 +165,7 @@ class Pacer:
         #: the sleep for turns at the user's own cap (``--qps``): see Dispatcher
         self._precise = precise
         self._next_at = 0.0
+        self._last_turn_at = -math.inf
         self.in_flight = 0  # slots taken, waiting for a turn included
         self.sent = 0  # requests let go and not answered yet
         self._freed = asyncio.Event()  # for the ticker: a request was answered
@@ -254,9 +259,18 @@ class Pacer:
 
     async def _tick(self) -> None:
         while self._queue:
-            wait = self._next_at - self._clock()
-            if wait > 0:
-                await self._sleep_for(wait)
+            now = self._clock()
+            startup = self.controller.capacity is None and math.isfinite(self._last_turn_at)
+            if startup and math.isfinite(self.controller.pace):
+                # Startup's pace follows the round trip as it is measured: a slow first one
+                # (a cold start) must not hold the next turn at the pace it set.
+                interval = _interval(self.controller.pace)
+                self._next_at = min(self._next_at, self._last_turn_at + interval)
+                if self._next_at > now:
+                    await self._sleep_for(min(self._next_at - now, STARTUP_RECHECK_S))
+                    continue
+            elif self._next_at > now:
+                await self._sleep_for(self._next_at - now)
             # Turns wait under the in-flight limit of the moment, not the one they queued
             # under: a limit that fell (a concurrency cap learned) is not overrun at once.
             room = int(self.controller.in_flight_limit) - self.sent
@@ -274,12 +288,13 @@ class Pacer:
                 turn.set_result(self._let_go(now))
                 due -= 1
             self._next_at = next_at
+            self._last_turn_at = now
 
     def _sleep_for(self, wait: float) -> Awaitable[None]:
         """The precise sleep while the pace is the user's cap and its turns are far enough
         apart that a late one is not made up (:func:`~engine.adaptive.turns_due`); closer
         together the catch-up keeps the pace, and a thread round trip a turn would be waste."""
-        rate = self.controller.rate
+        rate = self.controller.pace
         at_cap = rate >= self.controller.max_rate and 1.0 / rate >= STRICT_SPACING_MIN_INTERVAL_S
         return (self._precise if at_cap and self._precise else self._sleep)(wait)
 

@@ -665,6 +665,29 @@ async def test_the_pacer_spreads_startups_requests_over_the_round_trip() -> None
     gaps = [b - a for a, b in itertools.pairwise(sent_at)]
     assert len(sent_at) == 5
     assert min(gaps) >= MIN_SPACING_SHARE * interval - 1e-9, (gaps, interval)
+    assert sent_at[-1] - sent_at[0] <= 4 * interval + 1e-9  # and no slower than the pace
+
+
+async def test_a_slow_first_round_trip_does_not_hold_startups_later_turns() -> None:
+    """A cold start: the first answer took 2 s, so startup's pace was 5 requests per 2 s.
+    Round trips of 30 ms since raise it; the turn waiting for the old pace's interval goes
+    within the ticker's next look (STARTUP_RECHECK_S), not 0.4 s later."""
+    from engine.dispatch import STARTUP_RECHECK_S
+
+    clock = FakeClock()
+    controller = RateController(max_in_flight=8, initial_in_flight=4)
+    controller.on_send(0.0)
+    clock.now = 2.0
+    controller.on_success(2.0, 2.0)
+    sent_at = record_sends(controller)
+    pacer = Pacer(controller, clock=clock, sleep=clock.sleep)
+    await pacer.acquire()  # a turn at the slow pace: the next is due 0.4 s on
+    assert sent_at == [2.0]
+    controller.on_success(2.03, 0.03)  # the endpoint is warm now
+    clock.now = 2.03
+    await pacer.acquire()
+    await pacer.aclose()
+    assert sent_at[1] - sent_at[0] <= 0.03 + STARTUP_RECHECK_S + 1e-9, sent_at
 
 
 class EpollClock:
