@@ -248,6 +248,25 @@ def run_grid(seeds: list[int], with_told: bool, out: str | None) -> None:
         Path(out).write_text(json.dumps({"seeds": seeds, "rows": rows}, indent=1) + "\n")
 
 
+def noise_sweep(seeds: list[int]) -> None:
+    """Random 429s on top of a bucket (a tenth of a second of burst, 30 ms): the fraction of
+    capacity (net of the noise) accepted over the first 10 s, mean and worst over ``seeds``."""
+    print("| bucket | random 429s | mean | worst |")
+    print("| ---: | ---: | ---: | ---: |")
+    for rate in (40, 200, 500, 1000):
+        for share in (0.03, 0.07):
+            endpoint = Endpoint(
+                rate=((0, rate),), burst=max(2, rate / 10), latency_s=0.03, throttle_noise=share
+            )
+            fractions = [
+                simulate(endpoint, seconds=10, seed=seed).accepted_between(0, 10)
+                / (endpoint.capacity(0) * 10)
+                for seed in seeds
+            ]
+            mean = sum(fractions) / len(fractions)
+            print(f"| {rate} | {share:.0%} | {mean:.2f} | {min(fractions):.2f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -259,8 +278,14 @@ def main() -> None:
     )
     parser.add_argument("--grid", action="store_true", help="the target over GRID")
     parser.add_argument("--json", help="with --grid: write the rows to this file")
+    parser.add_argument(
+        "--noise-sweep", action="store_true", help="random 429s on top of buckets (--seeds)"
+    )
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.noise_sweep:
+        noise_sweep(seeds)
+        return
     if args.grid:
         run_grid(seeds, args.told, args.json)
         return
