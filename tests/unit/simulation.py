@@ -4,8 +4,11 @@ The endpoint is as strict as real limiters: a token bucket with a burst as small
 request, provisioned concurrency that refuses (429) or queues, limits that change on a
 schedule, random 429s and 503s unrelated to load. The client applies a
 :class:`~engine.adaptive.RateController` the way ``engine.dispatch.Pacer`` does: an in-flight
-cap, then one FIFO released every ``1 / rate`` seconds at the rate current when each request
-goes (:func:`~engine.adaptive.turns_due`), with a timer that fires up to 1 ms late.
+cap, then one FIFO released every ``1 / pace`` seconds at the pace current when each request
+goes (:attr:`~engine.adaptive.RateController.pace`: the rate, or startup's spread over the
+round trip; :func:`~engine.adaptive.turns_due`), with a timer that fires up to 1 ms late.
+(The pacer's start-up also looks at the pace every 50 ms after a slow first round trip; the
+simulation's latencies do not change that much, so it does not.)
 Refused requests wait as the engine's default :class:`~engine.retry.RetryPolicy` says (a
 429's ``Retry-After``; a refusal the controller judges noise a short jittered wait; else a
 429 at least its default second, a 503 a jittered backoff) and go round again, first in line
