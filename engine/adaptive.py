@@ -373,6 +373,13 @@ class RateController:
         return min(self.rate, gain * self.in_flight_limit / base)
 
     @property
+    def turn_interval(self) -> float:
+        """Seconds between paced turns (:func:`turns_due`): ``1 / pace``, none when nothing
+        paces (every waiting turn is due)."""
+        pace = self.pace
+        return 1.0 / pace if math.isfinite(pace) else 0.0
+
+    @property
     def probing(self) -> bool:
         return self._excess > 0.0
 

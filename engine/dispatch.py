@@ -135,11 +135,6 @@ class ReadyGate:
 STARTUP_RECHECK_S = 0.05
 
 
-def _interval(pace: float) -> float:
-    """Seconds between turns at ``pace``: none when nothing paces (every turn due now)."""
-    return 1.0 / pace if math.isfinite(pace) else 0.0
-
-
 class Pacer:
     """Applies a :class:`RateController`: an in-flight cap and evenly spaced request starts.
 
@@ -264,8 +259,9 @@ class Pacer:
             if startup and math.isfinite(self.controller.pace):
                 # Startup's pace follows the round trip as it is measured: a slow first one
                 # (a cold start) must not hold the next turn at the pace it set.
-                interval = _interval(self.controller.pace)
-                self._next_at = min(self._next_at, self._last_turn_at + interval)
+                self._next_at = min(
+                    self._next_at, self._last_turn_at + self.controller.turn_interval
+                )
                 if self._next_at > now:
                     await self._sleep_for(min(self._next_at - now, STARTUP_RECHECK_S))
                     continue
@@ -279,7 +275,7 @@ class Pacer:
                 await self._freed.wait()
                 continue
             now = self._clock()
-            due, next_at = turns_due(now, self._next_at, _interval(self.controller.pace))
+            due, next_at = turns_due(now, self._next_at, self.controller.turn_interval)
             due = min(due, room)
             while self._queue and due > 0:
                 turn = self._queue.popleft()

@@ -222,9 +222,7 @@ class _Client:
         room = int(self.controller.in_flight_limit) - self.sending
         if room <= 0:  # as the pacer: wait for an answer to free a slot
             return
-        pace = self.controller.pace
-        interval = 1.0 / pace if math.isfinite(pace) else 0.0
-        due, self.next_at = turns_due(now, self.next_at, interval)
+        due, self.next_at = turns_due(now, self.next_at, self.controller.turn_interval)
         due = min(due, room)
         while self.paced and due > 0:  # as the pacer
             self.send(now, self.paced.pop(0))
