@@ -267,6 +267,22 @@ def noise_sweep(seeds: list[int]) -> None:
             print(f"| {rate} | {share:.0%} | {mean:.2f} | {min(fractions):.2f} |", flush=True)
 
 
+def unlimited(seeds: list[int]) -> None:
+    """An endpoint with no limit (constant latency, no jitter): startup never ends, so the
+    run is paced at startup's pace throughout. Accepted requests/s over 2-5 s per seed, beside
+    what the workers could carry (workers / latency)."""
+    print("| workers | latency | accepted req/s (per seed) | workers / latency |")
+    print("| ---: | ---: | --- | ---: |")
+    for workers, latency in ((4, 0.02), (64, 0.03), (8, 0.05)):
+        endpoint = Endpoint(latency_s=latency, jitter_s=0.0)
+        rates = [
+            simulate(endpoint, seconds=5, seed=seed, workers=workers).accepted_between(2, 5) / 3
+            for seed in seeds
+        ]
+        cells = ", ".join(f"{r:,.0f}" for r in rates)
+        print(f"| {workers} | {latency * 1000:g} ms | {cells} | {workers / latency:,.0f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -281,10 +297,16 @@ def main() -> None:
     parser.add_argument(
         "--noise-sweep", action="store_true", help="random 429s on top of buckets (--seeds)"
     )
+    parser.add_argument(
+        "--unlimited", action="store_true", help="no limit: startup's pace all run (--seeds)"
+    )
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.noise_sweep:
         noise_sweep(seeds)
+        return
+    if args.unlimited:
+        unlimited(seeds)
         return
     if args.grid:
         run_grid(seeds, args.told, args.json)
