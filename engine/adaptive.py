@@ -755,6 +755,7 @@ class RateController:
         its burst spent, a bucket accepts its refill rate (200 req/s with a burst of two,
         at 10 ms: 171 req/s measured where the halving said 83)."""
         base = self.base_latency() or 0.0
+        current = self._storm_round(current, now)
         span = max(now - current.started_at, base, STARTUP_MIN_SPAN_S)
         answered_span = max(now - base - current.started_at, STARTUP_MIN_SPAN_S)
         accepted_rate = current.accepted / answered_span
@@ -764,6 +765,32 @@ class RateController:
         self._end_startup(max(0.5 * current.sent / span / self.cruise_gain, accepted_rate), now)
         for pending in self._rounds:  # the storm's rounds were at another pace
             pending.rate = math.inf
+
+    def _storm_round(self, current: _Round, now: float) -> _Round:
+        """The storm measured over the current round and the one before it when the current
+        one just began: rounds are cut by time, not by the storm, and a storm judged a few
+        milliseconds into a round measured the bucket over those milliseconds (a 500 req/s
+        bucket with a burst of 50, refused from 0.12 s on, was paced at 182 req/s: what the
+        last 10 ms said)."""
+        if now - current.started_at >= ROUND_MIN_S:
+            return current
+        rounds = list(self._rounds)
+        index = next((i for i, r in enumerate(rounds) if r is current), 0)
+        before = rounds[index - 1] if index else None
+        if before is None or before.capacity is not None:
+            return current
+        lost_before = math.isfinite(before.first_loss_sent_at)
+        return _Round(
+            started_at=before.started_at,
+            rate=current.rate,
+            excess=0.0,
+            sent=before.sent + current.sent,
+            accepted=before.accepted + current.accepted,
+            throttled=before.throttled + current.throttled,
+            first_loss_sent_at=min(before.first_loss_sent_at, current.first_loss_sent_at),
+            accepted_after_loss=before.accepted_after_loss
+            + (current.accepted if lost_before else current.accepted_after_loss),
+        )
 
     def _end_startup(self, estimate: float, now: float) -> None:
         """Startup met the limit (it did not see it fall): pace at ``estimate``, or at what the

@@ -236,6 +236,27 @@ def test_startup_against_a_burst_of_two_ends_at_half_the_limit_or_more(latency_s
         assert ended and ended[0] >= 0.5 * 200, (seed, ended)
 
 
+@pytest.mark.parametrize("noise", [0.0, 0.07])
+def test_a_storm_judged_just_after_a_round_began_is_measured_over_both_rounds(
+    noise: float,
+) -> None:
+    # A 500 req/s bucket with a burst of 50 refuses from ~0.12 s on; the storm is often judged
+    # a few milliseconds into startup's second round. Measured over those milliseconds, the
+    # pace was 36-182 req/s on three seeds of ten (and 125 on one without noise); over both
+    # rounds, 318 or more.
+    endpoint = Endpoint(rate=((0, 500),), burst=50, latency_s=0.03, throttle_noise=noise)
+    for seed in range(1, 11):
+        ended: list[float] = []
+
+        class Watched(RateController):
+            def _end_startup(self, estimate: float, now: float, ended: list = ended) -> None:
+                super()._end_startup(estimate, now)
+                ended.append(self.capacity or 0.0)
+
+        simulate(endpoint, seconds=1, seed=seed, controller_type=Watched)
+        assert ended and ended[0] >= 0.6 * 500, (seed, ended)
+
+
 def _drain_round_after_a_guess(*, measured: bool) -> RateController:
     """Startup guessed 52 req/s; the drain round after it, at 44 req/s against a limit of
     40, had one request of nine refused, and is judged. ``measured``: as if a loss had
@@ -541,7 +562,7 @@ NEIGHBOUR_SEEDS = range(1, 21)
 #: Lowered to the counts of 2026-12-07's halfway search after a reverted raise (the 2,000/s
 #: bucket stopped missing; the 40/s one misses on seed 18, where the newcomer gets 4 of 161).
 NEIGHBOUR_MISSES = {
-    "bucket-40-b4": 1, "bucket-200": 3, "bucket-2000": 0, "concurrency-429": 8,
+    "bucket-40-b4": 1, "bucket-200": 0, "bucket-2000": 0, "concurrency-429": 5,
     "concurrency-queue": 0,
 }
 
@@ -585,6 +606,10 @@ def _unfair(name: str, reason: str) -> object:
     [
         "bucket-2000",
         "concurrency-queue",
+        # bucket-200: 3 of 20 seeds missed (a newcomer left start-up with a small estimate
+        # next to a job keeping the limit nearly full) until startup's storm was measured
+        # over both rounds when judged just after one began.
+        "bucket-200",
         _unfair(
             "bucket-40-b4",
             "sharing is not fair. 1 of 20 seeds misses (18: the newcomer gets 4 of the 161 "
@@ -593,18 +618,12 @@ def _unfair(name: str, reason: str) -> object:
             "and be refused, more often.",
         ),
         _unfair(
-            "bucket-200",
-            "sharing is not fair. A newcomer that leaves start-up with a small estimate next "
-            "to a job that keeps the limit nearly full gets a few percent of it: 3 of 20 seeds "
-            "miss (2026-12-07, 8329dd1..); against the emulator B's share was 0.04-0.47 of "
-            "0.50 (benchmarks/results/neighbour.md).",
-        ),
-        _unfair(
             "concurrency-429",
             "a job holding every slot of a refusing provisioned concurrency hears almost none "
             "of the newcomer's 429s, so it never gives a slot up; the newcomer, never accepted "
             "often enough at any level to learn the cap, reads its 429s as a rate limit and "
-            "slows to the floor: 8 of 20 seeds miss.",
+            "slows to the floor: 5 of 20 seeds miss (8 before startup's storm was measured over "
+            "both rounds).",
         ),
     ],
 )
