@@ -37,11 +37,11 @@ end of each round the controller compares what was delivered with what was sent:
   capacity a probe raised is tentative for ``TENTATIVE_S``: a refusal at the new pace sends it
   back (a bucket's burst can make a probe look taken), and when the two levels are
   ``BISECT_MIN_EXCESS`` or more apart the next probes search halfway between them at once.
-  A round refused well above the usual
-  share says the limit fell below the pace: C becomes what that round accepted once refused;
-  a refusal in the next ``TENTATIVE_S`` takes it ``STEP_DOWN_MARGIN`` further down, and
-  probing waits ``STEP_DOWN_PROBE_HOLD_S`` longer. A round that accepted nothing measured no
-  rate (a neighbour's job took the limit for a moment): it halves C, as TCP, instead.
+  A round refused well above the usual share says the limit fell below the pace: C becomes
+  what that round accepted once refused; a refusal in the next ``TENTATIVE_S`` takes it
+  ``STEP_DOWN_MARGIN`` further down, and probing waits ``STEP_DOWN_PROBE_HOLD_S`` longer.
+  A round that accepted nothing measured no rate (a neighbour's job took the limit for a
+  moment): it halves C, as TCP, instead.
   Cruise rounds that together were refused more than noise explains lower C by the excess
   share.
 * **concurrency**: each answer says how many requests were in flight when it was sent.
@@ -53,12 +53,13 @@ end of each round the controller compares what was delivered with what was sent:
   once), a refusal there ends the try. Provisioned concurrency that scales up, or a
   neighbour's job that ends, is found in seconds, at one 429 a try when it has not.
 
-Noise is not capacity: a few percent of random 429s stay within the usual share (learned in
-the slow round after each probe and cut, and a round needs ``MIN_LOSSES`` beyond it), so they
-do not ratchet the rate down; 503s are not a capacity
-signal at all (retried with backoff). Rounds in which fewer requests were sent than the pace
-allowed (a pause for Retry-After or a stopped endpoint, a slow reader) are *app-limited*: they
-can raise C, never lower it, so time spent paused never reads as a low capacity.
+Noise is not capacity: a few percent of random 429s stay within the usual share (counted in
+the slow round after each probe and cut, and a round needs ``MIN_LOSSES`` beyond it; once
+known, probes allow for its chance too), so they do not ratchet the rate down; 503s are not a
+capacity signal at all (retried with backoff). Rounds in which fewer requests were sent than
+the pace allowed (a pause for Retry-After or a stopped endpoint, a slow reader) are
+*app-limited*: they can raise C, never lower it, so time spent paused never reads as a low
+capacity.
 
 **Rising latency** bounds requests in flight, in every phase (a gradient limiter, as in
 Netflix's concurrency-limits): an endpoint at its provisioned concurrency queues requests
@@ -141,6 +142,11 @@ STARTUP_PACE_GAIN = 2.0
 STARTUP_FULL_PACE_GAIN = 1.25
 #: The usual share of answers accepted (1 - noise) is never taken as lower than this.
 MIN_ACCEPT_RATIO = 0.92
+#: Noise is learned over about this many answers, beside this many of none refused.
+NOISE_MEMORY = 400.0
+NOISE_PRIOR = 20.0
+#: ...and taken as known (its chance allowed for) once learned from this many.
+NOISE_KNOWN_ANSWERS = 100.0
 #: How often the paced phase probes above the measured capacity, and its first excess.
 PROBE_INTERVAL_S = 2.0
 PROBE_EVERY_ROUNDS = 3
@@ -335,6 +341,9 @@ class RateController:
     #: a probe or a cruise round was taken whole): below a guess, refusals are not noise
     _confirmed: bool = field(default=True, init=False, repr=False)
     _last_round_lossy: bool = field(default=False, init=False, repr=False)
+    #: answers and refusals of the rounds noise is learned from (:meth:`_learn_noise`)
+    _noise_answers: float = field(default=0.0, init=False, repr=False)
+    _noise_refused: float = field(default=0.0, init=False, repr=False)
     _last_refusal_concurrency: bool = field(default=False, init=False, repr=False)
     #: trying one request in flight above the concurrency cap: since when (None: not), the
     #: requests accepted there, and when the next try may start
@@ -484,10 +493,20 @@ class RateController:
         self._advance(now)
 
     def _refused_beyond_noise(self, sent_round: _Round) -> bool:
-        expected = (1.0 - self.accept_ratio) * sent_round.sent
+        """A probe's round (or a cruise at a pace a probe just raised) refused more than the
+        usual share explains: the pace is past the limit. Once noise is known from
+        ``NOISE_KNOWN_ANSWERS`` answers, by the chance of that noise too (at 500 req/s with
+        3 % of random 429s, every probe ended on its first refusal, and the run stayed at
+        0.68 of the limit); before that, one refusal beyond it says so, as on a slow bucket
+        where a refusal is the only sign and each one counts."""
+        usual = 1.0 - self.accept_ratio
+        chance = _chance(sent_round.sent, usual) if self._noise_known() else 0.0
         return sent_round.throttled >= PROBE_ABORT_LOSSES and sent_round.throttled > (
-            expected + 0.5
+            usual * sent_round.sent + max(0.5, chance)
         )
+
+    def _noise_known(self) -> bool:
+        return self._noise_answers >= NOISE_KNOWN_ANSWERS
 
     def _revert_if_refused(self, cruise: _Round, now: float) -> None:
         """Refused at the pace a probe just raised: the probe was the burst's doing, back to
@@ -812,8 +831,7 @@ class RateController:
             if self._lossy_startup_rounds >= 2:  # as after a storm: no step-down hold
                 self._end_startup(done.limit_estimate() / self.accept_ratio, now)
             elif not lossy and done.answers >= ROUND_MIN_SENDS:  # refused when bearable: noise
-                self.accept_ratio += 0.3 * (done.accept_ratio() - self.accept_ratio)
-                self.accept_ratio = max(MIN_ACCEPT_RATIO, self.accept_ratio)
+                self._learn_noise(done)
             return
         self._last_round_lossy = self._lossy(done)
         if self._last_round_lossy:
@@ -873,12 +891,22 @@ class RateController:
             self.cuts += 1
             return  # the drain ran under an overestimate: it says nothing about noise
         if not app_limited and self._confirmed:
-            # A round of few answers says less (one cut short by a change of pace, one that
-            # timed out waiting for its answers): one refused request alone would take the
-            # ratio 30 % of the way to "everything refused".
-            weight = 0.3 * min(1.0, done.answers / ROUND_MIN_SENDS)
-            self.accept_ratio += weight * (done.accept_ratio() - self.accept_ratio)
-            self.accept_ratio = max(MIN_ACCEPT_RATIO, self.accept_ratio)
+            self._learn_noise(done)
+
+    def _learn_noise(self, done: _Round) -> None:
+        """What a round under the limit refused is noise: the usual share is what such rounds
+        refused together, over the last ``NOISE_MEMORY`` answers, beside ``NOISE_PRIOR``
+        answers of none refused (one refusal in a round of eight is not 12 % noise). Counted,
+        not smoothed round by round: at 500 req/s a drain round's 55 answers say more than
+        a 40 req/s one's 8 (a smoothed ratio had learned 1-2 % of 3 % noise after 8 s, and
+        the cruise rounds' 3 % read as an overestimate, cut after cut)."""
+        weight = min(1.0, done.answers / ROUND_MIN_SENDS)
+        answers = self._noise_answers + weight * done.answers
+        keep = min(1.0, NOISE_MEMORY / answers) if answers else 1.0
+        self._noise_answers = answers * keep
+        self._noise_refused = (self._noise_refused + weight * done.throttled) * keep
+        share = self._noise_refused / (self._noise_answers + NOISE_PRIOR)
+        self.accept_ratio = max(MIN_ACCEPT_RATIO, 1.0 - share)
 
     def _start_probe(self) -> None:
         if self.rate < self.max_rate:
@@ -955,20 +983,25 @@ class RateController:
             # at MAX_PROBE_EXCESS, the step after a raise keeps it.
             return
         if taken and not app_limited:
-            self._confirmed = True
-            # The endpoint took the extra at its usual ratio: look twice as far. What it took,
-            # not the pace asked for (a round held back by the in-flight limit sends less).
-            span = done.ended_at - done.started_at
-            delivered = done.accepted / span / self.accept_ratio if span > 0 else done.rate
-            raised = min(done.rate, delivered)
-            if self.capacity is not None and raised > self.capacity:
-                self._below = self.capacity
-                self._tentative_until = now + TENTATIVE_S
-                self.capacity = raised
+            self._raise(done, now)
             self._excess = self._halfway() or min(MAX_PROBE_EXCESS, self._excess * 2.0)
             return
         self._note_overshoot(done)
         self._end_probe(now)
+
+    def _raise(self, done: _Round, now: float) -> None:
+        """The endpoint took a probe round's extra at its usual ratio: the capacity is what it
+        took, not the pace asked for (a round held back by the in-flight limit sends less),
+        tentatively (:meth:`_revert_if_refused`)."""
+        self._confirmed = True
+        span = done.ended_at - done.started_at
+        delivered = done.accepted / span / self.accept_ratio if span > 0 else done.rate
+        raised = min(done.rate, delivered)
+        if self.capacity is not None and raised > self.capacity:
+            self._below = self.capacity
+            self._tentative_until = now + TENTATIVE_S
+            self.capacity = raised
+            self._set_rate()
 
     def _note_overshoot(self, probe: _Round) -> None:
         """A large step past the capacity overshot: the limit is somewhere in between, and

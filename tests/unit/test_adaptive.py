@@ -6,7 +6,9 @@ import bisect
 import functools
 import heapq
 import itertools
+import math
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -18,6 +20,7 @@ from engine.adaptive import (
     STARTUP_FULL_PACE_GAIN,
     STARTUP_PACE_GAIN,
     RateController,
+    _Round,
     turns_due,
 )
 from tests.unit.simulation import Client, Endpoint, FixedPace, Result, simulate, simulate_shared
@@ -961,3 +964,71 @@ def test_the_grid_endpoints_that_meet_issue_11s_target_keep_meeting_it(endpoint:
         result = simulate(endpoint, seconds=10, seed=seed)
         assert fraction_of_capacity(endpoint, result, 0.0, 10.0) >= 0.90
         assert result.throttle_share(0.0, 10.0) <= 0.05
+
+
+def _paced(
+    controller: RateController,
+    start: float,
+    end: float,
+    refused: Callable[[int], bool] = lambda i: False,
+    latency_s: float = 0.03,
+) -> None:
+    """Send at the controller's pace from ``start`` until ``end`` and deliver every answer:
+    an acceptance ``latency_s`` after its send, a refusal (the ``i``-th send when
+    ``refused(i)``) a millisecond after, as a 429 comes back at once."""
+    answers: list[tuple[float, int, bool]] = []
+    sent_at: dict[int, float] = {}
+    next_send, i = start, 0
+    while next_send < end or answers:
+        if next_send < end and (not answers or next_send <= answers[0][0]):
+            controller.on_send(next_send)
+            sent_at[i] = next_send
+            refusal = refused(i)
+            heapq.heappush(answers, (next_send + (0.001 if refusal else latency_s), i, refusal))
+            i += 1
+            next_send += controller.turn_interval or 0.005  # unpaced: every 5 ms
+            continue
+        at, k, refusal = heapq.heappop(answers)
+        if refusal:
+            controller.on_throttle(at, at - sent_at[k])
+        else:
+            controller.on_success(at, at - sent_at[k])
+
+
+def _cruising_at(capacity: float, *, noise: float = 0.0) -> RateController:
+    """A controller past startup, its capacity borne out, ``noise`` learned over 400 answers."""
+    controller = RateController(max_in_flight=64)
+    _paced(controller, 0.0, 0.05)  # latency samples
+    controller._end_startup(capacity, 0.1)
+    controller._confirmed = True
+    controller._draining = False
+    controller._searching = False
+    controller._probe_ended_at = math.inf  # no probe unless a test starts one
+    if noise:
+        learned = round(400 * noise)
+        controller._learn_noise(
+            _Round(
+                started_at=0.0, rate=capacity, excess=0.0, accepted=400 - learned, throttled=learned
+            )
+        )
+    controller._set_rate()
+    return controller
+
+
+def test_a_probe_is_not_ended_by_one_refusal_where_noise_is_known() -> None:
+    # 3 % of 429s learned over 400 answers: one refusal among a probe's first requests is
+    # what that noise brings. At 500 req/s, ending every probe on it kept a run at 0.68 of
+    # the limit.
+    controller = _cruising_at(300.0, noise=0.03)
+    controller._start_probe()
+    _paced(controller, 1.0, 1.06, refused=lambda i: i == 5)
+    assert controller.probing
+
+
+def test_a_probe_is_ended_by_one_refusal_where_there_is_no_noise() -> None:
+    controller = _cruising_at(300.0)
+    controller._start_probe()
+    _paced(controller, 1.0, 1.06, refused=lambda i: i == 5)
+    assert not controller.probing
+
+
