@@ -32,7 +32,8 @@ end of each round the controller compares what was delivered with what was sent:
   ``PROBE_INTERVAL_S`` (right after startup: at once) one round probes at (1 + excess) × C.
   If the endpoint took the extra, C rises to what it delivered and the next round probes
   twice as far (exponential search: a limit that tripled is found in a few rounds). A probe
-  ends at its first refusal beyond noise; one that overshot by ``BISECT_MIN_EXCESS`` or more
+  ends at its first refusal beyond noise (its rounds before, taken whole, still raise C);
+  one that overshot by ``BISECT_MIN_EXCESS`` or more
   is followed at once by probes halfway (in ratio) to where it overshot, a binary search. A
   capacity a probe raised is tentative for ``TENTATIVE_S``: a refusal at the new pace sends it
   back (a bucket's burst can make a probe look taken), and when the two levels are
@@ -328,6 +329,8 @@ class RateController:
     _below: float | None = field(default=None, init=False, repr=False)
     _tentative_until: float = field(default=-math.inf, init=False, repr=False)
     _rounds_since_probe: int = field(default=0, init=False, repr=False)
+    #: the probe round a refusal ended the probe in (its earlier rounds still count)
+    _aborted_probe: _Round | None = field(default=None, init=False, repr=False)
     #: (second, shortest latency seen in it), for the windowed minimum
     _minima: deque[tuple[int, float]] = field(default_factory=deque, init=False, repr=False)
     _latency: float = field(default=0.0, init=False, repr=False)
@@ -531,6 +534,7 @@ class RateController:
         """A probe refused more than noise explains ends at once, not when its round is
         judged: each request it sends past the limit is refused."""
         if self._refused_beyond_noise(probe):
+            self._aborted_probe = probe
             self._note_overshoot(probe)
             self._end_probe(now)
             self._set_rate()
@@ -978,6 +982,19 @@ class RateController:
     def _end_probe_round(self, done: _Round, app_limited: bool, now: float) -> None:
         extra = done.excess / (1.0 + done.excess)  # the share of the pace that was extra
         taken = done.accept_ratio() >= self.accept_ratio * (1.0 - extra / 2.0)
+        aborted = self._aborted_probe
+        if (
+            aborted is not None
+            and done.capacity == self.capacity == aborted.capacity
+            and done.excess == aborted.excess
+            and done.ended_at <= aborted.started_at
+        ):
+            # A whole round of this probe, judged after a later one ended it on a refusal
+            # (a 429 comes back before the acceptances of the round before): what it took
+            # still counts (at 3 % noise, 74 of 74 taken were dropped for 1 of 6 refused).
+            if taken and not app_limited:
+                self._raise(done, now)
+            return
         if done.excess != self._excess or done.capacity != self.capacity:
             # A step of this probe already judged. Its excess alone does not say so: capped
             # at MAX_PROBE_EXCESS, the step after a raise keeps it.
