@@ -41,9 +41,9 @@ end of each round the controller compares what was delivered with what was sent:
   A round refused well above the usual share says the limit fell below the pace (once C is
   borne out: two such rounds in a row, unless one is beyond any noise): C becomes what that
   round accepted once refused; a refusal in the next ``TENTATIVE_S`` takes it
-  ``STEP_DOWN_MARGIN`` further down, and probing waits ``STEP_DOWN_PROBE_HOLD_S`` longer.
-  A round that accepted nothing measured no rate (a neighbour's job took the limit for a
-  moment): it halves C, as TCP, instead.
+  ``STEP_DOWN_MARGIN`` further down, and probing waits ``STEP_DOWN_PROBE_HOLD_S`` longer
+  (not after a guess was cut: no fall). A round that accepted nothing measured no rate (a
+  neighbour's job took the limit for a moment): it halves C, as TCP, instead.
   Cruise rounds that together were refused more than noise explains lower C by the excess
   share.
 * **concurrency**: each answer says how many requests were in flight when it was sent.
@@ -962,6 +962,7 @@ class RateController:
         if self._lossy_usual_rounds < 2 and not self._surely_the_limit(done):
             return
         self._lossy_usual_rounds = 0
+        guessed = not self._confirmed
         self._confirmed = True  # refused at the usual pace: the limit measured
         # At the usual pace: the limit moved down (a neighbour's job, a scale-down). What was
         # accepted once refused may include a token or two left over: a refusal at the new
@@ -972,7 +973,8 @@ class RateController:
         self._cut(estimate, now)
         self._below = estimate * (1.0 - STEP_DOWN_MARGIN)
         self._tentative_until = now + TENTATIVE_S
-        self._probe_ended_at = now + STEP_DOWN_PROBE_HOLD_S  # a fallen limit rarely bounces
+        if not guessed:  # a guess over the limit is no fall: no hold on probing
+            self._probe_ended_at = now + STEP_DOWN_PROBE_HOLD_S  # a fallen limit rarely bounces
 
     def _surely_the_limit(self, done: _Round) -> bool:
         """Whether one lossy round at the usual pace is enough to cut: under a guess (refusals

@@ -565,7 +565,7 @@ NEIGHBOUR_SEEDS = range(1, 21)
 #: Lowered to the counts of 2026-12-07's halfway search after a reverted raise (the 2,000/s
 #: bucket stopped missing; the 40/s one misses on seed 18, where the newcomer gets 4 of 161).
 NEIGHBOUR_MISSES = {
-    "bucket-40-b4": 1, "bucket-200": 0, "bucket-2000": 0, "concurrency-429": 5,
+    "bucket-40-b4": 1, "bucket-200": 0, "bucket-2000": 0, "concurrency-429": 4,
     "concurrency-queue": 0,
 }
 
@@ -625,8 +625,8 @@ def _unfair(name: str, reason: str) -> object:
             "a job holding every slot of a refusing provisioned concurrency hears almost none "
             "of the newcomer's 429s, so it never gives a slot up; the newcomer, never accepted "
             "often enough at any level to learn the cap, reads its 429s as a rate limit and "
-            "slows to the floor: 5 of 20 seeds miss (8 before startup's storm was measured over "
-            "both rounds).",
+            "slows to the floor: 4 of 20 seeds miss (8 before startup's storm was measured over "
+            "both rounds, 5 before noise was counted).",
         ),
     ],
 )
@@ -924,13 +924,16 @@ def test_a_startup_ended_by_lossy_rounds_searches_upward_at_once(rate: float, bu
 #: since a probe's raise that a refusal reverts is searched halfway at once (35 of 135):
 #: 100 req/s with a burst of 5 at 10 ms and 200 req/s with a burst of 5 at 30 ms. 54 of 135
 #: since startup spreads its requests over the round trip and a guess's refusals are not
-#: learned as noise (none lost): 19 more.
+#: learned as noise (none lost): 19 more. 56 since noise is counted and allowed for, a lossy
+#: round at a borne-out capacity waits for a second, and a probe's whole rounds count though
+#: a later one ended it (none lost): 200 req/s with a burst of 3 at 30 ms and at 100 ms.
 #: (rate, burst, latency) of a bucket, or (slots, mode, latency) of provisioned concurrency.
 GRID_MET_BUCKETS = [
     (40, 2, 0.01), (40, 2, 0.1), (40, 3, 0.03), (40, 4, 0.01), (40, 4, 0.03), (40, 5, 0.03),
     (100, 2, 0.01), (100, 2, 0.03), (100, 2, 0.1), (100, 3, 0.01), (100, 3, 0.03),
     (100, 3, 0.1), (100, 5, 0.01), (100, 5, 0.03), (100, 5, 0.1), (100, 10, 0.01),
-    (100, 10, 0.03), (100, 10, 0.1), (200, 2, 0.1), (200, 3, 0.01), (200, 5, 0.01),
+    (100, 10, 0.03), (100, 10, 0.1), (200, 2, 0.1), (200, 3, 0.01), (200, 3, 0.03),
+    (200, 3, 0.1), (200, 5, 0.01),
     (200, 5, 0.03), (200, 5, 0.1), (200, 20, 0.01), (200, 20, 0.03), (200, 20, 0.1),
     (500, 5, 0.1), (500, 50, 0.01), (500, 50, 0.03), (500, 50, 0.1), (2000, 5, 0.03),
     (2000, 200, 0.01), (2000, 200, 0.03),
@@ -1036,6 +1039,22 @@ def test_a_round_refused_beyond_any_noise_cuts_at_once() -> None:
     assert controller.capacity is not None and controller.capacity < 90.0
 
 
+def test_startups_guess_cut_by_a_loss_does_not_hold_probing_back() -> None:
+    # Startup guessed 150 req/s for a limit of ~100: its drain round is refused a third, so
+    # the guess is cut. The limit did not fall, so probing is not held 2 s longer as after
+    # a fall: with a noise refusal that then undid the tentative step, a 200 req/s bucket
+    # was paced at 174 req/s for 4 s.
+    controller = RateController(max_in_flight=64)
+    _paced(controller, 0.0, 0.05)
+    controller._end_startup(150.0, 0.1)
+    _paced(controller, 0.1, 0.35, refused=lambda i: i % 3 == 0)
+    assert controller.capacity is not None and controller.capacity < 130.0
+    _paced(controller, 0.35, 0.9, refused=lambda i: i == 40)  # a refusal undoes the step
+    probes = controller.probes
+    _paced(controller, 0.9, 3.0)
+    assert controller.probes > probes
+
+
 def test_a_probe_is_not_ended_by_one_refusal_where_noise_is_known() -> None:
     # 3 % of 429s learned over 400 answers: one refusal among a probe's first requests is
     # what that noise brings. At 500 req/s, ending every probe on it kept a run at 0.68 of
@@ -1066,3 +1085,23 @@ def test_a_probe_round_taken_whole_counts_though_a_later_one_ended_the_probe() -
     assert controller.capacity is not None and controller.capacity > 1.05 * 300.0
 
 
+@pytest.mark.parametrize(
+    ("rate", "noise", "least"),
+    [(500, 0.03, 0.8), (500, 0.07, 0.8), (1000, 0.07, 0.9)],
+)
+def test_random_429s_on_a_fast_bucket_do_not_ratchet_the_pace_down(
+    rate: float, noise: float, least: float
+) -> None:
+    # Issue 11: "a few percent of them must not ratchet the rate down". A bucket with a tenth
+    # of a second of burst, 30 ms, random 429s on top; the mean over seeds 1-3 of what was
+    # accepted in 10 s, as a share of the capacity net of the noise. At 0d1a6b4: 0.68, 0.57
+    # and 0.88 (500 req/s at 7 %: 0.38 on seed 1); now 0.84, 0.84 and 0.95.
+    endpoint = Endpoint(
+        rate=((0, rate),), burst=rate / 10, latency_s=0.03, throttle_noise=noise
+    )
+    fractions = [
+        simulate(endpoint, seconds=10, seed=seed).accepted_between(0, 10)
+        / (endpoint.capacity(0) * 10)
+        for seed in SEEDS
+    ]
+    assert sum(fractions) / len(fractions) >= least, fractions
