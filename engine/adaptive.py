@@ -39,10 +39,10 @@ end of each round the controller compares what was delivered with what was sent:
   back (a bucket's burst can make a probe look taken), and when the two levels are
   ``BISECT_MIN_EXCESS`` or more apart the next probes search halfway between them at once.
   A round refused well above the usual share says the limit fell below the pace (once C is
-  borne out: two such rounds in a row, unless one is beyond any noise): C becomes what that
-  round accepted once refused; a refusal in the next ``TENTATIVE_S`` takes it
-  ``STEP_DOWN_MARGIN`` further down, and probing waits ``STEP_DOWN_PROBE_HOLD_S`` longer
-  (not after a guess was cut: no fall). A round that accepted nothing measured no rate (a
+  borne out: two such rounds in a row, unless one is beyond any noise or accepted nothing):
+  C becomes what that round accepted once refused; a refusal in the next ``TENTATIVE_S``
+  takes it ``STEP_DOWN_MARGIN`` further down, and probing waits ``STEP_DOWN_PROBE_HOLD_S``
+  longer (not after a guess was cut: no fall). A round that accepted nothing measured no rate (a
   neighbour's job took the limit for a moment): it halves C, as TCP, instead.
   Cruise rounds that together were refused more than noise explains lower C by the excess
   share.
@@ -56,8 +56,9 @@ end of each round the controller compares what was delivered with what was sent:
   neighbour's job that ends, is found in seconds, at one 429 a try when it has not.
 
 Noise is not capacity: a few percent of random 429s stay within the usual share (counted in
-the slow round after each probe and cut, and a round needs ``MIN_LOSSES`` beyond it; once
-known, probes allow for its chance too), so they do not ratchet the rate down; 503s are not a
+startup's rounds refused less than a loss and in the slow round after each probe and cut,
+and a round needs ``MIN_LOSSES`` beyond it; once the slow rounds gave ``NOISE_KNOWN_ANSWERS``,
+probes allow for its chance too), so they do not ratchet the rate down; 503s are not a
 capacity signal at all (retried with backoff). Rounds in which fewer requests were sent than
 the pace allowed (a pause for Retry-After or a stopped endpoint, a slow reader) are
 *app-limited*: they can raise C, never lower it, so time spent paused never reads as a low
@@ -147,7 +148,7 @@ MIN_ACCEPT_RATIO = 0.92
 #: Noise is learned over about this many answers, beside this many of none refused.
 NOISE_MEMORY = 400.0
 NOISE_PRIOR = 20.0
-#: ...and taken as known (its chance allowed for) once learned from this many.
+#: ...and taken as known (its chance allowed for) once drain rounds gave this many.
 NOISE_KNOWN_ANSWERS = 100.0
 #: How often the paced phase probes above the measured capacity, and its first excess.
 PROBE_INTERVAL_S = 2.0
@@ -350,6 +351,8 @@ class RateController:
     #: answers and refusals of the rounds noise is learned from (:meth:`_learn_noise`)
     _noise_answers: float = field(default=0.0, init=False, repr=False)
     _noise_refused: float = field(default=0.0, init=False, repr=False)
+    #: answers drain rounds gave (startup's do not make noise known)
+    _drain_answers: float = field(default=0.0, init=False, repr=False)
     _last_refusal_concurrency: bool = field(default=False, init=False, repr=False)
     #: trying one request in flight above the concurrency cap: since when (None: not), the
     #: requests accepted there, and when the next try may start
@@ -493,8 +496,8 @@ class RateController:
                 and now < self._tentative_until
                 and sent_round.capacity == self.capacity
             ):
-                # Not a probe's round: a probe refused once has ended, and the rest of
-                # its requests, already sent past the limit, say nothing more.
+                # Not a probe's round: a probe refused beyond noise has ended, and the
+                # rest of its requests, already sent past the limit, say nothing more.
                 self._revert_if_refused(sent_round, now)
         self._advance(now)
 
@@ -512,7 +515,7 @@ class RateController:
         )
 
     def _noise_known(self) -> bool:
-        return self._noise_answers >= NOISE_KNOWN_ANSWERS
+        return self._drain_answers >= NOISE_KNOWN_ANSWERS
 
     def _revert_if_refused(self, cruise: _Round, now: float) -> None:
         """Refused at the pace a probe just raised: the probe was the burst's doing, back to
@@ -838,16 +841,16 @@ class RateController:
             if self._lossy_startup_rounds >= 2:  # as after a storm: no step-down hold
                 self._end_startup(done.limit_estimate() / self.accept_ratio, now)
             elif not lossy and done.answers >= ROUND_MIN_SENDS:  # refused when bearable: noise
-                self._learn_noise(done)
+                self._learn_noise(done, drain=False)
             return
         self._last_round_lossy = self._lossy(done)
         if self._last_round_lossy:
             self._on_loss(done, now)
             return
-        if done.excess == 0.0:
-            self._lossy_usual_rounds = 0
         span = done.ended_at - done.started_at
         app_limited = done.sent < APP_LIMITED_SHARE * done.rate * span
+        if done.excess == 0.0 and not app_limited:  # a lossy round's backoff sends less
+            self._lossy_usual_rounds = 0
         if done.excess > 0.0:
             self._end_probe_round(done, app_limited, now)
         elif done.drain:
@@ -902,14 +905,17 @@ class RateController:
         if not app_limited and self._confirmed:
             self._learn_noise(done)
 
-    def _learn_noise(self, done: _Round) -> None:
+    def _learn_noise(self, done: _Round, *, drain: bool = True) -> None:
         """What a round under the limit refused is noise: the usual share is what such rounds
-        refused together, over the last ``NOISE_MEMORY`` answers, beside ``NOISE_PRIOR``
-        answers of none refused (one refusal in a round of eight is not 12 % noise). Counted,
+        refused together (past ``NOISE_MEMORY`` answers, the older in proportion), beside
+        ``NOISE_PRIOR`` answers of none refused (one refusal in a round of eight is not 12 %
+        noise); a round of fewer than ``ROUND_MIN_SENDS`` answers in proportion. Counted,
         not smoothed round by round: at 500 req/s a drain round's 55 answers say more than
         a 40 req/s one's 8 (a smoothed ratio had learned 1-2 % of 3 % noise after 8 s, and
         the cruise rounds' 3 % read as an overestimate, cut after cut)."""
         weight = min(1.0, done.answers / ROUND_MIN_SENDS)
+        if drain:  # a startup round's tail may have met the limit: it does not make noise known
+            self._drain_answers += weight * done.answers
         answers = self._noise_answers + weight * done.answers
         keep = min(1.0, NOISE_MEMORY / answers) if answers else 1.0
         self._noise_answers = answers * keep
@@ -920,6 +926,8 @@ class RateController:
     def _start_probe(self) -> None:
         if self.rate < self.max_rate:
             self._excess = self._halfway() or FIRST_PROBE_EXCESS
+            self._lossy_usual_rounds = 0
+            self._aborted_probe = None
             self.probes += 1
             self._set_rate()
 
@@ -927,10 +935,13 @@ class RateController:
         """More throttles than the usual (noise) share explains, by a margin and by chance."""
         return self._beyond_noise(done.answers, done.throttled, LOSS_MARGIN)
 
-    def _beyond_noise(self, answers: int, throttled: int, margin: float) -> bool:
-        """More throttles than the usual (noise) share explains: at least ``MIN_LOSSES``, and
-        above it by ``margin`` × answers and by ``LOSS_SIGMAS`` of chance."""
-        usual = 1.0 - self.accept_ratio
+    def _beyond_noise(
+        self, answers: int, throttled: int, margin: float, usual: float | None = None
+    ) -> bool:
+        """More throttles than the usual (noise) share (the learned one unless given)
+        explains: at least ``MIN_LOSSES``, and above it by ``margin`` × answers and by
+        ``LOSS_SIGMAS`` of chance."""
+        usual = 1.0 - self.accept_ratio if usual is None else usual
         return throttled >= MIN_LOSSES and throttled > answers * usual + max(
             margin * answers, _chance(answers, max(usual, 0.02))
         )
@@ -956,7 +967,10 @@ class RateController:
             # A probe overshot. What it accepted once refused is the limit for a bucket with
             # room to spare, but far less for one with a burst of one (overdriven, it accepts
             # every other request): never below the pace that was accepted before the probe.
-            self._cut(max(self.capacity, min(estimate, done.rate)), now)
+            # (The capacity its pace came from, not a raise an earlier round of the same
+            # probe made since: that raise is this pace, which this round just overran.)
+            floor = done.capacity if done.capacity is not None else self.capacity
+            self._cut(max(floor, min(estimate, done.rate)), now)
             return
         self._lossy_usual_rounds += 1
         if self._lossy_usual_rounds < 2 and not self._surely_the_limit(done):
@@ -987,7 +1001,7 @@ class RateController:
         return (
             not self._confirmed
             or done.accepted == 0
-            or done.throttled > most_noise * done.answers + _chance(done.answers, most_noise)
+            or self._beyond_noise(done.answers, done.throttled, 0.0, usual=most_noise)
         )
 
     def _cut(self, capacity: float, now: float) -> None:
@@ -997,6 +1011,7 @@ class RateController:
             self.slow_start = False
             self.in_flight_limit = float(self.concurrency_cap or self.max_in_flight)
         self.capacity = max(self.min_rate, capacity)
+        self._lossy_usual_rounds = 0  # a new pace: rounds in a row count from here
         self._excess = 0.0
         self._draining = True  # the next round measures noise below the new pace
         self._cruise_answers = self._cruise_throttled = 0
@@ -1043,7 +1058,6 @@ class RateController:
             self._below = self.capacity
             self._tentative_until = now + TENTATIVE_S
             self.capacity = raised
-            self._set_rate()
 
     def _note_overshoot(self, probe: _Round) -> None:
         """A large step past the capacity overshot: the limit is somewhere in between, and

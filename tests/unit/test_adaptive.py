@@ -563,7 +563,9 @@ NEIGHBOUR_SEEDS = range(1, 21)
 #: (when the test looked at seeds 1-3 only, all of which passed): 4, 6, 2, 10, 0. Sharing is
 #: chaotic: a change anywhere in start-up moves which seeds miss, so the floor is the count.
 #: Lowered to the counts of 2026-12-07's halfway search after a reverted raise (the 2,000/s
-#: bucket stopped missing; the 40/s one misses on seed 18, where the newcomer gets 4 of 161).
+#: bucket stopped missing; the 40/s one misses on seed 18, where the newcomer gets 4 of 161),
+#: then when startup's storm was measured over both rounds (the 200/s bucket: 3 -> 0) and
+#: when noise was counted and allowed for (concurrency in 429 mode: 8 -> 5 -> 4).
 NEIGHBOUR_MISSES = {
     "bucket-40-b4": 1, "bucket-200": 0, "bucket-2000": 0, "concurrency-429": 4,
     "concurrency-queue": 0,
@@ -969,39 +971,49 @@ def test_the_grid_endpoints_that_meet_issue_11s_target_keep_meeting_it(endpoint:
         assert result.throttle_share(0.0, 10.0) <= 0.05
 
 
-def _paced(
-    controller: RateController,
-    start: float,
-    end: float,
-    refused: Callable[[int], bool] = lambda i: False,
-    latency_s: float = 0.03,
-) -> None:
-    """Send at the controller's pace from ``start`` until ``end`` and deliver every answer:
-    an acceptance ``latency_s`` after its send, a refusal (the ``i``-th send when
-    ``refused(i)``) a millisecond after, as a 429 comes back at once."""
-    answers: list[tuple[float, int, bool]] = []
-    sent_at: dict[int, float] = {}
-    next_send, i = start, 0
-    while next_send < end or answers:
-        if next_send < end and (not answers or next_send <= answers[0][0]):
-            controller.on_send(next_send)
-            sent_at[i] = next_send
-            refusal = refused(i)
-            heapq.heappush(answers, (next_send + (0.001 if refusal else latency_s), i, refusal))
-            i += 1
-            next_send += controller.turn_interval or 0.005  # unpaced: every 5 ms
-            continue
-        at, k, refusal = heapq.heappop(answers)
-        if refusal:
-            controller.on_throttle(at, at - sent_at[k])
-        else:
-            controller.on_success(at, at - sent_at[k])
+class _Paced:
+    """Drives a controller on a fake clock: sends at its pace, answers each send
+    ``latency_s`` later (a refusal a millisecond after, as a 429 comes back at once). Answers
+    still due when a call ends are delivered by the next call, so time never steps back."""
+
+    def __init__(self, controller: RateController, latency_s: float = 0.03) -> None:
+        self.controller = controller
+        self.latency_s = latency_s
+        self.now = 0.0
+        self._answers: list[tuple[float, int, bool, float]] = []
+        self._sends = 0
+
+    def __call__(
+        self, start: float, end: float, refused: Callable[[int], bool] = lambda i: False
+    ) -> None:
+        """Send from ``start`` (or now, if later) until ``end`` (the ``i``-th send of this
+        call refused when ``refused(i)``), delivering every answer due before ``end``."""
+        controller, answers = self.controller, self._answers
+        next_send, i = max(start, self.now), 0
+        while next_send < end or (answers and answers[0][0] < end):
+            if next_send < end and (not answers or next_send <= answers[0][0]):
+                controller.on_send(next_send)
+                refusal = refused(i)
+                due = next_send + (0.001 if refusal else self.latency_s)
+                heapq.heappush(answers, (due, self._sends, refusal, next_send))
+                i += 1
+                self._sends += 1
+                self.now = next_send
+                next_send += controller.turn_interval or 0.005  # unpaced: every 5 ms
+                continue
+            at, _, refusal, sent = heapq.heappop(answers)
+            self.now = at
+            if refusal:
+                controller.on_throttle(at, at - sent)
+            else:
+                controller.on_success(at, at - sent)
 
 
-def _cruising_at(capacity: float, *, noise: float = 0.0) -> RateController:
+def _cruising_at(capacity: float, *, noise: float = 0.0) -> _Paced:
     """A controller past startup, its capacity borne out, ``noise`` learned over 400 answers."""
     controller = RateController(max_in_flight=64)
-    _paced(controller, 0.0, 0.05)  # latency samples
+    paced = _Paced(controller)
+    paced(0.0, 0.05)  # latency samples
     controller._end_startup(capacity, 0.1)
     controller._confirmed = True
     controller._draining = False
@@ -1015,27 +1027,42 @@ def _cruising_at(capacity: float, *, noise: float = 0.0) -> RateController:
             )
         )
     controller._set_rate()
-    return controller
+    return paced
 
 
 def test_one_lossy_round_at_a_borne_out_capacity_waits_for_a_second() -> None:
     # 4 of 19 refused at 96 req/s is lossy, but 7 % of random 429s does that one round in
     # twenty: at 200-500 req/s with 3-7 % noise, each such round cut the pace to what it
     # had accepted after its first refusal (noise sweep 500 req/s, 7 %: 0.61 of capacity).
-    controller = _cruising_at(100.0)
-    _paced(controller, 0.1, 0.3, refused=lambda i: i % 5 == 2)
-    _paced(controller, 0.3, 0.5)
+    paced = _cruising_at(100.0)
+    controller = paced.controller
+    paced(0.1, 0.3, refused=lambda i: i % 5 == 2)
+    paced(0.3, 0.5)
     assert controller.capacity == 100.0
-    _paced(controller, 0.5, 0.7, refused=lambda i: i % 5 == 2)
-    _paced(controller, 0.7, 0.9, refused=lambda i: i % 5 == 2)
-    _paced(controller, 0.9, 1.5)  # the round is judged
+    paced(0.5, 0.7, refused=lambda i: i % 5 == 2)
+    paced(0.7, 0.9, refused=lambda i: i % 5 == 2)
+    paced(0.9, 1.2)  # the round is judged
+    assert controller.capacity is not None and controller.capacity < 100.0
+
+
+def test_a_round_held_back_between_two_lossy_ones_does_not_clear_the_first() -> None:
+    # After a lossy round the workers back off, so the next round can send less than the
+    # pace allows (app-limited) and be refused less. It says nothing of the limit: the
+    # lossy round after it is the second in a row, and cuts.
+    paced = _cruising_at(100.0)
+    controller = paced.controller
+    paced(0.1, 0.3, refused=lambda i: i % 5 == 2)
+    paced(0.3, 0.33)  # three sends in a round of 0.2 s
+    paced(0.52, 0.72, refused=lambda i: i % 5 == 2)
+    paced(0.72, 1.3)
     assert controller.capacity is not None and controller.capacity < 100.0
 
 
 def test_a_round_refused_beyond_any_noise_cuts_at_once() -> None:
-    controller = _cruising_at(100.0)
-    _paced(controller, 0.1, 0.3, refused=lambda i: i % 2 == 1)
-    _paced(controller, 0.3, 0.35)
+    paced = _cruising_at(100.0)
+    controller = paced.controller
+    paced(0.1, 0.3, refused=lambda i: i % 2 == 1)
+    paced(0.3, 0.35)
     assert controller.capacity is not None and controller.capacity < 90.0
 
 
@@ -1045,13 +1072,14 @@ def test_startups_guess_cut_by_a_loss_does_not_hold_probing_back() -> None:
     # a fall: with a noise refusal that then undid the tentative step, a 200 req/s bucket
     # was paced at 174 req/s for 4 s.
     controller = RateController(max_in_flight=64)
-    _paced(controller, 0.0, 0.05)
+    paced = _Paced(controller)
+    paced(0.0, 0.05)
     controller._end_startup(150.0, 0.1)
-    _paced(controller, 0.1, 0.35, refused=lambda i: i % 3 == 0)
+    paced(0.1, 0.35, refused=lambda i: i % 3 == 0)
     assert controller.capacity is not None and controller.capacity < 130.0
-    _paced(controller, 0.35, 0.9, refused=lambda i: i == 40)  # a refusal undoes the step
+    paced(0.35, 0.9, refused=lambda i: i == 40)  # a refusal undoes the step
     probes = controller.probes
-    _paced(controller, 0.9, 3.0)
+    paced(0.9, 3.5)  # held as after a fall, the next probe would come at 4.3 s
     assert controller.probes > probes
 
 
@@ -1059,16 +1087,18 @@ def test_a_probe_is_not_ended_by_one_refusal_where_noise_is_known() -> None:
     # 3 % of 429s learned over 400 answers: one refusal among a probe's first requests is
     # what that noise brings. At 500 req/s, ending every probe on it kept a run at 0.68 of
     # the limit.
-    controller = _cruising_at(300.0, noise=0.03)
+    paced = _cruising_at(300.0, noise=0.03)
+    controller = paced.controller
     controller._start_probe()
-    _paced(controller, 1.0, 1.06, refused=lambda i: i == 5)
+    paced(1.0, 1.06, refused=lambda i: i == 5)
     assert controller.probing
 
 
 def test_a_probe_is_ended_by_one_refusal_where_there_is_no_noise() -> None:
-    controller = _cruising_at(300.0)
+    paced = _cruising_at(300.0)
+    controller = paced.controller
     controller._start_probe()
-    _paced(controller, 1.0, 1.06, refused=lambda i: i == 5)
+    paced(1.0, 1.06, refused=lambda i: i == 5)
     assert not controller.probing
 
 
@@ -1077,10 +1107,11 @@ def test_a_probe_round_taken_whole_counts_though_a_later_one_ended_the_probe() -
     # its second round is refused, and that 429 comes back before the first round's last
     # acceptances: the probe ends. What the first round took still raises the capacity (at
     # 3 % noise, 74 of 74 taken were dropped for 1 of 6 refused).
-    controller = _cruising_at(300.0)
+    paced = _cruising_at(300.0)
+    controller = paced.controller
     controller._start_probe()
     first = controller.probes
-    _paced(controller, 1.0, 1.25, refused=lambda i: i == 68)  # sent at 1.206 s
+    paced(1.0, 1.25, refused=lambda i: i == 68)  # sent at 1.206 s
     assert controller.probes == first and not controller.probing
     assert controller.capacity is not None and controller.capacity > 1.05 * 300.0
 
