@@ -228,15 +228,21 @@ def test_startup_against_a_burst_of_two_ends_at_half_the_limit_or_more(latency_s
     # after, 123-129 at 30 ms (the least of the three latencies).
     endpoint = Endpoint(rate=((0, 200),), burst=2, latency_s=latency_s)
     for seed in SEEDS:
-        ended: list[float] = []
-
-        class Watched(RateController):
-            def _end_startup(self, estimate: float, now: float, ended: list = ended) -> None:
-                super()._end_startup(estimate, now)
-                ended.append(self.capacity or 0.0)
-
-        simulate(endpoint, seconds=2, seed=seed, controller_type=Watched)
+        ended = _startup_ends(endpoint, seed, seconds=2)
         assert ended and ended[0] >= 0.5 * 200, (seed, ended)
+
+
+def _startup_ends(endpoint: Endpoint, seed: int, *, seconds: float) -> list[float]:
+    """The capacity each time startup ended, over ``seconds`` of a simulated run."""
+    ended: list[float] = []
+
+    class Watched(RateController):
+        def _end_startup(self, estimate: float, now: float) -> None:
+            super()._end_startup(estimate, now)
+            ended.append(self.capacity or 0.0)
+
+    simulate(endpoint, seconds=seconds, seed=seed, controller_type=Watched)
+    return ended
 
 
 @pytest.mark.parametrize("noise", [0.0, 0.07])
@@ -249,14 +255,7 @@ def test_a_storm_judged_just_after_a_round_began_is_measured_over_both_rounds(
     # rounds, 318 or more.
     endpoint = Endpoint(rate=((0, 500),), burst=50, latency_s=0.03, throttle_noise=noise)
     for seed in range(1, 11):
-        ended: list[float] = []
-
-        class Watched(RateController):
-            def _end_startup(self, estimate: float, now: float, ended: list = ended) -> None:
-                super()._end_startup(estimate, now)
-                ended.append(self.capacity or 0.0)
-
-        simulate(endpoint, seconds=1, seed=seed, controller_type=Watched)
+        ended = _startup_ends(endpoint, seed, seconds=1)
         assert ended and ended[0] >= 0.6 * 500, (seed, ended)
 
 
