@@ -223,13 +223,13 @@ def test_no_pace_releases_every_waiting_turn() -> None:
 
 
 @pytest.mark.parametrize("latency_s", [0.01, 0.03, 0.1])
-def test_startup_against_a_burst_of_two_ends_at_half_the_limit_or_more(latency_s: float) -> None:
+def test_startup_against_a_burst_of_two_ends_near_the_limit(latency_s: float) -> None:
     # Before startup was spread: 83, 83 and 25 req/s on seed 1 against this 200 req/s bucket;
-    # after, 123-129 at 30 ms (the least of the three latencies).
+    # after, 123-129 at 30 ms (the least of the three latencies), 184-205 at 10 and 100 ms.
     endpoint = Endpoint(rate=((0, 200),), burst=2, latency_s=latency_s)
     for seed in SEEDS:
         ended = _startup_ends(endpoint, seed, seconds=2)
-        assert ended and ended[0] >= 0.5 * 200, (seed, ended)
+        assert ended and ended[0] >= 0.6 * 200, (seed, ended)
 
 
 def _startup_ends(endpoint: Endpoint, seed: int, *, seconds: float) -> list[float]:
