@@ -33,19 +33,18 @@ end of each round the controller compares what was delivered with what was sent:
   If the endpoint took the extra, C rises to what it delivered and the next round probes
   twice as far (exponential search: a limit that tripled is found in a few rounds). A probe
   ends at its first refusal beyond noise (its rounds before, taken whole, still raise C);
-  one that overshot by ``BISECT_MIN_EXCESS`` or more
-  is followed at once by probes halfway (in ratio) to where it overshot, a binary search. A
-  capacity a probe raised is tentative for ``TENTATIVE_S``: a refusal at the new pace sends it
-  back (a bucket's burst can make a probe look taken), and when the two levels are
-  ``BISECT_MIN_EXCESS`` or more apart the next probes search halfway between them at once.
-  A round refused well above the usual share says the limit fell below the pace (once C is
-  borne out: two such rounds in a row, unless one is beyond any noise or accepted nothing):
-  C becomes what that round accepted once refused; a refusal in the next ``TENTATIVE_S``
-  takes it ``STEP_DOWN_MARGIN`` further down, and probing waits ``STEP_DOWN_PROBE_HOLD_S``
-  longer (not after a guess was cut: no fall). A round that accepted nothing measured no rate (a
-  neighbour's job took the limit for a moment): it halves C, as TCP, instead.
-  Cruise rounds that together were refused more than noise explains lower C by the excess
-  share.
+  one that overshot by ``BISECT_MIN_EXCESS`` or more is followed at once by probes halfway
+  (in ratio) to where it overshot, a binary search. A capacity a probe raised is tentative
+  for ``TENTATIVE_S``: a refusal at the new pace sends it back (a bucket's burst can make a
+  probe look taken), and when the two levels are ``BISECT_MIN_EXCESS`` or more apart the
+  next probes search halfway between them at once. A round refused well above the usual
+  share says the limit fell below the pace (once C is borne out: two such rounds in a row,
+  unless one is beyond any noise or accepted nothing): C becomes what that round accepted
+  once refused; a refusal in the next ``TENTATIVE_S`` takes it ``STEP_DOWN_MARGIN`` further
+  down, and probing waits ``STEP_DOWN_PROBE_HOLD_S`` longer (not after a guess was cut: no
+  fall). A round that accepted nothing measured no rate (a neighbour's job took the limit
+  for a moment): it halves C, as TCP, instead. Cruise rounds that together were refused more
+  than noise explains lower C by the excess share.
 * **concurrency**: each answer says how many requests were in flight when it was sent.
   Refusals only above a level at which requests are otherwise accepted are the endpoint's
   provisioned concurrency, not its pace: requests in flight are capped there
