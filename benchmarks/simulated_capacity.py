@@ -33,11 +33,13 @@ per family. ``--grid --told`` adds a client told the limit beside each (slow: ev
     PYTHONPATH=. python benchmarks/simulated_capacity.py [--seeds 1,2,3] [--only bucket40]
     PYTHONPATH=. python benchmarks/simulated_capacity.py --told
     PYTHONPATH=. python benchmarks/simulated_capacity.py --grid [--told] [--json FILE]
+        [--answer-transit-ms MS]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -208,8 +210,11 @@ def _grid() -> dict[str, tuple[str, Endpoint]]:
 GRID = _grid()
 
 
-def grid_row(name: str, seeds: list[int], with_told: bool) -> dict[str, object]:
+def grid_row(
+    name: str, seeds: list[int], with_told: bool, transit_s: float = 0.0
+) -> dict[str, object]:
     family, endpoint = GRID[name]
+    endpoint = dataclasses.replace(endpoint, answer_transit_s=transit_s)
     results = [simulate(endpoint, seconds=10, seed=seed) for seed in seeds]
     fractions = [fraction_10s(endpoint, r) for r in results]
     shares = [r.throttle_share(0, 10) for r in results]
@@ -225,14 +230,16 @@ def grid_row(name: str, seeds: list[int], with_told: bool) -> dict[str, object]:
     return row
 
 
-def run_grid(seeds: list[int], with_told: bool, out: str | None) -> None:
+def run_grid(
+    seeds: list[int], with_told: bool, out: str | None, transit_s: float = 0.0
+) -> None:
     rows = []
     told_head = " told the limit |" if with_told else ""
     print("| endpoint | fraction of capacity (worst seed) | 429 share (worst seed) | target |"
           + told_head)
     print("| --- | ---: | ---: | --- |" + (" --- |" if with_told else ""))
     for name in GRID:
-        row = grid_row(name, seeds, with_told)
+        row = grid_row(name, seeds, with_told, transit_s)
         rows.append(row)
         told_cell = f" {row['told']} |" if with_told else ""
         print(f"| {name} | {row['fraction_worst']:.2f} | {row['share_429_worst']:.1%} | "
@@ -245,7 +252,8 @@ def run_grid(seeds: list[int], with_told: bool, out: str | None) -> None:
         print(f"| {family} | {sum(bool(r['met']) for r in mine)} of {len(mine)} |")
     print(f"| all | {sum(bool(r['met']) for r in rows)} of {len(rows)} |")
     if out:
-        Path(out).write_text(json.dumps({"seeds": seeds, "rows": rows}, indent=1) + "\n")
+        document = {"seeds": seeds, "answer_transit_s": transit_s, "rows": rows}
+        Path(out).write_text(json.dumps(document, indent=1) + "\n")
 
 
 def noise_sweep(seeds: list[int]) -> None:
@@ -295,6 +303,11 @@ def main() -> None:
     parser.add_argument("--grid", action="store_true", help="the target over GRID")
     parser.add_argument("--json", help="with --grid: write the rows to this file")
     parser.add_argument(
+        "--answer-transit-ms", type=float, default=0.0,
+        help="with --grid: each answer heard up to this late (the client's count of requests"
+        " in flight runs ahead of the endpoint's)",
+    )
+    parser.add_argument(
         "--noise-sweep", action="store_true", help="random 429s on top of buckets (--seeds)"
     )
     parser.add_argument(
@@ -309,7 +322,7 @@ def main() -> None:
         unlimited(seeds)
         return
     if args.grid:
-        run_grid(seeds, args.told, args.json)
+        run_grid(seeds, args.told, args.json, args.answer_transit_ms / 1000.0)
         return
     runs: dict[str, Callable[[int], str]] = {
         name: (lambda seed, e=endpoint: steady(e, seed)) for name, endpoint in STEADY.items()

@@ -511,6 +511,41 @@ def test_a_cap_tried_higher_and_refused_there_stays() -> None:
     assert int(controller.in_flight_limit) == 8  # the next try waits its interval
 
 
+def test_a_cap_raised_by_a_lucky_try_goes_back_down_when_its_level_is_refused() -> None:
+    # Against the emulator (8 slots, 50 ms) a busy client heard answers late, so requests
+    # it sent with 9 in flight by its count were accepted 95 times of 166: a try at 9 passed,
+    # the cap stayed at 9 and its refusals were read as the pace's (0.77 of the capacity).
+    controller, now = _capped_at_8()
+    now += PROBE_INTERVAL_S
+    controller.on_success(now, 0.05, in_flight=8)
+    for _ in range(CAP_PROBE_ACCEPTS):  # the try at 9 is lucky
+        now += 0.01
+        controller.on_send(now - 0.05)
+        controller.on_success(now, 0.05, in_flight=9)
+    assert controller.concurrency_cap == 9
+    for i in range(12):  # then 9 in flight is refused about half the time
+        now += 0.01
+        controller.on_send(now - 0.05)
+        if i % 2:
+            controller.on_success(now, 0.05, in_flight=9)
+        else:
+            controller.on_throttle(now, 0.002, in_flight=9)
+    assert controller.concurrency_cap == 8
+    assert controller.in_flight_limit <= 8
+
+
+def test_a_cap_is_not_lowered_by_a_few_slips_at_its_level() -> None:
+    controller, now = _capped_at_8()
+    for i in range(100):  # 3 of 100 refused at the cap: slips, not a cap a level too high
+        now += 0.01
+        controller.on_send(now - 0.05)
+        if i % 33 == 32:
+            controller.on_throttle(now, 0.002, in_flight=8)
+        else:
+            controller.on_success(now, 0.05, in_flight=8)
+    assert controller.concurrency_cap == 8
+
+
 def test_a_cap_is_not_tried_higher_while_the_pace_holds_the_run_under_it() -> None:
     controller, now = _capped_at_8()
     controller.capacity = 40.0  # a rate limit met later: 2 in flight at 50 ms, not 8
