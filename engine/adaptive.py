@@ -361,6 +361,8 @@ class RateController:
     _cap_probe_since: float | None = field(default=None, init=False, repr=False)
     _cap_probe_accepted: int = field(default=0, init=False, repr=False)
     _cap_probe_at: float = field(default=math.inf, init=False, repr=False)
+    #: until when a cap a probe raised is tentative: refusals at its level are its own
+    _cap_tentative_until: float = field(default=-math.inf, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.in_flight_limit = float(min(self.initial_in_flight, self.max_in_flight))
@@ -581,11 +583,15 @@ class RateController:
             return True
         if in_flight == self.concurrency_cap and in_flight > MIN_CONCURRENCY_CAP:
             self._lower_cap_refused_at_its_level(now)
-            return False  # the pace's too: a neighbour's job may hold the slot
+            # Just raised, the cap's own: three lucky answers may have raised it. Else the
+            # pace's too: a neighbour's job may hold the slot (counted as the cap's alone,
+            # a running job left a newcomer nothing on 19 of 20 seeds).
+            return now < self._cap_tentative_until
         cap = self._find_concurrency_cap()
         if cap is None or cap < MIN_CONCURRENCY_CAP or in_flight <= cap:
             return False
         self.concurrency_cap = cap
+        self._cap_tentative_until = -math.inf
         self.in_flight_limit = min(self.in_flight_limit, float(cap))
         self.slow_start = False
         self._cap_probe_at = now + PROBE_INTERVAL_S
@@ -631,6 +637,7 @@ class RateController:
         # The endpoint serves one more at once: what was refused above the old cap is stale.
         cap += 1
         self.concurrency_cap = cap
+        self._cap_tentative_until = now + TENTATIVE_S
         for level in range(cap, len(self._level_refused)):
             self._level_refused[level] = 0.0
         base = self.base_latency()
@@ -658,6 +665,7 @@ class RateController:
         if refused < MIN_LOSSES or refused <= share * answers + _chance(answers, share):
             return
         self.concurrency_cap = cap - 1
+        self._cap_tentative_until = -math.inf
         self.in_flight_limit = min(self.in_flight_limit, float(cap - 1))
         self._cap_probe_at = now + PROBE_INTERVAL_S
         self._set_rate()
