@@ -55,7 +55,8 @@ end of each round the controller compares what was delivered with what was sent:
   neighbour's job that ends, is found in seconds, at one 429 a try when it has not. A busy
   client hears answers late, so its count of requests in flight runs ahead of the
   endpoint's and a level above the cap is now and then accepted: a cap whose own level is
-  then refused well beyond noise goes back down a level.
+  then refused well beyond noise goes back down a level, to the pace it had; refusals at a
+  level a try raised the cap to in the last ``TENTATIVE_S`` are the cap's, not the pace's.
 
 Noise is not capacity: a few percent of random 429s stay within the usual share (counted in
 startup's rounds refused less than a loss and in the slow round after each probe and cut,
@@ -361,8 +362,11 @@ class RateController:
     _cap_probe_since: float | None = field(default=None, init=False, repr=False)
     _cap_probe_accepted: int = field(default=0, init=False, repr=False)
     _cap_probe_at: float = field(default=math.inf, init=False, repr=False)
-    #: until when a cap a probe raised is tentative: refusals at its level are its own
+    #: until when a cap a probe raised is tentative (:meth:`_cap_tentative`), the refusals
+    #: under it then, and the capacity before the raise
     _cap_tentative_until: float = field(default=-math.inf, init=False, repr=False)
+    _refused_under_cap: float = field(default=0.0, init=False, repr=False)
+    _capacity_under_cap: float | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.in_flight_limit = float(min(self.initial_in_flight, self.max_in_flight))
@@ -583,10 +587,11 @@ class RateController:
             return True
         if in_flight == self.concurrency_cap and in_flight > MIN_CONCURRENCY_CAP:
             self._lower_cap_refused_at_its_level(now)
-            # Just raised, the cap's own: three lucky answers may have raised it. Else the
-            # pace's too: a neighbour's job may hold the slot (counted as the cap's alone,
-            # a running job left a newcomer nothing on 19 of 20 seeds).
-            return now < self._cap_tentative_until
+            # Lowered, or just raised while the levels under it stayed clean: the cap's own
+            # (three lucky answers may have raised it). Else the pace's too: a neighbour's
+            # job may hold the slot (counted as the cap's alone, a running job left a
+            # newcomer nothing on 19 of 20 seeds).
+            return in_flight > self.concurrency_cap or self._cap_tentative(now)
         cap = self._find_concurrency_cap()
         if cap is None or cap < MIN_CONCURRENCY_CAP or in_flight <= cap:
             return False
@@ -638,6 +643,8 @@ class RateController:
         cap += 1
         self.concurrency_cap = cap
         self._cap_tentative_until = now + TENTATIVE_S
+        self._refused_under_cap = sum(self._level_refused[1:cap])
+        self._capacity_under_cap = self.capacity
         for level in range(cap, len(self._level_refused)):
             self._level_refused[level] = 0.0
         base = self.base_latency()
@@ -666,9 +673,21 @@ class RateController:
             return
         self.concurrency_cap = cap - 1
         self._cap_tentative_until = -math.inf
-        self.in_flight_limit = min(self.in_flight_limit, float(cap - 1))
-        self._cap_probe_at = now + PROBE_INTERVAL_S
-        self._set_rate()
+        base = self.base_latency()
+        if self.capacity is not None and base:
+            # Back to the pace before the raise, or what the lower cap allows if more: the
+            # raise's pace, 1.1x what the lower cap serves, would leave a neighbour nothing.
+            before = self._capacity_under_cap or 0.0
+            self.capacity = min(self.capacity, max(before, (cap - 1) / base))
+        self._end_cap_probe(now)  # a try open at the raised level ends with it
+
+    def _cap_tentative(self, now: float) -> bool:
+        """A cap probe raised the cap in the last ``TENTATIVE_S``, and no request under it
+        was refused since: a bucket mistaken for a cap refuses at every level."""
+        cap = self.concurrency_cap
+        if cap is None or now >= self._cap_tentative_until:
+            return False
+        return sum(self._level_refused[1:cap]) <= self._refused_under_cap
 
     def _end_cap_probe(self, now: float) -> None:
         self._cap_probe_since = None

@@ -516,7 +516,7 @@ def test_a_cap_raised_by_a_lucky_try_goes_back_down_when_its_level_is_refused() 
     # it sent with 9 in flight by its count were accepted 95 times of 166: a try at 9 passed,
     # the cap stayed at 9 and its refusals were read as the pace's (0.77 of the capacity).
     controller, now = _capped_at_8()
-    capacity = controller.capacity
+    controller.capacity = capacity = 0.96 * 8 / 0.05  # the pace near what 8 slots serve
     now += PROBE_INTERVAL_S
     controller.on_success(now, 0.05, in_flight=8)
     for _ in range(CAP_PROBE_ACCEPTS):  # the try at 9 is lucky
@@ -533,21 +533,22 @@ def test_a_cap_raised_by_a_lucky_try_goes_back_down_when_its_level_is_refused() 
             controller.on_throttle(now, 0.002, in_flight=9)
     assert controller.concurrency_cap == 8
     assert controller.in_flight_limit <= 8
+    # paced for 8 again, not for the 9 the try raised it to (more would crowd a neighbour)
+    assert controller.capacity is not None and controller.capacity <= 8 / 0.05
     for _ in range(40):  # and the rounds those refusals were sent in are judged
         now += 0.05
         controller.on_send(now - 0.05)
         controller.on_success(now, 0.05, in_flight=8)
-    # they were the raised cap's refusals, not the pace's: no cut below what 8 allow
-    assert capacity is not None and controller.capacity is not None
-    assert controller.capacity >= min(capacity, 0.99 * 8 / 0.05)
+    # they were the raised cap's refusals, not the pace's: no cut
+    assert controller.capacity is not None and controller.capacity >= capacity
 
 
 def test_a_cap_is_not_lowered_by_a_few_slips_at_its_level() -> None:
     controller, now = _capped_at_8()
-    for i in range(100):  # 3 of 100 refused at the cap: slips, not a cap a level too high
+    for i in range(100):  # 3 of the first 31 refused at the cap: slips, not a cap too high
         now += 0.01
         controller.on_send(now - 0.05)
-        if i % 33 == 32:
+        if i in (10, 20, 30):
             controller.on_throttle(now, 0.002, in_flight=8)
         else:
             controller.on_success(now, 0.05, in_flight=8)
