@@ -365,8 +365,8 @@ class RateController:
     #: until when a cap a probe raised is tentative (:meth:`_cap_tentative`), the refusals
     #: under it then, and the capacity before the raise
     _cap_tentative_until: float = field(default=-math.inf, init=False, repr=False)
-    _refused_under_cap: float = field(default=0.0, init=False, repr=False)
-    _capacity_under_cap: float | None = field(default=None, init=False, repr=False)
+    _refused_below_raised_cap: float = field(default=0.0, init=False, repr=False)
+    _capacity_before_raise: float | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.in_flight_limit = float(min(self.initial_in_flight, self.max_in_flight))
@@ -643,8 +643,8 @@ class RateController:
         cap += 1
         self.concurrency_cap = cap
         self._cap_tentative_until = now + TENTATIVE_S
-        self._refused_under_cap = sum(self._level_refused[1:cap])
-        self._capacity_under_cap = self.capacity
+        self._refused_below_raised_cap = sum(self._level_refused[1:cap])
+        self._capacity_before_raise = self.capacity
         for level in range(cap, len(self._level_refused)):
             self._level_refused[level] = 0.0
         base = self.base_latency()
@@ -676,8 +676,9 @@ class RateController:
         base = self.base_latency()
         if self.capacity is not None and base:
             # Back to the pace before the raise, or what the lower cap allows if more: the
-            # raise's pace, 1.1x what the lower cap serves, would leave a neighbour nothing.
-            before = self._capacity_under_cap or 0.0
+            # raised level's pace (8 slots: 0.96 x 9/8, 1.08x what they serve) would leave a
+            # neighbour nothing.
+            before = self._capacity_before_raise or 0.0
             self.capacity = min(self.capacity, max(before, (cap - 1) / base))
         self._end_cap_probe(now)  # a try open at the raised level ends with it
 
@@ -687,7 +688,7 @@ class RateController:
         cap = self.concurrency_cap
         if cap is None or now >= self._cap_tentative_until:
             return False
-        return sum(self._level_refused[1:cap]) <= self._refused_under_cap
+        return sum(self._level_refused[1:cap]) <= self._refused_below_raised_cap
 
     def _end_cap_probe(self, now: float) -> None:
         self._cap_probe_since = None
