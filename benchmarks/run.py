@@ -139,7 +139,8 @@ def strict_scenarios(quick: bool) -> list[Scenario]:
                  str(latency_ms), "--retry-after", "none")
         return Scenario(
             f"{prefix}{rate:g}", f"bucket {rate:g}/s burst {burst:g}, {latency_ms} ms", flags,
-            int(rate * 100 * seconds * scale), None, STRICT_CLIENTS, (), suite="strict",
+            int(rate * 100 * seconds * scale), None, (*STRICT_CLIENTS, "engine-tuned"),
+            ("--qps", f"{rate:g}"), suite="strict",
             batch_rows=100, capacity=((0.0, rate),),
         )
 
