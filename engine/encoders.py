@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from engine.batching import Piece, fit
 from engine.checkpoint import batch_key
-from engine.codec import encode_dataframe_split
+from engine.codec import SplitRows, encode_dataframe_split
 from engine.schema import CastPlan
 from engine.source import read_errors
 
@@ -61,6 +61,8 @@ class EncodeSpec:
 
     def pieces(self, chunks: list[pa.RecordBatch]) -> list[list[KeyedPiece]]:
         """Each chunk cut into requests under the byte cap, with bodies and keys."""
+        if _made_ready_together(chunks):
+            return self._pieces_together(chunks)
         return [
             [
                 self._keyed(chunk, piece)
@@ -68,6 +70,24 @@ class EncodeSpec:
             ]
             for chunk in chunks
         ]
+
+    def _pieces_together(self, chunks: list[pa.RecordBatch]) -> list[list[KeyedPiece]]:
+        """As :meth:`pieces`, the chunks' rows made ready for their bodies at once
+        (:class:`~engine.codec.SplitRows`); a chunk whose body is over the cap is cut by
+        :func:`~engine.batching.fit` as before."""
+        rows = SplitRows(self.cast.apply(pa.concat_batches(chunks)), params=self.params)
+        keyed: list[list[KeyedPiece]] = []
+        start = 0
+        for chunk in chunks:
+            stop = start + chunk.num_rows
+            body = rows.body(start, stop)
+            start = stop
+            if len(body) <= self.max_request_bytes:
+                pieces: list[Piece] = [(0, chunk.num_rows, body, False)]
+            else:
+                pieces = list(fit(chunk, self.encode, self.max_request_bytes))
+            keyed.append([self._keyed(chunk, piece) for piece in pieces])
+        return keyed
 
     def _keyed(self, chunk: pa.RecordBatch, piece: Piece) -> KeyedPiece:
         start, length, body, oversize = piece
@@ -82,6 +102,25 @@ class EncodeSpec:
                 keyed = body + b"\x00" + reasons.encode()
             key = batch_key(keyed, endpoint=self.endpoint, model_version=self.model_version)
         return start, length, body, oversize, key
+
+
+#: Chunks of at most this many bytes, of cells of at most ``TOGETHER_CELL_BYTES`` on average,
+#: are made ready for their bodies together (:meth:`EncodeSpec.pieces`). Measured in-process:
+#: 100-row chunks of 4 or 50 numeric and short-string columns (6 and 82 KiB) 2-3x faster
+#: together; 1000 rows of 50 columns (825 KiB) and 100 rows of 200-character strings (100
+#: KiB, 200 bytes a cell) 1.5x slower (their values no longer stay in the CPU's caches
+#: between being made and being written).
+TOGETHER_CHUNK_BYTES = 128 * 1024
+TOGETHER_CELL_BYTES = 64
+
+
+def _made_ready_together(chunks: list[pa.RecordBatch]) -> bool:
+    if len(chunks) < 2 or not chunks[0].num_columns:
+        return False
+    per_row = row_bytes(chunks)
+    rows = max(chunk.num_rows for chunk in chunks)
+    columns = int(chunks[0].num_columns)
+    return per_row * rows <= TOGETHER_CHUNK_BYTES and per_row / columns <= TOGETHER_CELL_BYTES
 
 
 _worker_spec: EncodeSpec | None = None

@@ -11,7 +11,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from engine.codec import ResponseFormatError, decode_predictions, encode_dataframe_split
+from engine.codec import (
+    ResponseFormatError,
+    SplitRows,
+    decode_predictions,
+    encode_dataframe_split,
+)
 
 
 def roundtrip(batch: pa.RecordBatch) -> dict:
@@ -221,3 +226,37 @@ def test_float16_lists_parse_back_to_the_same_values() -> None:
 def test_unicode_and_escapes_inside_lists_of_strings() -> None:
     values = [["é 漢字 🙂", 'q " \\ \n', "\x00"], None]
     assert column(values, pa.list_(pa.string())) == values
+
+
+def _mixed_batch(rows: int) -> pa.RecordBatch:
+    """Every kind of column whose bodies could differ by where a slice starts: a run of
+    doubles broken by a null in one stretch, NaN and Infinity in another, escapes, lists."""
+    rng = np.random.default_rng(7)
+    columns: dict[str, pa.Array] = {}
+    for k in range(9):
+        values = rng.normal(size=rows).tolist()
+        if k == 4:
+            values[150] = None  # the run is whole outside rows 150-151 only
+        columns[f"d{k}"] = pa.array(values, pa.float64())
+    ints = rng.integers(-(2**62), 2**62, size=rows).tolist()
+    ints[5] = 2**63 - 1
+    columns["i"] = pa.array(ints, pa.int64())
+    odd = rng.normal(size=rows).tolist()
+    odd[30], odd[250] = math.nan, -math.inf
+    columns["f"] = pa.array(odd, pa.float64())
+    text = [f'row {i} "q" \\ é 🙂\n' if i % 7 else None for i in range(rows)]
+    columns["s"] = pa.array(text, pa.string())
+    lists = [[0.1, None, float(i)] if i % 11 else None for i in range(rows)]
+    columns["l"] = pa.array(lists, pa.list_(pa.float32()))
+    columns["b"] = pa.array([i % 3 == 0 for i in range(rows)])
+    return pa.record_batch(columns)
+
+
+@pytest.mark.parametrize(("start", "stop"), [(0, 100), (100, 200), (200, 300), (37, 41), (0, 300)])
+def test_rows_made_ready_once_give_each_slice_its_own_body(start: int, stop: int) -> None:
+    batch = _mixed_batch(300)
+    params = {"temperature": 0.5}
+    together = SplitRows(batch, params=params)
+    alone = encode_dataframe_split(batch.slice(start, stop - start), params=params)
+    assert together.body(start, stop) == alone
+    assert b"NaN" in together.body(0, 300) and b"\x00" not in together.body(0, 300)

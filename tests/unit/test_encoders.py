@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pyarrow as pa
 
-from engine.encoders import INLINE_GROUP_BYTES, EncoderPool, EncodeSpec
+from engine.encoders import INLINE_GROUP_BYTES, EncoderPool, EncodeSpec, _made_ready_together
 from engine.schema import CastPlan
 
 
@@ -110,3 +110,31 @@ def test_inline_encoding_of_wide_rows_goes_a_few_requests_at_a_time() -> None:
     # at most INLINE_GROUP_BYTES (4 MiB) of rows at once, and no fewer than fit
     per_group = INLINE_GROUP_BYTES // chunks[0].nbytes
     assert sizes[1:] == [per_group, per_group], sizes
+
+
+def test_small_chunks_made_ready_together_give_each_chunk_its_own_pieces_and_keys() -> None:
+    """Rows made ready for their bodies once for a whole group of small chunks: the same
+    bodies, cuts and keys as chunk by chunk, an oversize chunk cut under the cap as before."""
+    strings = [f"row {i}" for i in range(1000)]
+    strings[650] = "x" * 3000  # its chunk's body is over the 2 KiB cap: fit cuts it
+    source = pa.record_batch({"x": pa.array(range(1000), pa.float64()), "s": pa.array(strings)})
+    chunks = [source.slice(i, 20) for i in range(0, 1000, 20)]
+    assert _made_ready_together(chunks)
+    spec = _spec()
+    together = spec.pieces(chunks)
+    alone = [spec.pieces([chunk])[0] for chunk in chunks]
+    assert together == alone
+    assert [len(pieces) for pieces in together].count(1) == len(chunks) - 1  # one was cut
+    assert all(len(body) <= 2048 for pieces in together for _, _, body, over, _ in pieces
+               if not over)
+
+
+def test_chunks_of_long_strings_or_many_rows_are_made_ready_one_by_one() -> None:
+    """Where together is slower (measured: 200-character cells, 825 KiB chunks)."""
+    text = pa.record_batch({"t": pa.array(["y" * 200] * 400)})
+    assert not _made_ready_together([text.slice(i, 100) for i in range(0, 400, 100)])
+    wide = pa.record_batch({f"c{k}": pa.array(range(4000), pa.float64()) for k in range(40)})
+    assert not _made_ready_together([wide.slice(i, 1000) for i in range(0, 4000, 1000)])
+    narrow = pa.record_batch({"c": pa.array(range(400), pa.float64())})
+    assert not _made_ready_together([narrow])  # one chunk: nothing to share
+    assert _made_ready_together([narrow.slice(0, 200), narrow.slice(200, 200)])
