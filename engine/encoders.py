@@ -117,6 +117,9 @@ TOGETHER_CELL_BYTES = 64
 def _made_ready_together(chunks: list[pa.RecordBatch]) -> bool:
     if len(chunks) < 2 or not chunks[0].num_columns:
         return False
+    schema = chunks[0].schema
+    if not all(chunk.schema.equals(schema) for chunk in chunks[1:]):
+        return False  # one batch cannot hold them (a source whose schema changed mid-way)
     per_row = row_bytes(chunks)
     rows = max(chunk.num_rows for chunk in chunks)
     columns = int(chunks[0].num_columns)

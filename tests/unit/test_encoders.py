@@ -138,3 +138,12 @@ def test_chunks_of_long_strings_or_many_rows_are_made_ready_one_by_one() -> None
     narrow = pa.record_batch({"c": pa.array(range(400), pa.float64())})
     assert not _made_ready_together([narrow])  # one chunk: nothing to share
     assert _made_ready_together([narrow.slice(0, 200), narrow.slice(200, 200)])
+    as_ints = pa.record_batch({"c": pa.array(range(200), pa.int64())})
+    assert not _made_ready_together([narrow.slice(0, 200), as_ints])  # no one batch holds both
+
+
+def test_chunks_whose_schemas_differ_are_cut_and_keyed_one_by_one() -> None:
+    first = pa.record_batch({"x": pa.array([1.5, 2.5]), "s": pa.array(["a", "b"])})
+    second = pa.record_batch({"x": pa.array([3, 4]), "s": pa.array(["c", None])})
+    spec = _spec()
+    assert spec.pieces([first, second]) == [spec.pieces([first])[0], spec.pieces([second])[0]]
