@@ -45,6 +45,7 @@ __all__ = [
     "concat_predictions",
     "decode_predictions",
     "encode_dataframe_split",
+    "slices_encode_alike",
 ]
 
 # Non-finite floats are written as a marker string, then the marker is swapped for the bare
@@ -281,10 +282,26 @@ def _dump(
     return _unmark(payload) if marked else payload
 
 
+def slices_encode_alike(schema: pa.Schema) -> bool:
+    """Whether :class:`SplitRows` gives, for batches of ``schema``, the very bytes that
+    :func:`encode_dataframe_split` gives each slice. Not with a list of float32 or float16
+    numbers: whether they are written from numpy (their float32 form, ``1e-6``) or as Python
+    floats (``0.000001``) is decided over the whole array, and one null or non-finite number
+    anywhere in a batch switches every row. The same values either way, but another body is
+    another checkpoint key."""
+    for kind in schema.types:
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        if _is_list(kind) and kind.value_type in (pa.float16(), pa.float32()):
+            return False
+    return True
+
+
 class SplitRows:
     """The rows of a batch made ready for ``dataframe_split`` bodies once, for many small
     requests cut from it: each body is then a slice of them, the same bytes as
-    :func:`encode_dataframe_split` of that slice.
+    :func:`encode_dataframe_split` of that slice where :func:`slices_encode_alike` says so
+    (the caller's to check).
 
     Each column costs a few numpy and Arrow calls (a view, a finiteness check, its values)
     whatever its length: for a 100-row request of four columns they cost more than the

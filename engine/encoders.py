@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from engine.batching import Piece, fit
 from engine.checkpoint import batch_key
-from engine.codec import SplitRows, encode_dataframe_split
+from engine.codec import SplitRows, encode_dataframe_split, slices_encode_alike
 from engine.schema import CastPlan
 from engine.source import read_errors
 
@@ -62,7 +62,9 @@ class EncodeSpec:
     def pieces(self, chunks: list[pa.RecordBatch]) -> list[list[KeyedPiece]]:
         """Each chunk cut into requests under the byte cap, with bodies and keys."""
         if _made_ready_together(chunks):
-            return self._pieces_together(chunks)
+            rows = self.cast.apply(pa.concat_batches(chunks))
+            if slices_encode_alike(rows.schema):
+                return self._pieces_together(chunks, rows)
         return [
             [
                 self._keyed(chunk, piece)
@@ -71,11 +73,13 @@ class EncodeSpec:
             for chunk in chunks
         ]
 
-    def _pieces_together(self, chunks: list[pa.RecordBatch]) -> list[list[KeyedPiece]]:
-        """As :meth:`pieces`, the chunks' rows made ready for their bodies at once
-        (:class:`~engine.codec.SplitRows`); a chunk whose body is over the cap is cut by
-        :func:`~engine.batching.fit` as before."""
-        rows = SplitRows(self.cast.apply(pa.concat_batches(chunks)), params=self.params)
+    def _pieces_together(
+        self, chunks: list[pa.RecordBatch], cast: pa.RecordBatch
+    ) -> list[list[KeyedPiece]]:
+        """As :meth:`pieces`, the chunks' rows (``cast``: all of them, cast) made ready for
+        their bodies at once (:class:`~engine.codec.SplitRows`); a chunk whose body is over the
+        cap is cut by :func:`~engine.batching.fit` as before."""
+        rows = SplitRows(cast, params=self.params)
         keyed: list[list[KeyedPiece]] = []
         start = 0
         for chunk in chunks:

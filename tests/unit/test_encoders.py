@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pyarrow as pa
+import pytest
 
 from engine.encoders import INLINE_GROUP_BYTES, EncoderPool, EncodeSpec, _made_ready_together
 from engine.schema import CastPlan
@@ -147,3 +148,30 @@ def test_chunks_whose_schemas_differ_are_cut_and_keyed_one_by_one() -> None:
     second = pa.record_batch({"x": pa.array([3, 4]), "s": pa.array(["c", None])})
     spec = _spec()
     assert spec.pieces([first, second]) == [spec.pieces([first])[0], spec.pieces([second])[0]]
+
+
+@pytest.mark.parametrize(
+    "kind", [pa.list_(pa.float32()), pa.list_(pa.float16()), pa.list_(pa.float32(), 2)], ids=str
+)
+def test_chunks_with_lists_of_short_floats_keep_the_bodies_they_have_alone(
+    kind: pa.DataType,
+) -> None:
+    """A null item in one row changes how a whole array of float32 lists is written: such
+    chunks are encoded one by one, so each keeps its own body and checkpoint key."""
+    lists = [[1e-6, 3e13] for _ in range(400)]
+    lists[350] = [1.0, None]
+    lists[370] = None  # a null row (a fixed-size list's items under it are null too)
+    source = pa.record_batch(
+        {"x": pa.array(range(400), pa.float64()), "l": pa.array(lists, kind)}
+    )
+    chunks = [source.slice(i, 100) for i in range(0, 400, 100)]
+    assert _made_ready_together(chunks)
+    spec = EncodeSpec(
+        cast=CastPlan(("x", "l"), (None, None)),
+        params=None,
+        max_request_bytes=1 << 20,
+        endpoint="e",
+        model_version="m@1",
+        keyed=True,
+    )
+    assert spec.pieces(chunks) == [spec.pieces([chunk])[0] for chunk in chunks]
