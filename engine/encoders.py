@@ -61,8 +61,9 @@ class EncodeSpec:
 
     def pieces(self, chunks: list[pa.RecordBatch]) -> list[list[KeyedPiece]]:
         """Each chunk cut into requests under the byte cap, with bodies and keys."""
-        if _made_ready_together(chunks):
-            rows = self.cast.apply(pa.concat_batches(chunks))
+        sent = self._sent(chunks)
+        if sent is not None and _made_ready_together(sent):
+            rows = self.cast.apply(pa.concat_batches(sent))
             if slices_encode_alike(rows.schema):
                 return self._pieces_together(chunks, rows)
         return [
@@ -72,6 +73,19 @@ class EncodeSpec:
             ]
             for chunk in chunks
         ]
+
+    def _sent(self, chunks: list[pa.RecordBatch]) -> list[pa.RecordBatch] | None:
+        """The chunks with only the columns sent (zero-copy), or None when one is missing
+        or appears twice (encoded chunk by chunk, the cast plan then says so)."""
+        if not chunks:
+            return None
+        schema = chunks[0].schema
+        columns = list(self.cast.columns)
+        if any(schema.get_field_index(name) < 0 for name in columns):
+            return None
+        if columns == list(schema.names):
+            return chunks
+        return [chunk.select(columns) for chunk in chunks]
 
     def _pieces_together(
         self, chunks: list[pa.RecordBatch], cast: pa.RecordBatch

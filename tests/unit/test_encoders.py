@@ -175,3 +175,27 @@ def test_chunks_with_lists_of_short_floats_keep_the_bodies_they_have_alone(
         keyed=True,
     )
     assert spec.pieces(chunks) == [spec.pieces([chunk])[0] for chunk in chunks]
+
+
+def test_columns_kept_for_the_output_but_not_sent_do_not_stop_chunks_going_together() -> None:
+    """Only the columns sent count: a long text column kept for the output (not the model's)
+    is neither copied into the group nor weighed against its thresholds."""
+    source = pa.record_batch(
+        {
+            "x": pa.array(range(1000), pa.float64()),
+            "s": pa.array([f"row {i}" for i in range(1000)]),
+            "notes": pa.array(["n" * 300] * 1000),
+        }
+    )
+    chunks = [source.slice(i, 100) for i in range(0, 1000, 100)]
+    assert not _made_ready_together(chunks)  # with "notes", cells average over 64 bytes
+    spec = _spec()  # sends x and s
+    sent = spec._sent(chunks)
+    assert sent is not None and _made_ready_together(sent)
+    assert all(chunk.schema.names == ["x", "s"] for chunk in sent)
+    assert spec.pieces(chunks) == [spec.pieces([chunk])[0] for chunk in chunks]
+    missing = EncodeSpec(
+        cast=CastPlan(("x", "y"), (None, None)), params=None, max_request_bytes=2048,
+        endpoint="e", model_version="m@1", keyed=True,
+    )
+    assert missing._sent(chunks) is None  # the cast plan's own error comes per chunk
