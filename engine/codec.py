@@ -316,7 +316,6 @@ class SplitRows:
             self._parts, self._marked = _row_parts(_arrays(batch))
         self._names = list(batch.schema.names)
         self._params = params
-        self.num_rows = batch.num_rows
 
     def body(self, start: int, stop: int) -> bytes:
         """The request body of rows ``start`` to ``stop`` (exclusive)."""

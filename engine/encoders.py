@@ -123,11 +123,13 @@ class EncodeSpec:
 
 
 #: Chunks of at most this many bytes, of cells of at most ``TOGETHER_CELL_BYTES`` on average,
-#: are made ready for their bodies together (:meth:`EncodeSpec.pieces`). Measured in-process:
-#: 100-row chunks of 4 or 50 numeric and short-string columns (6 and 82 KiB) 2-3x faster
-#: together; 1000 rows of 50 columns (825 KiB) and 100 rows of 200-character strings (100
-#: KiB, 200 bytes a cell) 1.5x slower (their values no longer stay in the CPU's caches
-#: between being made and being written).
+#: are made ready for their bodies together (:meth:`EncodeSpec.pieces`). Measured in-process,
+#: two runs each, a 16k-row read: 100-row chunks of 4 numeric and short-string columns (6
+#: KiB) 2.8-3.3x faster together, of 50 such columns (82 KiB) 1.7x; 300 rows of 50 columns
+#: (250 KiB) 1.1x faster, 1000 rows of them (825 KiB) 1.1-1.5x slower, and 100 rows of
+#: 200-character strings (100 KiB, 200 bytes a cell) 1.4-1.7x slower (likely their values
+#: leaving the CPU's caches between being made and being written; not measured). The bound
+#: sits under the 250 KiB that still gained: not tuned further.
 TOGETHER_CHUNK_BYTES = 128 * 1024
 TOGETHER_CELL_BYTES = 64
 
